@@ -1,0 +1,13 @@
+"""UVC on deit_base_patch16_384, ImageNet, seed README values."""
+from configs.common import base_config
+
+
+def get_config(stage: str = "joint"):
+    c = base_config(stage)
+    c.model_type = "deit_base_patch16_384"
+    c.enable_deit = 0
+    c.model_path = "https://dl.fbaipublicfiles.com/deit/deit_base_patch16_384-8de9b5d1.pth"
+    c.train_batch_size = 256 if stage == "joint" else 128
+    c.eval_batch_size = 64
+    c.lock()
+    return c

@@ -1,0 +1,12 @@
+"""UVC on deit_base_patch16_224 with the distillation token (--enable_deit 1), ImageNet, seed README values."""
+from configs.common import base_config
+
+
+def get_config(stage: str = "joint"):
+    c = base_config(stage)
+    c.model_type = "deit_base_patch16_224"
+    c.enable_deit = 1
+    c.model_path = "https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_224-df68dfff.pth"
+    c.train_batch_size = 256 if stage == "joint" else 128
+    c.lock()
+    return c

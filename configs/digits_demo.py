@@ -1,0 +1,51 @@
+"""The CPU demo: a 0.4M-parameter ViT (width 64, depth 8, 4 heads, 8x8 input,
+patch 2) on scikit-learn's bundled handwritten digits. Runs on a laptop.
+
+Stage "dense" trains the teacher (post_train.py with --pretrained 0 and no
+--checkpoint_dir); "joint" is the UVC search; "post" fine-tunes the result.
+"""
+from configs.common import base_config
+
+
+def get_config(stage: str = "joint"):
+    c = base_config("post" if stage == "dense" else stage)
+    c.model_type = "vit_digits_patch2_8"
+    c.model_path = ""  # the demo fills in the dense teacher it trained
+    c.dataset = "digits"
+    c.data_dir = ""
+    c.num_workers = 0
+    c.pin_mem = 0
+    c.drop_path = 0.0
+    # digits are 8x8 grey images: light augmentation, no RandAugment / erasing
+    c.aa = ""
+    c.reprob = 0.0
+    c.color_jitter = 0.0
+    c.mixup = 0.0
+    c.cutmix = 0.0
+    c.smoothing = 0.1
+    c.train_batch_size = 64
+    c.eval_batch_size = 512
+    c.weight_decay = 0.05
+    c.clip_grad = 1.0
+    c.eval_every = 0  # evaluate at epoch ends only
+    c.log_interval = 10
+    c.output_dir = "runs/digits"
+    if stage == "dense":
+        c.pretrained = 0
+        c.distillation_type = "none"
+        c.epochs = 100
+        c.learning_rate = 2e-3
+        c.lr_warmup_epochs = 5
+    elif stage == "joint":
+        c.epochs = 30
+        c.learning_rate = 5e-4
+        c.warmup_epochs = 2
+        c.warmup_lr = 5e-4
+        c.zlr_schedule_list = "5,10,15,20"
+        c.gating_interval = 5
+    else:
+        c.epochs = 30
+        c.learning_rate = 1e-3
+        c.lr_warmup_epochs = 2
+    c.lock()
+    return c

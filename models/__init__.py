@@ -1,0 +1,3 @@
+"""Models: DeiT/ViT builders, checkpoint loading, and the compact (exported) ViT."""
+from models.vit import (DEIT_TYPES, DIGITS_TYPES, MODEL_TYPES, create_model, is_distilled,
+                        resolve_model_type, set_fused_attn)

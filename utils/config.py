@@ -1,0 +1,206 @@
+"""Command line -> locked ml_collections ConfigDict.
+
+Three spellings set the same key, so the seed README's launch commands keep
+working next to the config-file form:
+
+    --config configs/deit_small.py --config.budget 0.6
+    --budget 0.6
+    --distillation-type soft          (dashes and underscores are equivalent)
+
+`--config` defaults to the file of `--model_type` (configs/deit_tiny.py for
+deit_tiny_patch16_224, ...). An unknown key or a value of the wrong type ends
+the program with one line on stderr.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import ml_collections
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+# Seed flags whose name differs from the config key they set.
+ALIASES = {
+    "num_epochs": "epochs",
+    "lr": "learning_rate",
+    "batch_size": "train_batch_size",
+    "local-rank": "local_rank",
+}
+
+# model_type -> config file used when no --config is given
+_DEFAULT_FILES = {
+    "deit_tiny_patch16_224": "deit_tiny.py",
+    "deit_small_patch16_224": "deit_small.py",
+    "deit_base_patch16_224": "deit_base.py",
+    "deit_tiny_distilled_patch16_224": "deit_tiny_distilled.py",
+    "deit_small_distilled_patch16_224": "deit_small_distilled.py",
+    "deit_base_distilled_patch16_224": "deit_base_distilled.py",
+    "deit_base_patch16_384": "deit_base_384.py",
+    "vit_digits_patch2_8": "digits_demo.py",
+}
+
+
+class ConfigError(ValueError):
+    """A bad command line or config value; the message is one line for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise ConfigError(f"{message} (see --help for the accepted flags)")
+
+
+def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
+    """Import `path` and call its get_config(stage).
+
+    As with ml_collections' config_flags, `file.py:arg` calls get_config(arg)
+    instead (e.g. `configs/digits_demo.py:dense` for the dense teacher run).
+    """
+    if ":" in os.path.basename(path):
+        path, stage = path.rsplit(":", 1)
+    if not os.path.isfile(path):
+        alt = os.path.join(CONFIG_DIR, path)
+        if os.path.isfile(alt):
+            path = alt
+        else:
+            raise ConfigError(f"config file {path} not found; pass one of {sorted(os.listdir(CONFIG_DIR))} "
+                              f"from {CONFIG_DIR}")
+    root = os.path.dirname(CONFIG_DIR)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"_uvc_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(stage)
+    config.lock()
+    return config
+
+
+def _str2bool_int(value: str) -> int:
+    v = str(value).lower()
+    if v in ("1", "true", "yes", "on"):
+        return 1
+    if v in ("0", "false", "no", "off"):
+        return 0
+    raise argparse.ArgumentTypeError(f"expected 0/1 or true/false, got {value!r}")
+
+
+def _typed(default):
+    if isinstance(default, bool):
+        return lambda v: bool(_str2bool_int(v))
+    if isinstance(default, int):
+        def to_int(v):
+            try:
+                return int(v)
+            except ValueError:
+                return _str2bool_int(v)
+        return to_int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def _option_strings(key: str) -> List[str]:
+    names = {key, key.replace("_", "-")}
+    names |= {alias for alias, target in ALIASES.items() if target == key}
+    names |= {a.replace("-", "_") for a in list(names)}
+    opts = [f"--{n}" for n in sorted(names)]
+    opts.append(f"--config.{key}")
+    return opts
+
+
+def build_parser(config: ml_collections.ConfigDict, prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="UVC; every key of the config file is a flag.",
+                     allow_abbrev=False)
+    parser.add_argument("--config", default=None, help="config file (configs/*.py)")
+    for key, default in config.items():
+        kwargs = dict(dest=key, default=argparse.SUPPRESS, type=_typed(default),
+                      help=f"(default: {default!r})")
+        if isinstance(default, (bool, int)) and not isinstance(default, float):
+            kwargs.update(nargs="?", const=1 if not isinstance(default, bool) else True)
+        parser.add_argument(*_option_strings(key), **kwargs)
+    return parser
+
+
+def _pick_config_file(argv: Sequence[str]) -> Optional[str]:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--model_type", "--model-type", "--config.model_type", default=None)
+    pre.add_argument("--enable_deit", "--enable-deit", "--config.enable_deit", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        return known.config
+    model_type = known.model_type or "deit_tiny_patch16_224"
+    if known.enable_deit not in (None, "0", "false", "False") and "distilled" not in model_type:
+        model_type = model_type.replace("_patch", "_distilled_patch")
+    name = _DEFAULT_FILES.get(model_type, "deit_tiny.py")
+    return os.path.join(CONFIG_DIR, name)
+
+
+def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None
+                 ) -> ml_collections.ConfigDict:
+    """Parse argv (default sys.argv[1:]) into the locked config of `stage`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path = _pick_config_file(argv)
+    config = load_config_file(path, stage)
+    parser = build_parser(config, prog or os.path.basename(sys.argv[0]))
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    with config.unlocked():
+        config.config_file = path
+    for key, value in overrides.items():
+        try:
+            config[key] = value
+        except (TypeError, KeyError) as e:
+            raise ConfigError(f"--{key}: {e}") from None
+    validate(config, stage)
+    config.lock()
+    return config
+
+
+_CHOICES = {
+    "distillation_type": ("none", "soft", "hard"),
+    "dataset": ("imagenet", "cifar10", "cifar100", "digits", "synthetic"),
+    "patchloss": ("l1",),
+    "soptim": ("sgd", "adam"),
+    "roptim": ("sgd", "adam"),
+    "mixup_mode": ("batch", "pair", "elem"),
+    "sched": ("cosine", "step", "constant"),
+    "opt": ("adamw", "sgd", "adam"),
+}
+_FLAGS_01 = ("enable_pruning", "enable_block_gating", "enable_patch_gating", "use_gumbel",
+             "enable_warmup", "enable_deit", "pretrained", "uvc_train", "fp16", "flops_with_mhsa",
+             "download", "deterministic", "pin_mem")
+
+
+def validate(config: ml_collections.ConfigDict, stage: str) -> None:
+    """Reject values the method cannot run with, one line each."""
+    for key, choices in _CHOICES.items():
+        if key in config and config[key] not in choices:
+            raise ConfigError(f"--{key} {config[key]!r} is not supported; choose one of {', '.join(choices)}")
+    for key in _FLAGS_01:
+        if key in config and int(config[key]) not in (0, 1):
+            hint = (" (the reference's dynamic patch mode 2 is not implemented: patches are gated "
+                    "per position, the same for every image)") if key == "enable_patch_gating" else ""
+            raise ConfigError(f"--{key} must be 0 or 1, got {config[key]}{hint}")
+    if not 0.0 < float(config.budget) <= 1.0:
+        raise ConfigError(f"--budget {config.budget} is out of range: give the fraction of the dense "
+                          f"MACs to keep, in (0, 1], e.g. --budget 0.5")
+    if not 0.0 <= float(config.distillation_alpha) <= 1.0:
+        raise ConfigError(f"--distillation-alpha {config.distillation_alpha} must lie in [0, 1]")
+    for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "gating_interval"):
+        if int(config[key]) < 1:
+            raise ConfigError(f"--{key} must be at least 1, got {config[key]}")
+    if int(config.epochs) < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
+    try:
+        zlr_schedule(config.zlr_schedule_list)
+    except ValueError:
+        raise ConfigError(f"--zlr_schedule_list {config.zlr_schedule_list!r}: give comma-separated "
+                          f"epoch numbers, e.g. \"1,5,9\"") from None
+
+
+def zlr_schedule(text: str) -> List[int]:
+    """"1,5,9" -> [1, 5, 9] (epochs at which the z learning rate doubles)."""
+    return sorted(int(t) for t in str(text).replace(" ", "").split(",") if t)
