@@ -1,0 +1,89 @@
+"""`build_datasets`: the config's data set as (train_set, val_set, num_classes)."""
+import os
+from typing import Tuple
+
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+
+from data import digits
+from data.errors import DataError
+from data.synthetic import Synthetic
+from data.transforms import build_transform
+
+DATASETS = ("imagenet", "cifar10", "cifar100", "digits", "synthetic")
+SYNTHETIC_CLASSES = 10
+_SYNTHETIC_VAL_SEED = 2 ** 31  # far from the train images' seeds 0 .. synthetic_size
+
+
+def build_datasets(config, img_size: int, in_chans: int) -> Tuple[Dataset, Dataset, int]:
+    """(train_set, val_set, num_classes) for config.dataset, images as the model expects."""
+    builders = {"imagenet": _imagenet, "cifar10": _cifar, "cifar100": _cifar,
+                "digits": _digits, "synthetic": _synthetic}
+    if config.dataset not in builders:
+        raise DataError(f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    return builders[config.dataset](config, img_size, in_chans)
+
+
+def _require_rgb(config, in_chans: int) -> None:
+    if in_chans != 3:
+        raise DataError(f"--dataset {config.dataset} has RGB images but the model takes "
+                        f"{in_chans} channel(s); pick a 3-channel model")
+
+
+def _imagenet(config, img_size: int, in_chans: int):
+    _require_rgb(config, in_chans)
+    train = _image_folder(config, "train", build_transform(config, img_size, is_training=True))
+    val = _image_folder(config, "val", build_transform(config, img_size, is_training=False))
+    if val.classes != train.classes:
+        raise DataError(f"the class folders of {os.path.join(config.data_dir, 'val')} ({len(val.classes)}) "
+                        f"differ from those of {os.path.join(config.data_dir, 'train')} ({len(train.classes)}); "
+                        f"both need the same <class> folders")
+    return train, val, len(train.classes)
+
+
+def _image_folder(config, split: str, transform) -> tv_datasets.ImageFolder:
+    root = os.path.join(config.data_dir, split)
+    layout = ("--dataset imagenet expects an ImageFolder with <data_dir>/train/<class>/*.jpg "
+              "and <data_dir>/val/<class>/*.jpg")
+    if not os.path.isdir(root):
+        raise DataError(f"data dir {root} not found: {layout}")
+    try:
+        return tv_datasets.ImageFolder(root, transform=transform)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"data dir {root} has no images ({e}): {layout}") from None
+
+
+def _cifar(config, img_size: int, in_chans: int):
+    _require_rgb(config, in_chans)
+    cls = tv_datasets.CIFAR10 if config.dataset == "cifar10" else tv_datasets.CIFAR100
+    if not config.data_dir:
+        raise DataError(f"--dataset {config.dataset} needs --data_dir (where the CIFAR files are or go)")
+    train = _load_cifar(config, cls, True, build_transform(config, img_size, is_training=True))
+    val = _load_cifar(config, cls, False, build_transform(config, img_size, is_training=False))
+    return train, val, len(train.classes)
+
+
+def _load_cifar(config, cls, train: bool, transform):
+    download = bool(config.download)
+    try:
+        return cls(config.data_dir, train=train, transform=transform, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"{config.dataset} not found in data dir {config.data_dir} ({e}); pass --download 1 "
+                        f"or put the extracted {cls.base_folder}/ there") from None
+    except OSError as e:  # download=True without network, unwritable dir, ...
+        raise DataError(f"could not download {config.dataset} to {config.data_dir}: {e}") from None
+
+
+def _digits(config, img_size: int, in_chans: int):
+    train = digits.Digits(True, digits.digits_transform(True, img_size, in_chans))
+    val = digits.Digits(False, digits.digits_transform(False, img_size, in_chans))
+    return train, val, digits.NUM_CLASSES
+
+
+def _synthetic(config, img_size: int, in_chans: int):
+    size = int(config.synthetic_size)
+    if size < 4:
+        raise DataError(f"--synthetic_size {size} is too small; give at least 4 (a quarter is the val set)")
+    train = Synthetic(size, img_size, in_chans, SYNTHETIC_CLASSES, seed=0)
+    val = Synthetic(size // 4, img_size, in_chans, SYNTHETIC_CLASSES, seed=_SYNTHETIC_VAL_SEED)
+    return train, val, SYNTHETIC_CLASSES

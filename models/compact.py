@@ -1,0 +1,214 @@
+"""The compact ViT: what `python -m uvc.export` deploys (UVC_SPEC section 7).
+
+A physically smaller ViT/DeiT in which every block has its own number of heads,
+value size per head and MLP width, skipped blocks are gone and only the kept
+patch positions are embedded. It depends on torch and timm layers only, so a
+file written by `save_compact` loads without the search code:
+
+    from models.compact import load_compact
+    model = load_compact("compact.pth").eval()
+
+The model is built from a plain, JSON-able `compact_spec`:
+
+    {"format_version": 1, "model_type": str, "img_size": int, "patch_size": int,
+     "in_chans": int, "num_classes": int, "embed_dim": D,
+     "num_heads": H (original, informational), "head_dim": d (q/k size per head),
+     "distilled": bool, "qkv_bias": bool, "norm_eps": float,
+     "patches_kept": [kept patch positions], "blocks": [
+        {"heads": H'_l, "value_dim": dv_l, "mlp_hidden": M'_l, "source_block": l}]}
+
+Its weights come from `uvc.export.export_compact` (or `load_compact`); the
+constructor only allocates them.
+"""
+import os
+import pickle
+import warnings
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm, Mlp, PatchEmbed, use_fused_attn
+
+FORMAT = "uvc-compact-v1"
+
+
+class CompactAttention(nn.Module):
+    """Multi-head self-attention whose value heads may be narrower than q/k heads.
+
+    qkv is one Linear(D, H'*d*2 + H'*dv) laid out [q (H'*d) | k (H'*d) | v (H'*dv)],
+    proj is Linear(H'*dv, D). With H' = 0 (a block whose heads were all removed)
+    no attention is computed and the output is proj's bias: exactly what the
+    masked model computes, since all of proj's inputs are zero there.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, value_dim: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads  # H'
+        self.head_dim = head_dim  # d: q/k size, unchanged by compression
+        self.value_dim = value_dim  # dv: kept value dims per head (zero-padded to the block's largest)
+        self.scale = head_dim ** -0.5
+        self.fused_attn = use_fused_attn()  # False: explicit softmax(q k^T) v, which fvcore can count
+        with warnings.catch_warnings():  # H' = 0 gives zero-element weights
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.qkv = nn.Linear(dim, num_heads * (2 * head_dim + value_dim), bias=qkv_bias)
+            self.proj = nn.Linear(num_heads * value_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        h, d, dv = self.num_heads, self.head_dim, self.value_dim
+        if h == 0 or dv == 0:
+            return self.proj(x.new_zeros(B, N, h * dv))  # (B, N, D): proj's bias
+        q, k, v = self.qkv(x).split([h * d, h * d, h * dv], dim=-1)
+        q = q.view(B, N, h, d).transpose(1, 2)  # (B, H', N, d)
+        k = k.view(B, N, h, d).transpose(1, 2)  # (B, H', N, d)
+        v = v.view(B, N, h, dv).transpose(1, 2)  # (B, H', N, dv)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H', N, N)
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B, N, h * dv)  # (B, N, H'*dv)
+        return self.proj(x)
+
+
+class CompactBlock(nn.Module):
+    """A pre-norm transformer block like timm's Block, with per-block sizes."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, value_dim: int, mlp_hidden: int,
+                 qkv_bias: bool = True, norm_eps: float = 1e-6, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
+        self.attn = CompactAttention(dim, num_heads, head_dim, value_dim, qkv_bias)
+        self.norm2 = LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, hidden_features=mlp_hidden)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class CompactViT(nn.Module):
+    """A compressed ViT/DeiT built from a compact spec (see the module docstring).
+
+    Args:
+        spec: the compact spec; kept as `self.spec` and saved by `save_compact`.
+        drop_path_rate: stochastic depth for fine-tuning, linear over the kept blocks.
+    """
+
+    def __init__(self, spec: dict, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.spec = spec
+        dim, eps = spec["embed_dim"], spec.get("norm_eps", 1e-6)
+        self.embed_dim = dim
+        self.num_classes = spec["num_classes"]
+        self.distilled = bool(spec["distilled"])
+        self.num_prefix_tokens = 2 if self.distilled else 1
+        self.distilled_training = False  # like timm: True returns (head, head_dist) logits in train mode
+
+        self.patch_embed = PatchEmbed(spec["img_size"], spec["patch_size"], spec["in_chans"], dim)
+        kept = torch.as_tensor(spec["patches_kept"], dtype=torch.long)
+        self.register_buffer("patch_index", kept)  # (P',) kept patch positions
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.distilled else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + len(kept), dim))
+
+        blocks = spec["blocks"]
+        rates = torch.linspace(0, drop_path_rate, len(blocks)).tolist() if blocks else []
+        self.blocks = nn.Sequential(*[
+            CompactBlock(dim, b["heads"], spec["head_dim"], b["value_dim"], b["mlp_hidden"],
+                         spec["qkv_bias"], eps, rate)
+            for b, rate in zip(blocks, rates)])
+        self.norm = LayerNorm(dim, eps=eps)
+        self.head = nn.Linear(dim, self.num_classes)
+        self.head_dist = nn.Linear(dim, self.num_classes) if self.distilled else None
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        self.distilled_training = enable
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, P', D) embeddings of the kept patch positions.
+
+        With patches dropped, only the kept patches are projected (unfold, select,
+        matmul with the conv's weight), so the model costs P' * C*p*p * D MACs as
+        the budget formula says, not P * C*p*p * D.
+        """
+        embed = self.patch_embed
+        if self.patch_index.numel() == embed.num_patches:  # all kept (patches_kept is sorted)
+            return embed(x)
+        torch._assert(tuple(x.shape[-2:]) == tuple(embed.img_size),
+                      f"input size {tuple(x.shape[-2:])} != model size {tuple(embed.img_size)}")
+        patches = F.unfold(x, kernel_size=embed.patch_size, stride=embed.patch_size)  # (B, C*p*p, P)
+        patches = patches.index_select(2, self.patch_index).transpose(1, 2)  # (B, P', C*p*p)
+        return F.linear(patches, embed.proj.weight.flatten(1), embed.proj.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, prefix + P', D) normalised tokens."""
+        x = self.embed_patches(x)  # (B, P', D)
+        prefix = [self.cls_token] + ([self.dist_token] if self.distilled else [])
+        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)
+        x = self.blocks(x + self.pos_embed)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Class-token logits; for a distilled model the average of both heads
+        (or the pair, in train mode with `distilled_training`), as timm does."""
+        logits = self.head(x[:, 0])
+        if not self.distilled:
+            return logits
+        logits_dist = self.head_dist(x[:, 1])
+        if self.distilled_training and self.training:
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+
+def save_compact(model: CompactViT, path: str) -> None:
+    """Write `{"format", "spec", "state_dict"}` atomically (temp file, then rename)."""
+    payload = {"format": FORMAT, "spec": model.spec,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = path + ".tmp"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _describe(obj) -> str:
+    """What a loaded file that is not a compact model holds, for the error message."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}, not a checkpoint dict"
+    fmt = obj.get("format")
+    if isinstance(fmt, str) and fmt.startswith("uvc-stage"):
+        return f"a UVC training checkpoint ({fmt})"
+    if fmt is not None:
+        return f"a file of format {fmt!r}"
+    if "model" in obj or obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "a plain (dense) model checkpoint"
+    return "a dict without a 'format' key"
+
+
+def load_compact(path: str, map_location: Optional[Union[str, torch.device]] = "cpu") -> CompactViT:
+    """Load a file written by `save_compact` (weights_only, no search code needed)."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} is not a weights-only torch file; pass a compact model written by "
+                         f"save_compact / python -m uvc.export") from None
+    except (OSError, RuntimeError, EOFError) as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"cannot read {path} ({e.__class__.__name__}: {reason}); pass a compact model "
+                         f"written by save_compact / python -m uvc.export") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path} is {_describe(obj)}, not a compact model ({FORMAT}); pass a file "
+                         f"written by save_compact (from a training checkpoint: python -m uvc.export --checkpoint "
+                         f"FILE --output compact.pth)")
+    model = CompactViT(obj["spec"])
+    model.load_state_dict(obj["state_dict"])
+    return model

@@ -1,0 +1,1 @@
+"""UVC: the method (masks, gates, budget, primal-dual)."""

@@ -1,0 +1,150 @@
+"""train_one_epoch and evaluate, DeiT-style; each returns a dict of averages.
+
+The architecture side of a step is one explicit object, `arch_step`, with two
+calls: `prepare(model, training)` before the forward pass and
+`step(model, lr) -> dict` after the weight update. Stage 1 passes the
+primal-dual search (uvc.primal_dual.PrimalDual), stage 2 the frozen
+architecture (uvc.search.FrozenArchitecture), the dense path None.
+"""
+from contextlib import nullcontext
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.utils import accuracy
+from tqdm import tqdm
+
+from utils.amp import autocast_context
+from utils.dist import all_reduce_mean, get_world_size, is_main_process
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+class Averages:
+    """Running means of named scalars."""
+
+    def __init__(self):
+        self.sums, self.counts = {}, {}
+
+    def update(self, n: int = 1, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+            self.counts[k] = self.counts.get(k, 0) + n
+
+    def means(self) -> Dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: int, *,
+                    lr_scheduler=None, mixup=None, arch_step=None, amp: bool = False,
+                    clip_grad: float = 0.0, accumulation: int = 1, max_steps: int = 0,
+                    global_step: int = 0, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                    skip_steps: int = 0) -> Dict[str, float]:
+    """One pass over `loader`; returns the epoch's averages and the last global step.
+
+    `accumulation` micro-batches make one optimizer step; `max_steps` (> 0) cuts
+    the epoch short; `skip_steps` skips optimizer steps already done (resume
+    mid-epoch); `on_step(global_step, scalars)` is called after every step.
+    """
+    model.train()
+    criterion.train()
+    inner = _unwrap(model)
+    steps_per_epoch = len(loader) // accumulation
+    if max_steps:
+        steps_per_epoch = min(steps_per_epoch, max_steps)
+    stats = Averages()
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not is_main_process(),
+               dynamic_ncols=True, leave=False)
+    it = iter(loader)
+    step = 0
+    for step in range(steps_per_epoch):
+        batches = [next(it) for _ in range(accumulation)]
+        if step < skip_steps:
+            continue
+        if arch_step is not None:
+            arch_step.prepare(inner, training=True)
+        for micro, (images, targets) in enumerate(batches):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            last = micro == accumulation - 1
+            sync = model.no_sync() if (hasattr(model, "no_sync") and not last) else nullcontext()
+            with sync:
+                with autocast_context(device, amp):
+                    outputs = model(images)
+                    loss = criterion(images, outputs, targets)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at epoch {epoch} step {global_step + 1}; stopping. The last good "
+                        f"checkpoint is kept: lower --learning_rate, set --clip_grad, or turn off --fp16")
+                scaler.scale(loss / accumulation).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = None
+        if clip_grad > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(inner.parameters(), clip_grad))
+        scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        lr = optimizer.param_groups[0]["lr"]
+        scalars = {"loss": loss.item(), "lr": lr}
+        last_parts = getattr(criterion, "last", None)
+        if last_parts:
+            scalars.update({f"loss_{k}": float(v) for k, v in last_parts.items()})
+        if grad_norm is not None:
+            scalars["grad_norm"] = grad_norm
+        if scale_before is not None and scaler.get_scale() < scale_before:
+            scalars["amp_skipped_steps"] = 1.0
+        if arch_step is not None:
+            scalars.update(arch_step.step(inner, lr))
+        if lr_scheduler is not None:
+            lr_scheduler.step_update(num_updates=global_step)
+        stats.update(**scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{lr:.2e}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(global_step, scalars)
+    bar.close()
+    out = stats.means()
+    out["global_step"] = global_step
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, arch_step=None, amp: bool = False) -> Dict[str, float]:
+    """Top-1 / top-5 / loss over `loader`, averaged over all ranks (deterministic:
+    the search is evaluated at its argmax architecture, no Gumbel noise)."""
+    model.eval()
+    inner = _unwrap(model)
+    if arch_step is not None:
+        arch_step.prepare(inner, training=False)
+    totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, n
+    for images, targets in tqdm(loader, desc="eval", disable=not is_main_process(), leave=False,
+                                dynamic_ncols=True):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast_context(device, amp):
+            logits = inner(images)
+        logits = logits.float()
+        n = images.shape[0]
+        top1, top5 = accuracy(logits, targets, topk=(1, min(5, logits.shape[-1])))
+        totals += torch.tensor([F.cross_entropy(logits, targets).item() * n, top1.item() * n / 100,
+                                top5.item() * n / 100, n], device=device, dtype=torch.float64)
+    totals = all_reduce_sum(totals)
+    n = max(totals[3].item(), 1.0)
+    return {"loss": totals[0].item() / n, "top1": 100 * totals[1].item() / n, "top5": 100 * totals[2].item() / n}
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (the mean times the world size); identity on one process."""
+    world = get_world_size()
+    return all_reduce_mean(t) * world if world > 1 else t
+

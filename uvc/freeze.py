@@ -1,0 +1,204 @@
+"""Freezing a search state into a hard architecture, fitting it to the budget,
+and applying a frozen architecture to a model.
+
+The architecture spec is a plain JSON-able dict shared with export and the
+compact model (models/compact.py):
+
+    {"model_type", "img_size", "patch_size", "in_chans", "num_classes",
+     "embed_dim", "num_heads", "head_dim", "mlp_hidden", "depth",
+     "num_prefix_tokens", "distilled", "qkv_bias",
+     "blocks": [{"skipped", "heads": [h..], "value_dims": [[j..] per kept head],
+                 "neurons": [m..]}],
+     "patches_kept": [i..]}
+"""
+from typing import Dict, Tuple
+
+import torch
+
+from uvc.flops import ViTDims, arch_macs, dense_macs
+from uvc.masks import Masks, Scores
+
+
+def base_spec(vit, model_type: str) -> dict:
+    """The sizes of `vit`, with nothing removed yet."""
+    d = ViTDims.of(vit)
+    img = vit.patch_embed.img_size
+    return {
+        "model_type": model_type, "img_size": int(img[0] if isinstance(img, (tuple, list)) else img),
+        "patch_size": d.patch_size, "in_chans": d.in_chans, "num_classes": d.num_classes,
+        "embed_dim": d.embed_dim, "num_heads": d.num_heads, "head_dim": d.head_dim,
+        "mlp_hidden": d.mlp_hidden, "depth": d.depth, "num_prefix_tokens": d.num_prefix_tokens,
+        "distilled": d.num_cls_heads == 2, "qkv_bias": vit.blocks[0].attn.qkv.bias is not None,
+        "blocks": [{"skipped": False, "heads": list(range(d.num_heads)),
+                    "value_dims": [list(range(d.head_dim))] * d.num_heads,
+                    "neurons": list(range(d.mlp_hidden))} for _ in range(d.depth)],
+        "patches_kept": list(range(d.num_patches)),
+    }
+
+
+def spec_from_search(vit, model_type: str, masks: Masks, block_keep: torch.Tensor,
+                     patch_keep: torch.Tensor) -> dict:
+    """The argmax architecture: masks (None: nothing pruned), (L,) 0/1 block keep, (P,) bool patches."""
+    spec = base_spec(vit, model_type)
+    for l, block in enumerate(spec["blocks"]):
+        block["skipped"] = not bool(block_keep[l])
+        if masks is not None:
+            heads = torch.nonzero(masks.heads[l]).flatten().tolist()
+            block["heads"] = heads
+            block["value_dims"] = [torch.nonzero(masks.dims[l, h]).flatten().tolist() for h in heads]
+            block["neurons"] = torch.nonzero(masks.neurons[l]).flatten().tolist()
+    spec["patches_kept"] = torch.nonzero(patch_keep).flatten().tolist()
+    return spec
+
+
+def dims_of_spec(spec: dict) -> ViTDims:
+    return ViTDims(embed_dim=spec["embed_dim"], depth=spec["depth"], num_heads=spec["num_heads"],
+                   head_dim=spec["head_dim"], mlp_hidden=spec["mlp_hidden"],
+                   num_patches=(spec["img_size"] // spec["patch_size"]) ** 2,
+                   num_prefix_tokens=spec["num_prefix_tokens"], patch_size=spec["patch_size"],
+                   in_chans=spec["in_chans"], num_classes=spec["num_classes"],
+                   num_cls_heads=2 if spec["distilled"] else 1)
+
+
+def spec_ratio(spec: dict, pad_value_dims: bool = True, with_attn: bool = True) -> float:
+    """MACs of the spec over the dense MACs (padded value dims: what deploys)."""
+    dims = dims_of_spec(spec)
+    return arch_macs(dims, spec, pad_value_dims, with_attn) / dense_macs(dims, with_attn)
+
+
+def masks_from_spec(spec: dict, device=None) -> Masks:
+    L, H, d, M = spec["depth"], spec["num_heads"], spec["head_dim"], spec["mlp_hidden"]
+    heads, dims, neurons = torch.zeros(L, H), torch.zeros(L, H, d), torch.zeros(L, M)
+    for l, block in enumerate(spec["blocks"]):
+        heads[l, block["heads"]] = 1
+        for h, kept in zip(block["heads"], block["value_dims"]):
+            dims[l, h, kept] = 1
+        neurons[l, block["neurons"]] = 1
+    nxt = torch.zeros(L)
+    return Masks(heads.to(device), dims.to(device), neurons.to(device), nxt.to(device))
+
+
+# --- fitting to the budget ----------------------------------------------------------
+def _equalise_value_dims(spec: dict, scores: Scores) -> None:
+    """Give every kept head of a block the block's largest kept dim count, taking its
+    best-scoring dims: the compact model pads to that size anyway, so this costs
+    nothing more and keeps real weights instead of zero padding."""
+    for l, block in enumerate(spec["blocks"]):
+        if not block["heads"]:
+            continue
+        width = max(len(v) for v in block["value_dims"])
+        block["value_dims"] = [sorted(scores.dims[l, h].argsort(descending=True)[:width].tolist())
+                               for h in block["heads"]]
+
+
+def _candidates(spec: dict, scores: Scores, tokens: int, with_attn: bool):
+    """Cheapest next removal per block: (score per MAC saved, MACs saved, block, kind)."""
+    D, d = spec["embed_dim"], spec["head_dim"]
+    n2 = tokens * tokens if with_attn else 0
+    out = []
+    for l, block in enumerate(spec["blocks"]):
+        if block["skipped"]:
+            continue
+        if len(block["neurons"]) > 1:
+            m = min(block["neurons"], key=lambda i: float(scores.neurons[l, i]))
+            saving = 2 * tokens * D
+            out.append((float(scores.neurons[l, m]) / saving, saving, l, "neuron"))
+        width = len(block["value_dims"][0]) if block["heads"] else 0
+        if width > 1:
+            lowest = [min(v, key=lambda j: float(scores.dims[l, h, j]))
+                      for h, v in zip(block["heads"], block["value_dims"])]
+            score = sum(float(scores.dims[l, h, j]) for h, j in zip(block["heads"], lowest))
+            saving = len(block["heads"]) * (2 * tokens * D + n2)
+            out.append((score / saving, saving, l, "dim"))
+    return out
+
+
+def _remove(block: dict, scores: Scores, l: int, kind: str) -> None:
+    if kind == "neuron":
+        m = min(block["neurons"], key=lambda i: float(scores.neurons[l, i]))
+        block["neurons"].remove(m)
+    else:
+        block["value_dims"] = [[j for j in v if j != min(v, key=lambda i: float(scores.dims[l, h, i]))]
+                               for h, v in zip(block["heads"], block["value_dims"])]
+
+
+def fit_to_budget(spec: dict, scores: Scores, budget: float, with_attn: bool = True,
+                  tolerance: float = 0.01) -> Tuple[dict, Dict[str, int]]:
+    """Make the deployed MACs ratio land in [budget - tolerance, budget].
+
+    Above budget: remove the lowest-score groups (per MAC saved) greedily, neurons
+    or one value dim from every kept head of a block. Below budget - tolerance:
+    put back the best removed neurons while the budget allows. Returns the new
+    spec and how many groups each way, for the log.
+    """
+    spec = {**spec, "blocks": [dict(b, neurons=list(b["neurons"])) for b in spec["blocks"]]}
+    _equalise_value_dims(spec, scores)
+    dims = dims_of_spec(spec)
+    dense = dense_macs(dims, with_attn)
+    tokens = len(spec["patches_kept"]) + spec["num_prefix_tokens"]
+    ratio = spec_ratio(spec, True, with_attn)
+    removed = restored = 0
+    while ratio > budget:
+        cands = _candidates(spec, scores, tokens, with_attn)
+        if not cands:
+            break
+        _, saving, l, kind = min(cands)
+        _remove(spec["blocks"][l], scores, l, kind)
+        ratio -= saving / dense
+        removed += 1
+    if ratio < budget - tolerance:
+        cost = 2 * tokens * dims.embed_dim / dense
+        pool = sorted(((float(scores.neurons[l, m]), l, m) for l, b in enumerate(spec["blocks"])
+                       if not b["skipped"] for m in set(range(dims.mlp_hidden)) - set(b["neurons"])),
+                      reverse=True)
+        for _, l, m in pool:
+            if ratio + cost > budget:
+                break
+            spec["blocks"][l]["neurons"] = sorted(spec["blocks"][l]["neurons"] + [m])
+            ratio += cost
+            restored += 1
+    return spec, {"groups_removed_to_fit": removed, "neurons_restored_to_fit": restored}
+
+
+# --- applying a frozen architecture ------------------------------------------------------
+def param_keep_masks(vit, spec: dict) -> Dict[str, torch.Tensor]:
+    """0/1 masks of the weights a frozen spec removes, by parameter name.
+
+    Removed heads: their q, k, v rows and proj columns; removed dims: v rows and
+    proj columns; removed neurons: fc1 rows (+ bias) and fc2 columns. Skipped
+    blocks and dropped patches are handled by the forward pass instead.
+    """
+    m = masks_from_spec(spec, vit.pos_embed.device)
+    D = spec["embed_dim"]
+    value = m.dims.flatten(1)  # (L, H*d)
+    qk = m.heads.unsqueeze(-1).expand_as(m.dims).flatten(1)
+    rows = torch.cat([qk, qk, value], 1)  # (L, 3*H*d)
+    out = {}
+    for l, blk in enumerate(vit.blocks):
+        p = f"blocks.{l}."
+        out[p + "attn.qkv.weight"] = rows[l].unsqueeze(1).expand(-1, D).contiguous()
+        if blk.attn.qkv.bias is not None:
+            out[p + "attn.qkv.bias"] = rows[l].clone()
+        out[p + "attn.proj.weight"] = value[l].unsqueeze(0).expand(D, -1).contiguous()
+        out[p + "mlp.fc1.weight"] = m.neurons[l].unsqueeze(1).expand(-1, D).contiguous()
+        out[p + "mlp.fc1.bias"] = m.neurons[l].clone()
+        out[p + "mlp.fc2.weight"] = m.neurons[l].unsqueeze(0).expand(D, -1).contiguous()
+    return out
+
+
+@torch.no_grad()
+def zero_removed_weights(vit, keep: Dict[str, torch.Tensor]) -> None:
+    """Physically zero what a frozen spec removes (exact: those weights are unused)."""
+    params = dict(vit.named_parameters())
+    torch._foreach_mul_([params[n] for n in keep], list(keep.values()))
+
+
+def apply_spec(masked_model, spec: dict) -> None:
+    """Fix a MaskedViT to a frozen spec: masks, skipped blocks, kept patches."""
+    device = masked_model.vit.pos_embed.device
+    masked_model.set_masks(masks_from_spec(spec, device))
+    skipped = [l for l, b in enumerate(spec["blocks"]) if b["skipped"]]
+    masked_model.set_block_gates(None, skipped)
+    P = (spec["img_size"] // spec["patch_size"]) ** 2
+    index = None if len(spec["patches_kept"]) == P else torch.tensor(spec["patches_kept"], device=device)
+    masked_model.set_patches(index=index)

@@ -1,0 +1,84 @@
+"""A timm ViT seen through UVC's masks and gates, without forking timm.
+
+Forward pre-hooks on every `attn.proj` (heads and value dims) and `mlp.fc2`
+(neurons) multiply their inputs by 0/1 masks. This equals physically zeroing
+the removed groups' weights, keeps the checkpoint keys unchanged and keeps the
+fused attention path. Block gates and patch gates are applied in `forward`,
+which otherwise follows timm's `forward_features` + `forward_head`.
+
+The wrapper is what DDP wraps; the ViT inside keeps timm's state-dict layout.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from uvc.masks import Masks
+
+
+class MaskedViT(nn.Module):
+    """Wraps a timm VisionTransformer; masks and gates are set from outside each step.
+
+    Args:
+        vit: timm VisionTransformer (or VisionTransformerDistilled).
+    """
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        L = len(vit.blocks)
+        attn = vit.blocks[0].attn
+        self.proj_mask: Optional[torch.Tensor] = None  # (L, H*d)
+        self.fc2_mask: Optional[torch.Tensor] = None  # (L, M)
+        self.block_gates: Optional[torch.Tensor] = None  # (L,) soft keep values
+        self.skipped: Sequence[int] = ()  # hard-skipped blocks (not computed)
+        self.patch_bias: Optional[torch.Tensor] = None  # (1, 1, 1, N) log(pi) bias
+        self.patch_index: Optional[torch.Tensor] = None  # (P',) kept patches, physically selected
+        self._hooks = []
+        for l, blk in enumerate(vit.blocks):
+            self._hooks.append(blk.attn.proj.register_forward_pre_hook(self._mask_hook("proj_mask", l)))
+            self._hooks.append(blk.mlp.fc2.register_forward_pre_hook(self._mask_hook("fc2_mask", l)))
+        self.num_layers, self.num_heads, self.head_dim = L, attn.num_heads, attn.head_dim
+
+    def _mask_hook(self, name: str, layer: int):
+        def hook(module, args):
+            mask = getattr(self, name)
+            if mask is None:
+                return None
+            return (args[0] * mask[layer].to(args[0].dtype),) + tuple(args[1:])
+        return hook
+
+    # --- setting the architecture ----------------------------------------
+    def set_masks(self, masks: Optional[Masks]) -> None:
+        self.proj_mask = None if masks is None else masks.proj_input
+        self.fc2_mask = None if masks is None else masks.neurons
+
+    def set_block_gates(self, gates: Optional[torch.Tensor], skipped: Sequence[int] = ()) -> None:
+        """Soft gates (L,) for search, or a list of hard-skipped blocks for the frozen model."""
+        self.block_gates = gates
+        self.skipped = tuple(int(i) for i in skipped)
+
+    def set_patches(self, bias: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None) -> None:
+        """A log(pi) attention bias (search) or the kept patch indices (frozen)."""
+        self.patch_bias = bias
+        self.patch_index = index
+
+    # --- forward -------------------------------------------------------------
+    def forward(self, x: torch.Tensor):
+        vit = self.vit
+        x = vit.patch_embed(x)
+        x = vit._pos_embed(x)  # (B, prefix + P, D)
+        if self.patch_index is not None:
+            prefix = vit.num_prefix_tokens
+            x = torch.cat([x[:, :prefix], x[:, prefix:].index_select(1, self.patch_index)], dim=1)
+        x = vit.patch_drop(x)
+        x = vit.norm_pre(x)
+        bias = None if self.patch_bias is None else self.patch_bias.to(x.dtype)
+        gates = self.block_gates
+        for l, blk in enumerate(vit.blocks):
+            if l in self.skipped:
+                continue
+            out = blk(x, attn_mask=bias)
+            x = out if gates is None else x + gates[l].to(x.dtype) * (out - x)
+        x = vit.norm(x)
+        return vit.forward_head(x)

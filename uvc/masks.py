@@ -1,0 +1,98 @@
+"""Group scores, the mask rule and LeastSum, for all blocks at once.
+
+The mask rule (UVC_SPEC section 2): in every block the ceil(s) groups with the
+smallest scores are removed, re-ranked at every step. Scores are squared
+column norms of the output projections:
+
+    dim j of head h   ||proj.weight[:, h*d + j]||^2
+    head h            sum of its d dim scores
+    neuron m          ||fc2.weight[:, m]||^2
+
+Everything is computed on weights stacked over blocks, shape (L, ...), with
+sort/gather; there is no Python loop over heads or blocks.
+"""
+from typing import NamedTuple
+
+import torch
+
+
+class Scores(NamedTuple):
+    heads: torch.Tensor  # (L, H)
+    dims: torch.Tensor  # (L, H, d)
+    neurons: torch.Tensor  # (L, M)
+
+
+class Masks(NamedTuple):
+    """Keep masks (1.0 keep, 0.0 removed) and what the budget's gradient needs."""
+    heads: torch.Tensor  # (L, H)
+    dims: torch.Tensor  # (L, H, d), already zero for removed heads
+    neurons: torch.Tensor  # (L, M)
+    next_head_value_dims: torch.Tensor  # (L,) value dims of the head removed next (0 if none)
+
+    @property
+    def proj_input(self) -> torch.Tensor:
+        """(L, H*d) mask on the input of attn.proj: heads and dims together."""
+        return self.dims.flatten(1)
+
+    def value_dims(self) -> torch.Tensor:
+        """(L,) kept value dims over all kept heads (V')."""
+        return self.dims.sum((1, 2))
+
+
+def stacked_weights(model):
+    """(proj (L, D, H*d), fc2 (L, D, M)) weights of a timm ViT, detached."""
+    proj = torch.stack([blk.attn.proj.weight.detach() for blk in model.blocks])
+    fc2 = torch.stack([blk.mlp.fc2.weight.detach() for blk in model.blocks])
+    return proj, fc2
+
+
+def group_scores(proj_weight: torch.Tensor, fc2_weight: torch.Tensor, num_heads: int) -> Scores:
+    """Squared column norms of stacked proj (L, D, H*d) and fc2 (L, D, M) weights."""
+    L = proj_weight.shape[0]
+    columns = proj_weight.float().pow(2).sum(1)  # (L, H*d)
+    dims = columns.view(L, num_heads, -1)  # (L, H, d)
+    return Scores(heads=dims.sum(-1), dims=dims, neurons=fc2_weight.float().pow(2).sum(1))
+
+
+def lowest_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """1.0 except for the k[...] smallest entries along the last dim (ties by index).
+
+    scores (..., G), k (...) integer -> (..., G) float mask.
+    """
+    rank = scores.argsort(dim=-1, stable=True).argsort(dim=-1)
+    return (rank >= k.unsqueeze(-1)).to(scores.dtype)
+
+
+def least_sum(scores: torch.Tensor, k: torch.Tensor):
+    """LeastSum(scores, k) = sum of the k smallest scores, and its derivative in k.
+
+    The derivative is the (k+1)-th smallest score: the marginal cost of
+    removing one more group (UVC_SPEC section 4). Returns (value (...), slope (...)).
+    """
+    ordered = scores.sort(dim=-1).values
+    csum = torch.nn.functional.pad(ordered.cumsum(-1), (1, 0))  # csum[..., k] = sum of k smallest
+    value = csum.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    slope = ordered.gather(-1, k.clamp_max(scores.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+    return value, slope
+
+
+def compute_masks(scores: Scores, k_heads: torch.Tensor, k_dims: torch.Tensor,
+                  k_neurons: torch.Tensor) -> Masks:
+    """Masks for removed counts k_heads (L,), k_dims (L, H), k_neurons (L,)."""
+    head_dim = scores.dims.shape[-1]
+    heads = lowest_k_mask(scores.heads, k_heads)  # (L, H)
+    dims = lowest_k_mask(scores.dims, k_dims) * heads.unsqueeze(-1)  # (L, H, d)
+    neurons = lowest_k_mask(scores.neurons, k_neurons)
+    # the head that goes next is the kept head of lowest score
+    kept_scores = scores.heads.masked_fill(heads == 0, float("inf"))
+    nxt = kept_scores.argmin(-1, keepdim=True)  # (L, 1)
+    next_dims = (head_dim - k_dims.gather(-1, nxt).squeeze(-1)).to(heads.dtype)
+    next_dims = next_dims * (heads.sum(-1) > 1)  # the last head is never removed
+    return Masks(heads=heads, dims=dims, neurons=neurons, next_head_value_dims=next_dims)
+
+
+def full_masks(num_layers: int, num_heads: int, head_dim: int, mlp_hidden: int, device=None) -> Masks:
+    """Masks that keep everything."""
+    ones = lambda *s: torch.ones(*s, device=device)  # noqa: E731
+    return Masks(ones(num_layers, num_heads), ones(num_layers, num_heads, head_dim),
+                 ones(num_layers, mlp_hidden), torch.full((num_layers,), float(head_dim), device=device))

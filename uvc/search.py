@@ -1,0 +1,118 @@
+"""Assembling the stage-1 search and the stage-2 frozen architecture from a config.
+
+`UVCSearch` bundles the architecture variables, the budget and the primal-dual
+updates behind the two calls the engine makes (prepare / step), and freezes
+the result into a stage-1 file. `FrozenArchitecture` is the stage-2 side: the
+architecture is fixed and removed weights stay exactly zero.
+"""
+from typing import Dict, Optional
+
+import torch
+
+from uvc.budget import Budget, SearchSpace
+from uvc.flops import ViTDims
+from uvc.freeze import apply_spec, fit_to_budget, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
+from uvc.masked_model import MaskedViT
+from uvc.primal_dual import PrimalDual, PrimalDualConfig
+from uvc.structure import ArchState
+
+STAGE1_FORMAT = "uvc-stage1-v1"
+STAGE2_FORMAT = "uvc-stage2-v1"
+
+
+def search_space(config) -> SearchSpace:
+    return SearchSpace(pruning=bool(config.enable_pruning), block_gating=bool(config.enable_block_gating),
+                       patch_gating=bool(config.enable_patch_gating), use_gumbel=bool(config.use_gumbel),
+                       with_attn=bool(config.flops_with_mhsa))
+
+
+class UVCSearch:
+    """Stage 1: s, r, gates, patches and duals, updated by the primal-dual step.
+
+    During warm-up (`active` False) the architecture is frozen at "keep
+    everything" and only the weights train.
+    """
+
+    def __init__(self, vit, config, device):
+        self.dims = ViTDims.of(vit)
+        self.space = search_space(config)
+        self.arch = ArchState(self.dims).to(device)
+        self.budget = Budget(self.dims, float(config.budget), self.space)
+        self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config))
+        self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
+        self.active = self.warmup_epochs == 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.active = epoch >= self.warmup_epochs
+        self.pd.set_epoch(epoch, epoch - self.warmup_epochs)
+
+    # --- the engine's two calls -----------------------------------------------------
+    def prepare(self, model: MaskedViT, training: bool = True) -> None:
+        if self.active:
+            self.pd.prepare(model, training)
+        else:
+            model.set_masks(None)
+            model.set_block_gates(None)
+            model.set_patches()
+
+    def step(self, model: MaskedViT, lr: float) -> Dict[str, float]:
+        return self.pd.step(model, lr) if self.active else {}
+
+    # --- reporting -------------------------------------------------------------------
+    @torch.no_grad()
+    def ratios(self, model: MaskedViT) -> Dict[str, float]:
+        """Expected ("Expectation FLOPs") and hard ("Real FLOPs") MACs ratios now."""
+        masks = self.pd.update_masks(model.vit)
+        return {"expected_macs_ratio": float(self.budget.expected_ratio(self.arch, masks, self.pd.eps)),
+                "hard_macs_ratio": self.budget.hard_ratio(self.arch, masks)}
+
+    @torch.no_grad()
+    def spec(self, model: MaskedViT, model_type: str) -> dict:
+        """The argmax architecture now, as an architecture spec."""
+        sp, a = self.space, self.arch
+        masks = self.pd.update_masks(model.vit) if sp.pruning else None
+        keep = a.block_keep_hard() if sp.block_gating else torch.ones(self.dims.depth)
+        patches = a.patch_keep_hard() if sp.patch_gating else torch.ones(self.dims.num_patches, dtype=torch.bool)
+        return spec_from_search(model.vit, model_type, masks, keep, patches)
+
+    def freeze(self, model: MaskedViT, model_type: str):
+        """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs."""
+        spec = self.spec(model, model_type)
+        searched = spec_ratio(spec, True, self.space.with_attn)
+        fit = {}
+        if self.space.pruning:  # without pruning there are no fine-grained groups to fit with
+            spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget,
+                                      self.space.with_attn)
+        return spec, dict(fit, searched_macs_ratio=searched, macs_ratio=spec_ratio(spec, True, self.space.with_attn))
+
+    # --- checkpointing -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"arch": self.arch.state_dict(), "primal_dual": self.pd.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.arch.load_state_dict(state["arch"])
+        self.pd.load_state_dict(state["primal_dual"])
+
+
+class FrozenArchitecture:
+    """Stage 2: a fixed spec; removed weights are zeroed and re-zeroed after every step,
+    so neither momentum nor weight decay can bring them back."""
+
+    def __init__(self, model: MaskedViT, spec: dict):
+        self.spec = spec
+        self.keep = param_keep_masks(model.vit, spec)
+        zero_removed_weights(model.vit, self.keep)
+
+    def prepare(self, model: MaskedViT, training: bool = True) -> None:
+        apply_spec(model, self.spec)
+
+    def step(self, model: MaskedViT, lr: float) -> Dict[str, float]:
+        zero_removed_weights(model.vit, self.keep)
+        return {}
+
+
+def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,
+                  teacher: Optional[dict] = None) -> dict:
+    """The content of <output_dir>/<model_type>_uvc.pth: the input of post_train.py."""
+    return {"format": STAGE1_FORMAT, "model_type": spec["model_type"], "arch": spec, "model": vit_state,
+            "config": config_dict, "fit": fit, "teacher": teacher or {}}

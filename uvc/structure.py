@@ -1,0 +1,94 @@
+"""The architecture variables of UVC and their duals, in one module.
+
+Per block l of a ViT with H heads of size d and M MLP neurons:
+
+    s[l, 0]   heads removed                 0 .. H-1
+    s[l, 1]   neurons removed               0 .. M-1
+    r[l, h]   value dims removed in head h  0 .. d-1
+    g[l]      block gate logits (skip, keep)
+    a[i]      patch keep logit of patch position i
+    y[l, :]   duals of the head / neuron LeastSum terms
+    p[l, h]   duals of the head-dim LeastSum terms
+    z         dual of the budget constraint R <= B
+
+s and r are stored as fractions of their group counts (s_frac = s / [H, M],
+r_frac = r / d) so that one learning rate suits 3 heads and 768 neurons alike;
+the counts used are ceil(s) and ceil(r). This module is saved with every
+checkpoint and kept out of DDP: its gradients are averaged by hand.
+"""
+import torch
+import torch.nn as nn
+
+from uvc.flops import ViTDims
+
+
+def ste_ceil(x: torch.Tensor) -> torch.Tensor:
+    """ceil(x) in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.ceil(x) - x).detach()
+
+
+class ArchState(nn.Module):
+    """s, r, gate and patch logits (parameters) and the duals y, p, z (buffers)."""
+
+    def __init__(self, dims: ViTDims, gate_init: float = 2.2, patch_init: float = 3.0):
+        super().__init__()
+        self.dims = dims
+        L, H = dims.depth, dims.num_heads
+        self.s_frac = nn.Parameter(torch.zeros(L, 2))
+        self.r_frac = nn.Parameter(torch.zeros(L, H))
+        # (skip, keep) logits: softmax keep probability 0.9 at gate_init 2.2
+        self.gate_logits = nn.Parameter(torch.tensor([0.0, gate_init]).repeat(L, 1))
+        self.patch_logits = nn.Parameter(torch.full((dims.num_patches,), patch_init))
+        self.register_buffer("y", torch.zeros(L, 2))
+        self.register_buffer("p", torch.zeros(L, H))
+        self.register_buffer("z", torch.zeros(()))
+        self.register_buffer("group_counts", torch.tensor([float(H), float(dims.mlp_hidden)]))
+
+    # --- counts ----------------------------------------------------------
+    @property
+    def s(self) -> torch.Tensor:
+        """(L, 2) continuous heads / neurons removed."""
+        return self.s_frac * self.group_counts
+
+    @property
+    def r(self) -> torch.Tensor:
+        """(L, H) continuous value dims removed per head."""
+        return self.r_frac * self.dims.head_dim
+
+    def removed_counts(self):
+        """Integer counts used now: (heads (L,), neurons (L,), dims (L, H)), all long."""
+        k = torch.ceil(self.s.detach() - 1e-6).clamp_min(0).long()
+        k_heads = k[:, 0].clamp_max(self.dims.num_heads - 1)
+        k_neurons = k[:, 1].clamp_max(self.dims.mlp_hidden - 1)
+        k_dims = torch.ceil(self.r.detach() - 1e-6).clamp(0, self.dims.head_dim - 1).long()
+        return k_heads, k_neurons, k_dims
+
+    def ste_counts(self):
+        """Counts removed with a straight-through gradient: (heads (L,), neurons (L,), dims (L, H))."""
+        s = self.s - 1e-6  # s >= 0 after projection, so these are >= 0 too
+        r = self.r - 1e-6
+        return ste_ceil(s[:, 0]), ste_ceil(s[:, 1]), ste_ceil(r)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep at least one head, one neuron and one dim per kept head."""
+        upper = (self.group_counts - 1) / self.group_counts
+        self.s_frac.copy_(torch.minimum(self.s_frac.clamp_min(0), upper))
+        d = self.dims.head_dim
+        self.r_frac.clamp_(0, (d - 1) / d)
+
+    # --- gates -------------------------------------------------------------
+    def block_keep_hard(self) -> torch.Tensor:
+        """(L,) 1.0 where the gate's argmax keeps the block."""
+        return (self.gate_logits[:, 1] >= self.gate_logits[:, 0]).float()
+
+    def patch_keep_prob(self) -> torch.Tensor:
+        """(P,) keep probability pi = sigmoid(a)."""
+        return torch.sigmoid(self.patch_logits)
+
+    def patch_keep_hard(self) -> torch.Tensor:
+        """(P,) bool, patches with pi >= 0.5 stay."""
+        return self.patch_logits.detach() >= 0
+
+    def architecture_parameters(self):
+        return [self.s_frac, self.r_frac, self.gate_logits, self.patch_logits]
