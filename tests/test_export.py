@@ -156,6 +156,13 @@ def test_full_arch_equals_original_model(build):
     assert sum(p.numel() for p in compact.parameters()) == sum(p.numel() for p in model.parameters())
 
 
+def test_arch_format_matches_the_search_code():
+    from uvc.freeze import base_spec
+
+    for model, name in (digits_model(), distilled_model()):
+        assert base_spec(model, name) == dense_arch(model, name)
+
+
 def test_fused_and_explicit_attention_agree():
     model, name = digits_model(seed=6)
     arch = random_arch(model, name, 6, skipped={1}, patches_kept=0.75)

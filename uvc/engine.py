@@ -42,13 +42,14 @@ def _unwrap(model):
 
 
 def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: int, *,
-                    lr_scheduler=None, mixup=None, arch_step=None, amp: bool = False,
+                    lr_scheduler=None, lr_step_offset: int = 0, mixup=None, arch_step=None, amp: bool = False,
                     clip_grad: float = 0.0, accumulation: int = 1, max_steps: int = 0,
                     global_step: int = 0, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
                     skip_steps: int = 0) -> Dict[str, float]:
     """One pass over `loader`; returns the epoch's averages and the last global step.
 
-    `accumulation` micro-batches make one optimizer step; `max_steps` (> 0) cuts
+    The scheduler sees `global_step - lr_step_offset` (stage 1 starts its
+    schedule after the warm-up). `accumulation` micro-batches make one optimizer step; `max_steps` (> 0) cuts
     the epoch short; `skip_steps` skips optimizer steps already done (resume
     mid-epoch); `on_step(global_step, scalars)` is called after every step.
     """
@@ -106,7 +107,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
         if arch_step is not None:
             scalars.update(arch_step.step(inner, lr))
         if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=global_step)
+            lr_scheduler.step_update(num_updates=global_step - lr_step_offset)
         stats.update(**scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.3f}", lr=f"{lr:.2e}")
         bar.update(1)

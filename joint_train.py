@@ -1,0 +1,129 @@
+"""Stage 1 of UVC: search heads, head dims, neurons, block skips and patches under a
+MACs budget with the primal-dual algorithm, while the weights train under
+distillation from the dense model. Ends by freezing the architecture into
+<output_dir>/<model_type>_uvc.pth, the input of post_train.py.
+
+    python joint_train.py --config configs/digits_demo.py --budget 0.5
+    torchrun --nproc_per_node=2 joint_train.py --model_type deit_tiny_patch16_224 ...
+"""
+import os
+import sys
+
+import torch
+
+from uvc.engine import evaluate, train_one_epoch
+from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
+from uvc.masked_model import MaskedViT
+from uvc.search import UVCSearch, stage1_record
+from utils.amp import make_scaler
+from utils.checkpoint import atomic_save
+from utils.config import parse_config
+from utils.dist import cleanup, init_distributed, is_main_process
+from utils.entry import run_entry
+from utils.logger import RunLogger
+from utils.run_state import RunState
+from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
+                            prepare_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
+
+
+def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, step: int) -> dict:
+    """Tensorboard histograms/images of the current architecture; returns its counts."""
+    a, dims = search.arch, search.dims
+    spec = search.spec(model, "")
+    kept = {"heads": [len(b["heads"]) for b in spec["blocks"]],
+            "value_dims": [sum(len(v) for v in b["value_dims"]) for b in spec["blocks"]],
+            "neurons": [len(b["neurons"]) for b in spec["blocks"]],
+            "skipped": [int(b["skipped"]) for b in spec["blocks"]],
+            "patches_kept": len(spec["patches_kept"])}
+    for name in ("heads", "value_dims", "neurons"):
+        logger.scalars(f"arch_kept_{name}", {str(l): v for l, v in enumerate(kept[name])}, step)
+    keep_prob = a.gate_logits.detach().softmax(-1)[:, 1]
+    logger.scalars("arch_block_keep_prob", {str(l): float(p) for l, p in enumerate(keep_prob)}, step)
+    logger.histogram("arch/patch_keep_prob", a.patch_keep_prob(), step)
+    side = int(dims.num_patches ** 0.5)
+    logger.image("arch/patch_keep_map", a.patch_keep_prob().detach().view(side, side), step)
+    logger.histogram("arch/y", a.y, step)
+    logger.histogram("arch/p", a.p, step)
+    return kept
+
+
+def main(argv=None) -> None:
+    config = parse_config("joint", argv, prog="joint_train.py")
+    env = init_distributed(config.gpu_num, config.local_rank)
+    seed_everything(config.seed, config.deterministic)
+    data = build_data(config, env)
+    vit, model_type = build_student(config, data.num_classes, env.device)
+    teacher = build_teacher(config, data.num_classes, env.device)
+    criterion = build_loss(config, data.base_criterion, teacher)
+    prepare_output_dir(config.output_dir)
+
+    model = MaskedViT(vit)
+    search = UVCSearch(vit, config, env.device)
+    ddp_model = wrap_ddp(model, env)
+    steps = steps_per_epoch(config, data.train_loader)
+    search_epochs = max(config.epochs - search.warmup_epochs, 1)
+    optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps)
+    scaler = make_scaler(env.device, bool(config.fp16))
+    run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
+    logger = RunLogger(config.output_dir)
+    resumed = run.maybe_resume(config.resume, config.output_dir)
+    if resumed:
+        logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
+
+    def on_step(step: int, scalars: dict) -> None:
+        if config.log_interval and step % config.log_interval == 0:
+            logger.scalars("train", scalars, step)
+        if config.eval_every and step % config.eval_every == 0:
+            logger.scalars("eval_step", evaluate(ddp_model, data.val_loader, env.device, search, config.fp16), step)
+            ddp_model.train()
+
+    warmup_steps = search.warmup_epochs * steps
+    for epoch in range(run.epoch, config.epochs):
+        search.set_epoch(epoch)
+        data.train_sampler.set_epoch(epoch)
+        if not search.active:  # warm-up: weights only, at --warmup_lr
+            for group in optimizer.param_groups:
+                group["lr"] = config.warmup_lr
+        else:  # the cosine schedule runs over the search epochs
+            scheduler.step_update(num_updates=run.global_step - warmup_steps)
+        stats = train_one_epoch(
+            ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
+            lr_scheduler=scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=data.mixup, arch_step=search,
+            amp=bool(config.fp16), clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
+            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step)
+        run.global_step = stats.pop("global_step")
+        metrics = evaluate(ddp_model, data.val_loader, env.device, search, bool(config.fp16))
+        ratios = search.ratios(model)
+        kept = log_architecture(logger, search, model, run.global_step)
+        record = {"epoch": epoch, "step": run.global_step, "searching": search.active,
+                  **{f"train_{k}": v for k, v in stats.items()}, **{f"val_{k}": v for k, v in metrics.items()},
+                  **ratios, "z": float(search.arch.z), "y_mean": float(search.arch.y.mean()),
+                  "p_mean": float(search.arch.p.mean()), "zlr": search.pd.zlr, **kept}
+        logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
+        logger.epoch(record)
+        run.epoch = epoch + 1
+        if is_main_process():
+            run.save(config.output_dir)
+
+    spec, fit = search.freeze(model, model_type)
+    keep = param_keep_masks(vit, spec)
+    zero_removed_weights(vit, keep)
+    apply_spec(model, spec)
+    final = evaluate(ddp_model, data.val_loader, env.device, None, bool(config.fp16))
+    fit.update(final_top1=final["top1"])
+    logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
+                f"{fit['searched_macs_ratio']:.4f}; {fit.get('groups_removed_to_fit', 0)} groups removed and "
+                f"{fit.get('neurons_restored_to_fit', 0)} neurons restored to fit budget {config.budget}); "
+                f"top-1 {final['top1']:.2f}")
+    if is_main_process():
+        path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
+        teacher_info = {"model_type": config.teacher_model or model_type,
+                        "path": config.teacher_path or config.model_path}
+        atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit, teacher_info), path)
+        logger.epoch({"stage1_file": path, **fit})
+    logger.close()
+    cleanup()
+
+
+if __name__ == "__main__":
+    run_entry(main, sys.argv[1:])

@@ -1,0 +1,124 @@
+"""Stage 2 of UVC: fix the architecture found by joint_train.py and fine-tune the
+weights under distillation; removed weights stay exactly zero. Ends by
+exporting a physically smaller model (<output_dir>/compact.pth).
+
+Without --checkpoint_dir this is the dense training path: it trains
+(--pretrained 0) or fine-tunes (--model_path) the dense model, which is how a
+teacher is made for a new dataset.
+
+    python post_train.py --config configs/digits_demo.py --checkpoint_dir runs/stage1/vit_digits_patch2_8_uvc.pth
+    python post_train.py --config configs/digits_demo.py:dense      # the dense teacher
+"""
+import os
+import sys
+
+import torch
+
+from models.compact import save_compact
+from uvc.engine import evaluate, train_one_epoch
+from uvc.export import export_compact, read_training_checkpoint
+from uvc.freeze import spec_ratio
+from uvc.masked_model import MaskedViT
+from uvc.search import STAGE2_FORMAT, FrozenArchitecture
+from utils.amp import make_scaler
+from utils.checkpoint import atomic_save
+from utils.config import parse_config
+from utils.dist import cleanup, init_distributed, is_main_process
+from utils.entry import run_entry
+from utils.logger import RunLogger
+from utils.run_state import RunState
+from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
+                            prepare_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
+
+
+def read_stage1(path: str, model_type: str) -> dict:
+    """The stage-1 file, refused in one line if it is not one or is of another model."""
+    try:
+        record = read_training_checkpoint(path)
+    except ValueError as e:
+        raise ValueError(f"--checkpoint_dir: {e}") from None
+    if record["model_type"] != model_type:
+        raise ValueError(f"--checkpoint_dir {path} holds a {record['model_type']} search, but --model_type "
+                         f"resolves to {model_type}; pass the matching --model_type/--enable_deit")
+    return record
+
+
+def main(argv=None) -> None:
+    config = parse_config("post", argv, prog="post_train.py")
+    env = init_distributed(config.gpu_num, config.local_rank)
+    seed_everything(config.seed, config.deterministic)
+    data = build_data(config, env)
+    compress = bool(config.checkpoint_dir)
+    vit, model_type = build_student(config, data.num_classes, env.device,
+                                    load_weights=bool(config.pretrained) and not compress)
+    stage1 = read_stage1(config.checkpoint_dir, model_type) if compress else None
+    if stage1 is not None:
+        vit.load_state_dict(stage1["model"])
+    teacher = build_teacher(config, data.num_classes, env.device,
+                            fallback_path=stage1["teacher"].get("path", "") if stage1 else "")
+    criterion = build_loss(config, data.base_criterion, teacher)
+    prepare_output_dir(config.output_dir)
+
+    model = MaskedViT(vit)
+    frozen = FrozenArchitecture(model, stage1["arch"]) if stage1 else None
+    ddp_model = wrap_ddp(model, env)
+    optimizer, scheduler = build_optimizer(config, vit, config.epochs, steps_per_epoch(config, data.train_loader))
+    scaler = make_scaler(env.device, bool(config.fp16))
+    run = RunState("post", vit, optimizer, scheduler, scaler, config)
+    logger = RunLogger(config.output_dir)
+    resumed = run.maybe_resume(config.resume, config.output_dir)
+    if resumed:
+        logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
+    best_path = os.path.join(config.output_dir, f"{model_type}_{'uvc_post' if compress else 'dense'}_best.pth")
+
+    def record_of_model() -> dict:
+        """The best-model file: a stage-2 file, or the dense model in DeiT's layout."""
+        if not compress:
+            return {"model": vit.state_dict(), "model_type": model_type}
+        return {"format": STAGE2_FORMAT, "model_type": model_type, "arch": stage1["arch"],
+                "model": vit.state_dict(), "config": config.to_dict(), "teacher": stage1["teacher"]}
+
+    def on_step(step: int, scalars: dict) -> None:
+        if config.log_interval and step % config.log_interval == 0:
+            logger.scalars("train", scalars, step)
+        if config.eval_every and step % config.eval_every == 0:
+            logger.scalars("eval_step", evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16), step)
+            ddp_model.train()
+
+    for epoch in range(run.epoch, config.epochs):
+        data.train_sampler.set_epoch(epoch)
+        stats = train_one_epoch(
+            ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
+            lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=bool(config.fp16),
+            clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
+            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step)
+        run.global_step = stats.pop("global_step")
+        metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, bool(config.fp16))
+        is_best = metrics["top1"] > run.best_top1
+        run.best_top1 = max(run.best_top1, metrics["top1"])
+        record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},
+                  **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": run.best_top1}
+        logger.scalars("epoch", record, epoch)
+        logger.epoch(record)
+        run.epoch = epoch + 1
+        if is_main_process():
+            if is_best:
+                atomic_save(record_of_model(), best_path)
+            run.save(config.output_dir)
+
+    if compress and is_main_process():
+        best = read_training_checkpoint(best_path)
+        vit.load_state_dict(best["model"])
+        compact = export_compact(vit.eval(), best["arch"])
+        compact_path = os.path.join(config.output_dir, "compact.pth")
+        save_compact(compact, compact_path)
+        logger.epoch({"best_file": best_path, "best_top1": run.best_top1, "compact_file": compact_path,
+                      "macs_ratio": spec_ratio(best["arch"])})
+    elif is_main_process():
+        logger.epoch({"best_file": best_path, "best_top1": run.best_top1})
+    logger.close()
+    cleanup()
+
+
+if __name__ == "__main__":
+    run_entry(main, sys.argv[1:])

@@ -1,0 +1,128 @@
+"""What both entry scripts build: seeds, output dir, student and teacher, data,
+loss, optimizer and scheduler, DDP, and the run-state checkpoint."""
+import os
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
+
+from data import build_criterion, build_datasets, build_loaders, build_mixup
+from models import create_model, load_pretrained, resolve_model_type
+from uvc.distill import DistillationLoss
+from utils.dist import DistInfo
+
+
+class OutputDirError(ValueError):
+    """The output directory cannot be written."""
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_output_dir(path: str) -> None:
+    """Create `path` and check that it is writable, before anything else is written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test.{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise OutputDirError(f"cannot write to --output_dir {path} ({e.strerror}); pick a writable directory") \
+            from None
+
+
+@dataclass
+class Data:
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    train_sampler: Optional[torch.utils.data.Sampler]
+    num_classes: int
+    mixup: Optional[object]
+    base_criterion: torch.nn.Module
+
+
+def model_input(model_type: str, enable_deit: int, input_size: int):
+    """(img_size, in_chans) of a model type (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        vit = create_model(model_type, enable_deit=enable_deit, img_size=input_size or None)
+    img = vit.patch_embed.img_size
+    return int(img[0] if isinstance(img, (tuple, list)) else img), vit.patch_embed.proj.in_channels
+
+
+def build_data(config, env: DistInfo) -> Data:
+    img_size, in_chans = model_input(config.model_type, config.enable_deit, config.input_size)
+    train_set, val_set, num_classes = build_datasets(config, img_size, in_chans)
+    train_loader, val_loader, sampler = build_loaders(config, train_set, val_set, env.distributed,
+                                                      env.world_size, env.rank, config.seed)
+    mixup = build_mixup(config, num_classes)
+    return Data(train_loader, val_loader, sampler, num_classes, mixup, build_criterion(config, mixup is not None))
+
+
+def build_student(config, num_classes: int, device, load_weights: bool = True):
+    """The model to compress (or train), with --model_path loaded when asked."""
+    model_type = resolve_model_type(config.model_type, config.enable_deit)
+    vit = create_model(model_type, num_classes=num_classes, drop_path_rate=config.drop_path,
+                       img_size=config.input_size or None)
+    if load_weights and config.model_path:
+        load_pretrained(vit, config.model_path, model_type=model_type)
+    if getattr(vit, "dist_token", None) is not None:
+        vit.set_distilled_training(True)
+    return vit.to(device), model_type
+
+
+def build_teacher(config, num_classes: int, device, fallback_path: str = ""):
+    """The frozen teacher: --teacher-model/--teacher-path, else the dense starting model."""
+    if config.distillation_type == "none":
+        return None
+    model_type = config.teacher_model or config.model_type
+    path = config.teacher_path or config.model_path or fallback_path
+    if not path:
+        raise ValueError("--distillation-type " + config.distillation_type + " needs a trained teacher: pass "
+                         "--model_path or --teacher-path, or use --distillation-type none")
+    enable_deit = config.enable_deit if not config.teacher_model else 0
+    teacher = create_model(model_type, num_classes=num_classes, enable_deit=enable_deit,
+                           img_size=config.input_size or None)
+    load_pretrained(teacher, path, model_type=resolve_model_type(model_type, enable_deit))
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def build_loss(config, base_criterion, teacher) -> DistillationLoss:
+    return DistillationLoss(base_criterion, teacher, config.distillation_type, config.distillation_alpha,
+                            config.distillation_tau)
+
+
+def wrap_ddp(model: torch.nn.Module, env: DistInfo) -> torch.nn.Module:
+    """DDP around the student only (the teacher stays outside)."""
+    if not env.distributed:
+        return model
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def build_optimizer(config, vit, epochs: int, steps_per_epoch: int):
+    """timm optimizer (no weight decay on norms, biases, tokens) and a per-step scheduler."""
+    optimizer = create_optimizer_v2(vit, opt=config.opt, lr=config.learning_rate,
+                                    weight_decay=config.weight_decay, momentum=config.momentum)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=epochs,
+                                       warmup_epochs=config.lr_warmup_epochs, min_lr=config.min_lr,
+                                       warmup_lr=config.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=max(steps_per_epoch, 1))
+    return optimizer, scheduler
+
+
+def steps_per_epoch(config, loader) -> int:
+    n = len(loader) // config.gradient_accumulation_steps
+    return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n
