@@ -104,7 +104,6 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.eval_every = 1000  # steps; evaluation also runs at every epoch end
     c.log_interval = 1000
     c.gpu_num = ""  # "0,1": visible CUDA devices; ignored on CPU
-    c.device = ""  # "" picks cuda when available, else cpu
     c.deterministic = 0
     c.local_rank = 0  # filled by torch.distributed.launch
     return c
