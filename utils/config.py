@@ -94,7 +94,11 @@ def _typed(default):
             try:
                 return int(v)
             except ValueError:
-                return _str2bool_int(v)
+                pass
+            try:
+                return _str2bool_int(v)  # --pretrained true
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
         return to_int
     if isinstance(default, float):
         return float
@@ -184,6 +188,12 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
             hint = (" (the reference's dynamic patch mode 2 is not implemented: patches are gated "
                     "per position, the same for every image)") if key == "enable_patch_gating" else ""
             raise ConfigError(f"--{key} must be 0 or 1, got {config[key]}{hint}")
+    if stage == "joint" and not int(config.uvc_train):
+        raise ConfigError("--uvc_train 0: joint_train.py is the UVC search and has nothing else to do; to train "
+                          "or fine-tune the dense model use post_train.py without --checkpoint_dir")
+    if stage == "post" and int(config.uvc_train):
+        raise ConfigError("--uvc_train is a stage-1 flag: post_train.py fine-tunes the architecture in "
+                          "--checkpoint_dir; run the search with joint_train.py")
     if not 0.0 < float(config.budget) <= 1.0:
         raise ConfigError(f"--budget {config.budget} is out of range: give the fraction of the dense "
                           f"MACs to keep, in (0, 1], e.g. --budget 0.5")

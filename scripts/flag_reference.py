@@ -1,0 +1,54 @@
+"""Print the flag reference of joint_train.py / post_train.py as a markdown table.
+
+    python scripts/flag_reference.py > /tmp/flags.md
+
+Every key of configs/common.py is a flag (`--key`, `--key-with-dashes` or
+`--config.key`); the meaning is the comment next to the key, the defaults are the
+stage-1 and stage-2 values of base_config. The README's table is this output
+(tests/test_docs.py checks they agree).
+"""
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs.common import base_config  # noqa: E402
+from utils.config import ALIASES  # noqa: E402
+
+_LINE = re.compile(r"^\s+c\.(\w+) = .*?(?:#\s*(.*))?$")
+_SECTION = re.compile(r"^\s+# --- (.*?) -+$")
+
+
+def comments() -> list:
+    """[(section, key, comment)] in file order."""
+    rows, section = [], ""
+    with open(os.path.join(ROOT, "configs", "common.py")) as f:
+        for line in f:
+            if _SECTION.match(line):
+                section = _SECTION.match(line).group(1)
+            elif _LINE.match(line):
+                key, text = _LINE.match(line).groups()
+                rows.append((section, key, (text or "").strip()))
+    return rows
+
+
+def table() -> str:
+    joint, post = base_config("joint"), base_config("post")
+    aliases = {}
+    for alias, key in ALIASES.items():
+        aliases.setdefault(key, []).append(f"`--{alias}`")
+    out, current = [], None
+    for section, key, text in comments():
+        if section != current:
+            current = section
+            out += ["", f"**{section}**", "", "| flag | stage 1 | stage 2 | meaning |", "|---|---|---|---|"]
+        flag = f"`--{key}`" + (f" ({', '.join(aliases[key])})" if key in aliases else "")
+        post_default = "same" if joint[key] == post[key] else f"`{post[key]!r}`"
+        out.append(f"| {flag} | `{joint[key]!r}` | {post_default} | {text.replace('|', '/')} |")
+    return "\n".join(out[1:])
+
+
+if __name__ == "__main__":
+    print(table())
