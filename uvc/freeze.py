@@ -91,35 +91,45 @@ def _equalise_value_dims(spec: dict, scores: Scores) -> None:
                                for h in block["heads"]]
 
 
-def _candidates(spec: dict, scores: Scores, tokens: int, with_attn: bool):
-    """Cheapest next removal per block: (score per MAC saved, MACs saved, block, kind)."""
-    D, d = spec["embed_dim"], spec["head_dim"]
-    n2 = tokens * tokens if with_attn else 0
-    out = []
-    for l, block in enumerate(spec["blocks"]):
-        if block["skipped"]:
-            continue
-        if len(block["neurons"]) > 1:
-            m = min(block["neurons"], key=lambda i: float(scores.neurons[l, i]))
-            saving = 2 * tokens * D
-            out.append((float(scores.neurons[l, m]) / saving, saving, l, "neuron"))
-        width = len(block["value_dims"][0]) if block["heads"] else 0
-        if width > 1:
-            lowest = [min(v, key=lambda j: float(scores.dims[l, h, j]))
-                      for h, v in zip(block["heads"], block["value_dims"])]
-            score = sum(float(scores.dims[l, h, j]) for h, j in zip(block["heads"], lowest))
-            saving = len(block["heads"]) * (2 * tokens * D + n2)
-            out.append((score / saving, saving, l, "dim"))
-    return out
+class _Pool:
+    """The kept neurons and value dims of every block, each list sorted by score
+    (ascending), so the cheapest next removal is read off the front in O(heads)."""
 
+    def __init__(self, spec: dict, scores: Scores):
+        neuron_scores, dim_scores = scores.neurons.tolist(), scores.dims.tolist()
+        self.neurons = [sorted(b["neurons"], key=lambda i, l=l: neuron_scores[l][i]) for l, b in
+                        enumerate(spec["blocks"])]
+        self.dims = [[sorted(v, key=lambda j, l=l, h=h: dim_scores[l][h][j]) for h, v in
+                      zip(b["heads"], b["value_dims"])] for l, b in enumerate(spec["blocks"])]
+        self.neuron_scores, self.dim_scores = neuron_scores, dim_scores
 
-def _remove(block: dict, scores: Scores, l: int, kind: str) -> None:
-    if kind == "neuron":
-        m = min(block["neurons"], key=lambda i: float(scores.neurons[l, i]))
-        block["neurons"].remove(m)
-    else:
-        block["value_dims"] = [[j for j in v if j != min(v, key=lambda i: float(scores.dims[l, h, i]))]
-                               for h, v in zip(block["heads"], block["value_dims"])]
+    def candidates(self, spec: dict, tokens: int, with_attn: bool):
+        """Cheapest next removal per block: (score per MAC saved, MACs saved, block, kind)."""
+        D = spec["embed_dim"]
+        n2 = tokens * tokens if with_attn else 0
+        out = []
+        for l, block in enumerate(spec["blocks"]):
+            if block["skipped"]:
+                continue
+            if len(self.neurons[l]) > 1:
+                saving = 2 * tokens * D
+                out.append((self.neuron_scores[l][self.neurons[l][0]] / saving, saving, l, "neuron"))
+            if block["heads"] and len(self.dims[l][0]) > 1:
+                score = sum(self.dim_scores[l][h][v[0]] for h, v in zip(block["heads"], self.dims[l]))
+                saving = len(block["heads"]) * (2 * tokens * D + n2)
+                out.append((score / saving, saving, l, "dim"))
+        return out
+
+    def remove(self, spec: dict, l: int, kind: str) -> None:
+        """Drop block l's lowest-score neuron, or the lowest-score value dim of each of its heads."""
+        block = spec["blocks"][l]
+        if kind == "neuron":
+            self.neurons[l].pop(0)
+            block["neurons"] = sorted(self.neurons[l])
+        else:
+            for v in self.dims[l]:
+                v.pop(0)
+            block["value_dims"] = [sorted(v) for v in self.dims[l]]
 
 
 def fit_to_budget(spec: dict, scores: Scores, budget: float, with_attn: bool = True,
@@ -132,26 +142,29 @@ def fit_to_budget(spec: dict, scores: Scores, budget: float, with_attn: bool = T
     spec and how many groups each way, for the log.
     """
     spec = {**spec, "blocks": [dict(b, neurons=list(b["neurons"])) for b in spec["blocks"]]}
+    scores = Scores(*(t.detach().float().cpu() for t in scores))
     _equalise_value_dims(spec, scores)
     dims = dims_of_spec(spec)
     dense = dense_macs(dims, with_attn)
     tokens = len(spec["patches_kept"]) + spec["num_prefix_tokens"]
     ratio = spec_ratio(spec, True, with_attn)
     removed = restored = 0
+    pool = _Pool(spec, scores)
     while ratio > budget:
-        cands = _candidates(spec, scores, tokens, with_attn)
+        cands = pool.candidates(spec, tokens, with_attn)
         if not cands:
             break
         _, saving, l, kind = min(cands)
-        _remove(spec["blocks"][l], scores, l, kind)
+        pool.remove(spec, l, kind)
         ratio -= saving / dense
         removed += 1
     if ratio < budget - tolerance:
         cost = 2 * tokens * dims.embed_dim / dense
-        pool = sorted(((float(scores.neurons[l, m]), l, m) for l, b in enumerate(spec["blocks"])
+        neuron_scores = scores.neurons.tolist()
+        best = sorted(((neuron_scores[l][m], l, m) for l, b in enumerate(spec["blocks"])
                        if not b["skipped"] for m in set(range(dims.mlp_hidden)) - set(b["neurons"])),
                       reverse=True)
-        for _, l, m in pool:
+        for _, l, m in best:
             if ratio + cost > budget:
                 break
             spec["blocks"][l]["neurons"] = sorted(spec["blocks"][l]["neurons"] + [m])

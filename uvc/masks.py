@@ -54,6 +54,18 @@ def group_scores(proj_weight: torch.Tensor, fc2_weight: torch.Tensor, num_heads:
     return Scores(heads=dims.sum(-1), dims=dims, neurons=fc2_weight.float().pow(2).sum(1))
 
 
+def as_fractions(scores: Scores) -> Scores:
+    """Each score as a fraction of its layer's total (of its head's, for dims).
+
+    LeastSum of fractions is the share of a layer's weight energy that the
+    removed groups carry, a number in [0, 1] like the MACs ratio R; so y, p and z
+    act on one scale whatever the model's width, depth or weight norms.
+    """
+    total = lambda t: t.sum(-1, keepdim=True).clamp_min(1e-12)  # noqa: E731
+    return Scores(heads=scores.heads / total(scores.heads), dims=scores.dims / total(scores.dims),
+                  neurons=scores.neurons / total(scores.neurons))
+
+
 def lowest_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """1.0 except for the k[...] smallest entries along the last dim (ties by index).
 

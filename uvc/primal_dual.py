@@ -16,6 +16,14 @@ the optimizer has updated W. `step()` runs, in this order:
   4. gates and patch logits, every `gating_interval` steps, from the averaged
      loss gradient + z * weight * dR/d(logits) (+ the L1 pull on patches)
   5. dual ascent on y, p (LeastSum) and z (R - B, clipped), clamped at 0
+
+Scale: LeastSum is taken over scores as fractions of their layer's total
+(`as_fractions`), so every LeastSum term, like R, lies in [0, 1] and one set of
+dual learning rates fits every layer and model. The prox of
+y * ||W_G||^2 is applied per unit of the layer's mean group score S_l / G,
+W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
+rate in every layer and model, and within a few hundred steps at y ~ 1, so the
+selected groups do reach zero in a search of practical length.
 """
 from dataclasses import dataclass
 from typing import Dict, Sequence
@@ -25,7 +33,7 @@ import torch
 from uvc.budget import Budget
 from uvc.gates import block_gate_sample, patch_attn_bias
 from uvc.masked_model import MaskedViT
-from uvc.masks import Masks, Scores, compute_masks, group_scores, least_sum, stacked_weights
+from uvc.masks import Masks, Scores, as_fractions, compute_masks, group_scores, least_sum, stacked_weights
 from uvc.structure import ArchState
 from utils.dist import all_reduce_mean
 
@@ -145,17 +153,20 @@ class PrimalDual:
 
     def _budget_grads(self, ratio: torch.Tensor) -> Dict[str, torch.Tensor]:
         params = self.arch.architecture_parameters()
-        grads = torch.autograd.grad(ratio, params, allow_unused=True)
+        # with pruning and both gates off R is a constant: no graph to differentiate
+        grads = torch.autograd.grad(ratio, params, allow_unused=True) if ratio.requires_grad else [None] * 4
         return {name: (torch.zeros_like(p) if g is None else g)
                 for name, p, g in zip(("s", "r", "gate", "patch"), params, grads)}
 
     @torch.no_grad()
     def proximal_step(self, vit, lr: float) -> None:
-        """Closed-form prox of y ||W_G||^2 on every removed group: W_G / (1 + 2 lr y)."""
-        a, m = self.arch, self.masks
-        head_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 0])  # (L,)
-        neuron_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 1])
-        dim_f = 1.0 / (1.0 + 2.0 * lr * a.p)  # (L, H)
+        """Closed-form prox of y ||W_G||^2 / mean score on every removed group:
+        W_G / (1 + 2 lr y / mean score)."""
+        a, m, sc = self.arch, self.masks, self.scores
+        mean = lambda t: t.mean(-1).clamp_min(1e-12)  # noqa: E731
+        head_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 0] / mean(sc.heads))  # (L,)
+        neuron_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 1] / mean(sc.neurons))
+        dim_f = 1.0 / (1.0 + 2.0 * lr * a.p / mean(sc.dims))  # (L, H)
         heads = m.heads.unsqueeze(-1)  # (L, H, 1)
         removed_head = (1 - heads) * head_f.view(-1, 1, 1)
         removed_dim = heads * (1 - m.dims) * dim_f.unsqueeze(-1)
@@ -175,7 +186,7 @@ class PrimalDual:
     @torch.no_grad()
     def structure_step(self, grads: Dict[str, torch.Tensor]) -> None:
         """s, r <- s, r - lr (y dLeastSum/ds + z dR/ds), then projected into range."""
-        a, sc = self.arch, self.scores
+        a, sc = self.arch, as_fractions(self.scores)
         k_heads, k_neurons, k_dims = a.removed_counts()
         _, head_slope = least_sum(sc.heads, k_heads)  # (L,)
         _, neuron_slope = least_sum(sc.neurons, k_neurons)
@@ -222,8 +233,9 @@ class PrimalDual:
     @torch.no_grad()
     def dual_step(self, ratio: float) -> None:
         """Dual ascent: y, p grow with the LeastSum of the removed groups, z with R - B."""
-        a, c, sc = self.arch, self.cfg, self.scores
-        if self.space.pruning:
+        a, c = self.arch, self.cfg
+        if self.space.pruning:  # without pruning there are no scores (and no y, p to move)
+            sc = as_fractions(self.scores)
             k_heads, k_neurons, k_dims = a.removed_counts()
             a.y[:, 0] += c.ylr * least_sum(sc.heads, k_heads)[0]
             a.y[:, 1] += c.ylr * least_sum(sc.neurons, k_neurons)[0]

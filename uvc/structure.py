@@ -30,13 +30,14 @@ def ste_ceil(x: torch.Tensor) -> torch.Tensor:
 class ArchState(nn.Module):
     """s, r, gate and patch logits (parameters) and the duals y, p, z (buffers)."""
 
-    def __init__(self, dims: ViTDims, gate_init: float = 2.2, patch_init: float = 3.0):
+    def __init__(self, dims: ViTDims, gate_init: float = 4.0, patch_init: float = 4.0):
         super().__init__()
         self.dims = dims
         L, H = dims.depth, dims.num_heads
         self.s_frac = nn.Parameter(torch.zeros(L, 2))
         self.r_frac = nn.Parameter(torch.zeros(L, H))
-        # (skip, keep) logits: softmax keep probability 0.9 at gate_init 2.2
+        # (skip, keep) logits: keep probability 0.98 at gate_init 4 (and sigmoid(4) for patches), so the
+        # expected MACs start near the hard MACs and the gates move only when the search moves them
         self.gate_logits = nn.Parameter(torch.tensor([0.0, gate_init]).repeat(L, 1))
         self.patch_logits = nn.Parameter(torch.full((dims.num_patches,), patch_init))
         self.register_buffer("y", torch.zeros(L, 2))

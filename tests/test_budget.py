@@ -1,0 +1,210 @@
+"""The MACs model and the budget R(s, r, g, a) (UVC_SPEC section 3): values by hand, gradients by differences."""
+import pytest
+import torch
+
+from models import create_model
+from uvc.budget import Budget, SearchSpace
+from uvc.flops import ViTDims, dense_macs, vit_macs
+from uvc.masks import Scores, compute_masks
+from uvc.structure import ArchState
+
+# a small ViT with 3 heads so that "the head removed next" matters: D=24, L=3, H=3, d=8, M=16, 9 patches
+SMALL = ViTDims(embed_dim=24, depth=3, num_heads=3, head_dim=8, mlp_hidden=16, num_patches=9,
+                num_prefix_tokens=1, patch_size=2, in_chans=3, num_classes=5)
+# the test model vit_digits_tiny_patch2_8
+TINY = ViTDims(embed_dim=32, depth=4, num_heads=2, head_dim=16, mlp_hidden=128, num_patches=16,
+               num_prefix_tokens=1, patch_size=2, in_chans=1, num_classes=10)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_scores(dims: ViTDims, seed: int = 0) -> Scores:
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.rand(dims.depth, dims.num_heads, dims.head_dim, generator=gen)
+    return Scores(heads=d.sum(-1), dims=d, neurons=torch.rand(dims.depth, dims.mlp_hidden, generator=gen))
+
+
+def arch64(dims: ViTDims, s=None, r=None, gates=None, patches=None) -> ArchState:
+    """An ArchState in float64 with the given counts (not fractions) and logits."""
+    arch = ArchState(dims).double()
+    with torch.no_grad():
+        if s is not None:
+            arch.s_frac.copy_(torch.as_tensor(s, dtype=torch.float64) / arch.group_counts)
+        if r is not None:
+            arch.r_frac.copy_(torch.as_tensor(r, dtype=torch.float64) / dims.head_dim)
+        if gates is not None:
+            arch.gate_logits.copy_(torch.as_tensor(gates, dtype=torch.float64))
+        if patches is not None:
+            arch.patch_logits.copy_(torch.as_tensor(patches, dtype=torch.float64))
+    return arch
+
+
+def masks_of(arch: ArchState, scores: Scores):
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    return compute_masks(scores, k_heads, k_dims, k_neurons)
+
+
+def test_tiny_model_dims():
+    """ViTDims reads the test model's sizes (used by the by-hand numbers below)."""
+    assert ViTDims.of(create_model("vit_digits_tiny_patch2_8")) == TINY
+
+
+def test_dense_deit_macs_match_the_literature():
+    """Dense DeiT-Tiny / Small / Base at 224 come to about 1.26 / 4.6 / 17.6 GMACs."""
+    for width, heads, gmacs in [(192, 3, 1.26), (384, 6, 4.6), (768, 12, 17.6)]:
+        dims = ViTDims(width, 12, heads, 64, 4 * width, 196, 1, 16, 3, 1000)
+        assert dense_macs(dims) / 1e9 == pytest.approx(gmacs, rel=0.01)
+
+
+def test_hard_ratio_of_dense_architecture_is_one():
+    """Nothing removed, every gate and patch kept: R = 1 (hard and expected with hard gates)."""
+    arch = ArchState(TINY)
+    masks = masks_of(arch, random_scores(TINY))
+    budget = Budget(TINY, 0.5, SearchSpace())
+    assert budget.hard_ratio(arch, masks) == pytest.approx(1.0, abs=1e-9)
+    with torch.no_grad():
+        arch.gate_logits.copy_(torch.tensor([-40.0, 40.0]).repeat(TINY.depth, 1))
+        arch.patch_logits.fill_(40.0)
+    assert float(budget.expected_ratio(arch, masks).detach()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_hard_ratio_by_hand():
+    """A chosen small architecture of the tiny model: hard ratio equals the section-3 terms written out."""
+    D, d, M = 32, 16, 128
+    arch = arch64(TINY, s=[[1, 0], [0, 64], [0, 0], [0, 0]], r=[[0, 0], [0, 0], [4, 6], [0, 0]],
+                  gates=[[0, 1], [0, 1], [0, 1], [1, 0]],  # block 3 skipped
+                  patches=[5.0] * 12 + [-5.0] * 4)  # 12 patches kept
+    masks = masks_of(arch, random_scores(TINY))
+
+    def block(n, heads, values, neurons):
+        qkv = n * D * (2 * heads * d + values)
+        qk = n * n * heads * d
+        av = n * n * values
+        proj = n * values * D
+        fc1 = n * D * neurons
+        fc2 = n * neurons * D
+        return qkv + qk + av + proj + fc1 + fc2
+
+    dense = 4 * block(17, 2, 32, M) + 16 * 1 * 2 * 2 * D + D * 10
+    assert dense == 911936
+    n = 12 + 1
+    macs = (block(n, 1, 16, M) + block(n, 2, 32, 64) + block(n, 2, 32 - 4 - 6, M)
+            + 12 * 1 * 2 * 2 * D + D * 10)
+    budget = Budget(TINY, 0.5, SearchSpace())
+    assert budget.dense == dense
+    assert budget.hard_ratio(arch, masks) == pytest.approx(macs / dense, rel=1e-6)
+    # expected R at saturated gates / patches is the same architecture
+    with torch.no_grad():
+        arch.gate_logits.mul_(60.0)
+        arch.patch_logits.mul_(10.0)
+    assert float(budget.expected_ratio(arch, masks).detach()) == pytest.approx(macs / dense, rel=1e-6)
+
+
+@pytest.mark.parametrize("use_gumbel", [True, False])
+def test_ratio_gradient_in_gate_and_patch_logits_matches_finite_differences(use_gumbel):
+    """R is smooth in the gate and patch logits: autograd equals central differences (float64)."""
+    gen = torch.Generator().manual_seed(3)
+    arch = arch64(SMALL, s=[[0.4, 3.2], [1.5, 0.0], [0.0, 7.7]], r=[[1.2, 0.0, 2.5], [0.3, 4.0, 1.0], [0.0] * 3],
+                  gates=torch.randn(3, 2, generator=gen, dtype=torch.float64),
+                  patches=torch.randn(9, generator=gen, dtype=torch.float64))
+    masks = masks_of(arch, random_scores(SMALL))
+    budget = Budget(SMALL, 0.5, SearchSpace(use_gumbel=use_gumbel))
+    eps_l0 = 0.1
+    grads = torch.autograd.grad(budget.expected_ratio(arch, masks, eps_l0), [arch.gate_logits, arch.patch_logits])
+    h = 1e-6
+    for param, grad in zip([arch.gate_logits, arch.patch_logits], grads):
+        fd = torch.zeros_like(param)
+        for i in range(param.numel()):
+            with torch.no_grad():
+                flat = param.view(-1)
+                flat[i] += h
+                up = float(budget.expected_ratio(arch, masks, eps_l0).detach())
+                flat[i] -= 2 * h
+                down = float(budget.expected_ratio(arch, masks, eps_l0).detach())
+                flat[i] += h
+            fd.view(-1)[i] = (up - down) / (2 * h)
+        assert grad.abs().max() > 1e-4  # the logits do move R
+        assert torch.allclose(grad, fd, rtol=1e-5, atol=1e-9), (grad, fd)
+
+
+def test_ratio_gradient_in_s_and_r_is_the_marginal_macs_at_the_ceiled_count():
+    """ceil makes R piecewise constant in s and r, so differences of R itself are 0 or jumps.
+
+    The straight-through gradient is the derivative of the smooth formula (linear in
+    H', V', M') at the ceil'd counts, i.e. the exact MACs change of removing one more
+    group: one more head (with the value dims of the head that goes next), one more
+    neuron, or one more value dim of a kept head. Checked against that difference and
+    against the closed form by hand.
+    """
+    gen = torch.Generator().manual_seed(4)
+    arch = arch64(SMALL, s=[[0.4, 3.2], [1.5, 0.0], [0.0, 7.7]], r=[[1.2, 0.0, 2.5], [0.3, 4.0, 1.0], [0.0] * 3],
+                  gates=torch.randn(3, 2, generator=gen, dtype=torch.float64),
+                  patches=torch.randn(9, generator=gen, dtype=torch.float64))
+    scores = random_scores(SMALL, seed=5)
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    masks = compute_masks(scores, k_heads, k_dims, k_neurons)
+    budget = Budget(SMALL, 0.5, SearchSpace())
+    ratio = budget.expected_ratio(arch, masks)
+    g_s, g_r = torch.autograd.grad(ratio, [arch.s_frac, arch.r_frac])
+
+    with torch.no_grad():
+        keep = arch.gate_logits.softmax(-1)[:, 1]
+        patches = arch.patch_keep_prob().sum()
+
+    def smooth(kh, kn, kd):
+        """The section-3 formula at integer counts, with the same soft gates and patch count."""
+        m = compute_masks(scores, kh, kd, kn)
+        macs = vit_macs(SMALL, m.heads.sum(-1).double(), m.value_dims().double(), m.neurons.sum(-1).double(),
+                        keep, patches)
+        return float(macs) / budget.dense
+
+    base = smooth(k_heads, k_neurons, k_dims)
+    assert float(ratio.detach()) == pytest.approx(base, rel=1e-12)  # forward: the formula at ceil(s), ceil(r)
+    H, d, M, D = SMALL.num_heads, SMALL.head_dim, SMALL.mlp_hidden, SMALL.embed_dim
+    n = float(patches) + 1
+    for l in range(SMALL.depth):
+        one = torch.nn.functional.one_hot(torch.tensor(l), SMALL.depth)
+        # neurons: d R / d s_frac = M * (R(k + 1) - R(k))
+        assert float(g_s[l, 1]) == pytest.approx(M * (smooth(k_heads, k_neurons + one, k_dims) - base), rel=1e-9)
+        assert float(g_s[l, 1]) == pytest.approx(-M * float(keep[l]) * 2 * n * D / budget.dense, rel=1e-9)
+        # heads (when one more may go): H' and the next head's value dims
+        if k_heads[l] < H - 1:
+            assert float(g_s[l, 0]) == pytest.approx(H * (smooth(k_heads + one, k_neurons, k_dims) - base), rel=1e-9)
+            nxt = float(masks.next_head_value_dims[l])
+            by_hand = -H * float(keep[l]) * ((2 * n * D + n * n) * d + (2 * n * D + n * n) * nxt) / budget.dense
+            assert float(g_s[l, 0]) == pytest.approx(by_hand, rel=1e-9)
+        for h in range(H):
+            if masks.heads[l, h] == 0:  # a removed head's dims cost nothing already
+                assert float(g_r[l, h]) == 0.0
+                continue
+            bump = torch.zeros_like(k_dims)
+            bump[l, h] = 1
+            assert float(g_r[l, h]) == pytest.approx(d * (smooth(k_heads, k_neurons, k_dims + bump) - base), rel=1e-9)
+            assert float(g_r[l, h]) == pytest.approx(-d * float(keep[l]) * (2 * n * D + n * n) / budget.dense,
+                                                     rel=1e-9)
+
+
+def test_ratio_ignores_disabled_parts():
+    """Each part switched off takes its variables out of R (zero gradient); all off, R is the constant 1."""
+    gen = torch.Generator().manual_seed(6)
+    arch = arch64(SMALL, s=[[0.4, 3.2]] * 3, r=[[1.2, 0.0, 2.5]] * 3,
+                  gates=torch.randn(3, 2, generator=gen, dtype=torch.float64),
+                  patches=torch.randn(9, generator=gen, dtype=torch.float64))
+    masks = masks_of(arch, random_scores(SMALL))
+    params = arch.architecture_parameters()  # s, r, gates, patches
+    for off, silent in [("pruning", (0, 1)), ("block_gating", (2,)), ("patch_gating", (3,))]:
+        budget = Budget(SMALL, 0.5, SearchSpace(**{off: False}))
+        grads = torch.autograd.grad(budget.expected_ratio(arch, masks), params, allow_unused=True)
+        for i, g in enumerate(grads):
+            moved = g is not None and float(g.abs().max()) > 0
+            assert moved != (i in silent), (off, i)
+    budget = Budget(SMALL, 0.5, SearchSpace(pruning=False, block_gating=False, patch_gating=False))
+    ratio = budget.expected_ratio(arch, masks)
+    assert float(ratio) == pytest.approx(1.0) and not ratio.requires_grad

@@ -1,0 +1,173 @@
+"""The mask rule and LeastSum (UVC_SPEC sections 2 and 4), checked by hand on small tensors."""
+import pytest
+import torch
+
+from uvc.flops import ViTDims
+from uvc.masks import Scores, compute_masks, group_scores, least_sum, lowest_k_mask
+from uvc.structure import ArchState
+
+L, H, D_HEAD, M = 2, 3, 4, 5  # blocks, heads, dims per head, neurons
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_dims() -> ViTDims:
+    return ViTDims(embed_dim=H * D_HEAD, depth=L, num_heads=H, head_dim=D_HEAD, mlp_hidden=M, num_patches=4,
+                   num_prefix_tokens=1, patch_size=2, in_chans=1, num_classes=10)
+
+
+def hand_scores() -> Scores:
+    """Distinct scores whose order is easy to read off."""
+    dims = torch.tensor([
+        [[5., 1., 7., 3.], [0.5, 0.25, 9., 8.], [2., 2.5, 6., 4.]],  # head sums 16, 17.75, 14.5
+        [[1., 2., 3., 4.], [10., 20., 30., 40.], [0.1, 0.2, 0.3, 0.4]],  # head sums 10, 100, 1
+    ])
+    neurons = torch.tensor([[3., 1., 4., 1.5, 9.], [2., 7., 1., 8., 2.8]])
+    return Scores(heads=dims.sum(-1), dims=dims, neurons=neurons)
+
+
+def test_group_scores_are_squared_column_norms():
+    """Head / dim scores are squared proj column norms (per head, per dim), neuron scores fc2 column norms."""
+    gen = torch.Generator().manual_seed(0)
+    proj = torch.randn(L, 7, H * D_HEAD, generator=gen)
+    fc2 = torch.randn(L, 7, M, generator=gen)
+    sc = group_scores(proj, fc2, H)
+    for l in range(L):
+        for h in range(H):
+            for j in range(D_HEAD):
+                col = proj[l, :, h * D_HEAD + j]
+                assert torch.allclose(sc.dims[l, h, j], (col ** 2).sum())
+            block = proj[l, :, h * D_HEAD:(h + 1) * D_HEAD]
+            assert torch.allclose(sc.heads[l, h], (block ** 2).sum())
+        for m in range(M):
+            assert torch.allclose(sc.neurons[l, m], (fc2[l, :, m] ** 2).sum())
+
+
+def test_mask_rule_by_hand():
+    """The ceil(s) lowest-score heads, dims (per head) and neurons are removed, each block with its own count."""
+    sc = hand_scores()
+    k_heads = torch.tensor([1, 2])
+    k_dims = torch.tensor([[2, 1, 3], [0, 3, 1]])
+    k_neurons = torch.tensor([2, 4])
+    m = compute_masks(sc, k_heads, k_dims, k_neurons)
+    # block 0: head 2 (14.5) goes; block 1: heads 2 (1) and 0 (10) go
+    assert m.heads.tolist() == [[1, 1, 0], [0, 1, 0]]
+    # dims: block 0 head 0 drops dims 1, 3; head 1 drops dim 1; head 2 is gone as a whole
+    assert m.dims[0].tolist() == [[1, 0, 1, 0], [1, 0, 1, 1], [0, 0, 0, 0]]
+    # block 1: head 1 drops its 3 lowest (10, 20, 30); heads 0 and 2 are gone
+    assert m.dims[1].tolist() == [[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert m.neurons.tolist() == [[1, 0, 1, 0, 1], [0, 0, 0, 1, 0]]
+    assert m.value_dims().tolist() == [5, 1]
+    assert m.proj_input.shape == (L, H * D_HEAD)
+    # the head removed next: block 0 head 0 (16 < 17.75) keeps 4 - 2 dims; block 1 has one head left
+    assert m.next_head_value_dims.tolist() == [2, 0]
+
+
+def test_lowest_k_mask_ties_and_zero():
+    """k = 0 keeps everything; ties are broken by index (the lower index goes first)."""
+    scores = torch.tensor([[1., 1., 1., 0.]])
+    assert lowest_k_mask(scores, torch.tensor([0])).tolist() == [[1, 1, 1, 1]]
+    assert lowest_k_mask(scores, torch.tensor([2])).tolist() == [[0, 1, 1, 0]]
+
+
+def test_masks_vectorised_match_a_per_layer_loop():
+    """All blocks at once (one call on stacked scores) equal the rule applied block by block."""
+    gen = torch.Generator().manual_seed(1)
+    Lb, Hb, db, Mb = 6, 4, 8, 16
+    dims = torch.rand(Lb, Hb, db, generator=gen)
+    sc = Scores(heads=dims.sum(-1), dims=dims, neurons=torch.rand(Lb, Mb, generator=gen))
+    k_heads = torch.randint(0, Hb, (Lb,), generator=gen)
+    k_dims = torch.randint(0, db, (Lb, Hb), generator=gen)
+    k_neurons = torch.randint(0, Mb, (Lb,), generator=gen)
+    m = compute_masks(sc, k_heads, k_dims, k_neurons)
+    for l in range(Lb):
+        removed = set(sc.heads[l].argsort()[:k_heads[l]].tolist())
+        assert {h for h in range(Hb) if m.heads[l, h] == 0} == removed
+        removed_n = set(sc.neurons[l].argsort()[:k_neurons[l]].tolist())
+        assert {i for i in range(Mb) if m.neurons[l, i] == 0} == removed_n
+        for h in range(Hb):
+            kept = set(range(db)) - set(sc.dims[l, h].argsort()[:k_dims[l, h]].tolist())
+            expect = set() if h in removed else kept
+            assert {j for j in range(db) if m.dims[l, h, j] == 1} == expect
+
+
+def test_projection_keeps_one_head_dim_and_neuron():
+    """However far s and r are pushed, the counts stay in range: one head, dim and neuron survive."""
+    arch = ArchState(small_dims())
+    with torch.no_grad():
+        arch.s_frac.fill_(5.0)
+        arch.r_frac.fill_(5.0)
+    arch.project_()
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert k_heads.tolist() == [H - 1] * L
+    assert k_neurons.tolist() == [M - 1] * L
+    assert k_dims.tolist() == [[D_HEAD - 1] * H] * L
+    ste_heads, ste_neurons, ste_dims = arch.ste_counts()
+    assert ste_heads.tolist() == [H - 1] * L and ste_neurons.tolist() == [M - 1] * L
+    assert ste_dims.tolist() == [[D_HEAD - 1] * H] * L
+    m = compute_masks(hand_scores(), k_heads, k_dims, k_neurons)
+    assert m.heads.sum(-1).tolist() == [1] * L
+    assert m.neurons.sum(-1).tolist() == [1] * L
+    assert m.value_dims().tolist() == [1] * L  # one dim of the one kept head
+    with torch.no_grad():
+        arch.s_frac.fill_(-1.0)
+        arch.r_frac.fill_(-1.0)
+    arch.project_()
+    assert all(int(k.sum()) == 0 for k in arch.removed_counts())
+
+
+def test_counts_are_ceil_of_s():
+    """The integer count is ceil(s): s = 0.2 heads removes one head, s = 1.0 exactly one, s = 0 none."""
+    arch = ArchState(small_dims())
+    with torch.no_grad():
+        arch.s_frac.copy_(torch.tensor([[0.2 / H, 2.5 / M], [1.0 / H, 0.0]]))
+        arch.r_frac.copy_(torch.tensor([[0.0, 0.1, 2.0], [3.0, 1.5, 0.9]]) / D_HEAD)
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert k_heads.tolist() == [1, 1]
+    assert k_neurons.tolist() == [3, 0]
+    assert k_dims.tolist() == [[0, 1, 2], [3, 2, 1]]
+    ste = arch.ste_counts()
+    assert [t.tolist() for t in ste] == [[1, 1], [3, 0], [[0, 1, 2], [3, 2, 1]]]
+
+
+def test_least_sum_value_and_slope_by_hand():
+    """LeastSum = sum of the k smallest; its slope in k is the (k+1)-th smallest score."""
+    scores = torch.tensor([[4., 1., 3., 2., 5.], [0.5, 0.1, 0.9, 0.3, 0.7]])
+    for k0, k1 in [(0, 0), (1, 3), (2, 4), (4, 1)]:
+        value, slope = least_sum(scores, torch.tensor([k0, k1]))
+        ordered = scores.sort(-1).values
+        assert torch.allclose(value, torch.stack([ordered[0, :k0].sum(), ordered[1, :k1].sum()]))
+        assert torch.allclose(slope, torch.stack([ordered[0, k0], ordered[1, k1]]))
+    value, slope = least_sum(scores, torch.tensor([2, 3]))
+    assert torch.allclose(value, torch.tensor([1. + 2., 0.1 + 0.3 + 0.5]))
+    assert torch.allclose(slope, torch.tensor([3., 0.7]))
+    # the slope is the forward difference of the value in k
+    nxt, _ = least_sum(scores, torch.tensor([3, 4]))
+    assert torch.allclose(nxt - value, slope)
+
+
+def test_least_sum_slope_of_last_removable_group():
+    """At k = G-1 (the most a projection allows) the slope is the one score that is left."""
+    scores = torch.tensor([[4., 1., 3.]])
+    value, slope = least_sum(scores, torch.tensor([2]))
+    assert value.item() == 4.0 and slope.item() == 4.0
+
+
+def test_least_sum_gradient_reaches_selected_scores():
+    """d LeastSum / d scores is 1 on the k selected (smallest) groups and 0 on the others."""
+    scores = torch.tensor([[4., 1., 3., 2., 5.], [0.5, 0.1, 0.9, 0.3, 0.7]], dtype=torch.float64,
+                          requires_grad=True)
+    k = torch.tensor([2, 3])
+    value, _ = least_sum(scores, k)
+    (value * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum().backward()
+    assert scores.grad.tolist() == [[0, 1, 0, 1, 0], [2, 2, 0, 2, 0]]
+    # and the selection is exactly the removal mask
+    assert ((1 - lowest_k_mask(scores.detach(), k)) * torch.tensor([[1.], [2.]], dtype=torch.float64)
+            ).tolist() == scores.grad.tolist()

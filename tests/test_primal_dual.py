@@ -1,0 +1,302 @@
+"""The primal-dual step (UVC_SPEC sections 4-5): proximal step, update directions, toggles, a short search."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configs.digits_demo import get_config
+from models import create_model
+from uvc.masked_model import MaskedViT
+from uvc.search import UVCSearch
+
+MODEL = "vit_digits_tiny_patch2_8"  # D=32, L=4, H=2, d=16, M=128, 16 patches
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vit(seed: int = 0):
+    """The test model with noise on every weight (timm inits biases to 0, norms to 1)."""
+    torch.manual_seed(seed)
+    vit = create_model(MODEL)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return vit
+
+
+def demo_config(**overrides):
+    """The digits demo's stage-1 config, search active from the first step (no warm-up)."""
+    c = get_config("joint")
+    c.enable_warmup = 0
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def build(seed: int = 0, **overrides):
+    vit = tiny_vit(seed)
+    model = MaskedViT(vit)
+    search = UVCSearch(vit, demo_config(**overrides), CPU)
+    search.set_epoch(0)
+    return model, search
+
+
+def set_counts(arch, heads, neurons, dims):
+    """Set s and r so that the removed counts are exactly these integers."""
+    with torch.no_grad():
+        arch.s_frac.copy_(torch.tensor([heads, neurons], dtype=torch.float32).T / arch.group_counts)
+        arch.r_frac.copy_(torch.tensor(dims, dtype=torch.float32) / arch.dims.head_dim)
+
+
+def train(model, search, steps: int, lr: float, seed: int = 0, on_step=None):
+    """The engine's stage-1 step on synthetic batches: prepare, forward, backward, W step, search step."""
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.randn(256, 1, 8, 8, generator=gen)
+    ys = torch.randint(10, (256,), generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        i = torch.randint(256, (32,), generator=gen)
+        search.prepare(model, training=True)
+        F.cross_entropy(model(xs[i]), ys[i]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        search.step(model, lr)
+        if on_step is not None:
+            on_step(step)
+
+
+# ----------------------------------------------------------------------------- proximal step
+
+def shrink(lr: float, dual: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The prox factor of uvc/primal_dual.py: dual * ||W_G||^2 per unit of the mean group score of
+    the layer (of the head, for dims): W_G <- W_G / (1 + 2 lr dual / mean(scores))."""
+    return 1.0 / (1.0 + 2.0 * lr * dual / scores.mean())
+
+
+def test_proximal_step_touches_exactly_the_removed_groups():
+    """Removed heads (q, k, v rows + proj columns), removed dims (v rows + proj columns) and removed
+    neurons (fc1 rows + bias, fc2 columns) are shrunk by their factor; every other number is unchanged."""
+    model, search = build()
+    vit, pd, arch = model.vit, search.pd, search.arch
+    set_counts(arch, heads=[1, 0, 0, 1], neurons=[5, 0, 100, 1], dims=[[2, 3], [0, 7], [15, 1], [4, 4]])
+    with torch.no_grad():
+        arch.y.copy_(torch.tensor([[3.0, 5.0], [1.0, 2.0], [4.0, 0.5], [2.0, 7.0]]))
+        arch.p.copy_(torch.tensor([[6.0, 1.0], [2.0, 3.0], [0.7, 9.0], [1.5, 2.5]]))
+    masks = pd.update_masks(vit)
+    sc = pd.scores
+    lr = 0.05
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    pd.proximal_step(vit, lr)
+    after = vit.state_dict()
+
+    H, d, M = 2, 16, 128
+    expected = {k: v.clone() for k, v in before.items()}
+    touched = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in before.items()}
+
+    def scale(name, index, factor):
+        expected[name][index] = before[name][index] * factor
+        touched[name][index] = True
+
+    for l in range(4):
+        p = f"blocks.{l}."
+        f_head = shrink(lr, arch.y[l, 0], sc.heads[l])
+        f_neuron = shrink(lr, arch.y[l, 1], sc.neurons[l])
+        for h in range(H):
+            cols = slice(h * d, (h + 1) * d)
+            if masks.heads[l, h] == 0:
+                for part in range(3):  # q, k, v rows of the head
+                    rows = slice(part * H * d + h * d, part * H * d + (h + 1) * d)
+                    scale(p + "attn.qkv.weight", rows, f_head)
+                    scale(p + "attn.qkv.bias", rows, f_head)
+                scale(p + "attn.proj.weight", (slice(None), cols), f_head)
+                continue
+            f_dim = shrink(lr, arch.p[l, h], sc.dims[l, h])
+            for j in range(d):
+                if masks.dims[l, h, j] == 0:
+                    row = 2 * H * d + h * d + j  # v row only: q and k stay whole in a kept head
+                    scale(p + "attn.qkv.weight", row, f_dim)
+                    scale(p + "attn.qkv.bias", row, f_dim)
+                    scale(p + "attn.proj.weight", (slice(None), h * d + j), f_dim)
+        for m in range(M):
+            if masks.neurons[l, m] == 0:
+                scale(p + "mlp.fc1.weight", m, f_neuron)
+                scale(p + "mlp.fc1.bias", m, f_neuron)
+                scale(p + "mlp.fc2.weight", (slice(None), m), f_neuron)
+
+    counts = {k: int(t.sum()) for k, t in touched.items() if t.any()}
+    assert counts["blocks.0.mlp.fc1.weight"] == 5 * 32 and counts["blocks.2.mlp.fc2.weight"] == 100 * 32
+    kept = int(masks.heads[0].argmax())  # block 0: one head goes, the other loses 2 or 3 dims
+    assert counts["blocks.0.attn.qkv.weight"] == (3 * 16 + [2, 3][kept]) * 32
+    for k in before:
+        t = touched[k]
+        assert torch.equal(after[k][~t], before[k][~t]), f"{k} changed outside the removed groups"
+        assert torch.allclose(after[k][t], expected[k][t], rtol=1e-6, atol=0), k
+        if t.any():
+            assert (after[k][t].abs() < before[k][t].abs()).all(), f"{k} was not shrunk"
+
+
+def test_proximal_step_with_zero_duals_changes_nothing():
+    """y = p = 0: the prox is the identity even on removed groups."""
+    model, search = build()
+    set_counts(search.arch, heads=[1] * 4, neurons=[50] * 4, dims=[[3, 3]] * 4)
+    search.pd.update_masks(model.vit)
+    before = copy.deepcopy(model.vit.state_dict())
+    search.pd.proximal_step(model.vit, 0.1)
+    assert all(torch.equal(before[k], v) for k, v in model.vit.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- update directions
+
+def test_budget_pressure_grows_s_and_r_and_least_sum_pulls_them_back():
+    """With z > 0 alone, s and r grow (R falls with them); with y, p > 0 alone they shrink; both stay in range."""
+    model, search = build()
+    pd, arch = search.pd, search.arch
+    set_counts(arch, heads=[1, 1, 0, 0], neurons=[10] * 4, dims=[[3, 3]] * 4)
+    start_s, start_r = arch.s_frac.detach().clone(), arch.r_frac.detach().clone()
+    search.prepare(model, training=True)
+    ratio = pd.budget.expected_ratio(arch, pd.masks, pd.eps)
+    grads = pd._budget_grads(ratio)
+    pd.scores = pd.scores_now(model.vit)
+    with torch.no_grad():
+        arch.z.fill_(1.0)
+    pd.structure_step(grads)
+    assert (arch.s_frac[:, 1] > start_s[:, 1]).all()  # neurons
+    assert (arch.s_frac[2:, 0] > start_s[2:, 0]).all()  # heads, where one more may go
+    kept = pd.masks.heads.bool()
+    assert (arch.r_frac[kept] > start_r[kept]).all() and torch.equal(arch.r_frac[~kept], start_r[~kept])
+
+    set_counts(arch, heads=[1, 1, 0, 0], neurons=[10] * 4, dims=[[3, 3]] * 4)
+    with torch.no_grad():
+        arch.z.zero_()
+        arch.y.fill_(1.0)
+        arch.p.fill_(1.0)
+    pd.structure_step(grads)
+    assert (arch.s_frac[:, 1] < start_s[:, 1]).all()
+    assert (arch.s_frac[:2, 0] < start_s[:2, 0]).all()
+    assert (arch.r_frac[kept] < start_r[kept]).all()
+    # projection: pushed far, still one head / neuron / dim left, never below 0
+    with torch.no_grad():
+        arch.y.fill_(1e6)
+        arch.p.fill_(1e6)
+    pd.structure_step(grads)
+    assert (arch.s_frac == 0).all() and (arch.r_frac[kept] == 0).all()
+    with torch.no_grad():
+        arch.y.zero_()
+        arch.p.zero_()
+        arch.z.fill_(1e6)
+    pd.structure_step(grads)
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert (k_heads == 1).all() and (k_neurons == 127).all() and (k_dims[kept] == 15).all()
+
+
+def test_dual_step_for_z():
+    """z rises by zlr * (R - B) clipped to z_grad_clip, falls when R < B, and never goes below 0."""
+    model, search = build(enable_pruning=0, zlr=0.1, z_grad_clip=0.5, budget=0.5)
+    pd, arch = search.pd, search.arch
+    pd.dual_step(0.6)
+    assert float(arch.z) == pytest.approx(0.1 * 0.1)
+    pd.dual_step(1.9)  # gap 1.4, clipped to 0.5
+    assert float(arch.z) == pytest.approx(0.01 + 0.05)
+    pd.dual_step(0.4)
+    assert float(arch.z) == pytest.approx(0.05)
+    pd.dual_step(0.0)
+    pd.dual_step(0.0)  # 0.05 - 0.05 - 0.05: clamped
+    assert float(arch.z) == 0.0
+
+
+# ----------------------------------------------------------------------------- toggles
+
+TOGGLES = {
+    "pruning": dict(enable_pruning=1, enable_block_gating=0, enable_patch_gating=0),
+    "block_gating": dict(enable_pruning=0, enable_block_gating=1, enable_patch_gating=0),
+    "patch_gating": dict(enable_pruning=0, enable_block_gating=0, enable_patch_gating=1),
+    "all": dict(enable_pruning=1, enable_block_gating=1, enable_patch_gating=1),
+    "none": dict(enable_pruning=0, enable_block_gating=0, enable_patch_gating=0),
+}
+
+
+@pytest.mark.parametrize("name", list(TOGGLES))
+def test_each_toggle_changes_only_its_variables(name):
+    """A few search steps move s, r, y, p only with pruning on, the gate logits only with block gating,
+    the patch logits only with patch gating; z moves in every case."""
+    flags = TOGGLES[name]
+    model, search = build(zlr=0.5, gating_interval=2, **flags)
+    arch = search.arch
+    start = {k: v.detach().clone() for k, v in list(arch.named_parameters()) + list(arch.named_buffers())}
+    train(model, search, steps=6, lr=1e-3)
+    moved = {k: not torch.equal(start[k], v.detach()) for k, v in
+             list(arch.named_parameters()) + list(arch.named_buffers())}
+    pruning, gates, patches = (bool(flags[k]) for k in ("enable_pruning", "enable_block_gating",
+                                                        "enable_patch_gating"))
+    assert moved["s_frac"] == pruning and moved["r_frac"] == pruning
+    assert moved["y"] == pruning and moved["p"] == pruning
+    assert moved["gate_logits"] == gates
+    assert moved["patch_logits"] == patches
+    assert moved["z"] and not moved["group_counts"]
+    assert (model.proj_mask is not None) == pruning and (model.fc2_mask is not None) == pruning
+    assert (model.block_gates is not None) == gates
+    assert (model.patch_bias is not None) == patches
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="engine: prepare() runs once per optimizer step, but the gate sample and patch bias "
+                          "it sets are graphs freed by the first micro-batch's backward "
+                          "(--gradient_accumulation_steps > 1 in stage 1)")
+def test_gradient_accumulation_two_backwards_per_prepare():
+    """Two micro-batches after one prepare() (what train_one_epoch does with accumulation 2) both backward."""
+    model, search = build()
+    search.prepare(model, training=True)
+    for _ in range(2):
+        model(torch.randn(4, 1, 8, 8)).logsumexp(-1).sum().backward()
+    assert search.arch.gate_logits.grad is not None and search.arch.patch_logits.grad is not None
+
+
+# ----------------------------------------------------------------------------- a short search
+
+BUDGET = 0.5
+SEARCH_STEPS = 300
+# Faster dual / structure rates than the demo's defaults (zlr 0.01, slr = rlr = 0.01), so that a
+# CI-sized search gets there: with the defaults the hard ratio is still about 0.8 after 400 steps.
+FAST = dict(zlr=0.5, slr=0.05, rlr=0.05, budget=BUDGET)
+
+
+@pytest.fixture(scope="module")
+def short_search():
+    """300 steps of the full search (pruning, block and patch gates) on synthetic batches."""
+    torch.set_num_threads(1)
+    model, search = build(**FAST)
+    hard = [search.ratios(model)["hard_macs_ratio"]]
+    train(model, search, SEARCH_STEPS, lr=5e-3,
+          on_step=lambda step: hard.append(search.ratios(model)["hard_macs_ratio"]))
+    return model, search, hard
+
+
+def test_short_search_reaches_the_budget(short_search):
+    """From the dense 1.0 the hard MACs ratio comes down into the budget window, stays near it,
+    and freezing lands the architecture in [B - 0.01, B]."""
+    model, search, hard = short_search
+    assert hard[0] == pytest.approx(1.0)
+    assert min(hard) <= BUDGET + 0.01
+    reached = next(i for i, r in enumerate(hard) if r <= BUDGET + 0.01)
+    assert max(hard[reached:]) < BUDGET + 0.2  # no relapse towards the dense model
+    spec, info = search.freeze(model, MODEL)
+    assert BUDGET - 0.01 <= info["macs_ratio"] <= BUDGET
+
+
+@pytest.mark.xfail(strict=False, reason="the search holds the expected R (soft gates, expected patch count) at B; "
+                                        "the argmax architecture costs ~0.02 more (0.513 at B = 0.5), "
+                                        "which freeze() then fits")
+def test_short_search_ends_inside_the_budget(short_search):
+    """The hard MACs ratio after the last search step is at most B + 0.01 (no fitting at freeze needed)."""
+    _, _, hard = short_search
+    assert hard[-1] <= BUDGET + 0.01
