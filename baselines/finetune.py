@@ -1,0 +1,63 @@
+"""Fine-tuning a physically pruned model (the Torch-Pruning baseline) exactly as
+post_train.py's stage 2 fine-tunes UVC's: same epochs, optimizer, per-step
+schedule, clipping and distillation (teacher = the dense starting model),
+through the same uvc.engine.train_one_epoch / evaluate. The model is already
+small, so there is no architecture step (arch_step None). No resume.
+
+The best epoch's model is saved as a whole pickled module
+(<output_dir>/tp_finetuned_best.pth, read it with
+baselines.torch_pruning.load_pruned, which needs weights_only=False).
+"""
+import os
+from typing import Optional
+
+import torch.nn as nn
+
+from uvc.engine import evaluate, train_one_epoch
+from utils.amp import make_scaler
+from utils.logger import RunLogger
+from utils.training import build_loss, build_optimizer, steps_per_epoch
+
+
+def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], output_dir: str,
+             best_name: str = "tp_finetuned_best.pth") -> dict:
+    """Train `model` in place for config.epochs; returns
+    {"final_top1", "best_top1", "best_file", "epochs", "history"}.
+
+    Args:
+        model: the pruned timm ViT (on env.device).
+        config: the stage-2 ("post") config of post_train.py.
+        data: utils.training.build_data(config, env).
+        env: utils.dist.DistInfo (single process).
+        teacher: the frozen dense model, or None with --distillation-type none.
+        output_dir: where log.jsonl, tensorboard events and the best model go.
+    """
+    from baselines.torch_pruning import save_pruned
+
+    criterion = build_loss(config, data.base_criterion, teacher)
+    optimizer, scheduler = build_optimizer(config, model, config.epochs, steps_per_epoch(config, data.train_loader))
+    scaler = make_scaler(env.device, bool(config.fp16))
+    logger = RunLogger(output_dir)
+    best_file = os.path.join(output_dir, best_name)
+    best_top1, global_step, history, metrics = -1.0, 0, [], {"top1": float("nan")}
+    for epoch in range(config.epochs):
+        if data.train_sampler is not None and hasattr(data.train_sampler, "set_epoch"):
+            data.train_sampler.set_epoch(epoch)
+        stats = train_one_epoch(
+            model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
+            lr_scheduler=scheduler, mixup=data.mixup, arch_step=None, amp=bool(config.fp16),
+            clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
+            max_steps=config.max_steps_per_epoch, global_step=global_step)
+        global_step = stats.pop("global_step")
+        metrics = evaluate(model, data.val_loader, env.device, None, bool(config.fp16))
+        if metrics["top1"] > best_top1:
+            best_top1 = metrics["top1"]
+            save_pruned(model, best_file, {"epoch": epoch, "top1": best_top1})
+        record = {"epoch": epoch, "step": global_step, **{f"train_{k}": v for k, v in stats.items()},
+                  **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": best_top1}
+        logger.scalars("epoch", record, epoch)
+        logger.epoch(record)
+        history.append(record)
+    logger.close()
+    return {"final_top1": metrics["top1"], "best_top1": best_top1, "best_file": best_file,
+            "epochs": int(config.epochs), "history": history}

@@ -1,0 +1,189 @@
+"""Uniform one-shot magnitude pruning: the simplest structured baseline for UVC.
+
+Every block loses the same number of attention heads and the same number of
+MLP neurons, chosen by the scores UVC itself ranks groups by (uvc.masks:
+head = squared norm of its attn.proj columns, neuron = squared norm of its
+fc2 column), lowest first. No block is skipped, no patch is dropped, value
+dims inside kept heads are untouched. The counts are picked so that the hard
+MACs ratio (UVC_SPEC section 3, the same formula UVC's budget uses) lands
+within 1% (relative) of the target.
+
+Heads are coarse (4 per block in the demo model), so the kept head count h is
+chosen first and the kept neuron count m then hits the target; among the
+(h, m) pairs that land, the one whose head fraction h/H is closest to its
+neuron fraction m/M is taken (the most uniform split).
+
+The result is a stage-1 file (uvc.search.stage1_record), so post_train.py
+fine-tunes it exactly like UVC's own output (same epochs, same distillation)
+and exports compact.pth:
+
+    python -m baselines.magnitude --model_type vit_digits_patch2_8 --model_path dense.pth \\
+        --target_ratio 0.5 --output runs/mag/vit_digits_patch2_8_uvc.pth
+    python post_train.py --config configs/digits_demo.py --model_path dense.pth \\
+        --checkpoint_dir runs/mag/vit_digits_patch2_8_uvc.pth --output_dir runs/mag_post
+"""
+import argparse
+import copy
+import os
+import sys
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from uvc.freeze import base_spec, param_keep_masks, spec_ratio, zero_removed_weights
+from uvc.masks import group_scores, stacked_weights
+
+METHOD = "uniform-magnitude"
+
+
+def _uniform_spec(vit, model_type: str, heads_kept: int, neurons_kept: int, scores) -> dict:
+    """Every block keeps its `heads_kept` best heads (all their dims) and `neurons_kept` best neurons."""
+    spec = base_spec(vit, model_type)
+    d = spec["head_dim"]
+    for l, block in enumerate(spec["blocks"]):
+        heads = sorted(scores.heads[l].argsort(descending=True, stable=True)[:heads_kept].tolist())
+        block["heads"] = heads
+        block["value_dims"] = [list(range(d)) for _ in heads]
+        block["neurons"] = sorted(scores.neurons[l].argsort(descending=True, stable=True)[:neurons_kept].tolist())
+    return spec
+
+
+def _neurons_for(vit, model_type: str, heads_kept: int, target_ratio: float, scores,
+                 with_attn: bool) -> Tuple[int, float]:
+    """The kept neuron count (1..M) whose ratio is closest to the target for `heads_kept` heads.
+
+    The ratio is affine in the neuron count, so two evaluations give it exactly."""
+    M = vit.blocks[0].mlp.fc1.out_features
+    r0 = spec_ratio(_uniform_spec(vit, model_type, heads_kept, 0, scores), True, with_attn)
+    r1 = spec_ratio(_uniform_spec(vit, model_type, heads_kept, M, scores), True, with_attn)
+    per_neuron = (r1 - r0) / M
+    m = int(min(max(round((target_ratio - r0) / per_neuron), 1), M))
+    return m, r0 + m * per_neuron
+
+
+def uniform_magnitude_spec(vit, model_type: str, target_ratio: float, tolerance: float = 0.01,
+                           with_attn: bool = True) -> Tuple[dict, Dict]:
+    """The uniform magnitude-pruned architecture of `vit` at `target_ratio` of the dense MACs.
+
+    Args:
+        vit: timm VisionTransformer holding the (dense, trained) weights that give the scores.
+        model_type: the name written into the spec (models.MODEL_TYPES).
+        target_ratio: MACs of the result over the dense MACs (e.g. 0.5).
+        tolerance: accepted relative error, |ratio / target - 1| <= tolerance.
+        with_attn: count the N^2 attention terms (as UVC's --flops_with_mhsa 1).
+
+    Returns:
+        (spec, info): an architecture spec (uvc.freeze format) and
+        {"method", "target_ratio", "macs_ratio", "heads_kept", "neurons_kept", ...}.
+    Raises:
+        ValueError: no uniform (heads, neurons) pair lands within the tolerance.
+    """
+    if not 0.0 < target_ratio <= 1.0:
+        raise ValueError(f"--target_ratio must be in (0, 1], got {target_ratio}")
+    H = vit.blocks[0].attn.num_heads
+    M = vit.blocks[0].mlp.fc1.out_features
+    scores = group_scores(*stacked_weights(vit), H)
+    candidates = []
+    for h in range(1, H + 1):
+        m, ratio = _neurons_for(vit, model_type, h, target_ratio, scores, with_attn)
+        error = abs(ratio / target_ratio - 1)
+        if error <= tolerance:
+            candidates.append((abs(h / H - m / M), error, h, m))
+    if not candidates:
+        raise ValueError(f"no uniform head/neuron count reaches {target_ratio} of the dense MACs within "
+                         f"{tolerance:.0%}; the smallest uniform model keeps 1 head and 1 neuron per block")
+    _, _, h, m = min(candidates)
+    spec = _uniform_spec(vit, model_type, h, m, scores)
+    ratio = spec_ratio(spec, True, with_attn)
+    info = {"method": METHOD, "target_ratio": float(target_ratio), "macs_ratio": ratio,
+            "searched_macs_ratio": ratio, "heads_kept": h, "heads_per_block": H, "neurons_kept": m,
+            "neurons_per_block": M, "flops_with_mhsa": int(with_attn)}
+    return spec, info
+
+
+def pruned_copy(vit, spec: dict):
+    """A copy of `vit` with the weights the spec removes set to exactly zero."""
+    out = copy.deepcopy(vit)
+    zero_removed_weights(out, param_keep_masks(out, spec))
+    return out
+
+
+def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_dict: Optional[dict] = None,
+                     top1: Optional[float] = None) -> dict:
+    """The stage-1 file content (the input of post_train.py --checkpoint_dir).
+
+    The teacher recorded is the dense model at `model_path`, as for UVC."""
+    from uvc.search import stage1_record
+
+    fit = dict(info)
+    if top1 is not None:
+        fit["final_top1"] = float(top1)
+    config = dict(config_dict or {}, method=METHOD, model_type=spec["model_type"], model_path=model_path,
+                  budget=info["target_ratio"])
+    teacher = {"model_type": spec["model_type"], "path": model_path}
+    return stage1_record(spec, pruned_copy(vit, spec).state_dict(), config, fit, teacher)
+
+
+@torch.no_grad()
+def evaluate_spec(vit, spec: dict, loader, device, amp: bool = False) -> Dict[str, float]:
+    """Top-1/top-5/loss of the pruned model before fine-tuning (exactly what stage 2 starts from)."""
+    from uvc.engine import evaluate
+    from uvc.masked_model import MaskedViT
+    from uvc.search import FrozenArchitecture
+
+    model = MaskedViT(copy.deepcopy(vit)).to(device)
+    frozen = FrozenArchitecture(model, spec)
+    return evaluate(model, loader, device, frozen, amp)
+
+
+# --- command line -------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ValueError(f"{message} (see --help)")
+
+    p = Parser(prog="python -m baselines.magnitude", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_type", required=True, help="e.g. vit_digits_patch2_8, deit_small_patch16_224")
+    p.add_argument("--enable_deit", type=int, default=0, help="1: the distillation-token variant")
+    p.add_argument("--model_path", required=True, help="dense weights (local file or URL)")
+    p.add_argument("--target_ratio", type=float, required=True, help="fraction of the dense MACs to keep")
+    p.add_argument("--tolerance", type=float, default=0.01, help="relative error accepted on the MACs ratio")
+    p.add_argument("--flops_with_mhsa", type=int, default=1, help="count the N^2 attention terms")
+    p.add_argument("--output", required=True, help="the stage-1 file to write, e.g. DIR/<model_type>_uvc.pth")
+    p.add_argument("--eval_config", default="",
+                   help="optional config (e.g. configs/digits_demo.py:post) to measure top-1 before fine-tuning")
+    return p
+
+
+def main(argv=None) -> None:
+    from models import create_model, load_pretrained, resolve_model_type
+    from utils.checkpoint import atomic_save
+
+    args = _parser().parse_args(argv)
+    model_type = resolve_model_type(args.model_type, args.enable_deit)
+    vit = create_model(model_type)
+    load_pretrained(vit, args.model_path, model_type=model_type)
+    spec, info = uniform_magnitude_spec(vit.eval(), model_type, args.target_ratio, args.tolerance,
+                                        bool(args.flops_with_mhsa))
+    top1 = None
+    if args.eval_config:
+        from utils.config import load_config_file
+        from utils.dist import init_distributed
+        from utils.training import build_data
+
+        config = load_config_file(args.eval_config, "post")
+        env = init_distributed()
+        top1 = evaluate_spec(vit, spec, build_data(config, env).val_loader, env.device)["top1"]
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_save(magnitude_record(vit, spec, info, args.model_path, top1=top1), args.output)
+    shown = f", top-1 before fine-tuning {top1:.2f}" if top1 is not None else ""
+    print(f"{METHOD}: {info['heads_kept']}/{info['heads_per_block']} heads and {info['neurons_kept']}/"
+          f"{info['neurons_per_block']} neurons per block, MACs ratio {info['macs_ratio']:.4f} "
+          f"(target {args.target_ratio}){shown}; wrote {args.output}", flush=True)
+
+
+if __name__ == "__main__":
+    from utils.entry import run_entry
+
+    run_entry(main, sys.argv[1:])

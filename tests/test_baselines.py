@@ -1,0 +1,126 @@
+"""The peer baselines land on the requested MACs, run, and fine-tune (baselines/)."""
+import json
+import warnings
+
+import pytest
+import torch
+
+from baselines.magnitude import evaluate_spec, main as magnitude_main, uniform_magnitude_spec
+from baselines.torch_pruning import (fvcore_macs, formula_macs, load_pruned, main as tp_main, prune_to_macs)
+from models import create_model, set_fused_attn
+from uvc.export import read_training_checkpoint
+from uvc.freeze import spec_ratio
+from uvc.masked_model import MaskedViT
+from uvc.search import FrozenArchitecture
+
+MODEL = "vit_digits_patch2_8"
+TARGET = 0.5
+
+
+def perturbed_model(seed: int = 0):
+    """Random weights; timm's zero biases and identity norms get noise so every weight matters."""
+    torch.manual_seed(seed)
+    model = create_model(MODEL)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return perturbed_model()
+
+
+@pytest.fixture(scope="module")
+def dense_file(dense, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dense") / "dense.pth"
+    torch.save({"model": dense.state_dict(), "model_type": MODEL}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tp_pruned(dense):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prune_to_macs(dense, TARGET)
+
+
+def test_torch_pruning_lands_within_one_percent(dense, tp_pruned):
+    pruned, info = tp_pruned
+    ratio = fvcore_macs(pruned) / fvcore_macs(dense)  # recounted independently of the search
+    assert abs(ratio / TARGET - 1) <= 0.01
+    assert info["macs_ratio"] == pytest.approx(ratio)
+    # fvcore = formula + the LayerNorms, which pruning leaves alone
+    assert info["macs_fvcore"] - info["macs_formula"] == pytest.approx(
+        info["dense_macs_fvcore"] - info["dense_macs_formula"])
+    assert formula_macs(pruned) == info["macs_formula"]
+    assert pruned.embed_dim == 64 and pruned.blocks[0].norm1.weight.shape == (64,)
+    heads = {b["heads"] for b in info["blocks"]}
+    assert len(heads) == 1 and heads.pop() < 4  # whole heads went, the same number per block
+    assert all(b["head_dim"] < 16 and b["neurons"] < 256 for b in info["blocks"])
+    assert info["params"] < info["dense_params"]
+    assert dense.blocks[0].attn.num_heads == 4  # the input model is untouched
+
+
+def test_torch_pruned_model_runs_fused_and_unfused(tp_pruned):
+    pruned, _ = tp_pruned
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        set_fused_attn(pruned, True)
+        fused = pruned(x)
+        set_fused_attn(pruned, False)
+        explicit = pruned(x)
+    assert fused.shape == (3, 10)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-4)  # scale follows the pruned head_dim
+
+
+def test_uniform_magnitude_lands_within_one_percent(dense):
+    spec, info = uniform_magnitude_spec(dense, MODEL, TARGET)
+    assert abs(spec_ratio(spec) / TARGET - 1) <= 0.01
+    assert len({len(b["heads"]) for b in spec["blocks"]}) == 1
+    assert len({len(b["neurons"]) for b in spec["blocks"]}) == 1
+    assert not any(b["skipped"] for b in spec["blocks"]) and len(spec["patches_kept"]) == 16
+    assert all(len(v) == 16 for b in spec["blocks"] for v in b["value_dims"])
+    assert info["heads_kept"] == len(spec["blocks"][0]["heads"]) and info["method"] == "uniform-magnitude"
+    # the lowest-score heads went: every kept head outscores every removed one, per block
+    proj_norms = [b.attn.proj.weight.pow(2).sum(0).view(4, 16).sum(1) for b in dense.blocks]
+    for norms, block in zip(proj_norms, spec["blocks"]):
+        removed = [h for h in range(4) if h not in block["heads"]]
+        assert min(norms[block["heads"]]) >= max(norms[removed])
+
+
+def test_magnitude_cli_writes_a_stage1_file(dense, dense_file, tmp_path):
+    out = tmp_path / f"{MODEL}_uvc.pth"
+    magnitude_main(["--model_type", MODEL, "--model_path", dense_file, "--target_ratio", "0.4",
+                    "--output", str(out)])
+    record = read_training_checkpoint(str(out))  # what post_train.py reads
+    assert record["fit"]["method"] == "uniform-magnitude" and record["teacher"]["path"] == dense_file
+    assert abs(spec_ratio(record["arch"]) / 0.4 - 1) <= 0.01
+    vit = create_model(MODEL)
+    vit.load_state_dict(record["model"])
+    FrozenArchitecture(MaskedViT(vit), record["arch"])  # stage 2 accepts it
+    with pytest.raises(ValueError, match="target_ratio"):
+        magnitude_main(["--model_type", MODEL, "--model_path", dense_file, "--target_ratio", "1.5",
+                        "--output", str(out)])
+
+
+def test_evaluate_spec_and_tp_finetune_smoke(dense, dense_file, tmp_path):
+    from data.digits import Digits, digits_transform
+
+    loader = torch.utils.data.DataLoader(Digits(False, digits_transform(False, 8, 1)), batch_size=512)
+    spec, _ = uniform_magnitude_spec(dense, MODEL, TARGET)
+    assert 0.0 <= evaluate_spec(dense, spec, loader, torch.device("cpu"))["top1"] <= 100.0
+
+    out = tmp_path / "tp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp_main(["--config", "configs/digits_demo.py:post", "--model_path", dense_file, "--target_ratio", "0.5",
+                 "--output_dir", str(out), "--epochs", "1", "--max_steps_per_epoch", "3", "--log_interval", "0"])
+    result = json.loads((out / "result.json").read_text())
+    assert abs(result["macs_ratio"] / 0.5 - 1) <= 0.01
+    for key in ("top1_dense", "top1_before_finetune", "top1_after_finetune", "params", "macs_fvcore"):
+        assert key in result
+    model, info = load_pruned(result["best_file"])
+    assert model(torch.randn(1, 1, 8, 8)).shape == (1, 10) and "top1" in info
