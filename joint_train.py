@@ -18,12 +18,13 @@ from uvc.search import UVCSearch, stage1_record
 from utils.amp import make_scaler
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import cleanup, init_distributed, is_main_process
+from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
 from utils.entry import run_entry
 from utils.logger import RunLogger
-from utils.run_state import RunState
+from utils.run_state import RunState, StopSignal
 from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                            prepare_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
+                            check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
+                            wrap_ddp)
 
 
 def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, step: int) -> dict:
@@ -49,13 +50,13 @@ def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, ste
 
 def main(argv=None) -> None:
     config = parse_config("joint", argv, prog="joint_train.py")
+    check_output_dir(config.output_dir)
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
     data = build_data(config, env)
     vit, model_type = build_student(config, data.num_classes, env.device)
     teacher = build_teacher(config, data.num_classes, env.device)
     criterion = build_loss(config, data.base_criterion, teacher)
-    prepare_output_dir(config.output_dir)
 
     model = MaskedViT(vit)
     search = UVCSearch(vit, config, env.device)
@@ -65,22 +66,27 @@ def main(argv=None) -> None:
     optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps)
     scaler = make_scaler(env.device, bool(config.fp16))
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
-    logger = RunLogger(config.output_dir)
     resumed = run.maybe_resume(config.resume, config.output_dir)
+    prepare_output_dir(config.output_dir)  # every check has passed: the first write
+    logger = RunLogger(config.output_dir)
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
 
     def on_step(step: int, scalars: dict) -> None:
+        crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
         if config.log_interval and step % config.log_interval == 0:
             logger.scalars("train", scalars, step)
         if config.eval_every and step % config.eval_every == 0:
             logger.scalars("eval_step", evaluate(ddp_model, data.val_loader, env.device, search, config.fp16), step)
             ddp_model.train()
 
+    stop = StopSignal()  # SIGTERM: save between two steps and exit
     warmup_steps = search.warmup_epochs * steps
     for epoch in range(run.epoch, config.epochs):
+        skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
         search.set_epoch(epoch)
-        data.train_sampler.set_epoch(epoch)
+        data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
+                                     * data.train_loader.batch_size)
         if not search.active:  # warm-up: weights only, at --warmup_lr
             for group in optimizer.param_groups:
                 group["lr"] = config.warmup_lr
@@ -90,8 +96,11 @@ def main(argv=None) -> None:
             ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
             lr_scheduler=scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=data.mixup, arch_step=search,
             amp=bool(config.fp16), clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
-            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step)
+            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
+            skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
         run.global_step = stats.pop("global_step")
+        if "stopped_at" in stats:
+            run.exit_preempted(config.output_dir, logger, stats)  # saves mid-epoch, exits 143
         metrics = evaluate(ddp_model, data.val_loader, env.device, search, bool(config.fp16))
         ratios = search.ratios(model)
         kept = log_architecture(logger, search, model, run.global_step)
@@ -102,8 +111,10 @@ def main(argv=None) -> None:
         logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
         logger.epoch(record)
         run.epoch = epoch + 1
-        if is_main_process():
-            run.save(config.output_dir)
+        if stop.requested():
+            run.exit_preempted(config.output_dir, logger)  # saves, exits 143
+        run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
+    stop.close()
 
     spec, fit = search.freeze(model, model_type)
     keep = param_keep_masks(vit, spec)
@@ -113,7 +124,7 @@ def main(argv=None) -> None:
     fit.update(final_top1=final["top1"])
     logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
                 f"{fit['searched_macs_ratio']:.4f}; {fit.get('groups_removed_to_fit', 0)} groups removed and "
-                f"{fit.get('neurons_restored_to_fit', 0)} neurons restored to fit budget {config.budget}); "
+                f"{fit.get('groups_restored_to_fit', 0)} restored to fit budget {config.budget}); "
                 f"top-1 {final['top1']:.2f}")
     if is_main_process():
         path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")

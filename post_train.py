@@ -23,12 +23,13 @@ from uvc.search import STAGE2_FORMAT, FrozenArchitecture
 from utils.amp import make_scaler
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import cleanup, init_distributed, is_main_process
+from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
 from utils.entry import run_entry
 from utils.logger import RunLogger
-from utils.run_state import RunState
+from utils.run_state import RunState, StopSignal
 from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                            prepare_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
+                            check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
+                            wrap_ddp)
 
 
 def read_stage1(path: str, model_type: str) -> dict:
@@ -45,6 +46,7 @@ def read_stage1(path: str, model_type: str) -> dict:
 
 def main(argv=None) -> None:
     config = parse_config("post", argv, prog="post_train.py")
+    check_output_dir(config.output_dir)
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
     data = build_data(config, env)
@@ -57,7 +59,6 @@ def main(argv=None) -> None:
     teacher = build_teacher(config, data.num_classes, env.device,
                             fallback_path=stage1["teacher"].get("path", "") if stage1 else "")
     criterion = build_loss(config, data.base_criterion, teacher)
-    prepare_output_dir(config.output_dir)
 
     model = MaskedViT(vit)
     frozen = FrozenArchitecture(model, stage1["arch"]) if stage1 else None
@@ -65,8 +66,9 @@ def main(argv=None) -> None:
     optimizer, scheduler = build_optimizer(config, vit, config.epochs, steps_per_epoch(config, data.train_loader))
     scaler = make_scaler(env.device, bool(config.fp16))
     run = RunState("post", vit, optimizer, scheduler, scaler, config)
-    logger = RunLogger(config.output_dir)
     resumed = run.maybe_resume(config.resume, config.output_dir)
+    prepare_output_dir(config.output_dir)  # every check has passed: the first write
+    logger = RunLogger(config.output_dir)
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
     best_path = os.path.join(config.output_dir, f"{model_type}_{'uvc_post' if compress else 'dense'}_best.pth")
@@ -79,20 +81,27 @@ def main(argv=None) -> None:
                 "model": vit.state_dict(), "config": config.to_dict(), "teacher": stage1["teacher"]}
 
     def on_step(step: int, scalars: dict) -> None:
+        crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
         if config.log_interval and step % config.log_interval == 0:
             logger.scalars("train", scalars, step)
         if config.eval_every and step % config.eval_every == 0:
             logger.scalars("eval_step", evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16), step)
             ddp_model.train()
 
+    stop = StopSignal()  # SIGTERM: save between two steps and exit
     for epoch in range(run.epoch, config.epochs):
-        data.train_sampler.set_epoch(epoch)
+        skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
+        data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
+                                     * data.train_loader.batch_size)
         stats = train_one_epoch(
             ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
             lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=bool(config.fp16),
             clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
-            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step)
+            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
+            skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
         run.global_step = stats.pop("global_step")
+        if "stopped_at" in stats:
+            run.exit_preempted(config.output_dir, logger, stats)  # saves mid-epoch, exits 143
         metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, bool(config.fp16))
         is_best = metrics["top1"] > run.best_top1
         run.best_top1 = max(run.best_top1, metrics["top1"])
@@ -101,10 +110,12 @@ def main(argv=None) -> None:
         logger.scalars("epoch", record, epoch)
         logger.epoch(record)
         run.epoch = epoch + 1
-        if is_main_process():
-            if is_best:
-                atomic_save(record_of_model(), best_path)
-            run.save(config.output_dir)
+        if is_main_process() and is_best:
+            atomic_save(record_of_model(), best_path)
+        if stop.requested():
+            run.exit_preempted(config.output_dir, logger)  # saves, exits 143
+        run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
+    stop.close()
 
     if compress and is_main_process():
         best = read_training_checkpoint(best_path)

@@ -64,7 +64,7 @@ def _download(url: str, map_location) -> dict:
         reason = e if isinstance(e, HTTPError) else getattr(e, "reason", None) or e  # "HTTP Error 404: ..."
         raise CheckpointError(f"could not download {url} ({reason}); download it on a machine with internet "
                               f"access and pass its local path with --model_path /path/to/file.pth") from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    except Exception as e:  # garbage bytes fail the unpickler in many ways (KeyError, EOFError, ...)
         raise CheckpointError(f"{url} was downloaded to {torch.hub.get_dir()}/checkpoints but is not a readable "
                               f"PyTorch checkpoint ({_first_line(e)}); delete the cached file and retry") from None
 
@@ -85,7 +85,7 @@ def _read_local(path: str, map_location) -> dict:
                 f"the file, re-save its weights alone: torch.save({{'model': torch.load(p, weights_only=False)"
                 f"['model']}}, 'weights.pth')") from None
         raise _unreadable(path, e) from None
-    except (RuntimeError, EOFError, ValueError, AttributeError, ImportError, IndexError) as e:
+    except Exception as e:  # garbage bytes fail the unpickler in many ways (KeyError, EOFError, ...)
         raise _unreadable(path, e) from None
 
 

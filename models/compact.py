@@ -64,7 +64,13 @@ class CompactAttention(nn.Module):
         k = k.view(B, N, h, d).transpose(1, 2)  # (B, H', N, d)
         v = v.view(B, N, h, dv).transpose(1, 2)  # (B, H', N, dv)
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            if dv < d:
+                # the fused (flash) kernels need v as wide as q and k; otherwise torch falls back
+                # to its unfused math path, about twice as slow on CPU: pad v with zeros
+                # (exact, the padded outputs are sliced away)
+                x = F.scaled_dot_product_attention(q, k, F.pad(v, (0, d - dv)), scale=self.scale)[..., :dv]
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H', N, N)
             x = attn @ v
@@ -201,7 +207,7 @@ def load_compact(path: str, map_location: Optional[Union[str, torch.device]] = "
     except pickle.UnpicklingError:
         raise ValueError(f"{path} is not a weights-only torch file; pass a compact model written by "
                          f"save_compact / python -m uvc.export") from None
-    except (OSError, RuntimeError, EOFError) as e:
+    except Exception as e:  # missing file, truncated zip, garbage bytes (KeyError, EOFError, ...)
         reason = (str(e).splitlines() or [""])[0]
         raise ValueError(f"cannot read {path} ({e.__class__.__name__}: {reason}); pass a compact model "
                          f"written by save_compact / python -m uvc.export") from None

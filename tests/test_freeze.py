@@ -41,5 +41,5 @@ def test_fit_removes_lowest_scores_and_restores_best_neurons():
     for block in over["blocks"]:
         block["neurons"] = block["neurons"][:8]  # far below budget
     fitted, info = fit_to_budget(over, sc, 0.6)
-    assert info["neurons_restored_to_fit"] > 0
+    assert info["groups_restored_to_fit"] > 0
     assert 0.59 <= spec_ratio(fitted) <= 0.6

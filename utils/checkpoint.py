@@ -19,16 +19,34 @@ class ResumeError(ValueError):
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save to `path` via a temporary file and os.replace."""
+    """torch.save to `path` via a temporary file, fsync and os.replace.
+
+    `path` is either the old complete file or the new complete file at every
+    moment, also across a crash or power loss. A save that fails removes its
+    temporary file; one killed outright (SIGKILL) leaves `.<name>.tmp.<pid>`
+    behind, which nothing reads (`--resume auto` looks only at `path`).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
         torch.save(obj, tmp)
+        _fsync(tmp)  # the data is on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
+        _fsync(directory)  # and so is the rename
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def rng_state() -> dict:
@@ -69,3 +87,13 @@ def load_resume(path: str) -> dict:
         raise ResumeError(f"cannot read checkpoint {path} ({type(e).__name__}); it is corrupt or truncated: "
                           f"delete it or pass another with --resume") from None
 
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write a small text file (a summary, a table) via a temporary file and os.replace."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -6,10 +6,12 @@ LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the old launcher also passes
 and is used only when LOCAL_RANK is absent. Without WORLD_SIZE (or with
 WORLD_SIZE=1) the run is a plain single process and no process group is made.
 """
+import hashlib
 import os
+import signal
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -48,7 +50,13 @@ def init_distributed(gpu_num: str = "", local_rank_arg: int = 0) -> DistInfo:
         device, backend = torch.device("cpu"), "gloo"
     distributed = world_size > 1
     if distributed:
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
+        # torchrun's default (static) rendezvous keeps one store across --max-restarts attempts; keys
+        # of a dead attempt (the gloo/nccl peer addresses) would be read by the next one, which then
+        # hangs connecting to dead peers. Each attempt gets its own namespace.
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+        dist.init_process_group(backend, store=dist.PrefixStore(f"uvc/attempt_{attempt}", store), rank=rank,
+                                world_size=world_size)
     return DistInfo(rank, world_size, local_rank, device, distributed, backend if distributed else None)
 
 
@@ -107,6 +115,97 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (a collective: call it on all ranks)."""
+    if not is_dist_ready():
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(bool(flag))], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class RankMismatchError(RuntimeError):
+    """Ranks that should hold identical state do not (a bug: the run would silently fork)."""
+
+
+def _leaves(obj: Any, prefix: str = "") -> Dict[str, Any]:
+    """Flatten nested dicts/lists/tuples into {"a.b.0": leaf}."""
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return {prefix: obj}
+    out = {}
+    for k, v in items:
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def state_digests(state: Any) -> Dict[str, str]:
+    """{name: digest} of every leaf of a (nested) state dict: tensors by their exact bytes, dtype and
+    shape, other values by repr."""
+    out = {}
+    for name, leaf in _leaves(state).items():
+        h = hashlib.blake2b(digest_size=8)
+        if isinstance(leaf, torch.Tensor):
+            t = leaf.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(leaf).encode())
+        out[name] = h.hexdigest()
+    return out
+
+
+def check_rank_consistency(state: Any, what: str = "state") -> str:
+    """Raise RankMismatchError unless every rank holds a bitwise identical `state` (a collective).
+
+    Returns a digest of the whole state. Data-parallel ranks apply the same
+    averaged update to the same weights, so the weights, the architecture
+    (s, r, gate and patch logits, y, p, z) and the optimizer states must agree
+    exactly; a difference means a rank went its own way.
+    """
+    digests = state_digests(state)
+    total = hashlib.blake2b("".join(f"{k}={v};" for k, v in sorted(digests.items())).encode(),
+                            digest_size=8).hexdigest()
+    if not is_dist_ready():
+        return total
+    gathered: List[Optional[Dict[str, str]]] = [None] * get_world_size()
+    dist.all_gather_object(gathered, digests)
+    reference = gathered[0]
+    for rank, other in enumerate(gathered[1:], start=1):
+        if other != reference:
+            names = sorted(k for k in set(reference) | set(other) if reference.get(k) != other.get(k))
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise RankMismatchError(f"{what} differs between rank 0 and rank {rank} in {len(names)} "
+                                    f"entr{'y' if len(names) == 1 else 'ies'}: {shown}")
+    return total
+
+
+def crash_for_test(global_step: int) -> None:
+    """Test hook, inert unless UVC_TEST_CRASH_AT_STEP is set.
+
+    After global step UVC_TEST_CRASH_AT_STEP, rank UVC_TEST_CRASH_RANK (default 1)
+    dies with os._exit(1), or sends itself UVC_TEST_CRASH_SIGNAL (TERM, KILL, ...)
+    if that is set; only on a first attempt (TORCHELASTIC_RESTART_COUNT unset or 0),
+    so that a run restarted by torchrun --max-restarts goes through.
+    """
+    at = os.environ.get("UVC_TEST_CRASH_AT_STEP")
+    if not at or global_step != int(at) or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        return
+    if get_rank() != int(os.environ.get("UVC_TEST_CRASH_RANK", "1")):
+        return
+    sig = os.environ.get("UVC_TEST_CRASH_SIGNAL")
+    print(f"UVC_TEST_CRASH_AT_STEP: rank {get_rank()} {'gets SIG' + sig if sig else 'exits'} at step "
+          f"{global_step}", flush=True)
+    if sig:
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig.upper()}"))
+    else:
+        os._exit(1)
 
 
 def cleanup() -> None:

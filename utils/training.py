@@ -11,7 +11,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 
-from data import build_criterion, build_datasets, build_loaders, build_mixup
+from data import DataError, build_criterion, build_datasets, build_loaders, build_mixup
 from models import create_model, load_pretrained, resolve_model_type
 from uvc.distill import DistillationLoss
 from utils.dist import DistInfo
@@ -28,6 +28,25 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def check_output_dir(path: str) -> None:
+    """Refuse an output directory that cannot be created or written, creating nothing.
+
+    Called right after parsing, so a bad --output_dir fails before data and
+    models are built; prepare_output_dir creates it once everything else passed.
+    """
+    path = os.path.abspath(path or ".")
+    existing = path
+    while not os.path.exists(existing):  # the nearest ancestor that exists
+        existing = os.path.dirname(existing)
+    problem = None
+    if not os.path.isdir(existing):
+        problem = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise OutputDirError(f"cannot write to --output_dir {path} ({problem}); pick a writable directory")
 
 
 def prepare_output_dir(path: str) -> None:
@@ -66,7 +85,16 @@ def build_data(config, env: DistInfo) -> Data:
     train_set, val_set, num_classes = build_datasets(config, img_size, in_chans)
     train_loader, val_loader, sampler = build_loaders(config, train_set, val_set, env.distributed,
                                                       env.world_size, env.rank, config.seed)
+    batch, accumulation = train_loader.batch_size, int(config.gradient_accumulation_steps)
+    if len(train_loader) // accumulation < 1:
+        raise DataError(f"an epoch has no optimizer step: {len(train_loader)} batch(es) of {batch} per rank and "
+                        f"--gradient_accumulation_steps {accumulation}; lower --train_batch_size or "
+                        f"--gradient_accumulation_steps")
     mixup = build_mixup(config, num_classes)
+    if mixup is not None and batch % 2:
+        raise DataError(f"mixup/cutmix need an even batch per rank, got {batch} (--train_batch_size "
+                        f"{config.train_batch_size} over {env.world_size} rank(s)); pass an even per-rank batch "
+                        f"or --mixup 0 --cutmix 0")
     return Data(train_loader, val_loader, sampler, num_classes, mixup, build_criterion(config, mixup is not None))
 
 

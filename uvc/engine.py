@@ -36,6 +36,12 @@ class Averages:
     def means(self) -> Dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
@@ -45,32 +51,49 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
                     lr_scheduler=None, lr_step_offset: int = 0, mixup=None, arch_step=None, amp: bool = False,
                     clip_grad: float = 0.0, accumulation: int = 1, max_steps: int = 0,
                     global_step: int = 0, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
-                    skip_steps: int = 0) -> Dict[str, float]:
+                    skip_steps: int = 0, progress: Optional[dict] = None,
+                    should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
     """One pass over `loader`; returns the epoch's averages and the last global step.
 
     The scheduler sees `global_step - lr_step_offset` (stage 1 starts its
     schedule after the warm-up). `accumulation` micro-batches make one optimizer step; `max_steps` (> 0) cuts
-    the epoch short; `skip_steps` skips optimizer steps already done (resume
-    mid-epoch); `on_step(global_step, scalars)` is called after every step.
+    the epoch short; `on_step(global_step, scalars)` is called after every step.
+
+    Stopping and resuming mid-epoch: `should_stop()` is asked after every step
+    (it must answer the same on every rank); when it says yes the epoch ends
+    there and the result also holds "stopped_at" (steps of this epoch done) and
+    "progress" (the partial averages). A resumed run passes them back as
+    `skip_steps` and `progress`, with the loader's sampler skipping the samples
+    of those steps (`data.loaders` samplers: set_epoch(epoch, skip)); a loader
+    whose sampler cannot skip has its first batches drawn and dropped instead.
     """
     model.train()
     criterion.train()
     inner = _unwrap(model)
-    steps_per_epoch = len(loader) // accumulation
+    sampler_skip = getattr(getattr(loader, "sampler", None), "skip", None)  # samples the sampler leaves out
+    if sampler_skip is not None and sampler_skip != skip_steps * accumulation * (loader.batch_size or 1):
+        raise ValueError(f"train_one_epoch(skip_steps={skip_steps}) needs the sampler to skip "
+                         f"{skip_steps * accumulation * (loader.batch_size or 1)} samples, it skips {sampler_skip}")
+    drop_batches = 0 if sampler_skip is not None else skip_steps * accumulation
+    steps_per_epoch = (len(loader) - drop_batches) // accumulation + skip_steps
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
     stats = Averages()
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not is_main_process(),
-               dynamic_ncols=True, leave=False)
+    if progress is not None:
+        stats.load_state_dict(progress)
+    # steps the GradScaler skipped (inf/nan gradients under float16): counted, not fatal
+    amp_skipped = int(stats.sums.get("amp_skipped", 0))
+    bar = tqdm(total=steps_per_epoch, initial=min(skip_steps, steps_per_epoch), desc=f"epoch {epoch}",
+               disable=not is_main_process(), dynamic_ncols=True, leave=False)
     it = iter(loader)
-    step = 0
-    for step in range(steps_per_epoch):
+    for _ in range(drop_batches):
+        next(it)
+    stopped_at = None
+    for step in range(skip_steps, steps_per_epoch):
         batches = [next(it) for _ in range(accumulation)]
-        if step < skip_steps:
-            continue
-        if arch_step is not None:
-            arch_step.prepare(inner, training=True)
         for micro, (images, targets) in enumerate(batches):
+            if arch_step is not None:  # per micro-batch: each backward needs its own gate/patch graph
+                arch_step.prepare(inner, training=True)
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if mixup is not None:
@@ -82,6 +105,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
                     outputs = model(images)
                     loss = criterion(images, outputs, targets)
                 if not torch.isfinite(loss):
+                    bar.close()  # clear the progress line: the error gets a line of its own
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {epoch} step {global_step + 1}; stopping. The last good "
                         f"checkpoint is kept: lower --learning_rate, set --clip_grad, or turn off --fp16")
@@ -102,8 +126,10 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
             scalars.update({f"loss_{k}": float(v) for k, v in last_parts.items()})
         if grad_norm is not None:
             scalars["grad_norm"] = grad_norm
-        if scale_before is not None and scaler.get_scale() < scale_before:
-            scalars["amp_skipped_steps"] = 1.0
+        if scale_before is not None:
+            skipped = scaler.get_scale() < scale_before
+            amp_skipped += int(skipped)
+            scalars["amp_skipped"] = float(skipped)
         if arch_step is not None:
             scalars.update(arch_step.step(inner, lr))
         if lr_scheduler is not None:
@@ -113,9 +139,16 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
         bar.update(1)
         if on_step is not None:
             on_step(global_step, scalars)
+        if should_stop is not None and should_stop():
+            stopped_at = step + 1
+            break
     bar.close()
     out = stats.means()
+    if scaler.is_enabled():
+        out["amp_skipped_steps"] = amp_skipped
     out["global_step"] = global_step
+    if stopped_at is not None:
+        out.update(stopped_at=stopped_at, progress=stats.state_dict())
     return out
 
 

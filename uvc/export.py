@@ -20,6 +20,7 @@ CLI, on a stage-1 or stage-2 training checkpoint:
     python -m uvc.export --checkpoint stage2.pth --output compact.pth
 """
 import argparse
+import os
 import pickle
 import sys
 from typing import List, Tuple
@@ -225,17 +226,23 @@ def masked_forward_reference(model: nn.Module, arch: dict, x: torch.Tensor):
 
 def read_training_checkpoint(path: str) -> dict:
     """A stage-1/stage-2 file as a dict; ValueError (one line) for anything else."""
+    wanted = (f"pass a stage-1 or stage-2 file ({' / '.join(TRAINING_FORMATS)}) written by "
+              f"joint_train.py/post_train.py")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist or is not a file; {wanted}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(f"cannot read {path}: not a weights-only torch checkpoint") from None
-    except (OSError, RuntimeError, EOFError) as e:
+        raise ValueError(f"cannot read {path}: not a weights-only torch checkpoint; {wanted}") from None
+    except Exception as e:  # missing file, truncated zip, garbage bytes (KeyError, EOFError, ...)
         reason = (str(e).splitlines() or [""])[0]
-        raise ValueError(f"cannot read {path} ({e.__class__.__name__}: {reason})") from None
+        raise ValueError(f"cannot read {path} ({e.__class__.__name__}: {reason}; corrupt or truncated?); "
+                         f"{wanted}") from None
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt not in TRAINING_FORMATS:
-        raise ValueError(f"{path} has format {fmt!r}, not a UVC training checkpoint; pass a stage-1 or "
-                         f"stage-2 file ({' / '.join(TRAINING_FORMATS)})")
+        what = "a dense model file (that goes to --model_path)" if isinstance(ckpt, dict) and "model" in ckpt \
+            else f"format {fmt!r}"
+        raise ValueError(f"{path} is {what}, not a UVC training checkpoint; {wanted}")
     missing = [key for key in ("arch", "model") if key not in ckpt]
     if missing:
         raise ValueError(f"{path} ({fmt}) lacks {', '.join(missing)}")

@@ -132,13 +132,50 @@ class _Pool:
             block["value_dims"] = [sorted(v) for v in self.dims[l]]
 
 
+def _restore(spec: dict, scores: Scores, budget: float, ratio: float, dense: float, tokens: int,
+             with_attn: bool) -> Tuple[float, int]:
+    """Put back the best removed groups (score per MAC) while the budget allows: neurons,
+    or one more value dim for every kept head of a block (each head's best removed dim)."""
+    D, d = spec["embed_dim"], spec["head_dim"]
+    n2 = tokens * tokens if with_attn else 0
+    neuron_scores, dim_scores = scores.neurons.tolist(), scores.dims.tolist()
+    restored = 0
+    while True:
+        cands = []  # (score per MAC, MACs, block, kind, what)
+        for l, block in enumerate(spec["blocks"]):
+            if block["skipped"]:
+                continue
+            out = set(range(len(neuron_scores[l]))) - set(block["neurons"])
+            if out:
+                m = max(out, key=lambda i: neuron_scores[l][i])
+                cands.append((neuron_scores[l][m] / (2 * tokens * D), 2 * tokens * D, l, "neuron", m))
+            if block["heads"] and len(block["value_dims"][0]) < d:
+                picks = [max(set(range(d)) - set(v), key=lambda j: dim_scores[l][h][j])
+                         for h, v in zip(block["heads"], block["value_dims"])]
+                cost = len(block["heads"]) * (2 * tokens * D + n2)
+                score = sum(dim_scores[l][h][j] for h, j in zip(block["heads"], picks))
+                cands.append((score / cost, cost, l, "dim", picks))
+        fits = [c for c in cands if ratio + c[1] / dense <= budget]
+        if not fits:
+            return ratio, restored
+        _, cost, l, kind, what = max(fits, key=lambda c: c[0])
+        block = spec["blocks"][l]
+        if kind == "neuron":
+            block["neurons"] = sorted(block["neurons"] + [what])
+        else:
+            block["value_dims"] = [sorted(v + [j]) for v, j in zip(block["value_dims"], what)]
+        ratio += cost / dense
+        restored += 1
+
+
 def fit_to_budget(spec: dict, scores: Scores, budget: float, with_attn: bool = True,
                   tolerance: float = 0.01) -> Tuple[dict, Dict[str, int]]:
     """Make the deployed MACs ratio land in [budget - tolerance, budget].
 
     Above budget: remove the lowest-score groups (per MAC saved) greedily, neurons
     or one value dim from every kept head of a block. Below budget - tolerance:
-    put back the best removed neurons while the budget allows. Returns the new
+    put back the best removed neurons and value dims while the budget allows
+    (skipped blocks and removed heads stay removed: the search chose them). Returns the new
     spec and how many groups each way, for the log.
     """
     spec = {**spec, "blocks": [dict(b, neurons=list(b["neurons"])) for b in spec["blocks"]]}
@@ -159,18 +196,8 @@ def fit_to_budget(spec: dict, scores: Scores, budget: float, with_attn: bool = T
         ratio -= saving / dense
         removed += 1
     if ratio < budget - tolerance:
-        cost = 2 * tokens * dims.embed_dim / dense
-        neuron_scores = scores.neurons.tolist()
-        best = sorted(((neuron_scores[l][m], l, m) for l, b in enumerate(spec["blocks"])
-                       if not b["skipped"] for m in set(range(dims.mlp_hidden)) - set(b["neurons"])),
-                      reverse=True)
-        for _, l, m in best:
-            if ratio + cost > budget:
-                break
-            spec["blocks"][l]["neurons"] = sorted(spec["blocks"][l]["neurons"] + [m])
-            ratio += cost
-            restored += 1
-    return spec, {"groups_removed_to_fit": removed, "neurons_restored_to_fit": restored}
+        ratio, restored = _restore(spec, scores, budget, ratio, dense, tokens, with_attn)
+    return spec, {"groups_removed_to_fit": removed, "groups_restored_to_fit": restored}
 
 
 # --- applying a frozen architecture ------------------------------------------------------

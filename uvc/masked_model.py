@@ -8,6 +8,7 @@ which otherwise follows timm's `forward_features` + `forward_head`.
 
 The wrapper is what DDP wraps; the ViT inside keeps timm's state-dict layout.
 """
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import torch
@@ -75,10 +76,33 @@ class MaskedViT(nn.Module):
         x = vit.norm_pre(x)
         bias = None if self.patch_bias is None else self.patch_bias.to(x.dtype)
         gates = self.block_gates
-        for l, blk in enumerate(vit.blocks):
-            if l in self.skipped:
-                continue
-            out = blk(x, attn_mask=bias)
-            x = out if gates is None else x + gates[l].to(x.dtype) * (out - x)
+        # CPU: torch's SDPA has no fused kernel for a bias that needs a gradient and falls back
+        # to its unfused math path; timm's explicit softmax(q k^T + bias) v is cheaper (deit_tiny,
+        # batch 32, forward + backward of one attention: +2.3 ms over the bias-free fused kernel,
+        # against +8.5 ms for SDPA's math path). The logits are the same.
+        explicit = bias is not None and bias.requires_grad and x.device.type == "cpu"
+        with _explicit_attention(vit, explicit):
+            for l, blk in enumerate(vit.blocks):
+                if l in self.skipped:
+                    continue
+                out = blk(x, attn_mask=bias)
+                x = out if gates is None else torch.lerp(x, out, gates[l].to(x.dtype))  # x + g (out - x), one kernel
         x = vit.norm(x)
         return vit.forward_head(x)
+
+
+@contextmanager
+def _explicit_attention(vit: nn.Module, enabled: bool):
+    """Run timm's non-fused attention path inside the block (restored afterwards)."""
+    if not enabled:
+        yield
+        return
+    attns = [blk.attn for blk in vit.blocks if hasattr(blk.attn, "fused_attn")]
+    saved = [attn.fused_attn for attn in attns]
+    for attn in attns:
+        attn.fused_attn = False
+    try:
+        yield
+    finally:
+        for attn, fused in zip(attns, saved):
+            attn.fused_attn = fused

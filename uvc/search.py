@@ -93,6 +93,16 @@ class UVCSearch:
         self.arch.load_state_dict(state["arch"])
         self.pd.load_state_dict(state["primal_dual"])
 
+    def local_state_dict(self) -> dict:
+        """This rank's loss gradients of the architecture parameters, accumulated since the last
+        gate update (averaged over ranks only at the update): saved per rank for an exact resume."""
+        return {name: p.grad for name, p in self.arch.named_parameters()}
+
+    def load_local_state_dict(self, state: dict) -> None:
+        for name, p in self.arch.named_parameters():
+            g = state.get(name)
+            p.grad = None if g is None else g.to(p.device, p.dtype).clone()
+
 
 class FrozenArchitecture:
     """Stage 2: a fixed spec; removed weights are zeroed and re-zeroed after every step,

@@ -1,0 +1,229 @@
+"""Two-process gloo runs on CPU: ranks stay bitwise identical, the seed README's launch commands
+work under `python -m torch.distributed.launch` and torchrun, a crashed rank is restarted by
+`torchrun --max-restarts 1` and the run resumes exactly, SIGTERM to the launcher saves and exits.
+
+Every save of a run state checks, across ranks, a digest of the weights, the architecture (s, r,
+gate and patch logits, y, p, z), the optimizer states, epoch and step (utils.dist.
+check_rank_consistency) and raises RankMismatchError on a difference; with more than one process
+rank 0 prints "the N ranks hold identical state". The first test shows that the check catches a
+single differing value.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from uvc.search import search_space
+from utils import dist as udist
+from utils.checkpoint import RESUME_NAME
+from utils.config import parse_config
+from test_resume import clean_env, load, tree_diff  # tests/ is on sys.path under pytest
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU tests")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "vit_digits_tiny_patch2_8"
+DEMO = "vit_digits_patch2_8"  # the model type whose default config is the digits demo (no --config needed)
+AGREE = "the 2 ranks hold identical state"
+TINY_ARGS = ["--config", "configs/digits_demo.py", "--model_type", TINY, "--deterministic", "1", "--epochs", "3",
+             "--max_steps_per_epoch", "3", "--warmup_epochs", "1", "--gating_interval", "2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script: str, args, *launcher_args, **env) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), *launcher_args, script, *map(str, args)]
+
+
+def run(cmd, expect: int = 0, **env) -> str:
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(**env), capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == expect, f"{cmd[:6]} exited {proc.returncode}, expected {expect}:\n{out[-4000:]}"
+    return out
+
+
+def epoch_records(out_dir: Path) -> list:
+    lines = (out_dir / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "epoch" in r]
+
+
+def same_files(a: Path, b: Path, names) -> None:
+    for name in names:
+        diff = tree_diff(load(a / name), load(b / name))
+        assert not diff, f"{name} differs from the uninterrupted run at {diff[:10]}"
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory) -> dict:
+    """Dense {"model": state_dict} checkpoints of both digits models (student start and teacher)."""
+    from models import create_model
+    root = tmp_path_factory.mktemp("teachers")
+    paths = {}
+    for model_type in (TINY, DEMO):
+        torch.manual_seed(0)
+        paths[model_type] = root / f"{model_type}.pth"
+        torch.save({"model": create_model(model_type, num_classes=10).state_dict()}, paths[model_type])
+    return paths
+
+
+# --------------------------------------------------------------------------- the rank-consistency check
+
+CONSISTENCY_WORKER = """
+import json, sys, torch
+from utils import dist as udist
+rank = udist.init_distributed().rank
+result = {}
+state = {"model": {"w": torch.arange(6.0).view(2, 3)}, "search": {"arch": {"z": torch.tensor(0.5)}}, "epoch": 3}
+result["digest"] = udist.check_rank_consistency(state, "state")
+result["any"] = [udist.any_rank(rank == 1), udist.any_rank(False)]
+if rank == 1:  # one ulp on one rank
+    state["search"]["arch"]["z"] = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))
+try:
+    udist.check_rank_consistency(state, "run state")
+except udist.RankMismatchError as e:
+    result["error"] = str(e)
+udist.cleanup()
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_rank_consistency_check_catches_one_differing_value():
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", CONSISTENCY_WORKER], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=clean_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1",
+                                            MASTER_PORT=port))
+             for rank in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    results = [json.loads(out.split("RESULT ", 1)[1]) for out in outputs]
+    assert results[0]["digest"] == results[1]["digest"]
+    for result in results:
+        assert result["any"] == [True, False]
+        assert result["error"] == "run state differs between rank 0 and rank 1 in 1 entry: search.arch.z"
+
+
+# --------------------------------------------------------------------------- the seed's flags
+
+SEED_STAGE1 = ["--gpu_num", "0,1", "--uvc_train", "--model_type", DEMO, "--distillation-type", "soft",
+               "--distillation-alpha", "0.1", "--train_batch_size", "64", "--num_epochs", "2", "--eval_every", "1000",
+               "--flops_with_mhsa", "1", "--zlr_schedule_list", "1,5,9,13,17", "--learning_rate", "1e-4",
+               "--enable_deit", "0", "--budget", "0.5", "--enable_pruning", "1", "--enable_block_gating", "1",
+               "--enable_patch_gating", "1", "--gating_weight", "5e-4", "--patch_weight", "5",
+               "--patch_l1_weight", "0.01", "--patchloss", "l1", "--use_gumbel", "1", "--glr", "0.1",
+               "--patchlr", "0.01", "--num_workers", "2", "--seed", "730", "--log_interval", "1000",
+               "--eps", "0.1", "--eps_decay", "0.92", "--enable_warmup", "1", "--warmup_epochs", "1",
+               "--warmup_lr", "1e-4", "--z_grad_clip", "0.5", "--gating_interval", "2",
+               "--max_steps_per_epoch", "2"]
+
+
+def test_seed_flags_are_accepted_and_mean_what_they_say():
+    c = parse_config("joint", SEED_STAGE1 + ["--model_path", "t.pth", "--output_dir", "o", "--local-rank=1"])
+    assert (c.uvc_train, c.epochs, c.learning_rate, c.flops_with_mhsa, c.gpu_num, c.local_rank) == \
+        (1, 2, 1e-4, 1, "0,1", 1)
+    assert c.dataset == "digits"  # --model_type vit_digits_patch2_8 picks configs/digits_demo.py
+    assert search_space(c).with_attn and not search_space(parse_config(
+        "joint", ["--model_type", DEMO, "--flops_with_mhsa", "0"])).with_attn
+    post = parse_config("post", ["--pretrained", "0", "--model_type", DEMO, "--checkpoint_dir", "s1.pth",
+                                 "--distillation-type", "soft", "--train_batch_size", "256", "--gpu_num", "2,3",
+                                 "--epochs", "120", "--eval_every", "1000", "--num_workers", "64"])
+    assert (post.pretrained, post.epochs, post.train_batch_size, post.uvc_train) == (0, 120, 256, 0)
+
+
+# --------------------------------------------------------------------------- launchers
+
+@pytest.fixture(scope="module")
+def seed_stage1(tmp_path_factory, teachers):
+    """The seed README's stage-1 command, shrunk: python -m torch.distributed.launch, 2 processes."""
+    out = tmp_path_factory.mktemp("seed_stage1")
+    cmd = [sys.executable, "-W", "ignore", "-m", "torch.distributed.launch", "--nproc_per_node=2",
+           "--master_port", str(free_port()), "joint_train.py", *SEED_STAGE1,
+           "--model_path", str(teachers[DEMO]), "--output_dir", str(out)]
+    return out, run(cmd)
+
+
+@pytest.mark.slow
+def test_launch_seed_stage1_command(seed_stage1):
+    out, log = seed_stage1
+    assert log.count(AGREE) == 2  # checked at both epoch ends
+    records = epoch_records(out)
+    assert [r["epoch"] for r in records] == [0, 1]  # --num_epochs 2
+    assert records[0]["train_lr"] == pytest.approx(1e-4) and not records[0]["searching"]  # --warmup_lr
+    assert records[1]["searching"] and records[1]["train_lr"] <= 1e-4  # cosine from --learning_rate
+    stage1 = torch.load(out / f"{DEMO}_uvc.pth", map_location="cpu", weights_only=False)
+    assert stage1["config"]["flops_with_mhsa"] == 1 and stage1["config"]["epochs"] == 2
+    assert abs(stage1["fit"]["macs_ratio"] - 0.5) <= 0.01
+
+
+@pytest.mark.slow
+def test_torchrun_seed_stage2_command(seed_stage1, teachers, tmp_path):
+    """The seed README's stage-2 command, shrunk, under torchrun."""
+    stage1_dir, _ = seed_stage1
+    args = ["--pretrained", "0", "--model_type", DEMO, "--model_path", teachers[DEMO],
+            "--checkpoint_dir", stage1_dir / f"{DEMO}_uvc.pth", "--distillation-type", "soft",
+            "--distillation-alpha", "0.1", "--train_batch_size", "64", "--gpu_num", "2,3", "--epochs", "2",
+            "--eval_every", "1000", "--output_dir", tmp_path, "--num_workers", "0", "--max_steps_per_epoch", "2"]
+    log = run(torchrun("post_train.py", args))
+    assert log.count(AGREE) == 2
+    assert (tmp_path / "compact.pth").is_file() and len(epoch_records(tmp_path)) == 2
+
+
+def test_torchrun_stage1_ranks_agree(teachers, tmp_path):
+    args = TINY_ARGS + ["--epochs", "2", "--model_path", teachers[TINY], "--output_dir", tmp_path]
+    log = run(torchrun("joint_train.py", args))
+    assert log.count(AGREE) == 2
+    assert (tmp_path / f"{TINY}_uvc.pth").is_file()
+
+
+# --------------------------------------------------------------------------- failures
+
+@pytest.fixture(scope="module")
+def tiny_ref(tmp_path_factory, teachers) -> Path:
+    """An uninterrupted 2-process stage-1 run."""
+    out = tmp_path_factory.mktemp("tiny_ref")
+    run(torchrun("joint_train.py", TINY_ARGS + ["--model_path", teachers[TINY], "--output_dir", out]))
+    return out
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_crashed_rank_and_resumes_exactly(tiny_ref, teachers, tmp_path):
+    """Rank 1 dies (os._exit(1)) after global step 5 on the first attempt; torchrun restarts both
+    workers, which resume from the epoch-0 checkpoint without --resume (TORCHELASTIC_RESTART_COUNT
+    > 0) and end exactly as the uninterrupted run."""
+    args = TINY_ARGS + ["--model_path", teachers[TINY], "--output_dir", tmp_path]
+    log = run(torchrun("joint_train.py", args, "--max-restarts", "1"), UVC_TEST_CRASH_AT_STEP=5)
+    assert "UVC_TEST_CRASH_AT_STEP: rank 1 exits at step 5" in log
+    assert "resumed from" in log and "at epoch 1, step 3" in log
+    same_files(tiny_ref, tmp_path, [RESUME_NAME, f"{TINY}_uvc.pth"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_and_resumes_exactly(tiny_ref, teachers, tmp_path):
+    """SIGTERM to the launcher (what a scheduler sends) once the first checkpoint exists: torchrun
+    passes it on, the workers agree on a step, save and exit 143; --resume auto completes the run."""
+    args = TINY_ARGS + ["--model_path", teachers[TINY], "--output_dir", tmp_path]
+    with open(tmp_path / "stopped.log", "w") as log:
+        proc = subprocess.Popen(torchrun("joint_train.py", args), cwd=REPO, env=clean_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 1200
+        while not (tmp_path / RESUME_NAME).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    text = (tmp_path / "stopped.log").read_text()
+    assert proc.returncode != 0 and "SIGTERM received: saved" in text, text[-3000:]
+    assert not (tmp_path / f"{TINY}_uvc.pth").exists()
+    run(torchrun("joint_train.py", args + ["--resume", "auto"]))
+    same_files(tiny_ref, tmp_path, [RESUME_NAME, f"{TINY}_uvc.pth"])
