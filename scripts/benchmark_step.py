@@ -1,0 +1,140 @@
+"""What a UVC search step costs over a plain distillation training step.
+
+    python scripts/benchmark_step.py                               # deit_tiny, batch 32
+    python scripts/benchmark_step.py --model_type vit_digits_patch2_8 --batch_size 64 --steps 10 --json
+
+Both steps run through uvc.engine.train_one_epoch on the same fixed batch, with
+the same student initialisation, frozen teacher, DistillationLoss (soft, the
+config's alpha and tau), AdamW and gradient clipping:
+
+  plain  the timm student alone (arch_step None)
+  uvc    the student inside MaskedViT with UVCSearch as arch_step: prepare()
+         (scores, masks, Gumbel gate sample, patch bias) before the forward pass
+         and step() (proximal step, s/r update, budget gradient, duals) after the
+         optimizer, exactly as joint_train.py runs them
+
+The hyperparameters are those of the model type's config file
+(utils.config.parse_config, stage "joint") with no warm-up. The two steps are
+timed alternately after --warmup untimed steps of each; the median of --steps
+timed steps each is printed with their ratio. The gate/patch-logit update runs
+every --gating_interval steps (default: the config's), so a median over fewer
+steps than that does not contain one; `--gating_interval 1` times it every step.
+--json prints {"plain_step_s", "uvc_step_s", "ratio", ...}.
+"""
+import argparse
+import contextlib
+import copy
+import io
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from models import create_model  # noqa: E402
+from uvc.distill import DistillationLoss  # noqa: E402
+from uvc.engine import train_one_epoch  # noqa: E402
+from uvc.masked_model import MaskedViT  # noqa: E402
+from uvc.search import UVCSearch  # noqa: E402
+from utils.amp import make_scaler  # noqa: E402
+from utils.benchmark import interleaved_medians  # noqa: E402
+from utils.config import parse_config  # noqa: E402
+from utils.training import build_optimizer  # noqa: E402
+
+
+def build_steps(args, device):
+    """{"plain": fn, "uvc": fn}: each call runs one training step."""
+    argv = ["--model_type", args.model_type, "--model_path", "", "--warmup_epochs", "0", "--budget", str(args.budget)]
+    if args.gating_interval:
+        argv += ["--gating_interval", str(args.gating_interval)]
+    config = parse_config("joint", argv, prog="benchmark_step.py")
+    torch.manual_seed(0)
+    student = create_model(args.model_type, drop_path_rate=config.drop_path).to(device)
+    teacher = copy.deepcopy(student).requires_grad_(False).eval()
+    students = {"plain": student, "uvc": copy.deepcopy(student)}
+    img = student.patch_embed.img_size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, student.patch_embed.proj.in_channels, img[0], img[1], generator=gen)
+    targets = torch.randint(0, student.num_classes, (args.batch_size,), generator=gen)
+    batch = [(images.to(device), targets.to(device))]
+    base = torch.nn.CrossEntropyLoss(label_smoothing=config.smoothing)
+    criterion = DistillationLoss(base, teacher, "soft", config.distillation_alpha, config.distillation_tau)
+    scaler = make_scaler(device, bool(args.amp))
+
+    search = UVCSearch(students["uvc"], config, device)
+    search.set_epoch(0)
+    models = {"plain": students["plain"], "uvc": MaskedViT(students["uvc"])}
+    arch_steps = {"plain": None, "uvc": search}
+
+    def step_fn(name):
+        optimizer, _ = build_optimizer(config, students[name], 1, 1)
+
+        def run():
+            with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress bar
+                train_one_epoch(models[name], criterion, batch, optimizer, scaler, device, 0,
+                                arch_step=arch_steps[name], amp=bool(args.amp), clip_grad=config.clip_grad,
+                                max_steps=1)
+        return run
+
+    return {name: step_fn(name) for name in ("plain", "uvc")}, search
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    steps, search = build_steps(args, device)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    seconds = interleaved_medians(steps, device, warmup=args.warmup, repeats=args.steps, min_round_s=0.0,
+                                  clock=clock)
+    return {"model_type": args.model_type, "batch_size": args.batch_size, "device": str(device),
+            "threads": torch.get_num_threads(), "clock": args.clock, "amp": bool(args.amp), "steps": args.steps,
+            "gating_interval": search.pd.cfg.gating_interval,
+            "plain_step_s": seconds["plain"], "uvc_step_s": seconds["uvc"],
+            "ratio": seconds["uvc"] / seconds["plain"]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Time a plain distillation step against a UVC search step.")
+    parser.add_argument("--model_type", default="deit_tiny_patch16_224")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each kind first")
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--gating_interval", type=int, default=0, help="gate update every N steps (0: config's)")
+    parser.add_argument("--amp", type=int, default=0, choices=(0, 1), help="torch.amp autocast")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="process: this process's CPU time, steadier on a shared machine (use --threads 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error("--batch_size and --steps must be positive, --warmup not negative")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = run(args)
+    except ValueError as e:
+        print(f"benchmark_step: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model_type']} batch {result['batch_size']} on {result['device']} ({result['threads']} "
+              f"threads, {result['clock']} clock{', amp' if result['amp'] else ''}), median of {result['steps']} "
+              f"alternating steps each (gate update every {result['gating_interval']} steps)")
+        print(f"plain distillation step  {result['plain_step_s']:.4f} s")
+        print(f"UVC search step          {result['uvc_step_s']:.4f} s")
+        print(f"ratio                    {result['ratio']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Smoke runs of scripts/benchmark_speed.py and scripts/benchmark_step.py, and the timing helpers
+(keys and positive numbers only: no timing asserts on a shared machine)."""
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from test_report import TINY, make_files
+from utils.benchmark import compare_throughput, images_per_second, interleaved_medians
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, *argv) -> dict:
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *argv, "--json"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1, run.stdout
+    return json.loads(lines[0])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def test_interleaved_medians_alternate_and_time_each():
+    order = []
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    seconds = interleaved_medians(fns, warmup=1, repeats=3, min_round_s=0.0)
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    assert order[-6:] == ["a", "b"] * 3  # timed rounds alternate
+    slow = interleaved_medians({"sleep": lambda: time.sleep(0.01)}, warmup=0, repeats=2, min_round_s=0.0)
+    assert slow["sleep"] >= 0.009
+
+
+def test_images_per_second_and_side_by_side():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    assert images_per_second(model, (3, 4, 4), batch_size=8, warmup=1, repeats=2) > 0
+    both = compare_throughput({"a": model, "b": torch.nn.Identity()}, (3, 4, 4), 8, repeats=2,
+                              clock=time.process_time)
+    assert set(both) == {"a", "b"} and all(v > 0 for v in both.values())
+
+
+# ----------------------------------------------------------------------------- benchmark_speed
+
+def _check_speed(result: dict, batch_sizes=(1, 64), weights: bool = True) -> None:
+    for key in ("macs_ratio", "speedup_masked_b64", "speedup_compact_b64", "speedup_compact_b1"):
+        assert result[key] > 0, key
+    assert 0 < result["macs_ratio"] < 1
+    for name in ("dense", "masked", "compact"):
+        assert all(result["images_per_s"][name][f"b{b}"] > 0 for b in batch_sizes)
+        assert result["ideal_speedup"][name] >= 1.0
+    if weights:  # a stage file: the compact model is the export of the masked one
+        assert result["max_logit_diff_compact_vs_masked"] < 1e-4
+    else:  # a compact file: the dense and masked models have random weights
+        assert result["max_logit_diff_compact_vs_masked"] is None
+
+
+def test_benchmark_speed_on_a_stage1_file(tmp_path):
+    files = make_files(tmp_path)
+    result = run_script("benchmark_speed", "--checkpoint", files["stage1"], "--batch_sizes", "1,64",
+                        "--repeats", "1", "--warmup", "0")
+    _check_speed(result)
+    assert result["model_type"] == TINY and result["kind"] == "uvc-stage1-v1"
+
+
+def test_benchmark_speed_on_stage2_and_compact_files_and_table(tmp_path, capsys):
+    files = make_files(tmp_path)
+    script = load_script("benchmark_speed")
+    for kind in ("stage2", "compact"):
+        assert script.main(["--checkpoint", files[kind], "--repeats", "1", "--warmup", "0", "--json"]) == 0
+        _check_speed(json.loads(capsys.readouterr().out), weights=kind == "stage2")
+    assert script.main(["--checkpoint", files["compact"], "--batch_sizes", "2", "--repeats", "2",
+                        "--threads", "1", "--clock", "process"]) == 0
+    table = capsys.readouterr().out
+    for word in ("dense", "masked", "compact", "img/s b2", "speedup b2", "ideal"):
+        assert word in table
+
+
+def test_benchmark_speed_refuses_a_dense_model(tmp_path, capsys):
+    script = load_script("benchmark_speed")
+    dense = tmp_path / "dense.pth"
+    torch.save({"model": make_files(tmp_path)["vit"].state_dict()}, dense)
+    for bad in (str(dense), str(tmp_path / "missing.pth")):
+        assert script.main(["--checkpoint", bad, "--repeats", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error" in err
+
+
+# ----------------------------------------------------------------------------- benchmark_step
+
+def test_benchmark_step_smoke():
+    result = run_script("benchmark_step", "--model_type", TINY, "--batch_size", "8", "--steps", "2",
+                        "--warmup", "1")
+    assert result["plain_step_s"] > 0 and result["uvc_step_s"] > 0 and result["ratio"] > 0
+    assert result["ratio"] == result["uvc_step_s"] / result["plain_step_s"]
+
+
+def test_benchmark_step_with_gate_updates_every_step(capsys):
+    script = load_script("benchmark_step")
+    assert script.main(["--model_type", TINY, "--batch_size", "4", "--steps", "2", "--warmup", "1",
+                        "--gating_interval", "1", "--threads", "1", "--clock", "process"]) == 0
+    text = capsys.readouterr().out
+    assert "plain distillation step" in text and "UVC search step" in text and "ratio" in text
