@@ -197,7 +197,6 @@ def tiny_ref(tmp_path_factory, teachers) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_torchrun_restarts_a_crashed_rank_and_resumes_exactly(tiny_ref, teachers, tmp_path):
     """Rank 1 dies (os._exit(1)) after global step 5 on the first attempt; torchrun restarts both
     workers, which resume from the epoch-0 checkpoint without --resume (TORCHELASTIC_RESTART_COUNT

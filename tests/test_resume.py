@@ -304,8 +304,8 @@ def stage2_ref(tmp_path_factory, stage2_args) -> Path:
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig, step", [("KILL", 5), ("TERM", 6), ("TERM", 4)],
+@pytest.mark.parametrize("sig, step", [("KILL", 5), pytest.param("TERM", 6, marks=pytest.mark.slow),
+                                       pytest.param("TERM", 4, marks=pytest.mark.slow)],
                          ids=["sigkill-mid-epoch", "sigterm-mid-epoch", "sigterm-last-step-of-epoch"])
 def test_stage2_resumes_exactly(stage2_args, stage2_ref, tmp_path, sig, step):
     """Killed / stopped after global `step` (4 steps per epoch), resumed with --resume auto."""
