@@ -9,7 +9,6 @@ distillation from the dense model. Ends by freezing the architecture into
 import os
 import sys
 
-import torch
 
 from uvc.engine import evaluate, train_one_epoch
 from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights

@@ -12,7 +12,6 @@ teacher is made for a new dataset.
 import os
 import sys
 
-import torch
 
 from models.compact import save_compact
 from uvc.engine import evaluate, train_one_epoch

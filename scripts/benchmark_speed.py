@@ -23,7 +23,6 @@ images_per_s and the rest.
 """
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ from uvc.flops import dense_macs, vit_macs  # noqa: E402
 from uvc.freeze import apply_spec  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.report import KINDS, ReportError, arch_of_compact_spec, built_model, dense_vit, read_subject  # noqa: E402
-from utils.benchmark import compare_throughput  # noqa: E402
+from utils.benchmark import compare_throughput, run_cli  # noqa: E402
 
 MODELS = ("dense", "masked", "compact")
 
@@ -166,17 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = run(args)
-    except ValueError as e:
-        print(f"benchmark_speed: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
-        return 2
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
-
+    return run_cli("benchmark_speed", parse_args(argv), run, format_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import copy
 import io
-import json
 import os
 import sys
 import time
@@ -40,7 +39,7 @@ from uvc.engine import train_one_epoch  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.search import UVCSearch  # noqa: E402
 from utils.amp import make_scaler  # noqa: E402
-from utils.benchmark import interleaved_medians  # noqa: E402
+from utils.benchmark import interleaved_medians, run_cli  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 from utils.training import build_optimizer  # noqa: E402
 
@@ -115,26 +114,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = run(args)
-    except ValueError as e:
-        print(f"benchmark_step: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['model_type']} batch {result['batch_size']} on {result['device']} ({result['threads']} "
-              f"threads, {result['clock']} clock{', amp' if result['amp'] else ''}), median of {result['steps']} "
-              f"alternating steps each (gate update every {result['gating_interval']} steps)")
-        print(f"plain distillation step  {result['plain_step_s']:.4f} s")
-        print(f"UVC search step          {result['uvc_step_s']:.4f} s")
-        print(f"ratio                    {result['ratio']:.3f}")
-    return 0
+def format_table(r: dict) -> str:
+    return "\n".join([
+        f"{r['model_type']} batch {r['batch_size']} on {r['device']} ({r['threads']} threads, {r['clock']} clock"
+        f"{', amp' if r['amp'] else ''}), median of {r['steps']} alternating steps each (gate update every "
+        f"{r['gating_interval']} steps)",
+        f"plain distillation step  {r['plain_step_s']:.4f} s",
+        f"UVC search step          {r['uvc_step_s']:.4f} s",
+        f"ratio                    {r['ratio']:.3f}"])
 
+
+def main(argv=None) -> int:
+    return run_cli("benchmark_step", parse_args(argv), run, format_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,13 +16,7 @@ TINY = ViTDims(embed_dim=32, depth=4, num_heads=2, head_dim=16, mlp_hidden=128, 
                num_prefix_tokens=1, patch_size=2, in_chans=1, num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_scores(dims: ViTDims, seed: int = 0) -> Scores:

@@ -9,7 +9,6 @@ rank 0 prints "the N ranks hold identical state". The first test shows that the 
 single differing value.
 """
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,7 +20,6 @@ import pytest
 import torch
 
 from uvc.search import search_space
-from utils import dist as udist
 from utils.checkpoint import RESUME_NAME
 from utils.config import parse_config
 from test_resume import clean_env, load, tree_diff  # tests/ is on sys.path under pytest

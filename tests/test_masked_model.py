@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from helpers import noisy_tiny_vit
 
 from configs.digits_demo import get_config
 from models import create_model, set_fused_attn
@@ -14,24 +15,11 @@ from uvc.search import UVCSearch
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit(seed: int = 0):
-    """vit_digits_tiny_patch2_8 with noise on every weight (timm inits biases to 0, norms to 1)."""
-    torch.manual_seed(seed)
-    vit = create_model("vit_digits_tiny_patch2_8")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in vit.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return vit.eval()
+    return noisy_tiny_vit(seed, scale=0.1).eval()
 
 
 def images(n: int = 3, seed: int = 1) -> torch.Tensor:

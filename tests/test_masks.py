@@ -9,13 +9,7 @@ from uvc.structure import ArchState
 L, H, D_HEAD, M = 2, 3, 4, 5  # blocks, heads, dims per head, neurons
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_dims() -> ViTDims:

@@ -3,10 +3,10 @@ import copy
 
 import pytest
 import torch
+from helpers import noisy_tiny_vit
 import torch.nn.functional as F
 
 from configs.digits_demo import get_config
-from models import create_model
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch
 
@@ -14,24 +14,11 @@ MODEL = "vit_digits_tiny_patch2_8"  # D=32, L=4, H=2, d=16, M=128, 16 patches
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit(seed: int = 0):
-    """The test model with noise on every weight (timm inits biases to 0, norms to 1)."""
-    torch.manual_seed(seed)
-    vit = create_model(MODEL)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in vit.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return vit
+    return noisy_tiny_vit(seed)
 
 
 def demo_config(**overrides):

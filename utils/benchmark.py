@@ -108,3 +108,18 @@ def images_per_second(model: torch.nn.Module, input_shape: Sequence[int], batch_
     `repeats` timed rounds after `warmup` untimed forward passes."""
     return compare_throughput({"model": model}, input_shape, batch_size, device, amp, warmup, repeats,
                               min_round_s, clock=clock)["model"]
+
+
+def run_cli(prog: str, args, run: Callable[[object], dict], table: Callable[[dict], str]) -> int:
+    """The benchmark scripts' main: thread count, one-line errors (exit 2), table or --json."""
+    import json
+    import sys
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    try:
+        result = run(args)
+    except ValueError as e:
+        print(f"{prog}: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else table(result))
+    return 0
