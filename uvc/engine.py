@@ -15,7 +15,7 @@ from timm.utils import accuracy
 from tqdm import tqdm
 
 from utils.amp import autocast_context
-from utils.dist import all_reduce_mean, get_world_size, is_main_process
+from utils.dist import all_reduce_mean, any_rank, get_world_size, is_main_process
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,10 +104,12 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
                 with autocast_context(device, amp):
                     outputs = model(images)
                     loss = criterion(images, outputs, targets)
-                if not torch.isfinite(loss):
+                if any_rank(not torch.isfinite(loss)):  # every rank stops at the same step
                     bar.close()  # clear the progress line: the error gets a line of its own
+                    where = "" if torch.isfinite(loss) else f"loss is {loss.item()} "
                     raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch} step {global_step + 1}; stopping. The last good "
+                        f"{where or 'another rank saw a non-finite loss '}at epoch {epoch} step {global_step + 1}; "
+                        f"stopping. The last good "
                         f"checkpoint is kept: lower --learning_rate, set --clip_grad, or turn off --fp16")
                 scaler.scale(loss / accumulation).backward()
         scaler.unscale_(optimizer)
