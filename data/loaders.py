@@ -98,7 +98,8 @@ def build_loaders(config, train_set: Dataset, val_set: Dataset, distributed: boo
         train_sampler = EpochRandomSampler(train_set, seed, worker_generator)
         val_sampler = None  # sequential
     # not persistent: persistent workers carry their RNG over epochs, which a resumed run cannot restore
-    common = dict(num_workers=int(config.num_workers), pin_memory=bool(config.pin_mem))
+    pin = bool(config.pin_mem) and torch.cuda.is_available()  # pinned host memory only helps copies to a GPU
+    common = dict(num_workers=int(config.num_workers), pin_memory=pin)
     train_loader = DataLoader(train_set, batch, sampler=train_sampler, drop_last=True,
                               generator=worker_generator, **common)
     val_loader = DataLoader(val_set, eval_batch, sampler=val_sampler, shuffle=False, **common)
