@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
     data = build_data(config, env)
-    vit, model_type = build_student(config, data.num_classes, env.device)
+    vit, model_type = build_student(config, data.num_classes, env.device, load_weights=bool(config.pretrained))
     teacher = build_teacher(config, data.num_classes, env.device)
     criterion = build_loss(config, data.base_criterion, teacher)
 

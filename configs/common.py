@@ -14,7 +14,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     # --- model -----------------------------------------------------------
     c.model_type = "deit_tiny_patch16_224"  # a name from models.MODEL_TYPES
     c.model_path = ""  # https URL (torch.hub cache) or local file of the dense weights
-    c.pretrained = 1  # stage 2 / dense path: 1 loads --model_path, 0 starts from scratch
+    c.pretrained = 1  # 1: the student starts from --model_path; 0: from scratch (the teacher still loads it)
     c.enable_deit = 0  # 1: use the distillation-token variant of model_type
     c.drop_path = 0.1  # stochastic depth of the student
     c.teacher_model = ""  # teacher architecture (default: the dense starting model)

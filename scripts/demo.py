@@ -37,7 +37,8 @@ import torch  # noqa: E402
 
 DEMO_CONFIG = "configs/digits_demo.py"
 MODEL_TYPE = "vit_digits_patch2_8"
-SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2", "--warmup_epochs", "0"]
+SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
+SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0"]  # and stage 1 searches from its first step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,7 +113,7 @@ def teacher(args) -> str:
 def stage1(args, teacher_path: str, out: str, extra: List[str] = ()) -> str:
     run(["joint_train.py", "--config", f"{DEMO_CONFIG}:joint", "--model_path", teacher_path,
          "--budget", str(args.budget), "--seed", str(args.seed), "--output_dir", out]
-        + (SMOKE if args.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
+        + (SMOKE_SEARCH if args.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
     return os.path.join(out, f"{MODEL_TYPE}_uvc.pth")
 
 

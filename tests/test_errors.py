@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"joint": joint_train, "post": post_train}
 DIGITS = ["--config", os.path.join(CONFIG_DIR, "digits_demo.py"), "--model_type", "vit_digits_tiny_patch2_8",
           "--distillation_type", "none", "--pretrained", "0", "--epochs", "1", "--max_steps_per_epoch", "1",
-          "--warmup_epochs", "0", "--num_workers", "0"]
+          "--num_workers", "0"]
 RGB = ["--model_type", "deit_tiny_patch16_224", "--input_size", "32"]  # a 3-channel model for the image sets
 TINY_SET = ["--dataset", "synthetic", "--synthetic_size", "8", "--batch_size", "4"]
 
@@ -101,10 +101,14 @@ CASES = {
     "checkpoint_dir_text_file": ("post", lambda f: ["--checkpoint_dir", f["text.pth"]],
                                  ["cannot read", "pass a stage-1"]),
     "resume_corrupt": ("joint post", lambda f: ["--resume", f["random.pth"]], ["corrupt or truncated", "--resume"]),
-    "budget_zero": ("joint post", lambda f: ["--budget", "0"], ["--budget 0.0 is out of range", "(0, 1]"]),
-    "budget_negative": ("joint post", lambda f: ["--budget", "-0.2"], ["--budget -0.2 is out of range"]),
-    "budget_above_one": ("joint post", lambda f: ["--budget", "1.5"], ["--budget 1.5 is out of range"]),
-    "budget_not_a_number": ("joint post", lambda f: ["--budget", "abc"], ["--budget", "invalid float value: 'abc'"]),
+    "budget_zero": ("joint", lambda f: ["--budget", "0"], ["--budget 0.0 is out of range", "(0, 1]"]),
+    "budget_negative": ("joint", lambda f: ["--budget", "-0.2"], ["--budget -0.2 is out of range"]),
+    "budget_above_one": ("joint", lambda f: ["--budget", "1.5"], ["--budget 1.5 is out of range"]),
+    "budget_not_a_number": ("joint", lambda f: ["--budget", "abc"], ["--budget", "invalid float value: 'abc'"]),
+    "stage1_flag_in_stage2": ("post", lambda f: ["--budget", "0.5"],
+                              ["--budget is a stage-1 (joint_train.py) flag", "--checkpoint_dir"]),
+    "stage2_flag_in_stage1": ("joint", lambda f: ["--checkpoint_dir", f["dense.pth"]],
+                              ["--checkpoint_dir is a stage-2 (post_train.py) flag", "--resume"]),
     "epochs_not_an_integer": ("joint post", lambda f: ["--epochs", "1.5"], ["--epochs", "expected an integer"]),
     "unknown_flag": ("joint post", lambda f: ["--no_such_flag"], ["unrecognized arguments: --no_such_flag",
                                                                    "--help"]),
@@ -121,9 +125,9 @@ CASES = {
     "accumulation_leaves_no_step": ("joint post", lambda f: TINY_SET + ["--batch_size", "8",
                                                                         "--gradient_accumulation_steps", "2"],
                                     ["an epoch has no optimizer step", "--gradient_accumulation_steps"]),
-    "patch_gating_dynamic_mode": ("joint post", lambda f: ["--enable_patch_gating", "2"],
+    "patch_gating_dynamic_mode": ("joint", lambda f: ["--enable_patch_gating", "2"],
                                   ["--enable_patch_gating must be 0 or 1, got 2", "not implemented"]),
-    "pruning_flag_3": ("joint post", lambda f: ["--enable_pruning", "3"], ["--enable_pruning must be 0 or 1"]),
+    "pruning_flag_3": ("joint", lambda f: ["--enable_pruning", "3"], ["--enable_pruning must be 0 or 1"]),
     "mixup_odd_batch": ("joint post", lambda f: ["--mixup", "0.8", "--batch_size", "7"],
                         ["mixup/cutmix need an even batch per rank, got 7", "--mixup 0 --cutmix 0"]),
 }

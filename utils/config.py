@@ -158,9 +158,34 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
             config[key] = value
         except (TypeError, KeyError) as e:
             raise ConfigError(f"--{key}: {e}") from None
+    check_stage_flags(overrides, stage)
     validate(config, stage)
     config.lock()
     return config
+
+
+# Keys only one stage reads: given on the other stage's command line they would be
+# parsed and silently ignored, so they are refused instead.
+STAGE1_ONLY = ("budget", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
+               "slr", "rlr", "soptim", "roptim", "ylr", "plr", "zlr", "zlr_schedule_list", "z_grad_clip",
+               "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
+               "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
+               "warmup_epochs", "warmup_lr")
+STAGE2_ONLY = ("checkpoint_dir",)
+
+
+def check_stage_flags(overrides: dict, stage: str) -> None:
+    """One line for a flag of the other stage (e.g. --budget given to post_train.py)."""
+    if stage == "post":
+        wrong = [k for k in overrides if k in STAGE1_ONLY]
+        if wrong:
+            raise ConfigError(f"--{wrong[0]} is a stage-1 (joint_train.py) flag: post_train.py fine-tunes the "
+                              f"architecture fixed in --checkpoint_dir; drop it or run the search again")
+    elif stage == "joint":
+        wrong = [k for k in overrides if k in STAGE2_ONLY]
+        if wrong:
+            raise ConfigError(f"--{wrong[0]} is a stage-2 (post_train.py) flag: joint_train.py starts from "
+                              f"--model_path; to continue a stopped search use --resume")
 
 
 _CHOICES = {
