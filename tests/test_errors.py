@@ -105,6 +105,7 @@ CASES = {
     "budget_negative": ("joint", lambda f: ["--budget", "-0.2"], ["--budget -0.2 is out of range"]),
     "budget_above_one": ("joint", lambda f: ["--budget", "1.5"], ["--budget 1.5 is out of range"]),
     "budget_not_a_number": ("joint", lambda f: ["--budget", "abc"], ["--budget", "invalid float value: 'abc'"]),
+    "uvc_train_off": ("joint", lambda f: ["--uvc_train", "0"], ["--uvc_train 0", "post_train.py"]),
     "stage1_flag_in_stage2": ("post", lambda f: ["--budget", "0.5"],
                               ["--budget is a stage-1 (joint_train.py) flag", "--checkpoint_dir"]),
     "stage2_flag_in_stage1": ("joint", lambda f: ["--checkpoint_dir", f["dense.pth"]],
