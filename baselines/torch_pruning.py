@@ -237,29 +237,27 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
         trials.append((r, mlp, ratio))
         return model, ratio, abs(ratio / target_ratio - 1) <= tolerance
 
-    found = None
     resolution = 0.5 / max(dims.mlp_hidden, dims.head_dim)
-    lo, hi = 0.0, 0.99
-    guess = _predicted_pruning_ratio(dims, k, target_ratio)  # first trial: the closed form's ratio
-    while found is None and hi - lo > resolution and len(trials) < max_trials:  # head dims and neurons together
-        mid = guess if guess is not None and not trials else (lo + hi) / 2
-        model, ratio, ok = attempt(mid)
-        if ok:
-            found = (model, mid, None)
-        elif ratio > target_ratio:
-            lo = mid
-        else:
-            hi = mid
-    attn_ratio, lo, hi = lo, lo, 0.99
-    while found is None and hi - lo > resolution and len(trials) < max_trials:  # neurons alone
-        mid = (lo + hi) / 2
-        model, ratio, ok = attempt(attn_ratio, mid)
-        if ok:
-            found = (model, attn_ratio, mid)
-        elif ratio > target_ratio:
-            lo = mid
-        else:
-            hi = mid
+
+    def bisect(trial, lo: float, first: Optional[float] = None):
+        """Bisect a pruning ratio in [lo, 0.99]: (model, ratio) on success, else (None, lowest ratio above)."""
+        hi = 0.99
+        while hi - lo > resolution and len(trials) < max_trials:
+            mid = first if first is not None else (lo + hi) / 2
+            first = None
+            model, ratio, ok = trial(mid)
+            if ok:
+                return model, mid
+            lo, hi = (mid, hi) if ratio > target_ratio else (lo, mid)
+        return None, lo
+
+    # head dims and neurons together, the closed form's ratio first; then neurons alone
+    model, r = bisect(attempt, 0.0, _predicted_pruning_ratio(dims, k, target_ratio))
+    found = (model, r, None) if model is not None else None
+    if found is None:
+        attn_ratio = r
+        model, mlp = bisect(lambda m: attempt(attn_ratio, m), attn_ratio)
+        found = (model, attn_ratio, mlp) if model is not None else None
     vit.train(training)
     if found is None:
         raise ValueError(f"Torch-Pruning did not reach {target_ratio} of the dense MACs within {tolerance:.0%} "

@@ -37,7 +37,7 @@ from uvc.flops import dense_macs, vit_macs  # noqa: E402
 from uvc.freeze import apply_spec  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.report import KINDS, ReportError, arch_of_compact_spec, built_model, dense_vit, read_subject  # noqa: E402
-from utils.benchmark import compare_throughput, run_cli  # noqa: E402
+from utils.benchmark import compare_throughput, run_cli, add_common_args  # noqa: E402
 
 MODELS = ("dense", "masked", "compact")
 
@@ -149,11 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_sizes", default="1,64", help="comma-separated batch sizes (default 1,64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per model and batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
-                        help="process: this process's CPU time, steadier on a shared machine (use --threads 1)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]

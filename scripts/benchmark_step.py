@@ -39,7 +39,7 @@ from uvc.engine import train_one_epoch  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.search import UVCSearch  # noqa: E402
 from utils.amp import make_scaler  # noqa: E402
-from utils.benchmark import interleaved_medians, run_cli  # noqa: E402
+from utils.benchmark import interleaved_medians, run_cli, add_common_args  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 from utils.training import build_optimizer  # noqa: E402
 
@@ -103,11 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--gating_interval", type=int, default=0, help="gate update every N steps (0: config's)")
     parser.add_argument("--amp", type=int, default=0, choices=(0, 1), help="torch.amp autocast")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
-                        help="process: this process's CPU time, steadier on a shared machine (use --threads 1)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--batch_size and --steps must be positive, --warmup not negative")

@@ -1,4 +1,8 @@
 """Helpers shared by the unit tests (plain functions; fixtures live in conftest.py)."""
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from models import create_model
@@ -15,3 +19,45 @@ def noisy_tiny_vit(seed: int = 0, scale: float = 0.05):
         for p in vit.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
     return vit
+
+
+# --- comparing whole runs (resume and distributed tests) ---------------------------------
+
+def clean_env(**extra) -> dict:
+    """The environment of a plain single-process run (no launcher, no test hooks), one thread."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+           and not k.startswith(("TORCHELASTIC_", "UVC_TEST_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def tree_diff(a, b, path: str = "") -> list:
+    """Paths where two nested checkpoints differ (tensors bitwise, dtype and shape included)."""
+    if isinstance(a, torch.Tensor):
+        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        return [] if same else [path]
+    if isinstance(a, np.ndarray):
+        return [] if isinstance(b, np.ndarray) and np.array_equal(a, b) else [path]
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            return [f"{path} (keys)"]
+        return [d for k in a for d in tree_diff(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            return [f"{path} (length)"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in tree_diff(x, y, f"{path}.{i}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def load(path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state.pop("config", None)  # holds --output_dir / --resume, which differ between the runs
+    return state
+
+
+def assert_same_files(ref: Path, other: Path, names) -> None:
+    for name in names:
+        diff = tree_diff(load(ref / name), load(other / name))
+        assert not diff, f"{name} differs from the uninterrupted run at {diff[:10]}"

@@ -22,7 +22,7 @@ import torch
 from uvc.search import search_space
 from utils.checkpoint import RESUME_NAME
 from utils.config import parse_config
-from test_resume import clean_env, load, tree_diff  # tests/ is on sys.path under pytest
+from helpers import assert_same_files, clean_env  # tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU tests")
 
@@ -55,12 +55,6 @@ def run(cmd, expect: int = 0, **env) -> str:
 def epoch_records(out_dir: Path) -> list:
     lines = (out_dir / "log.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if "epoch" in r]
-
-
-def same_files(a: Path, b: Path, names) -> None:
-    for name in names:
-        diff = tree_diff(load(a / name), load(b / name))
-        assert not diff, f"{name} differs from the uninterrupted run at {diff[:10]}"
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +197,7 @@ def test_torchrun_restarts_a_crashed_rank_and_resumes_exactly(tiny_ref, teachers
     log = run(torchrun("joint_train.py", args, "--max-restarts", "1"), UVC_TEST_CRASH_AT_STEP=5)
     assert "UVC_TEST_CRASH_AT_STEP: rank 1 exits at step 5" in log
     assert "resumed from" in log and "at epoch 1, step 3" in log
-    same_files(tiny_ref, tmp_path, [RESUME_NAME, f"{TINY}_uvc.pth"])
+    assert_same_files(tiny_ref, tmp_path, [RESUME_NAME, f"{TINY}_uvc.pth"])
 
 
 @pytest.mark.slow
@@ -223,4 +217,4 @@ def test_sigterm_to_torchrun_saves_and_resumes_exactly(tiny_ref, teachers, tmp_p
     assert proc.returncode != 0 and "SIGTERM received: saved" in text, text[-3000:]
     assert not (tmp_path / f"{TINY}_uvc.pth").exists()
     run(torchrun("joint_train.py", args + ["--resume", "auto"]))
-    same_files(tiny_ref, tmp_path, [RESUME_NAME, f"{TINY}_uvc.pth"])
+    assert_same_files(tiny_ref, tmp_path, [RESUME_NAME, f"{TINY}_uvc.pth"])

@@ -110,6 +110,15 @@ def images_per_second(model: torch.nn.Module, input_shape: Sequence[int], batch_
                               min_round_s, clock=clock)["model"]
 
 
+def add_common_args(parser) -> None:
+    """--device, --threads, --clock and --json, shared by the benchmark scripts."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="process: this process's CPU time, steadier on a shared machine (use --threads 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def run_cli(prog: str, args, run: Callable[[object], dict], table: Callable[[dict], str]) -> int:
     """The benchmark scripts' main: thread count, one-line errors (exit 2), table or --json."""
     import json

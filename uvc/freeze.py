@@ -139,31 +139,33 @@ def _restore(spec: dict, scores: Scores, budget: float, ratio: float, dense: flo
     D, d = spec["embed_dim"], spec["head_dim"]
     n2 = tokens * tokens if with_attn else 0
     neuron_scores, dim_scores = scores.neurons.tolist(), scores.dims.tolist()
-    restored = 0
+    best_first = lambda groups, score: sorted(groups, key=score, reverse=True)  # noqa: E731
+    # the removed groups of every block, best score first: restoring pops from the front
+    neurons_out = [best_first(set(range(len(neuron_scores[l]))) - set(b["neurons"]),
+                              lambda i, l=l: neuron_scores[l][i]) for l, b in enumerate(spec["blocks"])]
+    dims_out = [[best_first(set(range(d)) - set(v), lambda j, l=l, h=h: dim_scores[l][h][j])
+                 for h, v in zip(b["heads"], b["value_dims"])] for l, b in enumerate(spec["blocks"])]
+    neuron_cost, restored = 2 * tokens * D, 0
     while True:
-        cands = []  # (score per MAC, MACs, block, kind, what)
+        cands = []  # (score per MAC, MACs, block, kind)
         for l, block in enumerate(spec["blocks"]):
             if block["skipped"]:
                 continue
-            out = set(range(len(neuron_scores[l]))) - set(block["neurons"])
-            if out:
-                m = max(out, key=lambda i: neuron_scores[l][i])
-                cands.append((neuron_scores[l][m] / (2 * tokens * D), 2 * tokens * D, l, "neuron", m))
-            if block["heads"] and len(block["value_dims"][0]) < d:
-                picks = [max(set(range(d)) - set(v), key=lambda j: dim_scores[l][h][j])
-                         for h, v in zip(block["heads"], block["value_dims"])]
+            if neurons_out[l]:
+                cands.append((neuron_scores[l][neurons_out[l][0]] / neuron_cost, neuron_cost, l, "neuron"))
+            if block["heads"] and all(dims_out[l]):
                 cost = len(block["heads"]) * (2 * tokens * D + n2)
-                score = sum(dim_scores[l][h][j] for h, j in zip(block["heads"], picks))
-                cands.append((score / cost, cost, l, "dim", picks))
+                score = sum(dim_scores[l][h][out[0]] for h, out in zip(block["heads"], dims_out[l]))
+                cands.append((score / cost, cost, l, "dim"))
         fits = [c for c in cands if ratio + c[1] / dense <= budget]
         if not fits:
             return ratio, restored
-        _, cost, l, kind, what = max(fits, key=lambda c: c[0])
+        _, cost, l, kind = max(fits, key=lambda c: c[0])
         block = spec["blocks"][l]
         if kind == "neuron":
-            block["neurons"] = sorted(block["neurons"] + [what])
+            block["neurons"] = sorted(block["neurons"] + [neurons_out[l].pop(0)])
         else:
-            block["value_dims"] = [sorted(v + [j]) for v, j in zip(block["value_dims"], what)]
+            block["value_dims"] = [sorted(v + [out.pop(0)]) for v, out in zip(block["value_dims"], dims_out[l])]
         ratio += cost / dense
         restored += 1
 
