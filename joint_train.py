@@ -47,6 +47,15 @@ def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, ste
     return kept
 
 
+def warn_if_collapsed(logger: RunLogger, top1: float, teacher_top1) -> None:
+    """A result far under the teacher must not look like success: stderr and log.jsonl."""
+    if teacher_top1 is None or top1 >= 0.5 * teacher_top1:
+        return
+    text = (f"WARNING: stage 1 ended at top-1 {top1:.2f}, under half the teacher's {teacher_top1:.2f}: the "
+            f"search has damaged the model (budget too low, or too short a search?); stage 2 may not recover it")
+    logger.warning(text)
+
+
 def main(argv=None) -> None:
     config = parse_config("joint", argv, prog="joint_train.py")
     check_output_dir(config.output_dir)
@@ -58,10 +67,11 @@ def main(argv=None) -> None:
     criterion = build_loss(config, data.base_criterion, teacher)
 
     model = MaskedViT(vit)
-    search = UVCSearch(vit, config, env.device)
-    ddp_model = wrap_ddp(model, env)
     steps = steps_per_epoch(config, data.train_loader)
-    search_epochs = max(config.epochs - search.warmup_epochs, 1)
+    warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
+    search_epochs = max(config.epochs - warmup_epochs, 1)
+    search = UVCSearch(vit, config, env.device, search_steps=search_epochs * steps)
+    ddp_model = wrap_ddp(model, env)
     optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps)
     scaler = make_scaler(env.device, bool(config.fp16))
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
@@ -70,6 +80,12 @@ def main(argv=None) -> None:
     logger = RunLogger(config.output_dir)
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
+    yardstick = teacher if teacher is not None else (vit if config.pretrained and config.model_path else None)
+    teacher_top1 = None  # the dense model's top-1: what the end of the search is checked against
+    if yardstick is not None:
+        teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, bool(config.fp16))["top1"]
+    logger.info(f"dense top-1 {teacher_top1}; search: {search.rates.steps} steps, the target reaches budget "
+                f"{config.budget} after {config.target_ramp:.0%} of them")
 
     def on_step(step: int, scalars: dict) -> None:
         crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
@@ -106,7 +122,9 @@ def main(argv=None) -> None:
         record = {"epoch": epoch, "step": run.global_step, "searching": search.active,
                   **{f"train_{k}": v for k, v in stats.items()}, **{f"val_{k}": v for k, v in metrics.items()},
                   **ratios, "z": float(search.arch.z), "y_mean": float(search.arch.y.mean()),
-                  "p_mean": float(search.arch.p.mean()), "zlr": search.pd.zlr, **kept}
+                  "p_mean": float(search.arch.p.mean()), "z_integral": float(search.arch.z_integral),
+                  "z_gain_scale": search.pd.ki_scale, "max_undershoot": search.pd.max_undershoot,
+                  "search_progress": search.pd.t / search.rates.steps, **kept}
         logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
         logger.epoch(record)
         run.epoch = epoch + 1
@@ -120,11 +138,13 @@ def main(argv=None) -> None:
     zero_removed_weights(vit, keep)
     apply_spec(model, spec)
     final = evaluate(ddp_model, data.val_loader, env.device, None, bool(config.fp16))
-    fit.update(final_top1=final["top1"])
+    fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
     logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
-                f"{fit['searched_macs_ratio']:.4f}; {fit.get('groups_removed_to_fit', 0)} groups removed and "
-                f"{fit.get('groups_restored_to_fit', 0)} restored to fit budget {config.budget}); "
-                f"top-1 {final['top1']:.2f}")
+                f"{fit['searched_macs_ratio']:.4f}; to fit budget {config.budget} the greedy pass removed "
+                f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "
+                f"{fit['restored_dims']} value dims, {fit['restored_heads']} heads, {fit['restored_blocks']} "
+                f"blocks); top-1 {final['top1']:.2f}")
+    warn_if_collapsed(logger, final["top1"], teacher_top1)
     if is_main_process():
         path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
         teacher_info = {"model_type": config.teacher_model or model_type,

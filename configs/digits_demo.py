@@ -41,15 +41,6 @@ def get_config(stage: str = "joint"):
         c.learning_rate = 5e-4
         c.warmup_epochs = 2
         c.warmup_lr = 5e-4
-        c.zlr_schedule_list = ""  # no doubling: on ~600 steps a doubled zlr makes z swing the block gates
-        c.gating_interval = 5
-        # ~600 search steps instead of ImageNet's ~60k: faster primal and dual rates, and
-        # gate / patch budget weights large enough to compete with their loss gradients
-        c.slr = 0.1
-        c.rlr = 0.1
-        c.zlr = 0.05
-        c.gating_weight = 1.0
-        c.patch_weight = 20.0
     else:
         c.epochs = 30
         c.learning_rate = 1e-3

@@ -63,7 +63,8 @@ def build_steps(args, device):
     criterion = DistillationLoss(base, teacher, "soft", config.distillation_alpha, config.distillation_tau)
     scaler = make_scaler(device, bool(args.amp))
 
-    search = UVCSearch(students["uvc"], config, device)
+    # a search long enough that the gates update every --gating_interval steps (uvc.schedule)
+    search = UVCSearch(students["uvc"], config, device, search_steps=100 * int(config.gating_interval))
     search.set_epoch(0)
     models = {"plain": students["plain"], "uvc": MaskedViT(students["uvc"])}
     arch_steps = {"plain": None, "uvc": search}
@@ -89,7 +90,7 @@ def run(args) -> dict:
                                   clock=clock)
     return {"model_type": args.model_type, "batch_size": args.batch_size, "device": str(device),
             "threads": torch.get_num_threads(), "clock": args.clock, "amp": bool(args.amp), "steps": args.steps,
-            "gating_interval": search.pd.cfg.gating_interval,
+            "gating_interval": search.rates.gate_interval,
             "plain_step_s": seconds["plain"], "uvc_step_s": seconds["uvc"],
             "ratio": seconds["uvc"] / seconds["plain"]}
 

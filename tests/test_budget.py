@@ -89,7 +89,8 @@ def test_hard_ratio_by_hand():
     dense = 4 * block(17, 2, 32, M) + 16 * 1 * 2 * 2 * D + D * 10
     assert dense == 911936
     n = 12 + 1
-    macs = (block(n, 1, 16, M) + block(n, 2, 32, 64) + block(n, 2, 32 - 4 - 6, M)
+    # block 2: its heads keep 12 and 10 value dims, deployed padded to 2 x 12 (UVC_SPEC section 7)
+    macs = (block(n, 1, 16, M) + block(n, 2, 32, 64) + block(n, 2, 2 * (16 - 4), M)
             + 12 * 1 * 2 * 2 * D + D * 10)
     budget = Budget(TINY, 0.5, SearchSpace())
     assert budget.dense == dense
@@ -133,9 +134,9 @@ def test_ratio_gradient_in_s_and_r_is_the_marginal_macs_at_the_ceiled_count():
 
     The straight-through gradient is the derivative of the smooth formula (linear in
     H', V', M') at the ceil'd counts, i.e. the exact MACs change of removing one more
-    group: one more head (with the value dims of the head that goes next), one more
-    neuron, or one more value dim of a kept head. Checked against that difference and
-    against the closed form by hand.
+    group: one more head (with the padded value dims of a head), one more neuron, or
+    one more value dim of the block's widest kept head (the padding of every other).
+    Checked against that difference and against the closed form by hand.
     """
     gen = torch.Generator().manual_seed(4)
     arch = arch64(SMALL, s=[[0.4, 3.2], [1.5, 0.0], [0.0, 7.7]], r=[[1.2, 0.0, 2.5], [0.3, 4.0, 1.0], [0.0] * 3],
@@ -168,21 +169,26 @@ def test_ratio_gradient_in_s_and_r_is_the_marginal_macs_at_the_ceiled_count():
         # neurons: d R / d s_frac = M * (R(k + 1) - R(k))
         assert float(g_s[l, 1]) == pytest.approx(M * (smooth(k_heads, k_neurons + one, k_dims) - base), rel=1e-9)
         assert float(g_s[l, 1]) == pytest.approx(-M * float(keep[l]) * 2 * n * D / budget.dense, rel=1e-9)
-        # heads (when one more may go): H' and the next head's value dims
+        # heads (when one more may go): H' times the widest kept head's value dims (padded V')
+        kept = masks.heads[l].bool()
+        width = masks.dims[l].sum(-1)  # (H,) kept value dims per head
+        widest = float(width[kept].max())
         if k_heads[l] < H - 1:
-            assert float(g_s[l, 0]) == pytest.approx(H * (smooth(k_heads + one, k_neurons, k_dims) - base), rel=1e-9)
-            nxt = float(masks.next_head_value_dims[l])
-            by_hand = -H * float(keep[l]) * ((2 * n * D + n * n) * d + (2 * n * D + n * n) * nxt) / budget.dense
+            by_hand = -H * float(keep[l]) * ((2 * n * D + n * n) * d + (2 * n * D + n * n) * widest) / budget.dense
             assert float(g_s[l, 0]) == pytest.approx(by_hand, rel=1e-9)
+        ties = int((width[kept] == widest).sum())
         for h in range(H):
-            if masks.heads[l, h] == 0:  # a removed head's dims cost nothing already
+            if masks.heads[l, h] == 0 or width[h] < widest:  # removed, or narrower than the padding: free
                 assert float(g_r[l, h]) == 0.0
                 continue
-            bump = torch.zeros_like(k_dims)
-            bump[l, h] = 1
-            assert float(g_r[l, h]) == pytest.approx(d * (smooth(k_heads, k_neurons, k_dims + bump) - base), rel=1e-9)
-            assert float(g_r[l, h]) == pytest.approx(-d * float(keep[l]) * (2 * n * D + n * n) / budget.dense,
-                                                     rel=1e-9)
+            heads_kept = float(kept.sum())
+            by_hand = -d * float(keep[l]) * heads_kept * (2 * n * D + n * n) / budget.dense / ties
+            assert float(g_r[l, h]) == pytest.approx(by_hand, rel=1e-9)
+            if ties == 1:  # one dim less on the only widest head: the padded V' drops by H'
+                bump = torch.zeros_like(k_dims)
+                bump[l, h] = 1
+                diff = smooth(k_heads, k_neurons, k_dims + bump) - base
+                assert float(g_r[l, h]) == pytest.approx(d * diff, rel=1e-9)
 
 
 def test_ratio_ignores_disabled_parts():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from models.vit import create_model
-from uvc.freeze import base_spec, fit_to_budget, spec_ratio
+from uvc.fit import fit_to_budget
+from uvc.freeze import base_spec, spec_ratio
 from uvc.masks import group_scores, stacked_weights
 
 

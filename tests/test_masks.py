@@ -4,7 +4,7 @@ import torch
 
 from uvc.flops import ViTDims
 from uvc.masks import Scores, compute_masks, group_scores, least_sum, lowest_k_mask
-from uvc.structure import ArchState
+from uvc.structure import LOWEST, ArchState
 
 L, H, D_HEAD, M = 2, 3, 4, 5  # blocks, heads, dims per head, neurons
 
@@ -58,10 +58,9 @@ def test_mask_rule_by_hand():
     # block 1: head 1 drops its 3 lowest (10, 20, 30); heads 0 and 2 are gone
     assert m.dims[1].tolist() == [[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
     assert m.neurons.tolist() == [[1, 0, 1, 0, 1], [0, 0, 0, 1, 0]]
-    assert m.value_dims().tolist() == [5, 1]
+    # deployed value dims: 2 kept heads padded to the widest (3 dims), and 1 x 1
+    assert m.value_dims().tolist() == [6, 1]
     assert m.proj_input.shape == (L, H * D_HEAD)
-    # the head removed next: block 0 head 0 (16 < 17.75) keeps 4 - 2 dims; block 1 has one head left
-    assert m.next_head_value_dims.tolist() == [2, 0]
 
 
 def test_lowest_k_mask_ties_and_zero():
@@ -115,6 +114,20 @@ def test_projection_keeps_one_head_dim_and_neuron():
         arch.r_frac.fill_(-1.0)
     arch.project_()
     assert all(int(k.sum()) == 0 for k in arch.removed_counts())
+    assert all(int(k.sum()) == 0 for k in arch.ste_counts())
+    assert torch.allclose(arch.s, torch.full_like(arch.s, LOWEST))  # one unit under the first group
+
+
+def test_the_first_group_takes_a_unit_of_travel_like_the_others():
+    """A new search removes nothing, and it takes s one whole unit to remove the first group."""
+    arch = ArchState(small_dims())
+    assert all(int(k.sum()) == 0 for k in arch.removed_counts())
+    with torch.no_grad():
+        arch.s_frac.add_(0.9 / arch.group_counts)
+    assert all(int(k.sum()) == 0 for k in arch.removed_counts()[:2])
+    with torch.no_grad():
+        arch.s_frac.add_(0.2 / arch.group_counts)
+    assert arch.removed_counts()[0].tolist() == [1] * L
 
 
 def test_counts_are_ceil_of_s():

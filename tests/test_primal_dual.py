@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from configs.digits_demo import get_config
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch
+from uvc.structure import LOWEST
 
 MODEL = "vit_digits_tiny_patch2_8"  # D=32, L=4, H=2, d=16, M=128, 16 patches
 CPU = torch.device("cpu")
@@ -30,10 +31,11 @@ def demo_config(**overrides):
     return c
 
 
-def build(seed: int = 0, **overrides):
+def build(seed: int = 0, steps: int = 100, **overrides):
+    """The tiny model and a search planned for `steps` search steps."""
     vit = tiny_vit(seed)
     model = MaskedViT(vit)
-    search = UVCSearch(vit, demo_config(**overrides), CPU)
+    search = UVCSearch(vit, demo_config(**overrides), CPU, search_steps=steps)
     search.set_epoch(0)
     return model, search
 
@@ -136,6 +138,9 @@ def test_proximal_step_with_zero_duals_changes_nothing():
     """y = p = 0: the prox is the identity even on removed groups."""
     model, search = build()
     set_counts(search.arch, heads=[1] * 4, neurons=[50] * 4, dims=[[3, 3]] * 4)
+    with torch.no_grad():
+        search.arch.y.zero_()
+        search.arch.p.zero_()
     search.pd.update_masks(model.vit)
     before = copy.deepcopy(model.vit.state_dict())
     search.pd.proximal_step(model.vit, 0.1)
@@ -154,51 +159,59 @@ def test_budget_pressure_grows_s_and_r_and_least_sum_pulls_them_back():
     ratio = pd.budget.expected_ratio(arch, pd.masks, pd.eps)
     grads = pd._budget_grads(ratio)
     pd.scores = pd.scores_now(model.vit)
-    with torch.no_grad():
-        arch.z.fill_(1.0)
-    pd.structure_step(grads)
+    kept = pd.masks.heads.bool()
+    widest = grads["r"] < 0  # the budget's r gradient reaches each block's widest kept head only
+
+    def pushed(z, duals, steps=1):
+        set_counts(arch, heads=[1, 1, 0, 0], neurons=[10] * 4, dims=[[3, 3]] * 4)
+        with torch.no_grad():
+            arch.z.fill_(z)
+            arch.y.fill_(duals)
+            arch.p.fill_(duals)
+        for _ in range(steps):
+            pd.structure_step(grads)
+
+    assert (widest.sum(-1) >= 1).all() and (widest <= kept).all()  # ties share the gradient
+    pushed(z=1.0, duals=0.0)
     assert (arch.s_frac[:, 1] > start_s[:, 1]).all()  # neurons
     assert (arch.s_frac[2:, 0] > start_s[2:, 0]).all()  # heads, where one more may go
-    kept = pd.masks.heads.bool()
-    assert (arch.r_frac[kept] > start_r[kept]).all() and torch.equal(arch.r_frac[~kept], start_r[~kept])
-
-    set_counts(arch, heads=[1, 1, 0, 0], neurons=[10] * 4, dims=[[3, 3]] * 4)
-    with torch.no_grad():
-        arch.z.zero_()
-        arch.y.fill_(1.0)
-        arch.p.fill_(1.0)
-    pd.structure_step(grads)
+    assert (arch.r_frac[widest] > start_r[widest]).all()
+    assert torch.equal(arch.r_frac[~widest], start_r[~widest])
+    pushed(z=0.0, duals=1.0)
     assert (arch.s_frac[:, 1] < start_s[:, 1]).all()
     assert (arch.s_frac[:2, 0] < start_s[:2, 0]).all()
     assert (arch.r_frac[kept] < start_r[kept]).all()
-    # projection: pushed far, still one head / neuron / dim left, never below 0
-    with torch.no_grad():
-        arch.y.fill_(1e6)
-        arch.p.fill_(1e6)
-    pd.structure_step(grads)
-    assert (arch.s_frac == 0).all() and (arch.r_frac[kept] == 0).all()
-    with torch.no_grad():
-        arch.y.zero_()
-        arch.p.zero_()
-        arch.z.fill_(1e6)
-    pd.structure_step(grads)
+    # projection: pushed far, nothing removed (s, r rest one unit under the first group), or
+    # still one head / neuron / dim left
+    pushed(z=0.0, duals=1e6, steps=40)
     k_heads, k_neurons, k_dims = arch.removed_counts()
-    assert (k_heads == 1).all() and (k_neurons == 127).all() and (k_dims[kept] == 15).all()
+    assert int(k_heads.sum() + k_neurons.sum() + k_dims[kept].sum()) == 0
+    assert torch.allclose(arch.s, torch.full_like(arch.s, LOWEST))
+    assert torch.allclose(arch.r[kept], torch.full_like(arch.r[kept], LOWEST))
+    pushed(z=1e6, duals=0.0, steps=40)
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert (k_heads == 1).all() and (k_neurons == 127).all() and (k_dims[widest] == 15).all()
 
 
-def test_dual_step_for_z():
-    """z rises by zlr * (R - B) clipped to z_grad_clip, falls when R < B, and never goes below 0."""
-    model, search = build(enable_pruning=0, zlr=0.1, z_grad_clip=0.5, budget=0.5)
+def test_importance_sets_the_allocation_across_layers():
+    """Equal budget pressure, different scores: the layer whose next neuron matters least per MAC
+    loses neurons fastest, the one whose next neuron matters most gets them back (no lockstep)."""
+    model, search = build()
     pd, arch = search.pd, search.arch
-    pd.dual_step(0.6)
-    assert float(arch.z) == pytest.approx(0.1 * 0.1)
-    pd.dual_step(1.9)  # gap 1.4, clipped to 0.5
-    assert float(arch.z) == pytest.approx(0.01 + 0.05)
-    pd.dual_step(0.4)
-    assert float(arch.z) == pytest.approx(0.05)
-    pd.dual_step(0.0)
-    pd.dual_step(0.0)  # 0.05 - 0.05 - 0.05: clamped
-    assert float(arch.z) == 0.0
+    with torch.no_grad():  # block 0's fc2 columns are 10x weaker, block 3's 10x stronger
+        model.vit.blocks[0].mlp.fc2.weight.mul_(0.1)
+        model.vit.blocks[3].mlp.fc2.weight.mul_(10.0)
+    set_counts(arch, heads=[0] * 4, neurons=[10] * 4, dims=[[0, 0]] * 4)
+    search.prepare(model, training=True)
+    pd.scores = pd.scores_now(model.vit)
+    grads = pd._budget_grads(pd.budget.expected_ratio(arch, pd.masks, pd.eps))
+    with torch.no_grad():
+        arch.z.fill_(1.0)  # the price of one MAC-share: an average neuron is worth exactly that
+    before = arch.s_frac[:, 1].detach().clone()
+    pd.structure_step(grads)
+    moved = arch.s_frac[:, 1].detach() - before
+    assert moved[0] > 0 and moved[3] < 0
+    assert moved[0] > moved[1] and moved[0] > moved[2]
 
 
 # ----------------------------------------------------------------------------- toggles
@@ -217,7 +230,7 @@ def test_each_toggle_changes_only_its_variables(name):
     """A few search steps move s, r, y, p only with pruning on, the gate logits only with block gating,
     the patch logits only with patch gating; z moves in every case."""
     flags = TOGGLES[name]
-    model, search = build(zlr=0.5, gating_interval=2, **flags)
+    model, search = build(gating_interval=2, **flags)
     arch = search.arch
     start = {k: v.detach().clone() for k, v in list(arch.named_parameters()) + list(arch.named_buffers())}
     train(model, search, steps=6, lr=1e-3)
@@ -259,35 +272,40 @@ def test_gradient_accumulation_in_the_engine():
 
 BUDGET = 0.5
 SEARCH_STEPS = 300
-# Faster dual / structure rates than the demo's (which has ~600 steps) so that a CI-sized search
-# gets there, and a lighter gate weight: on random labels every block is worth skipping.
-FAST = dict(zlr=0.5, slr=0.05, rlr=0.05, gating_weight=0.05, budget=BUDGET)
 
 
 @pytest.fixture(scope="module")
 def short_search():
-    """300 steps of the full search (pruning, block and patch gates) on synthetic batches."""
+    """300 steps of the full search (pruning, block and patch gates) on synthetic batches, with the
+    demo config's rates as they are: the pace is set per search length (uvc.schedule)."""
     torch.set_num_threads(1)
-    model, search = build(**FAST)
-    hard = [search.ratios(model)["hard_macs_ratio"]]
-    train(model, search, SEARCH_STEPS, lr=5e-3,
-          on_step=lambda step: hard.append(search.ratios(model)["hard_macs_ratio"]))
-    return model, search, hard
+    model, search = build(steps=SEARCH_STEPS, budget=BUDGET)
+    hard, target = [search.ratios(model)["hard_macs_ratio"]], [1.0]
+
+    def record(step):
+        r = search.ratios(model)
+        hard.append(r["hard_macs_ratio"])
+        target.append(r["target_macs_ratio"])
+    train(model, search, SEARCH_STEPS, lr=5e-3, on_step=record)
+    return model, search, hard, target
 
 
-def test_short_search_reaches_the_budget(short_search):
-    """From the dense 1.0 the hard MACs ratio comes down into the budget window, stays near it,
-    and freezing lands the architecture in [B - 0.01, B]."""
-    model, search, hard = short_search
+def test_short_search_follows_the_target(short_search):
+    """From the dense 1.0 the hard MACs ratio follows the falling target into the budget window, never
+    dips under it by more than the margin, and ends in [B - 0.05, B + 0.02] by itself."""
+    model, search, hard, target = short_search
     assert hard[0] == pytest.approx(1.0)
-    assert min(hard) <= BUDGET + 0.01
-    reached = next(i for i, r in enumerate(hard) if r <= BUDGET + 0.01)
-    assert max(hard[reached:]) < BUDGET + 0.2  # no relapse towards the dense model
+    margin = max(0.03, search.budget.block_share())
+    assert min(h - t for h, t in zip(hard, target)) >= -margin
+    assert search.pd.max_undershoot <= margin
+    reached = next(i for i, r in enumerate(hard) if r <= BUDGET + 0.02) / SEARCH_STEPS
+    assert 0.3 <= reached <= 0.8  # the target reaches the budget at 0.5 of the search
+    assert BUDGET - 0.05 <= hard[-1] <= BUDGET + 0.02
+
+
+def test_short_search_freezes_into_the_window(short_search):
+    """Freezing lands in [B - 0.01, B] and the greedy fit changes few groups."""
+    model, search, _, _ = short_search
     spec, info = search.freeze(model, MODEL)
     assert BUDGET - 0.01 <= info["macs_ratio"] <= BUDGET
-
-
-def test_short_search_ends_inside_the_budget(short_search):
-    """The hard MACs ratio after the last search step is at most B + 0.01 (no fitting at freeze needed)."""
-    _, _, hard = short_search
-    assert hard[-1] <= BUDGET + 0.01
+    assert info["greedy_changed_frac"] <= 0.05

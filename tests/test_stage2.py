@@ -12,7 +12,8 @@ from models.compact import load_compact
 from models.vit import create_model
 from uvc.engine import train_one_epoch
 from uvc.export import build_masked_source, masked_forward_reference, read_training_checkpoint
-from uvc.freeze import base_spec, fit_to_budget, param_keep_masks
+from uvc.fit import fit_to_budget
+from uvc.freeze import base_spec, param_keep_masks
 from uvc.masked_model import MaskedViT
 from uvc.masks import group_scores, stacked_weights
 from uvc.search import FrozenArchitecture

@@ -166,7 +166,7 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
+STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "zlr", "zlr_schedule_list", "z_grad_clip",
                "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
                "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
@@ -222,6 +222,11 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
     if not 0.0 < float(config.budget) <= 1.0:
         raise ConfigError(f"--budget {config.budget} is out of range: give the fraction of the dense "
                           f"MACs to keep, in (0, 1], e.g. --budget 0.5")
+    if not 0.0 < float(config.target_ramp) <= 1.0:
+        raise ConfigError(f"--target_ramp {config.target_ramp} must lie in (0, 1]: the fraction of the search "
+                          f"over which the target falls to the budget, e.g. 0.5")
+    if int(config.min_blocks) < 0:
+        raise ConfigError(f"--min_blocks must be 0 (half the depth) or more, got {config.min_blocks}")
     if not 0.0 <= float(config.distillation_alpha) <= 1.0:
         raise ConfigError(f"--distillation-alpha {config.distillation_alpha} must lie in [0, 1]")
     for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "gating_interval"):

@@ -2,6 +2,7 @@
 in <output_dir>/log.jsonl, and plain lines on stdout."""
 import json
 import os
+import sys
 from typing import Dict, Optional
 
 import torch
@@ -45,6 +46,13 @@ class RunLogger:
     def info(self, text: str) -> None:
         if self.enabled:
             print(text, flush=True)
+
+    def warning(self, text: str) -> None:
+        """A line on stderr, and a {"warning": text} record in log.jsonl."""
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+            with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps({"warning": text}) + "\n")
 
     def close(self) -> None:
         if self.enabled:

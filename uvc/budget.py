@@ -5,17 +5,19 @@ straight-through gradient; each block counts with its gate's keep probability
 and the token count uses the expected number of kept patches. The hard value
 is the same formula at the argmax architecture (what the frozen model costs).
 
-Which heads go is a hard choice (the lowest scores), so the value dims V' of a
-block have no gradient in s[l, 0] by themselves; we give it the marginal one:
-removing one more head removes the value dims of the head that goes next.
+Value dims are counted as the deployed model computes them: every kept head of
+a block padded to the block's widest kept head, V' = H' x max_h (d - ceil r[l,h])
+(UVC_SPEC section 7). So the budget's gradient in r reaches only a block's widest
+head (trimming a narrower one saves nothing), and removing one more head saves
+that width, the gradient of V' in s[l, 0].
 """
 from dataclasses import dataclass
 
 import torch
 
-from uvc.flops import ViTDims, dense_macs, vit_macs
+from uvc.flops import ViTDims, block_macs, dense_macs, vit_macs
 from uvc.gates import block_keep_prob
-from uvc.masks import Masks
+from uvc.masks import Masks, Scores
 from uvc.structure import ArchState
 
 
@@ -45,14 +47,33 @@ class Budget:
             k_heads, k_neurons, k_dims = arch.ste_counts()
             heads = d.num_heads - k_heads
             neurons = d.mlp_hidden - k_neurons
-            value_dims = (masks.heads * (d.head_dim - k_dims)).sum(-1)
-            value_dims = value_dims - (k_heads - k_heads.detach()) * masks.next_head_value_dims
+            kept = masks.heads  # (L, H), consistent with ceil(s)
+            widest = ((d.head_dim - k_dims) * kept - (1 - kept) * d.head_dim).amax(-1)  # (L,)
+            value_dims = heads * widest
         else:
             heads, neurons = ones * d.num_heads, ones * d.mlp_hidden
             value_dims = ones * d.num_heads * d.head_dim
         keep = block_keep_prob(arch.gate_logits, sp.use_gumbel, eps) if sp.block_gating else ones
         patches = arch.patch_keep_prob().sum() if sp.patch_gating else float(d.num_patches)
         return vit_macs(d, heads, value_dims, neurons, keep, patches, sp.with_attn)
+
+    def group_costs(self) -> Scores:
+        """MACs of one group of each kind at the dense token count, over the dense MACs:
+        a head (its q, k rows, q.k^T and its d value dims), one value dim, one neuron."""
+        d = self.dims
+        n = d.num_patches + d.num_prefix_tokens
+        n2 = n * n if self.space.with_attn else 0
+        dim = 2 * n * d.embed_dim + n2  # v row + proj column, a.v
+        head = 2 * n * d.embed_dim * d.head_dim + n2 * d.head_dim + d.head_dim * dim
+        neuron = 2 * n * d.embed_dim
+        return Scores(heads=head / self.dense, dims=dim / self.dense, neurons=neuron / self.dense)
+
+    def block_share(self) -> float:
+        """The share of the dense MACs one whole block carries."""
+        d = self.dims
+        macs = block_macs(d.num_patches + d.num_prefix_tokens, d.embed_dim, d.num_heads, d.head_dim,
+                          d.num_heads * d.head_dim, d.mlp_hidden, self.space.with_attn)
+        return float(macs) / self.dense
 
     def expected_ratio(self, arch: ArchState, masks: Masks, eps: float = 0.0) -> torch.Tensor:
         return self.expected_macs(arch, masks, eps) / self.dense

@@ -40,3 +40,51 @@ def patch_attn_bias(patch_logits: torch.Tensor, num_prefix_tokens: int) -> torch
     bias = F.logsigmoid(patch_logits)
     bias = F.pad(bias, (num_prefix_tokens, 0))  # prefix keys are never gated
     return bias.view(1, 1, 1, -1)
+
+
+HYSTERESIS = 1.0  # logits past the boundary a flipped gate or patch is set to: noise cannot flip it back
+
+
+@torch.no_grad()
+def settle_flips(logits: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Gates (L, 2) or patch logits (P,) that crossed the boundary in this update are set
+    HYSTERESIS past it: a flip back then takes a sustained push, not one noisy update."""
+    if logits.dim() == 2:
+        was, now = before[:, 1] >= before[:, 0], logits[:, 1] >= logits[:, 0]
+        flipped = was != now
+        mid = (logits[flipped, 0] + logits[flipped, 1]) / 2
+        sign = torch.where(now[flipped], 1.0, -1.0)
+        logits[flipped, 1] = torch.maximum(logits[flipped, 1] * sign, (mid + HYSTERESIS / 2) * sign) * sign
+        logits[flipped, 0] = 2 * mid - logits[flipped, 1]
+    else:
+        flipped = (before >= 0) != (logits >= 0)
+        logits[flipped] = torch.where(logits[flipped] >= 0, HYSTERESIS, -HYSTERESIS)
+    return flipped
+
+
+@torch.no_grad()
+def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_ok) -> None:
+    """Gate safety after an update of the (L, 2) gate logits from `before`.
+
+    At most one block changes its hard state (so one update moves the MACs ratio
+    by at most one block's share): a re-opened block first, else the skip that
+    went furthest past the boundary. A protected block (see PrimalDual.protected_blocks)
+    is never skipped, and a skip is undone when `floor_ok()` says it took the hard
+    ratio too far under the target. Every other flip is undone (its logits restored).
+    """
+    logits = arch.gate_logits
+    was = before[:, 1] >= before[:, 0]
+    now = logits[:, 1] >= logits[:, 0]
+    flipped = torch.nonzero(was != now).flatten().tolist()
+    if not flipped:
+        return
+    reopened = [l for l in flipped if now[l]]
+    skips = [l for l in flipped if not now[l] and not protected[l]]
+    depth = (logits[:, 0] - logits[:, 1]).tolist()  # how far past the boundary each skip went
+    chosen = reopened[0] if reopened else (max(skips, key=lambda l: depth[l]) if skips else None)
+    for l in flipped:
+        if l != chosen:
+            logits[l] = before[l]
+    if chosen is not None and not now[chosen] and not floor_ok():
+        logits[chosen] = before[chosen]
+    settle_flips(logits, before)

@@ -27,7 +27,6 @@ class Masks(NamedTuple):
     heads: torch.Tensor  # (L, H)
     dims: torch.Tensor  # (L, H, d), already zero for removed heads
     neurons: torch.Tensor  # (L, M)
-    next_head_value_dims: torch.Tensor  # (L,) value dims of the head removed next (0 if none)
 
     @property
     def proj_input(self) -> torch.Tensor:
@@ -35,8 +34,9 @@ class Masks(NamedTuple):
         return self.dims.flatten(1)
 
     def value_dims(self) -> torch.Tensor:
-        """(L,) kept value dims over all kept heads (V')."""
-        return self.dims.sum((1, 2))
+        """(L,) value dims the deployed block computes: every kept head padded to the
+        block's widest kept head (UVC_SPEC section 7), V' = H' x max_h d'_h."""
+        return self.heads.sum(-1) * self.dims.sum(-1).amax(-1)
 
 
 def stacked_weights(model):
@@ -54,16 +54,20 @@ def group_scores(proj_weight: torch.Tensor, fc2_weight: torch.Tensor, num_heads:
     return Scores(heads=dims.sum(-1), dims=dims, neurons=fc2_weight.float().pow(2).sum(1))
 
 
-def as_fractions(scores: Scores) -> Scores:
-    """Each score as a fraction of its layer's total (of its head's, for dims).
+def as_importance(scores: Scores, costs: Scores) -> Scores:
+    """Scores in MAC-share units: score / (mean score of its kind over the whole model)
+    x (MACs the group costs) / (dense MACs).
 
-    LeastSum of fractions is the share of a layer's weight energy that the
-    removed groups carry, a number in [0, 1] like the MACs ratio R; so y, p and z
-    act on one scale whatever the model's width, depth or weight norms.
+    One scale for all layers (the reference's absolute scores, made unit-free): a
+    group of average score is worth exactly its share of the MACs, so y dLeastSum/ds
+    and z dR/ds are comparable numbers, the search removes groups whose importance
+    per MAC is under z / y, and layers are pruned by different amounts from their
+    different scores and costs. `costs` holds each kind's MACs per group over the
+    dense MACs (uvc.budget.Budget.group_costs), broadcastable to the scores.
     """
-    total = lambda t: t.sum(-1, keepdim=True).clamp_min(1e-12)  # noqa: E731
-    return Scores(heads=scores.heads / total(scores.heads), dims=scores.dims / total(scores.dims),
-                  neurons=scores.neurons / total(scores.neurons))
+    unit = lambda t, c: t / t.mean().clamp_min(1e-30) * c  # noqa: E731
+    return Scores(heads=unit(scores.heads, costs.heads), dims=unit(scores.dims, costs.dims),
+                  neurons=unit(scores.neurons, costs.neurons))
 
 
 def lowest_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -91,20 +95,13 @@ def least_sum(scores: torch.Tensor, k: torch.Tensor):
 def compute_masks(scores: Scores, k_heads: torch.Tensor, k_dims: torch.Tensor,
                   k_neurons: torch.Tensor) -> Masks:
     """Masks for removed counts k_heads (L,), k_dims (L, H), k_neurons (L,)."""
-    head_dim = scores.dims.shape[-1]
     heads = lowest_k_mask(scores.heads, k_heads)  # (L, H)
     dims = lowest_k_mask(scores.dims, k_dims) * heads.unsqueeze(-1)  # (L, H, d)
     neurons = lowest_k_mask(scores.neurons, k_neurons)
-    # the head that goes next is the kept head of lowest score
-    kept_scores = scores.heads.masked_fill(heads == 0, float("inf"))
-    nxt = kept_scores.argmin(-1, keepdim=True)  # (L, 1)
-    next_dims = (head_dim - k_dims.gather(-1, nxt).squeeze(-1)).to(heads.dtype)
-    next_dims = next_dims * (heads.sum(-1) > 1)  # the last head is never removed
-    return Masks(heads=heads, dims=dims, neurons=neurons, next_head_value_dims=next_dims)
+    return Masks(heads=heads, dims=dims, neurons=neurons)
 
 
 def full_masks(num_layers: int, num_heads: int, head_dim: int, mlp_hidden: int, device=None) -> Masks:
     """Masks that keep everything."""
     ones = lambda *s: torch.ones(*s, device=device)  # noqa: E731
-    return Masks(ones(num_layers, num_heads), ones(num_layers, num_heads, head_dim),
-                 ones(num_layers, mlp_hidden), torch.full((num_layers,), float(head_dim), device=device))
+    return Masks(ones(num_layers, num_heads), ones(num_layers, num_heads, head_dim), ones(num_layers, mlp_hidden))

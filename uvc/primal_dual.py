@@ -1,29 +1,42 @@
 """The primal-dual algorithm of UVC (UVC_SPEC sections 4 and 5).
 
-    min_{W, s, r, g, a} max_{y, p, z >= 0}
+    min_{W, s, r, g, a} max_{y, p >= 0, z}
         L_distill(W, g, a)
       + sum_l  y[l,0] LeastSum(head scores,   ceil s[l,0])
       + sum_l  y[l,1] LeastSum(neuron scores, ceil s[l,1])
       + sum_lh p[l,h] LeastSum(dim scores,    ceil r[l,h])
-      + z (R(s, r, g, a) - B)
+      + z (R(s, r, g, a) - T(u))
 
 A training step calls `prepare()` before the forward pass (masks from the
 current s, r and scores; a gate sample; the patch bias) and `step()` once after
 the optimizer has updated W. `step()` runs, in this order:
 
   2. proximal step on the removed groups: W_G <- W_G / (1 + 2 lr y)
-  3. s, r: gradient y dLeastSum/ds + z dR/ds, optimizer step, projection
-  4. gates and patch logits, every `gating_interval` steps, from the averaged
-     loss gradient + z * weight * dR/d(logits) (+ the L1 pull on patches)
-  5. dual ascent on y, p (LeastSum) and z (R - B, clipped), clamped at 0
+  .  z from the budget controller: the hard ratio against the target T(u)
+  3. s, r: gradient y dLeastSum/ds + z dR/ds (in MAC-share units), SGD, projection
+  4. gates and patch logits, every `gate_interval` steps (uvc.schedule), from the averaged
+     loss gradient and z dR/d(logits) (+ the L1 pull on patches), each term
+     normalised; at most one block flips per update (uvc.gates.limit_gate_flips);
+     a skip or a patch drop only while z > 0, and none in the last quarter
+     of the search (halfway from the end of the ramp), which s and r settle
+  5. dual ascent on y, p (LeastSum of the removed groups)
 
-Scale: LeastSum is taken over scores as fractions of their layer's total
-(`as_fractions`), so every LeastSum term, like R, lies in [0, 1] and one set of
-dual learning rates fits every layer and model. The prox of
-y * ||W_G||^2 is applied per unit of the layer's mean group score S_l / G,
+Scale (what makes one set of rates fit every model, data set and run length):
+- LeastSum is taken over scores in MAC-share units (`uvc.masks.as_importance`):
+  an average group is worth its share of the MACs, so y dLeastSum/ds and
+  z dR/ds are numbers of one kind and s grows in a layer exactly while the
+  importance per MAC of its next group is under z / y. y and p start at 1.
+- z tracks the moving target T(u) as a PI controller (uvc.controller), and its
+  sign follows the gap: under the target the search is pushed back at once.
+- s and r take SGD steps on their gradient in units of the layer's MAC share, of
+  a size set per search length (uvc.schedule); Adam (`--soptim adam`) would
+  normalise per entry and move every layer at the same speed whatever its scores.
+- The gates' and patches' loss and budget gradients are each divided by their
+  mean magnitude over blocks (patches), so `gating_weight` and `patch_weight`
+  are exchange rates without units.
+The prox of y ||W_G||^2 is applied per unit of the layer's mean group score S_l / G,
 W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
-rate in every layer and model, and within a few hundred steps at y ~ 1, so the
-selected groups do reach zero in a search of practical length.
+rate in every layer and model.
 """
 from dataclasses import dataclass
 from typing import Dict, Sequence
@@ -31,59 +44,75 @@ from typing import Dict, Sequence
 import torch
 
 from uvc.budget import Budget
-from uvc.gates import block_gate_sample, patch_attn_bias
+from uvc.controller import BudgetController
+from uvc.gates import block_gate_sample, limit_gate_flips, patch_attn_bias, settle_flips
 from uvc.masked_model import MaskedViT
-from uvc.masks import Masks, Scores, as_fractions, compute_masks, group_scores, least_sum, stacked_weights
+from uvc.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
+from uvc.schedule import SearchRates, target_ratio
 from uvc.structure import ArchState
 from utils.dist import all_reduce_mean
 
 
+FLIP_DIP = 0.03
+
+
 @dataclass
 class PrimalDualConfig:
-    slr: float = 0.01
-    rlr: float = 0.01
     soptim: str = "sgd"
     roptim: str = "sgd"
-    ylr: float = 0.01
-    plr: float = 0.01
-    zlr: float = 0.01
-    zlr_milestones: Sequence[int] = ()  # epochs at which zlr doubles
+    zlr_milestones: Sequence[int] = ()  # epochs at which the integral gain of z doubles
     z_grad_clip: float = 0.5
-    glr: float = 0.1
-    gating_weight: float = 5e-4
-    gating_interval: int = 50
-    patchlr: float = 0.01
-    patch_weight: float = 5.0
-    patch_l1_weight: float = 0.01
     gumbel_tau: float = 1.0
     gumbel_tau_decay: float = 0.95
     eps: float = 0.1
     eps_decay: float = 0.92
+    ramp: float = 0.5  # fraction of the search over which the target falls to the budget
+    min_blocks: int = 1  # blocks that are never skipped
 
     @classmethod
-    def from_config(cls, c) -> "PrimalDualConfig":
+    def from_config(cls, c, depth: int) -> "PrimalDualConfig":
         from utils.config import zlr_schedule
-        names = [f for f in cls.__dataclass_fields__ if f != "zlr_milestones"]
-        return cls(zlr_milestones=tuple(zlr_schedule(c.zlr_schedule_list)), **{n: c[n] for n in names})
+        names = ("soptim", "roptim", "z_grad_clip", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay")
+        min_blocks = int(c.min_blocks) if int(c.min_blocks) > 0 else (depth + 1) // 2
+        return cls(zlr_milestones=tuple(zlr_schedule(c.zlr_schedule_list)), ramp=float(c.target_ramp),
+                   min_blocks=min(min_blocks, depth), **{n: c[n] for n in names})
 
 
 def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
+    if name == "adam":  # per-entry normalisation: every layer moves at one speed, whatever its scores
         return torch.optim.Adam(params, lr=lr)
     return torch.optim.SGD(params, lr=lr)
+
+
+def _normalised(t: torch.Tensor) -> torch.Tensor:
+    """t over its mean magnitude: the direction and the ranking, without the units."""
+    return t / t.abs().mean().clamp_min(1e-30)
 
 
 class PrimalDual:
     """Owns the updates of s, r, gates, patch logits and the duals y, p, z."""
 
-    def __init__(self, arch: ArchState, budget: Budget, cfg: PrimalDualConfig):
-        self.arch, self.budget, self.cfg, self.space = arch, budget, cfg, budget.space
-        self.s_opt = _optimizer(cfg.soptim, [arch.s_frac], cfg.slr)
-        self.r_opt = _optimizer(cfg.roptim, [arch.r_frac], cfg.rlr)
-        # gate and patch gradients are tiny and of varying scale: Adam normalises them
-        self.gate_opt = torch.optim.Adam([arch.gate_logits], lr=cfg.glr)
-        self.patch_opt = torch.optim.Adam([arch.patch_logits], lr=cfg.patchlr)
-        self.zlr, self.tau, self.eps = cfg.zlr, cfg.gumbel_tau, cfg.eps
+    def __init__(self, arch: ArchState, budget: Budget, cfg: PrimalDualConfig, rates: SearchRates):
+        self.arch, self.budget, self.cfg, self.rates, self.space = arch, budget, cfg, rates, budget.space
+        self.s_opt = _optimizer(cfg.soptim, [arch.s_frac], rates.s_step)
+        self.r_opt = _optimizer(cfg.roptim, [arch.r_frac], rates.r_step)
+        self.gate_opt = torch.optim.Adam([arch.gate_logits], lr=rates.gate_lr)
+        self.patch_opt = torch.optim.Adam([arch.patch_logits], lr=rates.patch_lr)
+        self.controller = BudgetController(rates.z_kp, rates.z_ki, cfg.z_grad_clip)
+        self.costs = budget.group_costs()
+        # the MAC share of one layer's heads / neurons / one head's dims: the unit of the s, r gradients
+        c, d = self.costs, budget.dims
+        self.s_unit = torch.tensor([c.heads * d.num_heads, c.neurons * d.mlp_hidden], device=arch.y.device)
+        self.r_unit = c.dims * d.head_dim
+        # a gate skip or patch drop may take the hard ratio at most half a block's share (>= 0.03) under
+        # the target: coarse steps happen while the ratio is well above it, s and r settle the rest
+        self.margin = max(FLIP_DIP, budget.block_share() / 2)
+        # gates and patches move until halfway between the end of the ramp and the end of the search;
+        # the rest of it belongs to s and r, which settle the ratio on the budget
+        self.coarse_end = (1.0 + cfg.ramp) / 2
+        self.ki_scale, self.tau, self.eps = 1.0, cfg.gumbel_tau, cfg.eps
+        self.t = 0  # search steps done
+        self.max_undershoot = 0.0  # deepest dip of the hard ratio under the target so far
         self.grad_steps = 0  # loss-gradient steps accumulated since the last gate update
         self.masks: Masks = None
         self.scores: Scores = None
@@ -91,11 +120,15 @@ class PrimalDual:
 
     # --- schedules -----------------------------------------------------------
     def set_epoch(self, epoch: int, search_epoch: int) -> None:
-        """zlr doubles at each milestone reached; tau and eps decay per search epoch."""
+        """The integral gain of z doubles at each milestone reached; tau and eps decay per search epoch."""
         c = self.cfg
-        self.zlr = c.zlr * 2.0 ** sum(epoch >= m for m in c.zlr_milestones)
+        self.ki_scale = 2.0 ** sum(epoch >= m for m in c.zlr_milestones)
         self.tau = max(0.1, c.gumbel_tau * c.gumbel_tau_decay ** max(search_epoch, 0))
         self.eps = c.eps * c.eps_decay ** max(search_epoch, 0)
+
+    def target(self) -> float:
+        """T(u) at the current search progress."""
+        return target_ratio(self.t / self.rates.steps, self.budget.budget, self.cfg.ramp)
 
     # --- before the forward pass -------------------------------------------------
     @torch.no_grad()
@@ -112,18 +145,27 @@ class PrimalDual:
         self.masks = compute_masks(self.scores, k_heads, k_dims, k_neurons)
         return self.masks
 
+    def protected_blocks(self) -> torch.Tensor:
+        """(L,) 1.0 for kept blocks that may not be skipped: with only `min_blocks` left, all of them."""
+        keep = self.arch.block_keep_hard()
+        return keep if keep.sum() <= self.cfg.min_blocks else torch.zeros_like(keep)
+
     def prepare(self, model: MaskedViT, training: bool = True) -> None:
         """Set masks, gates and patches on the model for the next forward pass.
 
-        Training: a fresh Gumbel / SoftL0 gate sample and the log(pi) patch bias.
-        Evaluation: deterministic, the argmax architecture (no noise).
+        Training: a fresh Gumbel / SoftL0 gate sample (protected blocks run whole: no
+        noise can skip them) and the log(pi) patch bias. Evaluation: deterministic,
+        the argmax architecture (no noise).
         """
         a, sp = self.arch, self.space
         if sp.pruning:
             model.set_masks(self.update_masks(model.vit))
         if training:
             self._scores_fresh = False  # the weights change after this forward pass
-            gates = block_gate_sample(a.gate_logits, self.tau, sp.use_gumbel, self.eps) if sp.block_gating else None
+            gates = None
+            if sp.block_gating:
+                gates = block_gate_sample(a.gate_logits, self.tau, sp.use_gumbel, self.eps)
+                gates = torch.where(self.protected_blocks().bool(), torch.ones_like(gates), gates)
             model.set_block_gates(gates)
             bias = patch_attn_bias(a.patch_logits, model.vit.num_prefix_tokens) if sp.patch_gating else None
             model.set_patches(bias=bias)
@@ -137,19 +179,25 @@ class PrimalDual:
     def step(self, model: MaskedViT, weight_lr: float) -> Dict[str, float]:
         """Steps 2-5 of UVC_SPEC section 5; returns scalars for logging."""
         a = self.arch
+        self.t += 1
         if self.space.pruning:
             self.proximal_step(model.vit, weight_lr)
             self.scores = self.scores_now(model.vit)
             self._scores_fresh = True
-        ratio = self.budget.expected_ratio(a, self.masks, self.eps)
+        masks = self.masks if self.space.pruning else None
+        ratio = self.budget.expected_ratio(a, masks, self.eps)
         grads = self._budget_grads(ratio)
+        hard, target = self.budget.hard_ratio(a, masks), self.target()
+        self.max_undershoot = max(self.max_undershoot, target - hard)
+        a.z.fill_(self.controller.update(a.z_integral, hard, target, self.ki_scale))
         if self.space.pruning:
             self.structure_step(grads)
-        self.gate_step(grads)
-        ratio = float(ratio.detach())
-        self.dual_step(ratio)
-        return {"expected_ratio": ratio, "z": float(a.z), "zlr": self.zlr,
-                "y_mean": float(a.y.mean()), "p_mean": float(a.p.mean()), "tau": self.tau}
+        self.gate_step(grads, target)
+        if self.space.pruning:
+            self.dual_step()
+        return {"expected_ratio": float(ratio.detach()), "hard_ratio": hard, "target_ratio": target,
+                "z": float(a.z), "z_integral": float(a.z_integral), "y_mean": float(a.y.mean()),
+                "p_mean": float(a.p.mean()), "tau": self.tau}
 
     def _budget_grads(self, ratio: torch.Tensor) -> Dict[str, torch.Tensor]:
         params = self.arch.architecture_parameters()
@@ -183,47 +231,73 @@ class PrimalDual:
             torch._foreach_mul_([b.attn.qkv.bias for b in blocks], list(row_f.unbind(0)))
         torch._foreach_mul_([b.mlp.fc1.bias for b in blocks], list(n_f.unbind(0)))
 
+    def _slopes(self):
+        """dLeastSum/d(count) in MAC-share units: heads (L,), neurons (L,), dims (L, H)."""
+        imp = as_importance(self.scores, self.costs)
+        k_heads, k_neurons, k_dims = self.arch.removed_counts()
+        return (least_sum(imp.heads, k_heads)[1], least_sum(imp.neurons, k_neurons)[1],
+                least_sum(imp.dims, k_dims)[1])
+
     @torch.no_grad()
     def structure_step(self, grads: Dict[str, torch.Tensor]) -> None:
-        """s, r <- s, r - lr (y dLeastSum/ds + z dR/ds), then projected into range."""
-        a, sc = self.arch, as_fractions(self.scores)
-        k_heads, k_neurons, k_dims = a.removed_counts()
-        _, head_slope = least_sum(sc.heads, k_heads)  # (L,)
-        _, neuron_slope = least_sum(sc.neurons, k_neurons)
-        _, dim_slope = least_sum(sc.dims, k_dims)  # (L, H)
+        """s, r <- s, r - lr (y dLeastSum/ds + z dR/ds) / (the layer's MAC share), then projected.
+
+        In those units the step is lr (z - y x the relative importance per MAC of the next
+        group): a layer loses groups while its next one is worth less than z / y."""
+        a = self.arch
+        head_slope, neuron_slope, dim_slope = self._slopes()
         # d/ds_frac = G d/ds: the LeastSum slopes are per group, s_frac per fraction
         least_grad_s = torch.stack([a.y[:, 0] * head_slope, a.y[:, 1] * neuron_slope], 1) * a.group_counts
         least_grad_r = a.p * dim_slope * a.dims.head_dim * self.masks.heads
-        a.s_frac.grad = least_grad_s + a.z * grads["s"]
-        a.r_frac.grad = least_grad_r + a.z * grads["r"]
-        self.s_opt.step()
-        self.r_opt.step()
-        self.s_opt.zero_grad(set_to_none=True)
-        self.r_opt.zero_grad(set_to_none=True)
+        a.s_frac.grad = (least_grad_s + a.z * grads["s"]) / self.s_unit
+        a.r_frac.grad = (least_grad_r + a.z * grads["r"]) / self.r_unit
+        for opt in (self.s_opt, self.r_opt):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         a.project_()
 
     @torch.no_grad()
-    def gate_step(self, grads: Dict[str, torch.Tensor]) -> None:
+    def gate_step(self, grads: Dict[str, torch.Tensor], target: float) -> None:
         """Gates and patch logits: loss gradients are summed in .grad by backward and
-        averaged over `gating_interval` steps (and over ranks) before the update."""
-        a, c, sp = self.arch, self.cfg, self.space
+        averaged over `gating_interval` steps (and over ranks) before the update.
+        Each term is normalised; the update may flip at most one block, never a
+        protected one, no flip (block or patch) may take the hard ratio more than
+        `margin` under the target, and a flip is settled past the boundary (uvc.gates)."""
+        a, r, sp = self.arch, self.rates, self.space
         self.grad_steps += 1
-        if self.grad_steps < c.gating_interval:
+        if self.grad_steps < self.rates.gate_interval:
             return
-        n = self.grad_steps
-        self.grad_steps = 0
+        n, self.grad_steps = self.grad_steps, 0
+        z = float(a.z)
+        if self.t > self.coarse_end * r.steps:  # the last part of the search: gates and patches are settled
+            a.gate_logits.grad = None
+            a.patch_logits.grad = None
+            return
         if sp.block_gating:
+            before = a.gate_logits.detach().clone()
             loss_grad = self._averaged_grad(a.gate_logits, n)
-            a.gate_logits.grad = loss_grad + a.z * c.gating_weight * grads["gate"]
+            a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
             self.gate_opt.step()
+            limit_gate_flips(a, before, self.protected_blocks(), self._floor_check(target))
         if sp.patch_gating:
+            before = a.patch_logits.detach().clone()
             loss_grad = self._averaged_grad(a.patch_logits, n)
             pi = a.patch_keep_prob()
-            l1_grad = c.patch_l1_weight * pi * (1 - pi) / pi.numel()  # d mean(pi) / da
-            a.patch_logits.grad = loss_grad + a.z * c.patch_weight * grads["patch"] + l1_grad
+            l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
+            a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
             self.patch_opt.step()
+            with torch.no_grad():
+                if not self._floor_check(target)():  # dropping these patches dips too far: keep them
+                    dropped = (before >= 0) & (a.patch_logits < 0)
+                    a.patch_logits[dropped] = before[dropped]
+                settle_flips(a.patch_logits, before)
         a.gate_logits.grad = None
         a.patch_logits.grad = None
+
+    def _floor_check(self, target: float):
+        """A callable: may the current logits stand? Only while the budget still pushes down
+        (z > 0) and with the hard ratio at least target - margin."""
+        return lambda: float(self.arch.z) > 0 and self.budget.hard_ratio(self.arch, self.masks) >= target - self.margin
 
     @staticmethod
     def _averaged_grad(param: torch.Tensor, steps: int) -> torch.Tensor:
@@ -231,28 +305,28 @@ class PrimalDual:
         return all_reduce_mean(g.contiguous())
 
     @torch.no_grad()
-    def dual_step(self, ratio: float) -> None:
-        """Dual ascent: y, p grow with the LeastSum of the removed groups, z with R - B."""
-        a, c = self.arch, self.cfg
-        if self.space.pruning:  # without pruning there are no scores (and no y, p to move)
-            sc = as_fractions(self.scores)
-            k_heads, k_neurons, k_dims = a.removed_counts()
-            a.y[:, 0] += c.ylr * least_sum(sc.heads, k_heads)[0]
-            a.y[:, 1] += c.ylr * least_sum(sc.neurons, k_neurons)[0]
-            a.p += c.plr * least_sum(sc.dims, k_dims)[0] * self.masks.heads
-        gap = max(-c.z_grad_clip, min(c.z_grad_clip, ratio - self.budget.budget))
-        a.z += self.zlr * gap
+    def dual_step(self) -> None:
+        """Dual ascent: y, p grow with the LeastSum (importance units) of the removed groups."""
+        a, r = self.arch, self.rates
+        imp = as_importance(self.scores, self.costs)
+        k_heads, k_neurons, k_dims = a.removed_counts()
+        a.y[:, 0] += r.y_step * least_sum(imp.heads, k_heads)[0]
+        a.y[:, 1] += r.y_step * least_sum(imp.neurons, k_neurons)[0]
+        a.p += r.p_step * least_sum(imp.dims, k_dims)[0] * self.masks.heads
         a.y.clamp_(min=0)
         a.p.clamp_(min=0)
-        a.z.clamp_(min=0)
 
     # --- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"s_opt": self.s_opt.state_dict(), "r_opt": self.r_opt.state_dict(),
-                "gate_opt": self.gate_opt.state_dict(), "patch_opt": self.patch_opt.state_dict(),
-                "grad_steps": self.grad_steps}
+                "gate_opt": self.gate_opt.state_dict(),
+                "patch_opt": self.patch_opt.state_dict(), "grad_steps": self.grad_steps, "t": self.t,
+                "max_undershoot": self.max_undershoot}
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("s_opt", "r_opt", "gate_opt", "patch_opt"):
-            getattr(self, name).load_state_dict(state[name])
-        self.grad_steps = int(state["grad_steps"])
+        self.s_opt.load_state_dict(state["s_opt"])
+        self.r_opt.load_state_dict(state["r_opt"])
+        self.gate_opt.load_state_dict(state["gate_opt"])
+        self.patch_opt.load_state_dict(state["patch_opt"])
+        self.grad_steps, self.t = int(state["grad_steps"]), int(state["t"])
+        self.max_undershoot = float(state["max_undershoot"])

@@ -11,9 +11,11 @@ import torch
 
 from uvc.budget import Budget, SearchSpace
 from uvc.flops import ViTDims
-from uvc.freeze import apply_spec, fit_to_budget, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
+from uvc.fit import fit_to_budget
+from uvc.freeze import apply_spec, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
 from uvc.masked_model import MaskedViT
 from uvc.primal_dual import PrimalDual, PrimalDualConfig
+from uvc.schedule import SearchRates
 from uvc.structure import ArchState
 
 STAGE1_FORMAT = "uvc-stage1-v1"
@@ -30,15 +32,19 @@ class UVCSearch:
     """Stage 1: s, r, gates, patches and duals, updated by the primal-dual step.
 
     During warm-up (`active` False) the architecture is frozen at "keep
-    everything" and only the weights train.
+    everything" and only the weights train. `search_steps` (optimizer steps after
+    warm-up) sets the pace: the target reaches the budget at the same fraction of
+    any search (uvc.schedule).
     """
 
-    def __init__(self, vit, config, device):
+    def __init__(self, vit, config, device, search_steps: int):
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
         self.budget = Budget(self.dims, float(config.budget), self.space)
-        self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config))
+        self.rates = SearchRates.for_search(config, search_steps)
+        self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config, self.dims.depth),
+                             self.rates)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
 
@@ -64,7 +70,8 @@ class UVCSearch:
         """Expected ("Expectation FLOPs") and hard ("Real FLOPs") MACs ratios now."""
         masks = self.pd.update_masks(model.vit)
         return {"expected_macs_ratio": float(self.budget.expected_ratio(self.arch, masks, self.pd.eps)),
-                "hard_macs_ratio": self.budget.hard_ratio(self.arch, masks)}
+                "hard_macs_ratio": self.budget.hard_ratio(self.arch, masks),
+                "target_macs_ratio": self.pd.target() if self.active else 1.0}
 
     @torch.no_grad()
     def spec(self, model: MaskedViT, model_type: str) -> dict:
@@ -76,14 +83,14 @@ class UVCSearch:
         return spec_from_search(model.vit, model_type, masks, keep, patches)
 
     def freeze(self, model: MaskedViT, model_type: str):
-        """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs."""
+        """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs
+        (uvc.fit; without pruning only skipped blocks can be put back)."""
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
-        fit = {}
-        if self.space.pruning:  # without pruning there are no fine-grained groups to fit with
-            spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget,
-                                      self.space.with_attn)
-        return spec, dict(fit, searched_macs_ratio=searched, macs_ratio=spec_ratio(spec, True, self.space.with_attn))
+        spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget,
+                                  self.space.with_attn, groups=self.space.pruning)
+        return spec, dict(fit, searched_macs_ratio=searched, macs_ratio=spec_ratio(spec, True, self.space.with_attn),
+                          greedy_changed_frac=greedy_changed_frac(fit, self.dims))
 
     # --- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -119,6 +126,12 @@ class FrozenArchitecture:
     def step(self, model: MaskedViT, lr: float) -> Dict[str, float]:
         zero_removed_weights(model.vit, self.keep)
         return {}
+
+
+def greedy_changed_frac(fit: dict, dims: ViTDims) -> float:
+    """Groups the greedy fit removed or restored, over all groups (heads, value dims, neurons, blocks)."""
+    total = dims.depth * (1 + dims.num_heads * (1 + dims.head_dim) + dims.mlp_hidden)
+    return (fit["groups_removed_to_fit"] + fit["groups_restored_to_fit"]) / total
 
 
 def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,

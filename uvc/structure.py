@@ -9,17 +9,22 @@ Per block l of a ViT with H heads of size d and M MLP neurons:
     a[i]      patch keep logit of patch position i
     y[l, :]   duals of the head / neuron LeastSum terms
     p[l, h]   duals of the head-dim LeastSum terms
-    z         dual of the budget constraint R <= B
+    z         dual of the budget constraint R <= B (a PI controller: uvc.controller)
 
 s and r are stored as fractions of their group counts (s_frac = s / [H, M],
 r_frac = r / d) so that one learning rate suits 3 heads and 768 neurons alike;
-the counts used are ceil(s) and ceil(r). This module is saved with every
+the counts used are ceil(s) and ceil(r). s and r live in (-1, G - 1] and start at
+-1 + 1e-3 (nothing removed): every group, the first included, takes one unit of
+travel to remove (the reference starts at 0, where any push removes a whole head). This module is saved with every
 checkpoint and kept out of DDP: its gradients are averaged by hand.
 """
 import torch
 import torch.nn as nn
 
 from uvc.flops import ViTDims
+
+
+LOWEST = -1.0 + 1e-3  # s and r (in groups) never go under this: ceil gives 0 removed
 
 
 def ste_ceil(x: torch.Tensor) -> torch.Tensor:
@@ -34,16 +39,20 @@ class ArchState(nn.Module):
         super().__init__()
         self.dims = dims
         L, H = dims.depth, dims.num_heads
-        self.s_frac = nn.Parameter(torch.zeros(L, 2))
-        self.r_frac = nn.Parameter(torch.zeros(L, H))
+        counts = torch.tensor([float(H), float(dims.mlp_hidden)])
+        self.s_frac = nn.Parameter((LOWEST / counts).repeat(L, 1))
+        self.r_frac = nn.Parameter(torch.full((L, H), LOWEST / dims.head_dim))
         # (skip, keep) logits: keep probability 0.98 at gate_init 4 (and sigmoid(4) for patches), so the
         # expected MACs start near the hard MACs and the gates move only when the search moves them
         self.gate_logits = nn.Parameter(torch.tensor([0.0, gate_init]).repeat(L, 1))
         self.patch_logits = nn.Parameter(torch.full((dims.num_patches,), patch_init))
-        self.register_buffer("y", torch.zeros(L, 2))
-        self.register_buffer("p", torch.zeros(L, H))
+        # y, p start at 1: the price of importance is there from the first step, so the search
+        # allocates by importance per MAC from the start (uvc.primal_dual); they only grow
+        self.register_buffer("y", torch.ones(L, 2))
+        self.register_buffer("p", torch.ones(L, H))
         self.register_buffer("z", torch.zeros(()))
-        self.register_buffer("group_counts", torch.tensor([float(H), float(dims.mlp_hidden)]))
+        self.register_buffer("z_integral", torch.zeros(()))
+        self.register_buffer("group_counts", counts)
 
     # --- counts ----------------------------------------------------------
     @property
@@ -72,11 +81,11 @@ class ArchState(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Keep at least one head, one neuron and one dim per kept head."""
+        """Into (-1, G - 1]: keep at least one head, one neuron and one dim per kept head."""
         upper = (self.group_counts - 1) / self.group_counts
-        self.s_frac.copy_(torch.minimum(self.s_frac.clamp_min(0), upper))
+        self.s_frac.copy_(torch.minimum(torch.maximum(self.s_frac, LOWEST / self.group_counts), upper))
         d = self.dims.head_dim
-        self.r_frac.clamp_(0, (d - 1) / d)
+        self.r_frac.clamp_(LOWEST / d, (d - 1) / d)
 
     # --- gates -------------------------------------------------------------
     def block_keep_hard(self) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""How well the stage-1 search steers itself to the budget: a CPU matrix.
+
+    python scripts/benchmark_search.py --quick           # one run length (< 20 min with teachers cached)
+    python scripts/benchmark_search.py                    # two run lengths, one 4x the other
+    python scripts/benchmark_search.py --long             # + DeiT-Tiny over >= 20,000 search steps
+    python scripts/benchmark_search.py --json             # print {"cells": [...]} at the end
+
+Cells: budgets 0.3, 0.5, 0.7 x two models, each with its config's search settings
+unchanged (only data, length and batch are set per model):
+  - `digits`: configs/digits_demo.py (the demo ViT on scikit-learn's digits);
+  - `deit_tiny@32`: configs/deit_tiny.py with deit_tiny_patch16_224 at --input_size 32
+    on the digits upscaled to 32x32 RGB (the DeiT configs' rates, which the README's
+    ImageNet command uses).
+Dense teachers are trained once with post_train.py and cached under --cache_dir.
+
+Per cell, from the run's own log.jsonl: the search's hard ratio at its end (before
+the greedy fit), the exported ratio, the fraction of groups the greedy fit changed,
+the deepest dip of the hard ratio under the moving target during the search, where
+the search first came within 0.02 of the budget (fraction of the search), top-1
+after freeze against the teacher, and the kept heads / value dims / neurons per
+block at the end of the search (allocation across layers, before any greedy fix).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+BUDGETS = (0.3, 0.5, 0.7)
+DIGITS_DATA = ["--num_workers", "0", "--pin_mem", "0"]
+# deit_tiny at 32 px on upscaled digits: light augmentation, no mixup (1,437 images of 8x8 digits)
+DEIT_DATA = ["--dataset", "digits", "--input_size", "32", "--num_workers", "0", "--pin_mem", "0", "--aa", "",
+             "--reprob", "0", "--color_jitter", "0", "--mixup", "0", "--cutmix", "0", "--drop_path", "0",
+             "--train_batch_size", "64", "--eval_batch_size", "360"]
+MODELS = {
+    "digits": {"config": "configs/digits_demo.py", "model_type": "vit_digits_patch2_8", "data": DIGITS_DATA,
+               "teacher": ["--config", "configs/digits_demo.py:dense"],
+               "lengths": {1: ["--epochs", "30", "--warmup_epochs", "2"],
+                           4: ["--epochs", "114", "--warmup_epochs", "2"]}},
+    "deit_tiny@32": {"config": "configs/deit_tiny.py", "model_type": "deit_tiny_patch16_224", "data": DEIT_DATA,
+                     "teacher": ["--config", "configs/deit_tiny.py", "--pretrained", "0", "--distillation_type",
+                                 "none", "--epochs", "60", "--learning_rate", "1e-3", "--lr_warmup_epochs", "5",
+                                 "--min_lr", "1e-5", "--clip_grad", "1.0", "--smoothing", "0.1"],
+                     "lengths": {1: ["--epochs", "13", "--warmup_epochs", "1"],
+                                 4: ["--epochs", "49", "--warmup_epochs", "1"]}},
+}
+# >= 20,000 search steps of the DeiT-Tiny config at 16 px (one patch), batch 8
+LONG = ["--input_size", "16", "--train_batch_size", "8", "--epochs", "113", "--warmup_epochs", "1"]
+
+
+def run(cmd: List[str], log_path: str) -> None:
+    """Run one of the project's scripts, echoing the command; its output goes to log_path."""
+    print("$ python " + " ".join(cmd), flush=True)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as log:
+        code = subprocess.call([sys.executable] + cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise SystemExit(f"benchmark_search: '{' '.join(cmd[:3])} ...' failed (exit {code}); see {log_path}")
+
+
+def teacher(name: str, args) -> str:
+    """The model's dense teacher, trained once (cached by the command that trains it)."""
+    import hashlib
+    m = MODELS[name]
+    cmd = ["post_train.py"] + m["teacher"] + m["data"] + ["--model_type", m["model_type"], "--seed", "730"]
+    key = hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:12]
+    out = os.path.join(args.cache_dir, f"teacher-{name.replace('@', '-')}-{key}")
+    path = os.path.join(out, f"{m['model_type']}_dense_best.pth")
+    if not os.path.exists(os.path.join(out, "done")):
+        run(cmd + ["--output_dir", out], os.path.join(out, "stdout.log"))
+        open(os.path.join(out, "done"), "w").close()
+    return path
+
+
+def records(output_dir: str) -> List[dict]:
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dict:
+    """One cell of the matrix from the run's log.jsonl."""
+    recs = records(out)
+    epochs = [r for r in recs if "epoch" in r and r.get("searching")]
+    final = [r for r in recs if "stage1_file" in r][-1]
+    steps = final["search_steps"]
+    reached = next((r["search_progress"] for r in epochs if r["hard_macs_ratio"] <= budget + 0.02), None)
+    last = epochs[-1]
+    return {"budget": budget, "model": name, "config": MODELS[name]["config"], "length": f"{length}x",
+            "seed": seed, "search_steps": steps, "searched_ratio": final["searched_macs_ratio"],
+            "exported_ratio": final["macs_ratio"], "greedy_changed_frac": final["greedy_changed_frac"],
+            "max_undershoot": last["max_undershoot"], "reached_budget_at": reached,
+            "teacher_top1": final["teacher_top1"], "top1_after_freeze": final["final_top1"],
+            "kept_heads": last["heads"], "kept_value_dims": last["value_dims"], "kept_neurons": last["neurons"],
+            "skipped_blocks": last["skipped"], "patches_kept": last["patches_kept"],
+            "warned": any("warning" in r for r in recs)}
+
+
+def cell(name: str, budget: float, length: int, args, extra: List[str] = ()) -> Dict:
+    m = MODELS[name]
+    tag = f"{name.replace('@', '-')}-b{budget}-x{length}" + ("-long" if extra else "")
+    out = os.path.join(args.run_dir, tag)
+    cmd = (["joint_train.py", "--config", m["config"], "--model_type", m["model_type"], "--model_path",
+            teacher(name, args), "--budget", str(budget), "--seed", str(args.seed), "--output_dir", out,
+            "--eval_every", "0", "--log_interval", "50"] + m["data"] + m["lengths"][length] + list(extra))
+    if not os.path.exists(os.path.join(out, f"{m['model_type']}_uvc.pth")):
+        run(cmd, os.path.join(out, "stdout.log"))
+    result = summarise(name, budget, length, out, args.seed)
+    result["command"] = "python " + " ".join(cmd)
+    return result
+
+
+def ok(c: Dict) -> bool:
+    """The issue's acceptance window for one cell."""
+    b = c["budget"]
+    return (b - 0.05 <= c["searched_ratio"] <= b + 0.02 and c["greedy_changed_frac"] <= 0.05
+            and b - 0.03 <= c["exported_ratio"] <= b + 0.01 and not c["warned"])
+
+
+def table(cells: List[Dict]) -> str:
+    head = ("| model | budget | length | search steps | searched | exported | greedy changed | max dip under "
+            "target | budget reached at | teacher top-1 | top-1 after freeze | in window |")
+    lines = [head, "|" + "---|" * 12]
+    for c in cells:
+        at = "-" if c["reached_budget_at"] is None else f"{c['reached_budget_at']:.2f}"
+        lines.append(f"| {c['model']} | {c['budget']} | {c['length']} | {c['search_steps']} | "
+                     f"{c['searched_ratio']:.3f} | {c['exported_ratio']:.3f} | {100 * c['greedy_changed_frac']:.1f}% | "
+                     f"{c['max_undershoot']:.3f} | {at} | {c['teacher_top1']:.2f} | {c['top1_after_freeze']:.2f} | "
+                     f"{'yes' if ok(c) else 'NO'} |")
+    return "\n".join(lines)
+
+
+def allocation(cells: List[Dict]) -> str:
+    lines = ["Kept per block at the end of the search (before the greedy fit); `-` = block skipped:", ""]
+    for c in cells:
+        neurons = ["-" if s else str(n) for n, s in zip(c["kept_neurons"], c["skipped_blocks"])]
+        dims = ["-" if s else str(n) for n, s in zip(c["kept_value_dims"], c["skipped_blocks"])]
+        lines.append(f"- {c['model']} b{c['budget']} {c['length']}: neurons [{' '.join(neurons)}], value dims "
+                     f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one run length (1x) only")
+    p.add_argument("--long", action="store_true", help="add the DeiT-Tiny long-horizon row (>= 20,000 steps)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
+    p.add_argument("--seed", type=int, default=730)
+    p.add_argument("--run_dir", default="runs/benchmark_search")
+    p.add_argument("--cache_dir", default="runs/cache")
+    p.add_argument("--out", default="", help="also write the table and cells here (.md and .json)")
+    p.add_argument("--json", action="store_true", help='print {"cells": [...]} at the end')
+    args = p.parse_args(argv)
+    lengths = (1,) if args.quick else (1, 4)
+    cells = [cell(m, b, n, args) for n in lengths for m in args.models for b in args.budgets]
+    if args.long:
+        cells.append(cell("deit_tiny@32", 0.5, 1, args, LONG))
+        cells[-1]["length"] = "long"
+    text = table(cells) + "\n\n" + allocation(cells)
+    print("\n" + text)
+    if args.out:
+        command = "python scripts/benchmark_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        with open(args.out + ".md", "w") as f:
+            f.write(f"Produced by `{command}`.\n\n{text}\n")
+        with open(args.out + ".json", "w") as f:
+            json.dump({"command": command, "cells": cells}, f, indent=1)
+    if args.json:
+        print(json.dumps({"cells": cells}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""The dual of the budget, z, as a PI controller that tracks the target T(u).
+
+The reference raises z by zlr (R - B) every step: a pure integral controller.
+It keeps pushing for as long as it took to build up, so after a block-gate flip
+takes R under the budget it goes on removing groups for epochs (measured: the
+digits demo fell to 0.35 at budget 0.5; a 372-step DeiT run closed every gate).
+Here (a PI Lagrangian, as in Stooke et al. 2020, "Responsive Safety in RL by
+PID Lagrangian Methods"):
+
+    e = clip(R_hard - T(u), +-z_grad_clip)
+    I <- clip(I + ki * e, 0, kp clip)  integral part, never below zero (no wind-up)
+    z  = kp * e + I                  proportional part: reacts at once
+
+Above the target z grows at once with the gap; under it the proportional part
+turns z negative at once, so the search is pushed back up (groups regrow, gates
+re-open) instead of pushed further down. At equilibrium e ~ 0 and z = I, the
+price of one MAC-share in importance units (uvc.primal_dual).
+"""
+import torch
+
+
+class BudgetController:
+    """z from the hard MACs ratio and the moving target; state is saved in ArchState.z_integral."""
+
+    def __init__(self, kp: float, ki: float, clip: float):
+        self.kp, self.ki, self.clip = kp, ki, clip
+
+    @torch.no_grad()
+    def update(self, integral: torch.Tensor, ratio: float, target: float, ki_scale: float = 1.0) -> float:
+        """Advance the integral in place and return z."""
+        e = max(-self.clip, min(self.clip, ratio - target))
+        integral.add_(self.ki * ki_scale * e).clamp_(0.0, self.kp * self.clip)
+        return self.kp * e + float(integral)
