@@ -15,6 +15,7 @@ from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch, stage1_record
 from utils.amp import make_scaler
+from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
 from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
@@ -62,12 +63,14 @@ def main(argv=None) -> None:
     ddp_model = wrap_ddp(model, env)
     steps = steps_per_epoch(config, data.train_loader)
     search_epochs = max(config.epochs - search.warmup_epochs, 1)
-    optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps)
+    plan = batch_plan(config, "joint", env.world_size)  # --learning_rate unscaled in stage 1
+    optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps, plan.peak_lr)
     scaler = make_scaler(env.device, bool(config.fp16))
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
     resumed = run.maybe_resume(config.resume, config.output_dir)
     prepare_output_dir(config.output_dir)  # every check has passed: the first write
     logger = RunLogger(config.output_dir)
+    logger.start(plan.line(), plan.record())
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
 
