@@ -15,6 +15,7 @@ from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch, stage1_record
 from utils.amp import make_scaler
+from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
 from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
@@ -72,12 +73,14 @@ def main(argv=None) -> None:
     search_epochs = max(config.epochs - warmup_epochs, 1)
     search = UVCSearch(vit, config, env.device, search_steps=search_epochs * steps)
     ddp_model = wrap_ddp(model, env)
-    optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps)
+    plan = batch_plan(config, "joint", env.world_size)  # --learning_rate unscaled in stage 1
+    optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps, plan.peak_lr)
     scaler = make_scaler(env.device, bool(config.fp16))
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
     resumed = run.maybe_resume(config.resume, config.output_dir)
     prepare_output_dir(config.output_dir)  # every check has passed: the first write
     logger = RunLogger(config.output_dir)
+    logger.start(plan.line(), plan.record())
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
     yardstick = teacher if teacher is not None else (vit if config.pretrained and config.model_path else None)

@@ -20,6 +20,7 @@ from uvc.freeze import spec_ratio
 from uvc.masked_model import MaskedViT
 from uvc.search import STAGE2_FORMAT, FrozenArchitecture
 from utils.amp import make_scaler
+from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
 from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
@@ -62,12 +63,15 @@ def main(argv=None) -> None:
     model = MaskedViT(vit)
     frozen = FrozenArchitecture(model, stage1["arch"]) if stage1 else None
     ddp_model = wrap_ddp(model, env)
-    optimizer, scheduler = build_optimizer(config, vit, config.epochs, steps_per_epoch(config, data.train_loader))
+    plan = batch_plan(config, "post", env.world_size)  # --learning_rate x global batch / 512
+    optimizer, scheduler = build_optimizer(config, vit, config.epochs, steps_per_epoch(config, data.train_loader),
+                                           plan.peak_lr)
     scaler = make_scaler(env.device, bool(config.fp16))
     run = RunState("post", vit, optimizer, scheduler, scaler, config)
     resumed = run.maybe_resume(config.resume, config.output_dir)
     prepare_output_dir(config.output_dir)  # every check has passed: the first write
     logger = RunLogger(config.output_dir)
+    logger.start(plan.line(), plan.record())
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
     best_path = os.path.join(config.output_dir, f"{model_type}_{'uvc_post' if compress else 'dense'}_best.pth")

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from uvc.engine import evaluate, train_one_epoch
 from utils.amp import make_scaler
+from utils.batch import batch_plan
 from utils.logger import RunLogger
 from utils.training import build_loss, build_optimizer, steps_per_epoch
 
@@ -35,9 +36,12 @@ def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], 
     from baselines.torch_pruning import save_pruned
 
     criterion = build_loss(config, data.base_criterion, teacher)
-    optimizer, scheduler = build_optimizer(config, model, config.epochs, steps_per_epoch(config, data.train_loader))
+    plan = batch_plan(config, "post", env.world_size)  # the learning-rate rule of stage 2
+    optimizer, scheduler = build_optimizer(config, model, config.epochs, steps_per_epoch(config, data.train_loader),
+                                           plan.peak_lr)
     scaler = make_scaler(env.device, bool(config.fp16))
     logger = RunLogger(output_dir)
+    logger.start(plan.line(), plan.record())
     best_file = os.path.join(output_dir, best_name)
     best_top1, global_step, history, metrics = -1.0, 0, [], {"top1": float("nan")}
     for epoch in range(config.epochs):

@@ -4,8 +4,23 @@ Variant files (`deit_tiny.py`, ...) start from `base_config(stage)` and change
 only what differs. Keys are flat and named after the seed's flags, so
 `--budget 0.6`, `--config.budget 0.6` and a config file all set the same key.
 `stage` is "joint" (stage 1, joint_train.py) or "post" (stage 2, post_train.py).
+
+Batches are per process, as in the seed, DeiT and timm; stage 2 scales its
+learning rate with the global batch (utils.batch.peak_lr).
 """
 import ml_collections
+
+# The training recipes of the weights, selected by `--recipe` (utils.config applies the named one
+# over the config file, then the explicit flags). "reference": what VITA-Group/UVC's two scripts
+# effectively run (RandomResizedCrop + flip only: their --aa, --reprob, --color-jitter are parsed and
+# never used); the defaults below are these values. "deit": DeiT's from-scratch recipe
+# (facebookresearch/deit main.py; --clip-grad None there, 0 here).
+RECIPES = {
+    "reference": dict(aa="", reprob=0.0, color_jitter=0.0, mixup=0.8, cutmix=1.0, mixup_prob=0.8, smoothing=0.1,
+                      drop_path=0.0, clip_grad=1.0),
+    "deit": dict(aa="rand-m9-mstd0.5-inc1", reprob=0.25, color_jitter=0.3, mixup=0.8, cutmix=1.0, mixup_prob=1.0,
+                 smoothing=0.1, drop_path=0.1, clip_grad=0.0),
+}
 
 
 def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
@@ -16,7 +31,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.model_path = ""  # https URL (torch.hub cache) or local file of the dense weights
     c.pretrained = 1  # 1: the student starts from --model_path; 0: from scratch (the teacher still loads it)
     c.enable_deit = 0  # 1: use the distillation-token variant of model_type
-    c.drop_path = 0.1  # stochastic depth of the student
+    c.drop_path = 0.0  # stochastic depth of the student
     c.teacher_model = ""  # teacher architecture (default: the dense starting model)
     c.teacher_path = ""  # teacher weights (default: --model_path)
 
@@ -27,32 +42,34 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.num_workers = 10  # data-loading processes per rank
     c.pin_mem = 1  # pinned host memory for faster host-to-GPU copies
     c.input_size = 0  # 0: the model's own image size
-    c.color_jitter = 0.3  # colour jitter strength (timm create_transform)
-    c.aa = "rand-m9-mstd0.5-inc1"  # RandAugment policy ("" disables)
-    c.reprob = 0.25  # random erasing probability
+    c.recipe = "reference"  # reference (VITA-Group/UVC) / deit: sets the keys of the README recipe table
+    c.color_jitter = 0.0  # colour jitter strength (timm create_transform)
+    c.aa = ""  # RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ("" disables)
+    c.reprob = 0.0  # random erasing probability
     c.remode = "pixel"  # random erasing mode
     c.recount = 1  # random erasing count
     c.mixup = 0.8  # mixup alpha (0 disables)
     c.cutmix = 1.0  # cutmix alpha (0 disables)
     c.cutmix_minmax = ""  # "min,max" or ""
-    c.mixup_prob = 1.0  # probability of applying mixup or cutmix to a batch
+    c.mixup_prob = 0.8  # probability of applying mixup or cutmix to a batch
     c.mixup_switch_prob = 0.5  # probability of cutmix instead of mixup when both are on
     c.mixup_mode = "batch"  # batch / pair / elem
     c.smoothing = 0.1  # label smoothing
     c.synthetic_size = 256  # images in the synthetic set (smoke tests)
 
     # --- optimisation of the weights --------------------------------------
-    c.train_batch_size = 512 if stage == "joint" else 256  # global batch
-    c.eval_batch_size = 256  # global evaluation batch
+    c.train_batch_size = 512 if stage == "joint" else 256  # per process (global batch: x processes x accumulation)
+    c.eval_batch_size = 256  # evaluation batch per process
     c.epochs = 30 if stage == "joint" else 120  # --num_epochs is an alias
-    c.learning_rate = 1e-4 if stage == "joint" else 5e-4  # peak learning rate of the weights (--lr)
-    c.min_lr = 1e-6  # floor of the cosine schedule
+    c.learning_rate = 1e-4  # of the weights; stage 1 uses it as is, stage 2 peaks at learning_rate x global batch / 512
+    c.min_lr = 1e-6 if stage == "joint" else 1e-5  # floor of the cosine schedule
     c.weight_decay = 0.05  # AdamW weight decay (not on norms, biases, tokens)
     c.opt = "adamw"  # adamw / sgd / adam (timm create_optimizer_v2)
     c.momentum = 0.9  # sgd momentum
     c.sched = "cosine"  # cosine / step / constant, stepped every update
     c.lr_warmup_epochs = 0 if stage == "joint" else 5  # linear learning-rate warm-up epochs of the schedule
-    c.clip_grad = 5.0  # 0 disables
+    c.lr_warmup_lr = 1e-6  # learning rate the schedule's warm-up starts from (DeiT's --warmup-lr)
+    c.clip_grad = 1.0  # gradient-norm clipping of the weights (0 disables)
     c.gradient_accumulation_steps = 1  # micro-batches per optimizer step
     c.fp16 = 0  # torch.amp: float16 + GradScaler on CUDA, bfloat16 on CPU
     c.max_steps_per_epoch = 0  # 0: the whole epoch (smoke tests shrink it)

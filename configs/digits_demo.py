@@ -3,6 +3,10 @@ patch 2) on scikit-learn's bundled handwritten digits. Runs on a laptop.
 
 Stage "dense" trains the teacher (post_train.py with --pretrained 0 and no
 --checkpoint_dir); "joint" is the UVC search; "post" fine-tunes the result.
+
+One process, batch 64. post_train.py (dense and post) peaks at learning_rate x
+64 / 512, so their learning_rate is 8x the rate they run at; joint_train.py runs
+at learning_rate as given.
 """
 from configs.common import base_config
 
@@ -27,6 +31,8 @@ def get_config(stage: str = "joint"):
     c.eval_batch_size = 512
     c.weight_decay = 0.05
     c.clip_grad = 1.0
+    c.min_lr = 1e-6  # cosine floor of every stage
+    c.lr_warmup_lr = 1e-6  # where the schedule's warm-up starts
     c.eval_every = 0  # evaluate at epoch ends only
     c.log_interval = 10
     c.output_dir = "runs/digits"
@@ -34,16 +40,16 @@ def get_config(stage: str = "joint"):
         c.pretrained = 0
         c.distillation_type = "none"
         c.epochs = 100
-        c.learning_rate = 2e-3
+        c.learning_rate = 1.6e-2  # peak 1.6e-2 x 64 / 512 = 2e-3
         c.lr_warmup_epochs = 5
     elif stage == "joint":
         c.epochs = 30
-        c.learning_rate = 5e-4
+        c.learning_rate = 5e-4  # stage 1: unscaled
         c.warmup_epochs = 2
         c.warmup_lr = 5e-4
     else:
         c.epochs = 30
-        c.learning_rate = 1e-3
+        c.learning_rate = 8e-3  # peak 8e-3 x 64 / 512 = 1e-3
         c.lr_warmup_epochs = 2
     c.lock()
     return c

@@ -71,24 +71,20 @@ class EpochDistributedSampler(DistributedSampler):
         return max(self.num_samples - self.skip, 0)
 
 
-def per_rank_batch(global_batch: int, dataset_size: int, world_size: int) -> int:
-    """Split the global train batch over the ranks; it must fit each rank's share of the data."""
-    batch = global_batch // world_size
+def check_batch_fits(batch: int, dataset_size: int, world_size: int) -> int:
+    """The per-process train batch, refused if it exceeds one process's share of the data."""
     share = math.ceil(dataset_size / world_size)
-    if batch < 1:
-        raise DataError(f"--train_batch_size {global_batch} leaves no image per rank over {world_size} ranks; "
-                        f"give at least {world_size}")
     if batch > share:
-        raise DataError(f"batch size {batch} larger than the dataset ({dataset_size} images over {world_size} "
-                        f"ranks); lower --train_batch_size to at most {share * world_size}")
+        raise DataError(f"batch size {batch} larger than the dataset ({dataset_size} images, {share} per process "
+                        f"over {world_size} process(es)); lower --train_batch_size (per process) to at most {share}")
     return batch
 
 
 def build_loaders(config, train_set: Dataset, val_set: Dataset, distributed: bool, world_size: int,
                   rank: int, seed: int) -> Tuple[DataLoader, DataLoader, Sampler]:
     """(train_loader, val_loader, train_sampler); call train_sampler.set_epoch(epoch[, skip]) every epoch."""
-    batch = per_rank_batch(int(config.train_batch_size), len(train_set), world_size)
-    eval_batch = max(1, int(config.eval_batch_size) // world_size)
+    batch = check_batch_fits(int(config.train_batch_size), len(train_set), world_size)  # per process
+    eval_batch = int(config.eval_batch_size)  # per process
     # the generator seeds the workers' augmentation RNGs; the sampler re-seeds it every epoch
     worker_generator = torch.Generator().manual_seed(seed + rank)
     if distributed:

@@ -70,7 +70,7 @@ def build_steps(args, device):
     arch_steps = {"plain": None, "uvc": search}
 
     def step_fn(name):
-        optimizer, _ = build_optimizer(config, students[name], 1, 1)
+        optimizer, _ = build_optimizer(config, students[name], 1, 1, config.learning_rate)  # stage 1: unscaled
 
         def run():
             with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress bar

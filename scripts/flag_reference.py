@@ -1,12 +1,14 @@
 """Print the flag reference of joint_train.py / post_train.py as a markdown table.
 
     python scripts/flag_reference.py > /tmp/flags.md
+    python scripts/flag_reference.py --recipes      # the two recipes of --recipe, side by side
 
 Every key of configs/common.py is a flag (`--key`, `--key-with-dashes` or
 `--config.key`); the meaning is the comment next to the key, the defaults are the
-stage-1 and stage-2 values of base_config. The README's table is this output
+stage-1 and stage-2 values of base_config. The README's tables are this output
 (tests/test_docs.py checks they agree).
 """
+import argparse
 import os
 import re
 import sys
@@ -14,7 +16,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs.common import base_config  # noqa: E402
+from configs.common import RECIPES, base_config  # noqa: E402
 from utils.config import ALIASES  # noqa: E402
 
 _LINE = re.compile(r"^\s+c\.(\w+) = .*?(?:#\s*(.*))?$")
@@ -50,5 +52,16 @@ def table() -> str:
     return "\n".join(out[1:])
 
 
+def recipe_table() -> str:
+    """configs.common.RECIPES as one markdown table, the default recipe first."""
+    names = sorted(RECIPES, key=lambda name: name != base_config("post").recipe)
+    out = ["| flag | " + " | ".join(f"`--recipe {n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key in RECIPES[names[0]]:
+        out.append(f"| `--{key}` | " + " | ".join(f"`{RECIPES[n][key]!r}`" for n in names) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(table())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", action="store_true", help="print the table of the --recipe choices instead")
+    print(recipe_table() if parser.parse_args().recipes else table())

@@ -101,6 +101,21 @@ def test_image_folder_through_loaders(image_folder):
     assert (x[0, 0] > x[0, 2]).all() and (x[4, 2] > x[4, 0]).all()
 
 
+def test_recipes_train_and_eval_pipelines():
+    """The reference recipe trains on RandomResizedCrop + flip only, DeiT's adds RandAugment and random
+    erasing; both evaluate at resize 256 + centre crop 224, bicubic."""
+    from data.transforms import build_transform
+
+    def steps(*argv, training=True):
+        return [type(t).__name__ for t in build_transform(parse_config("post", list(argv)), 224, training).transforms]
+
+    assert steps() == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "MaybeToTensor", "Normalize"]
+    assert steps("--recipe", "deit") == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
+                                         "MaybeToTensor", "Normalize", "RandomErasing"]
+    resize, crop = build_transform(parse_config("post", []), 224, False).transforms[:2]
+    assert (resize.size, str(resize.interpolation.value), crop.size) == (256, "bicubic", (224, 224))
+
+
 def test_train_order_depends_on_seed_and_epoch():
     config = make_config("--dataset", "synthetic", "--synthetic_size", 32, "--train_batch_size", 32)
     train, val, _ = build_datasets(config, 4, 1)
@@ -115,12 +130,13 @@ def test_train_order_depends_on_seed_and_epoch():
 
 
 def test_distributed_samplers_split_the_data():
-    config = make_config("--dataset", "synthetic", "--synthetic_size", 16, "--train_batch_size", 8)
+    config = make_config("--dataset", "synthetic", "--synthetic_size", 16, "--train_batch_size", 4,
+                         "--eval_batch_size", 3)
     train, val, _ = build_datasets(config, 4, 1)
     seen = []
     for rank in range(2):
         train_loader, val_loader, sampler = build_loaders(config, train, val, True, 2, rank, seed=0)
-        assert train_loader.batch_size == 4
+        assert (train_loader.batch_size, val_loader.batch_size) == (4, 3)  # per process
         sampler.set_epoch(0)
         seen += list(sampler)
     assert sorted(seen) == list(range(16))
@@ -159,14 +175,15 @@ def test_unknown_dataset():
         build_datasets(config, 8, 1)
 
 
-@pytest.mark.parametrize("batch, world_size, match", [(64, 1, "larger than the dataset"),
-                                                      (40, 2, "larger than the dataset"),
-                                                      (1, 2, "no image per rank")])
-def test_batch_size_must_fit(batch, world_size, match):
+@pytest.mark.parametrize("batch, world_size", [(33, 1), (17, 2)])
+def test_batch_size_must_fit(batch, world_size):
+    """The per-process batch must fit one process's share of the 32 images."""
     config = make_config("--dataset", "synthetic", "--synthetic_size", 32, "--train_batch_size", batch)
     train, val, _ = build_datasets(config, 4, 1)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(DataError, match=f"at most {32 // world_size}$"):
         build_loaders(config, train, val, world_size > 1, world_size, 0, seed=0)
+    fits = make_config("--dataset", "synthetic", "--synthetic_size", 32, "--train_batch_size", batch - 1)
+    assert build_loaders(fits, train, val, world_size > 1, world_size, 0, seed=0)[0].batch_size == batch - 1
 
 
 # --- mixup and criterion ------------------------------------------------------

@@ -8,6 +8,31 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# What the digits demo's README table was produced with, per stage (one process, batch 64):
+# peak, floor and warm-up start of the schedule, warm-up steps of the schedule (22 steps an epoch).
+DEMO_RATES = {"dense": (2e-3, 1e-6, 1e-6, 110), "joint": (5e-4, 1e-6, 1e-6, 0), "post": (1e-3, 1e-6, 1e-6, 44)}
+
+
+@pytest.mark.parametrize("stage", sorted(DEMO_RATES))
+def test_demo_stages_run_at_the_rates_of_their_readme_table(stage):
+    """Defaults may change; the demo config pins what its table was measured with."""
+    from data import build_mixup
+    from models import create_model
+    from utils.batch import batch_plan
+    from utils.config import parse_config
+    from utils.training import build_optimizer
+    script = "joint" if stage == "joint" else "post"
+    c = parse_config(script, ["--config", f"configs/digits_demo.py:{stage}"])
+    plan = batch_plan(c, script, world_size=1)
+    assert (plan.per_process_batch, plan.global_batch, c.eval_batch_size) == (64, 64, 512)
+    _, scheduler = build_optimizer(c, create_model("vit_digits_patch2_8"), c.epochs, 22, plan.peak_lr)
+    rates = (scheduler.base_values[0], scheduler.lr_min, scheduler.warmup_lr_init, scheduler.warmup_t)
+    assert rates == DEMO_RATES[stage]
+    assert (c.drop_path, c.clip_grad, c.smoothing, c.aa, c.reprob, c.color_jitter) == (0.0, 1.0, 0.1, "", 0.0, 0.0)
+    assert build_mixup(c, 10) is None
+    if stage == "joint":
+        assert c.warmup_lr == 5e-4  # the search's warm-up epochs
+
 
 def run_demo(tmp_path, *extra):
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "demo.py"), "--smoke", "--run_dir", str(tmp_path / "run"),

@@ -31,7 +31,8 @@ TINY = "vit_digits_tiny_patch2_8"
 DEMO = "vit_digits_patch2_8"  # the model type whose default config is the digits demo (no --config needed)
 AGREE = "the 2 ranks hold identical state"
 TINY_ARGS = ["--config", "configs/digits_demo.py", "--model_type", TINY, "--deterministic", "1", "--epochs", "3",
-             "--max_steps_per_epoch", "3", "--warmup_epochs", "1", "--gating_interval", "2"]
+             "--max_steps_per_epoch", "3", "--warmup_epochs", "1", "--gating_interval", "2",
+             "--train_batch_size", "32"]  # per process: 64 images a step
 
 
 def free_port() -> int:
@@ -110,7 +111,7 @@ def test_rank_consistency_check_catches_one_differing_value():
 # --------------------------------------------------------------------------- the seed's flags
 
 SEED_STAGE1 = ["--gpu_num", "0,1", "--uvc_train", "--model_type", DEMO, "--distillation-type", "soft",
-               "--distillation-alpha", "0.1", "--train_batch_size", "64", "--num_epochs", "2", "--eval_every", "1000",
+               "--distillation-alpha", "0.1", "--train_batch_size", "32", "--num_epochs", "2", "--eval_every", "1000",
                "--flops_with_mhsa", "1", "--zlr_schedule_list", "1,5,9,13,17", "--learning_rate", "1e-4",
                "--enable_deit", "0", "--budget", "0.5", "--enable_pruning", "1", "--enable_block_gating", "1",
                "--enable_patch_gating", "1", "--gating_weight", "5e-4", "--patch_weight", "5",
@@ -165,18 +166,36 @@ def test_torchrun_seed_stage2_command(seed_stage1, teachers, tmp_path):
     stage1_dir, _ = seed_stage1
     args = ["--pretrained", "0", "--model_type", DEMO, "--model_path", teachers[DEMO],
             "--checkpoint_dir", stage1_dir / f"{DEMO}_uvc.pth", "--distillation-type", "soft",
-            "--distillation-alpha", "0.1", "--train_batch_size", "64", "--gpu_num", "2,3", "--epochs", "2",
+            "--distillation-alpha", "0.1", "--train_batch_size", "32", "--gpu_num", "2,3", "--epochs", "2",
             "--eval_every", "1000", "--output_dir", tmp_path, "--num_workers", "0", "--max_steps_per_epoch", "2"]
     log = run(torchrun("post_train.py", args))
     assert log.count(AGREE) == 2
     assert (tmp_path / "compact.pth").is_file() and len(epoch_records(tmp_path)) == 2
 
 
-def test_torchrun_stage1_ranks_agree(teachers, tmp_path):
-    args = TINY_ARGS + ["--epochs", "2", "--model_path", teachers[TINY], "--output_dir", tmp_path]
-    log = run(torchrun("joint_train.py", args))
+def first_record(out_dir: Path) -> dict:
+    return json.loads((out_dir / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_torchrun_both_stages_per_process_batch(teachers, tmp_path):
+    """--train_batch_size is per process: 8 on 2 processes is a global batch of 16. Stage 1 runs at
+    --learning_rate as given; stage 2 at --learning_rate x 16 / 512. Stage 1's ranks agree."""
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    log = run(torchrun("joint_train.py", TINY_ARGS + ["--epochs", "2", "--train_batch_size", "8", "--model_path",
+                                                      teachers[TINY], "--output_dir", s1]))
     assert log.count(AGREE) == 2
-    assert (tmp_path / f"{TINY}_uvc.pth").is_file()
+    assert "batch 8 per process x 2 process(es) x 1 accumulation step(s) = global batch 16" in log
+    assert first_record(s1) == {"world_size": 2, "per_process_batch": 8, "gradient_accumulation_steps": 1,
+                                "global_batch": 16, "peak_lr": 5e-4}  # the demo config's stage-1 rate, unscaled
+    log = run(torchrun("post_train.py", ["--config", "configs/digits_demo.py", "--model_type", TINY,
+                                         "--checkpoint_dir", s1 / f"{TINY}_uvc.pth", "--train_batch_size", "8",
+                                         "--learning_rate", "1e-4", "--epochs", "1", "--max_steps_per_epoch", "2",
+                                         "--output_dir", s2]))
+    assert "global batch 16; peak learning rate 3.125e-06" in log
+    record = first_record(s2)
+    assert (record["world_size"], record["per_process_batch"], record["global_batch"]) == (2, 8, 16)
+    assert record["peak_lr"] == pytest.approx(3.125e-6, rel=1e-12)  # 1e-4 x 16 / 512
+    assert (s2 / "compact.pth").is_file()
 
 
 # --------------------------------------------------------------------------- failures

@@ -36,6 +36,13 @@ def test_flag_table_matches_configs():
         assert not row.rstrip().endswith("|  |"), f"--{key} has no description in configs/common.py"
 
 
+def test_recipe_table_matches_configs():
+    """The README's table of --recipe is configs.common.RECIPES."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "flag_reference.py"), "--recipes"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out in readme(), "README recipe table is stale: paste `python scripts/flag_reference.py --recipes`"
+
+
 def test_requirements_pin_torch_and_never_apex():
     with open(os.path.join(ROOT, "requirements.txt")) as f:
         lines = [l.split("#")[0].strip() for l in f]

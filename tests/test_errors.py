@@ -122,7 +122,7 @@ CASES = {
                            ["cannot write to --output_dir", "is not a directory"]),
     "batch_larger_than_dataset": ("joint post", lambda f: ["--dataset", "synthetic", "--synthetic_size", "8",
                                                            "--batch_size", "64"],
-                                  ["batch size 64 larger than the dataset", "--train_batch_size to at most 8"]),
+                                  ["batch size 64 larger than the dataset", "--train_batch_size (per process) to at most 8"]),
     "accumulation_leaves_no_step": ("joint post", lambda f: TINY_SET + ["--batch_size", "8",
                                                                         "--gradient_accumulation_steps", "2"],
                                     ["an epoch has no optimizer step", "--gradient_accumulation_steps"]),
@@ -130,7 +130,7 @@ CASES = {
                                   ["--enable_patch_gating must be 0 or 1, got 2", "not implemented"]),
     "pruning_flag_3": ("joint", lambda f: ["--enable_pruning", "3"], ["--enable_pruning must be 0 or 1"]),
     "mixup_odd_batch": ("joint post", lambda f: ["--mixup", "0.8", "--batch_size", "7"],
-                        ["mixup/cutmix need an even batch per rank, got 7", "--mixup 0 --cutmix 0"]),
+                        ["mixup/cutmix need an even batch per process, got --train_batch_size 7", "--mixup 0 --cutmix 0"]),
 }
 PARAMS = [pytest.param(script, name, id=f"{script}-{name}")
           for name, (scripts, _, _) in CASES.items() for script in scripts.split()]
@@ -225,18 +225,20 @@ def ddp_rank0(world_size: int) -> DistInfo:
 
 
 def test_ddp_batch_larger_than_rank_share():
+    """--train_batch_size is per process: it must fit one process's share of the data."""
     config = parse_config("joint", DIGITS + ["--dataset", "synthetic", "--synthetic_size", "8",
-                                             "--batch_size", "16"])
-    with pytest.raises(DataError, match=r"batch size 4 larger than the dataset \(8 images over 4 ranks\)"):
+                                             "--batch_size", "4"])
+    with pytest.raises(DataError, match=r"batch size 4 larger than the dataset \(8 images, 2 per process over 4 "
+                                        r"process\(es\)\); lower --train_batch_size \(per process\) to at most 2"):
         build_data(config, ddp_rank0(4))
-    build_data(parse_config("joint", DIGITS + TINY_SET + ["--batch_size", "8"]), ddp_rank0(4))  # 2 per rank: fits
+    build_data(parse_config("joint", DIGITS + TINY_SET + ["--batch_size", "2"]), ddp_rank0(4))  # 2 per process: fits
 
 
-def test_ddp_odd_per_rank_batch_with_mixup():
-    config = parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "6"])
-    with pytest.raises(DataError, match=r"even batch per rank, got 3 \(--train_batch_size 6 over 2 rank"):
+def test_ddp_odd_per_process_batch_with_mixup():
+    config = parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "3"])
+    with pytest.raises(DataError, match=r"even batch per process, got --train_batch_size 3"):
         build_data(config, ddp_rank0(2))
-    build_data(parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "8"]), ddp_rank0(2))
+    build_data(parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "4"]), ddp_rank0(2))
 
 
 # --- numerical faults ---------------------------------------------------------------------------------

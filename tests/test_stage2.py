@@ -1,6 +1,7 @@
 """Stage 2: the frozen architecture's removed weights stay exactly zero through every optimizer step
 (AdamW momentum and weight decay included), stage 1 -> stage 2 -> export in-process on digits, and
 torch.amp (bfloat16 on CPU) through the whole pipeline."""
+import json
 import os
 
 import torch
@@ -76,4 +77,6 @@ def test_stage1_stage2_export_with_amp(tmp_path):
     with torch.no_grad():
         assert torch.allclose(compact(x), masked_forward_reference(source, best["arch"], x), atol=1e-4)
     lines = (s2 / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and os.path.exists(s2 / "checkpoint.pth")  # 2 epochs + the final record
+    assert len(lines) == 4 and os.path.exists(s2 / "checkpoint.pth")  # batch record, 2 epochs, the final record
+    assert json.loads(lines[0]) == {"world_size": 1, "per_process_batch": 32, "gradient_accumulation_steps": 1,
+                                    "global_batch": 32, "peak_lr": 8e-3 * 32 / 512}  # the demo's post rate

@@ -8,16 +8,22 @@ working next to the config-file form:
     --distillation-type soft          (dashes and underscores are equivalent)
 
 `--config` defaults to the file of `--model_type` (configs/deit_tiny.py for
-deit_tiny_patch16_224, ...). An unknown key or a value of the wrong type ends
-the program with one line on stderr.
+deit_tiny_patch16_224, ...). The config is resolved in this order, whatever the
+order on the command line: the config file (and its variant, `file.py:arg`),
+then the recipe named by `--recipe` (configs.common.RECIPES), then every other
+flag. `--print_config` prints the result as JSON and exits. An unknown key or a
+value of the wrong type ends the program with one line on stderr.
 """
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from typing import List, Optional, Sequence
 
 import ml_collections
+
+from configs.common import RECIPES
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -118,6 +124,8 @@ def build_parser(config: ml_collections.ConfigDict, prog: str) -> argparse.Argum
     parser = _Parser(prog=prog, description="UVC; every key of the config file is a flag.",
                      allow_abbrev=False)
     parser.add_argument("--config", default=None, help="config file (configs/*.py)")
+    parser.add_argument("--print_config", "--print-config", action="store_true",
+                        help="print the resolved config as one JSON object and exit")
     for key, default in config.items():
         kwargs = dict(dest=key, default=argparse.SUPPRESS, type=_typed(default),
                       help=f"(default: {default!r})")
@@ -150,9 +158,11 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
     config = load_config_file(path, stage)
     parser = build_parser(config, prog or os.path.basename(sys.argv[0]))
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}
     with config.unlocked():
         config.config_file = path
+    if "recipe" in overrides:  # the recipe first, so that explicit flags override it
+        apply_recipe(config, overrides["recipe"])
     for key, value in overrides.items():
         try:
             config[key] = value
@@ -161,7 +171,20 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
     check_stage_flags(overrides, stage)
     validate(config, stage)
     config.lock()
+    if args.print_config:
+        if os.environ.get("RANK", "0") == "0":  # once under a launcher
+            print(json.dumps(config.to_dict(), indent=1), flush=True)
+        raise SystemExit(0)
     return config
+
+
+def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
+    """Set the values of recipe `name` (configs.common.RECIPES) on `config`."""
+    if name not in RECIPES:
+        raise ConfigError(f"--recipe {name!r} is not supported; choose one of {', '.join(RECIPES)}")
+    config.recipe = name
+    for key, value in RECIPES[name].items():
+        config[key] = value
 
 
 # Keys only one stage reads: given on the other stage's command line they would be
@@ -197,6 +220,7 @@ _CHOICES = {
     "mixup_mode": ("batch", "pair", "elem"),
     "sched": ("cosine", "step", "constant"),
     "opt": ("adamw", "sgd", "adam"),
+    "recipe": tuple(RECIPES),
 }
 _FLAGS_01 = ("enable_pruning", "enable_block_gating", "enable_patch_gating", "use_gumbel",
              "enable_warmup", "enable_deit", "pretrained", "uvc_train", "fp16", "flops_with_mhsa",

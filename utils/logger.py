@@ -33,12 +33,21 @@ class RunLogger:
         if self.enabled:
             self.writer.add_image(tag, image.detach().float().cpu().unsqueeze(0), step)
 
+    def start(self, line: str, record: Dict) -> None:
+        """Print the run's opening line and append its record (batch, peak lr) to log.jsonl."""
+        if self.enabled:
+            print(line, flush=True)
+            self._append(record)
+
+    def _append(self, record: Dict) -> None:
+        with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
     def epoch(self, record: Dict) -> None:
         """Append one JSON line to log.jsonl and print a short summary."""
         if not self.enabled:
             return
-        with open(os.path.join(self.output_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append(record)
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                           if not isinstance(v, (list, dict)))
         print(shown, flush=True)

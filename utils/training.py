@@ -87,14 +87,13 @@ def build_data(config, env: DistInfo) -> Data:
                                                       env.world_size, env.rank, config.seed)
     batch, accumulation = train_loader.batch_size, int(config.gradient_accumulation_steps)
     if len(train_loader) // accumulation < 1:
-        raise DataError(f"an epoch has no optimizer step: {len(train_loader)} batch(es) of {batch} per rank and "
-                        f"--gradient_accumulation_steps {accumulation}; lower --train_batch_size or "
+        raise DataError(f"an epoch has no optimizer step: {len(train_loader)} batch(es) of {batch} per process and "
+                        f"--gradient_accumulation_steps {accumulation}; lower --train_batch_size (per process) or "
                         f"--gradient_accumulation_steps")
     mixup = build_mixup(config, num_classes)
     if mixup is not None and batch % 2:
-        raise DataError(f"mixup/cutmix need an even batch per rank, got {batch} (--train_batch_size "
-                        f"{config.train_batch_size} over {env.world_size} rank(s)); pass an even per-rank batch "
-                        f"or --mixup 0 --cutmix 0")
+        raise DataError(f"mixup/cutmix need an even batch per process, got --train_batch_size {batch}; pass an "
+                        f"even --train_batch_size or --mixup 0 --cutmix 0")
     return Data(train_loader, val_loader, sampler, num_classes, mixup, build_criterion(config, mixup is not None))
 
 
@@ -140,13 +139,14 @@ def wrap_ddp(model: torch.nn.Module, env: DistInfo) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
-def build_optimizer(config, vit, epochs: int, steps_per_epoch: int):
-    """timm optimizer (no weight decay on norms, biases, tokens) and a per-step scheduler."""
-    optimizer = create_optimizer_v2(vit, opt=config.opt, lr=config.learning_rate,
+def build_optimizer(config, vit, epochs: int, steps_per_epoch: int, peak_lr: float):
+    """timm optimizer (no weight decay on norms, biases, tokens) and a per-step scheduler that warms up
+    from --lr_warmup_lr to `peak_lr` (utils.batch.batch_plan) and decays to --min_lr."""
+    optimizer = create_optimizer_v2(vit, opt=config.opt, lr=peak_lr,
                                     weight_decay=config.weight_decay, momentum=config.momentum)
     scheduler, _ = create_scheduler_v2(optimizer, sched=config.sched, num_epochs=epochs,
                                        warmup_epochs=config.lr_warmup_epochs, min_lr=config.min_lr,
-                                       warmup_lr=config.min_lr, step_on_epochs=False,
+                                       warmup_lr=config.lr_warmup_lr, step_on_epochs=False,
                                        updates_per_epoch=max(steps_per_epoch, 1))
     return optimizer, scheduler
 
