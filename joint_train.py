@@ -76,6 +76,12 @@ def main(argv=None) -> None:
     plan = batch_plan(config, "joint", env.world_size)  # --learning_rate unscaled in stage 1
     optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps, plan.peak_lr)
     scaler = make_scaler(env.device, bool(config.fp16))
+    yardstick = teacher if teacher is not None else (vit if config.pretrained and config.model_path else None)
+    # the dense model's top-1, what the end of the search is checked against; before a resume restores
+    # the RNG (a loader's iterator draws from it)
+    teacher_top1 = None
+    if yardstick is not None:
+        teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, bool(config.fp16))["top1"]
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
     resumed = run.maybe_resume(config.resume, config.output_dir)
     prepare_output_dir(config.output_dir)  # every check has passed: the first write
@@ -83,10 +89,6 @@ def main(argv=None) -> None:
     logger.start(plan.line(), plan.record())
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
-    yardstick = teacher if teacher is not None else (vit if config.pretrained and config.model_path else None)
-    teacher_top1 = None  # the dense model's top-1: what the end of the search is checked against
-    if yardstick is not None:
-        teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, bool(config.fp16))["top1"]
     logger.info(f"dense top-1 {teacher_top1}; search: {search.rates.steps} steps, the target reaches budget "
                 f"{config.budget} after {config.target_ramp:.0%} of them")
 

@@ -43,7 +43,7 @@ MODELS = {
                            4: ["--epochs", "114", "--warmup_epochs", "2"]}},
     "deit_tiny@32": {"config": "configs/deit_tiny.py", "model_type": "deit_tiny_patch16_224", "data": DEIT_DATA,
                      "teacher": ["--config", "configs/deit_tiny.py", "--pretrained", "0", "--distillation_type",
-                                 "none", "--epochs", "60", "--learning_rate", "8e-3", "--lr_warmup_epochs", "5",
+                                 "none", "--epochs", "40", "--learning_rate", "8e-3", "--lr_warmup_epochs", "5",
                                  "--min_lr", "1e-5", "--clip_grad", "1.0", "--smoothing", "0.1"],
                      "lengths": {1: ["--epochs", "13", "--warmup_epochs", "1"],
                                  4: ["--epochs", "49", "--warmup_epochs", "1"]}},

@@ -61,7 +61,7 @@ def files(tmp_path_factory):
     config = parse_config("joint", DIGITS[:2] + ["--budget", "1"])
     vit = create_model("vit_digits_patch2_8")
     model = MaskedViT(vit)
-    spec, fit = UVCSearch(vit, config, torch.device("cpu")).freeze(model, "vit_digits_patch2_8")
+    spec, fit = UVCSearch(vit, config, torch.device("cpu"), search_steps=100).freeze(model, "vit_digits_patch2_8")
     torch.save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit), f["stage1_other.pth"])
     for split in ("train", "val"):
         (f["empty"] / split / "class0").mkdir(parents=True)

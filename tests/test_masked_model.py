@@ -157,7 +157,7 @@ def test_evaluation_uses_the_argmax_gates_without_noise():
     config = get_config("joint")
     config.enable_warmup = 0
     config.enable_pruning = 0
-    search = UVCSearch(vit, config, torch.device("cpu"))
+    search = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
     with torch.no_grad():
         search.arch.gate_logits[2] = torch.tensor([0.5, 0.2])  # skip wins, but only slightly
         search.arch.patch_logits[[1, 2]] = -1.0  # two patches dropped at the argmax

@@ -309,3 +309,36 @@ def test_short_search_freezes_into_the_window(short_search):
     spec, info = search.freeze(model, MODEL)
     assert BUDGET - 0.01 <= info["macs_ratio"] <= BUDGET
     assert info["greedy_changed_frac"] <= 0.05
+
+
+# ----------------------------------------------------------------------------- soft masking (the reference's)
+
+def test_soft_masking_trains_unmasked_and_evaluates_masked():
+    """--search_masking soft: the training forward sees every group; evaluation, the hard ratio and the
+    freeze use the masks of the ceil(s) lowest-score groups."""
+    model, search = build(search_masking="soft")
+    set_counts(search.arch, heads=[1, 0, 0, 0], neurons=[40] * 4, dims=[[0, 0], [2, 2], [0, 0], [0, 0]])
+    search.prepare(model, training=True)
+    assert model.proj_mask is None and model.fc2_mask is None
+    assert search.pd.masks.neurons.sum(-1).tolist() == [88] * 4  # computed all the same
+    search.prepare(model, training=False)
+    assert model.fc2_mask is not None and model.fc2_mask.sum(-1).tolist() == [88] * 4
+    assert search.ratios(model)["hard_macs_ratio"] < 0.9
+    spec, _ = search.freeze(model, MODEL)
+    assert len(spec["blocks"][1]["neurons"]) < 128
+
+
+@pytest.mark.parametrize("masking", ["hard", "soft"])
+def test_prox_shrinks_the_selected_groups_in_both_modes(masking):
+    """Both modes shrink the scoring columns (proj, fc2) of the selected groups; hard also their rows
+    (q, k, v, fc1), soft leaves the rows to the loss, as the reference does."""
+    model, search = build(search_masking=masking)
+    set_counts(search.arch, heads=[0] * 4, neurons=[10] * 4, dims=[[0, 0]] * 4)
+    search.pd.update_masks(model.vit)
+    removed = (search.pd.masks.neurons[0] == 0)
+    fc2, fc1 = model.vit.blocks[0].mlp.fc2.weight, model.vit.blocks[0].mlp.fc1.weight
+    before_fc2, before_fc1 = fc2.detach().clone(), fc1.detach().clone()
+    search.pd.proximal_step(model.vit, 0.05)
+    assert (fc2[:, removed].abs() < before_fc2[:, removed].abs()).all()
+    assert torch.equal(fc2[:, ~removed], before_fc2[:, ~removed])
+    assert torch.equal(fc1, before_fc1) == (masking == "soft")

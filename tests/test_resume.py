@@ -220,6 +220,16 @@ def test_stage1_sigterm_mid_epoch_resumes_exactly(stage1_ref, teacher, tmp_path)
     assert_same_files(stage1_ref, tmp_path, [ckpt.RESUME_NAME, STAGE1_FILE])
 
 
+def test_stage1_soft_masking_resumes_exactly(teacher, tmp_path):
+    """--search_masking soft (the reference's unmasked training forward) resumes bitwise too."""
+    args = STAGE1 + ["--model_path", teacher, "--search_masking", "soft"]
+    run_script("joint_train.py", args + ["--output_dir", tmp_path / "ref"])
+    run_script("joint_train.py", args + ["--output_dir", tmp_path / "b"], expect=EXIT_PREEMPTED,
+               UVC_TEST_CRASH_AT_STEP=6, UVC_TEST_CRASH_RANK=0, UVC_TEST_CRASH_SIGNAL="TERM")
+    run_script("joint_train.py", args + ["--output_dir", tmp_path / "b", "--resume", "auto"])
+    assert_same_files(tmp_path / "ref", tmp_path / "b", [ckpt.RESUME_NAME, STAGE1_FILE])
+
+
 def test_stage1_sigkill_after_first_checkpoint_resumes_exactly(stage1_ref, teacher, tmp_path):
     """SIGKILL from outside as soon as the first checkpoint appears (wherever the run is then)."""
     args = STAGE1 + ["--model_path", teacher, "--output_dir", tmp_path]

@@ -189,7 +189,7 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
+STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "search_masking", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "zlr", "zlr_schedule_list", "z_grad_clip",
                "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
                "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
@@ -216,6 +216,7 @@ _CHOICES = {
     "dataset": ("imagenet", "cifar10", "cifar100", "digits", "synthetic"),
     "patchloss": ("l1",),
     "soptim": ("sgd", "adam"),
+    "search_masking": ("hard", "soft"),
     "roptim": ("sgd", "adam"),
     "mixup_mode": ("batch", "pair", "elem"),
     "sched": ("cosine", "step", "constant"),

@@ -66,6 +66,7 @@ class PrimalDualConfig:
     gumbel_tau_decay: float = 0.95
     eps: float = 0.1
     eps_decay: float = 0.92
+    masking: str = "hard"  # hard: the training forward masks the removed groups; soft: the reference's
     ramp: float = 0.5  # fraction of the search over which the target falls to the budget
     min_blocks: int = 1  # blocks that are never skipped
 
@@ -75,6 +76,7 @@ class PrimalDualConfig:
         names = ("soptim", "roptim", "z_grad_clip", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay")
         min_blocks = int(c.min_blocks) if int(c.min_blocks) > 0 else (depth + 1) // 2
         return cls(zlr_milestones=tuple(zlr_schedule(c.zlr_schedule_list)), ramp=float(c.target_ramp),
+                   masking=str(c.search_masking),
                    min_blocks=min(min_blocks, depth), **{n: c[n] for n in names})
 
 
@@ -154,12 +156,15 @@ class PrimalDual:
         """Set masks, gates and patches on the model for the next forward pass.
 
         Training: a fresh Gumbel / SoftL0 gate sample (protected blocks run whole: no
-        noise can skip them) and the log(pi) patch bias. Evaluation: deterministic,
-        the argmax architecture (no noise).
+        noise can skip them) and the log(pi) patch bias; the masks of the removed groups
+        with `masking` hard, none with soft (the reference: the loss still sees the
+        selected groups, only the prox drives them to zero, and they keep competing).
+        Evaluation: deterministic, the argmax architecture (no noise), masks on.
         """
         a, sp = self.arch, self.space
         if sp.pruning:
-            model.set_masks(self.update_masks(model.vit))
+            masks = self.update_masks(model.vit)
+            model.set_masks(None if training and self.cfg.masking == "soft" else masks)
         if training:
             self._scores_fresh = False  # the weights change after this forward pass
             gates = None
@@ -209,7 +214,8 @@ class PrimalDual:
     @torch.no_grad()
     def proximal_step(self, vit, lr: float) -> None:
         """Closed-form prox of y ||W_G||^2 / mean score on every removed group:
-        W_G / (1 + 2 lr y / mean score)."""
+        W_G / (1 + 2 lr y / mean score). Hard masking shrinks the whole group (its q, k, v
+        and fc1 rows too); soft shrinks the columns that score it (proj, fc2), as the reference."""
         a, m, sc = self.arch, self.masks, self.scores
         mean = lambda t: t.mean(-1).clamp_min(1e-12)  # noqa: E731
         head_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 0] / mean(sc.heads))  # (L,)
@@ -223,10 +229,12 @@ class PrimalDual:
         row_f = torch.cat([qk_f, qk_f, value_f], dim=1)  # (L, 3*H*d) rows of qkv
         n_f = m.neurons + (1 - m.neurons) * neuron_f.unsqueeze(-1)  # (L, M)
         blocks = vit.blocks
-        torch._foreach_mul_([b.attn.qkv.weight for b in blocks], list(row_f.unsqueeze(-1).unbind(0)))
         torch._foreach_mul_([b.attn.proj.weight for b in blocks], list(value_f.unsqueeze(1).unbind(0)))
-        torch._foreach_mul_([b.mlp.fc1.weight for b in blocks], list(n_f.unsqueeze(-1).unbind(0)))
         torch._foreach_mul_([b.mlp.fc2.weight for b in blocks], list(n_f.unsqueeze(1).unbind(0)))
+        if self.cfg.masking == "soft":
+            return
+        torch._foreach_mul_([b.attn.qkv.weight for b in blocks], list(row_f.unsqueeze(-1).unbind(0)))
+        torch._foreach_mul_([b.mlp.fc1.weight for b in blocks], list(n_f.unsqueeze(-1).unbind(0)))
         if blocks[0].attn.qkv.bias is not None:
             torch._foreach_mul_([b.attn.qkv.bias for b in blocks], list(row_f.unbind(0)))
         torch._foreach_mul_([b.mlp.fc1.bias for b in blocks], list(n_f.unbind(0)))

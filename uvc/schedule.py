@@ -76,7 +76,9 @@ class SearchRates:
     def for_search(cls, config, steps: int) -> "SearchRates":
         """The rules above for a search of `steps` steps, scaled by the config's rate flags."""
         steps = max(int(steps), 1)
-        interval = max(min(int(config.gating_interval), steps // MIN_GATE_UPDATES), 1)
+        interval = max(min(int(config.gating_interval), steps), 1)
+        if steps >= MIN_GATE_UPDATES:  # (a smoke-test search shorter than that keeps the flag as is)
+            interval = max(min(interval, steps // MIN_GATE_UPDATES), 1)
         updates = max(steps // interval, 1)
         k = {name: float(config[name]) / seed for name, seed in SEED_RATES.items()}
         return cls(steps=steps, gate_interval=interval, gate_updates=updates,
