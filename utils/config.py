@@ -8,11 +8,13 @@ working next to the config-file form:
     --distillation-type soft          (dashes and underscores are equivalent)
 
 `--config` defaults to the file of `--model_type` (configs/deit_tiny.py for
-deit_tiny_patch16_224, ...). An unknown key or a value of the wrong type ends
+deit_tiny_patch16_224, ...; configs/vit.py, the common defaults, for any other
+timm ViT). An unknown key or a value of the wrong type ends
 the program with one line on stderr.
 """
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -27,6 +29,7 @@ ALIASES = {
     "lr": "learning_rate",
     "batch_size": "train_batch_size",
     "local-rank": "local_rank",
+    "img_size": "input_size",
 }
 
 # model_type -> config file used when no --config is given
@@ -40,6 +43,15 @@ _DEFAULT_FILES = {
     "deit_base_patch16_384": "deit_base_384.py",
     "vit_digits_patch2_8": "digits_demo.py",
 }
+
+
+FALLBACK_FILE = "vit.py"  # any other timm ViT: the common defaults, no weights named
+
+# config keys that reshape the model (0: the model type's own), passed to timm's VisionTransformer
+SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "in_chans")
+# VisionTransformer arguments --model_kwargs may not set: they have keys or flags of their own
+_OWN_FLAGS = {"img_size": "input_size", "num_classes": "num_classes", "drop_path_rate": "drop_path",
+              "pretrained": "pretrained"}
 
 
 class ConfigError(ValueError):
@@ -138,7 +150,7 @@ def _pick_config_file(argv: Sequence[str]) -> Optional[str]:
     model_type = known.model_type or "deit_tiny_patch16_224"
     if known.enable_deit not in (None, "0", "false", "False") and "distilled" not in model_type:
         model_type = model_type.replace("_patch", "_distilled_patch")
-    name = _DEFAULT_FILES.get(model_type, "deit_tiny.py")
+    name = _DEFAULT_FILES.get(model_type, FALLBACK_FILE)
     return os.path.join(CONFIG_DIR, name)
 
 
@@ -229,11 +241,39 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
             raise ConfigError(f"--{key} must be at least 1, got {config[key]}")
     if int(config.epochs) < 1:
         raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
+    for key in SHAPE_KEYS + ("num_classes",):
+        if config[key] < 0:
+            raise ConfigError(f"--{key} must be positive (or 0 for the model type's own), got {config[key]}")
+    parse_model_kwargs(config.model_kwargs)
     try:
         zlr_schedule(config.zlr_schedule_list)
     except ValueError:
         raise ConfigError(f"--zlr_schedule_list {config.zlr_schedule_list!r}: give comma-separated "
                           f"epoch numbers, e.g. \"1,5,9\"") from None
+
+
+def parse_model_kwargs(text: str) -> dict:
+    """--model_kwargs '{"qk_norm": true}' -> {"qk_norm": True}; "" -> {}."""
+    if not str(text).strip():
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model_kwargs {text!r} is not JSON ({e.msg}); give an object, e.g. "
+                          f"'{{\"qk_norm\": true, \"init_values\": 1e-5}}'") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--model_kwargs {text!r} must be a JSON object of VisionTransformer arguments")
+    for key in kwargs:
+        own = key if key in SHAPE_KEYS else _OWN_FLAGS.get(key)
+        if own:
+            raise ConfigError(f"--model_kwargs sets {key}: use --{own} instead")
+    return kwargs
+
+
+def model_overrides(config) -> dict:
+    """The VisionTransformer arguments the config sets: shape keys that are not 0, then --model_kwargs."""
+    shape = {key: config[key] for key in SHAPE_KEYS if config[key]}
+    return {**parse_model_kwargs(config.model_kwargs), **shape}
 
 
 def zlr_schedule(text: str) -> List[int]:
