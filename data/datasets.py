@@ -1,4 +1,5 @@
-"""`build_datasets`: the config's data set as (train_set, val_set, num_classes)."""
+"""`build_datasets`: the config's data set as (train_set, val_set, num_classes);
+`build_eval_dataset`: its validation split alone (python -m uvc.evaluate)."""
 import os
 from typing import Tuple
 
@@ -22,6 +23,27 @@ def build_datasets(config, img_size: int, in_chans: int) -> Tuple[Dataset, Datas
     if config.dataset not in builders:
         raise DataError(f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     return builders[config.dataset](config, img_size, in_chans)
+
+
+def build_eval_dataset(config, img_size: int, in_chans: int) -> Tuple[Dataset, int]:
+    """(val_set, num_classes) for config.dataset, without touching the training split."""
+    if config.dataset not in DATASETS:
+        raise DataError(f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if config.dataset == "imagenet":
+        _check_channels(config, in_chans)
+        val = _image_folder(config, "val", build_transform(config, img_size, False, in_chans))
+        return val, len(val.classes)
+    if config.dataset in ("cifar10", "cifar100"):
+        _check_channels(config, in_chans)
+        cls = tv_datasets.CIFAR10 if config.dataset == "cifar10" else tv_datasets.CIFAR100
+        if not config.data_dir:
+            raise DataError(f"--dataset {config.dataset} needs --data_dir (where the CIFAR files are or go)")
+        val = _load_cifar(config, cls, False, build_transform(config, img_size, False, in_chans))
+        return val, len(val.classes)
+    if config.dataset == "digits":
+        return digits.Digits(False, digits.digits_transform(False, img_size, in_chans)), digits.NUM_CLASSES
+    _, val, num_classes = _synthetic(config, img_size, in_chans)
+    return val, num_classes
 
 
 def _check_channels(config, in_chans: int) -> None:

@@ -126,11 +126,15 @@ def _option_strings(key: str) -> List[str]:
     return opts
 
 
-def build_parser(config: ml_collections.ConfigDict, prog: str) -> argparse.ArgumentParser:
+def build_parser(config: ml_collections.ConfigDict, prog: str,
+                 keys: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """A parser with one flag per config key (or per key of `keys`), defaults left to the config."""
     parser = _Parser(prog=prog, description="UVC; every key of the config file is a flag.",
                      allow_abbrev=False)
     parser.add_argument("--config", default=None, help="config file (configs/*.py)")
     for key, default in config.items():
+        if keys is not None and key not in keys:
+            continue
         kwargs = dict(dest=key, default=argparse.SUPPRESS, type=_typed(default),
                       help=f"(default: {default!r})")
         if isinstance(default, (bool, int)) and not isinstance(default, float):
@@ -172,6 +176,37 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
             raise ConfigError(f"--{key}: {e}") from None
     check_stage_flags(overrides, stage)
     validate(config, stage)
+    config.lock()
+    return config
+
+
+def subset_parser(keys: Sequence[str], argv: Sequence[str], prog: str, stage: str = "post"):
+    """(config, parser) for a tool that reads only `keys` of the config (python -m uvc.evaluate):
+    the config file of --config / --model_type, and a parser of those keys' flags only (so no
+    flag is parsed and ignored). The tool adds its own arguments, parses, then calls apply_overrides."""
+    path = _pick_config_file(list(argv))
+    config = load_config_file(path, stage)
+    with config.unlocked():
+        config.config_file = path
+    return config, build_parser(config, prog, keys)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace, keys: Sequence[str],
+                    defaults: Optional[dict] = None) -> ml_collections.ConfigDict:
+    """The config with `defaults` (e.g. a training file's own config), then the flags given, for `keys`."""
+    given = {k: v for k, v in vars(args).items() if k in keys}
+    for key, value in list((defaults or {}).items()) + list(given.items()):
+        if key not in keys:
+            continue
+        try:
+            config[key] = value
+        except (TypeError, KeyError) as e:
+            raise ConfigError(f"--{key}: {e}") from None
+    for key, choices in _CHOICES.items():
+        if key in keys and config[key] not in choices:
+            raise ConfigError(f"--{key} {config[key]!r} is not supported; choose one of {', '.join(choices)}")
+    if "eval_batch_size" in keys and int(config.eval_batch_size) < 1:
+        raise ConfigError(f"--eval_batch_size must be at least 1, got {config.eval_batch_size}")
     config.lock()
     return config
 
