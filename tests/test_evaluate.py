@@ -94,7 +94,10 @@ def test_torchrun_two_ranks_give_the_single_process_numbers(files, capsys):
 def test_bad_input_is_one_line(files, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    cases = [([str(tmp_path / "missing.pth")], "does not exist"),
+    reference = tmp_path / "deit_tiny_patch16_224_30.pth.tar"
+    state = torch.load(files["dense"], weights_only=True)["model"]
+    torch.save(dict(state, block_skip_gating=torch.zeros(4, 2)), reference)
+    cases = [(["--dataset", "digits", str(reference)], "python -m uvc.import_reference"),([str(tmp_path / "missing.pth")], "does not exist"),
              ([str(text)], "not a readable PyTorch checkpoint"),
              ([files["compact"], "--input_size", "16"], "fixed by its architecture"),
              ([files["compact"], "--budget", "0.5"], "unrecognized arguments: --budget"),

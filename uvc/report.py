@@ -43,6 +43,7 @@ from models.vit import (DIGITS_TYPES, MODEL_TYPES, create_model, model_kwargs_of
                         set_fused_attn, vit_structure)
 from uvc.export import TRAINING_FORMATS, compact_macs, compact_spec_from_arch, dense_model_of, spec_dims
 from uvc.flops import ViTDims, arch_macs, block_macs, dense_macs
+from uvc.import_reference import is_reference_state
 
 KINDS = {"model_type": "model type (dense)", "dense": "dense checkpoint", "uvc-stage1-v1": "stage-1 file",
          "uvc-stage2-v1": "stage-2 file", COMPACT_FORMAT: "compact model"}
@@ -238,6 +239,9 @@ def _read_file(path: str, img_size: Optional[int], model_type: Optional[str] = N
         state = extract_state_dict(obj)
     except CheckpointError as e:
         raise ReportError(f"{path}: {e}") from None
+    if is_reference_state(state):
+        raise ReportError(f"{path} is a checkpoint of the reference implementation (VITA-Group/UVC); convert it "
+                          f"first: python -m uvc.import_reference {path} OUT.pth --model_type <its timm type>")
     declared = obj.get("model_type") if isinstance(obj.get("model_type"), str) else None
     kwargs = obj.get("model_kwargs") if isinstance(obj.get("model_kwargs"), dict) else None
     if model_type:  # named on the command line: the file's own record does not apply
