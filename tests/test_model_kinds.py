@@ -148,3 +148,22 @@ def test_unsupported_structures_stop_in_one_line(model_type, kwargs, expected):
     assert expected in message and "\n" not in message, message
     if "cannot compress" in message:
         assert isinstance(info.value, UnsupportedModelError)
+
+
+def test_timm_hub_safetensors_and_deit3_release_names_load(tmp_path):
+    """timm's Hugging Face files (bare state dict, .safetensors) and DeiT III's release layout
+    ({"model": sd} with blocks.N.gamma_1 / gamma_2 for LayerScale) load into the timm model."""
+    from safetensors.torch import save_file
+
+    from models import load_pretrained
+
+    vit, name = build("deit3_layerscale")
+    state = vit.state_dict()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    release = {k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2"): v for k, v in state.items()}
+    assert "blocks.0.gamma_1" in release
+    torch.save({"model": release}, tmp_path / "deit3_release.pth")
+    for file in ("model.safetensors", "deit3_release.pth"):
+        fresh = create_model(name, **SMALL)
+        load_pretrained(fresh, str(tmp_path / file))
+        assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items()), file
