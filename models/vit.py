@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch.nn as nn
 import timm
-from timm.layers import Attention, LayerNorm, LayerScale, Mlp, PatchEmbed
+from timm.layers import Attention, LayerScale, Mlp, PatchEmbed
 from timm.layers.activations import GELU, GELUTanh, QuickGELU
 from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer

@@ -100,6 +100,7 @@ def test_bad_input_is_one_line(files, tmp_path, capsys):
     cases = [(["--dataset", "digits", str(reference)], "python -m uvc.import_reference"),([str(tmp_path / "missing.pth")], "does not exist"),
              ([str(text)], "not a readable PyTorch checkpoint"),
              ([files["compact"], "--input_size", "16"], "fixed by its architecture"),
+             ([files["stage1"], "--model_type", "deit_tiny_patch16_224"], "drop --model_type"),
              ([files["compact"], "--budget", "0.5"], "unrecognized arguments: --budget"),
              ([files["compact"], "--dataset", "digits", "--num_workers", "0", "--repeats", "0", "--config",
                "configs/digits_demo.py"], None)]

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from data import DataError, build_eval_dataset, build_eval_loader
-from models import create_model, load_pretrained, rebuild
+from models import create_model, load_pretrained, rebuild, resolve_model_type
 from models.compact import FORMAT as COMPACT_FORMAT
 from utils.benchmark import images_per_second
 from utils.config import apply_overrides, subset_parser
@@ -37,7 +37,7 @@ from uvc.report import KINDS, ReportError, build_report, built_model, read_subje
 
 # the config keys this tool reads (each is a flag, as in the entry scripts)
 EVAL_KEYS = ("dataset", "data_dir", "download", "num_workers", "pin_mem", "input_size", "synthetic_size",
-             "eval_batch_size", "fp16", "gpu_num", "local_rank", "model_type", "enable_deit")
+             "eval_batch_size", "fp16", "gpu_num", "local_rank", "model_type")
 # what a training file's own config says about its data, used unless the command line says otherwise
 FILE_DATA_KEYS = ("dataset", "data_dir", "synthetic_size", "download")
 
@@ -73,6 +73,9 @@ def load_model(path: str, input_size: int = 0, model_type: str = "") -> Loaded:
     elif subject.kind != "dense" and input_size and input_size != subject.dense_spec["img_size"]:
         raise ReportError(f"--input_size {input_size}: {path} is a {KINDS[subject.kind]} at "
                           f"{subject.dense_spec['img_size']}px, fixed by its architecture; drop --input_size")
+    if subject.kind != "dense" and model_type and resolve_model_type(model_type) != subject.model_type:
+        raise ReportError(f"--model_type {model_type}: {path} is a {KINDS[subject.kind]} of {subject.model_type}; "
+                          f"drop --model_type (it names the type of a dense file that records none)")
     if subject.kind == COMPACT_FORMAT:
         model = built_model(subject, "cpu")
     elif subject.kind in TRAINING_FORMATS:
