@@ -11,7 +11,8 @@ import joint_train
 import post_train
 from models.compact import load_compact
 from utils.config import ConfigError, parse_config
-from utils.training import check_record_shape
+from data import DataError
+from utils.training import check_record_shape, head_classes
 from uvc.export import build_masked_source, masked_forward_reference, read_training_checkpoint
 
 MODEL = "vit_little_patch16_reg4_gap_256"  # registers, average pooling, LayerScale: reshaped below
@@ -75,6 +76,11 @@ def test_shape_flags_against_the_stage1_file_and_bad_model_kwargs(tmp_path):
         parse_config("joint", ["--model_kwargs", "qk_norm=1"])
     config = parse_config("joint", ["--model_type", MODEL, "--model_kwargs", '{"qk_norm": true}', *SHAPE])
     assert config.config_file.endswith("vit.py") and config.input_size == 16  # --img_size is --input_size
+    assert head_classes(config, 10) == 10  # 0: the data set's count
+    wider = parse_config("joint", ["--model_type", MODEL, "--num_classes", "12"])
+    assert head_classes(wider, 10) == 12
+    with pytest.raises(DataError, match="has 10 classes but the model's classifier has 5"):
+        head_classes(parse_config("joint", ["--model_type", MODEL, "--num_classes", "5"]), 10)
     stage2 = parse_config("post", ["--model_type", MODEL, "--embed_dim", "64"])
     with pytest.raises(ValueError, match="--embed_dim 64 but the stage-1 file's model has embed_dim=32"):
         check_record_shape(stage2, {"model_kwargs": {"embed_dim": 32}, "img_size": 16})
