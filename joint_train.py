@@ -24,7 +24,7 @@ from utils.logger import RunLogger
 from utils.run_state import RunState, StopSignal
 from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                             check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                            wrap_ddp)
+                            teacher_record, wrap_ddp)
 
 
 def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, step: int) -> dict:
@@ -152,9 +152,8 @@ def main(argv=None) -> None:
     warn_if_collapsed(logger, final["top1"], teacher_top1)
     if is_main_process():
         path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
-        teacher_info = {"model_type": config.teacher_model or model_type,
-                        "path": config.teacher_path or config.model_path}
-        atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit, teacher_info), path)
+        atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit,
+                                  teacher_record(config, vit, model_type)), path)
         logger.epoch({"stage1_file": path, **fit})
     logger.close()
     cleanup()

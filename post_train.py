@@ -8,11 +8,15 @@ teacher is made for a new dataset.
 
     python post_train.py --config configs/digits_demo.py --checkpoint_dir runs/stage1/vit_digits_patch2_8_uvc.pth
     python post_train.py --config configs/digits_demo.py:dense      # the dense teacher
+    python post_train.py --model_type vit_tiny_patch16_224 --embed_dim 96 --depth 6 --num_heads 3 \
+        --in_chans 1 --img_size 64 --patch_size 8 --pretrained 0 --distillation-type none \
+        --dataset imagenet --data_dir /path/to/grey/imagefolder     # a teacher of your own shape
 """
 import os
 import sys
 
 
+from models import model_kwargs_of, resolve_model_type
 from models.compact import save_compact
 from uvc.engine import evaluate, train_one_epoch
 from uvc.export import export_compact, read_training_checkpoint
@@ -49,15 +53,16 @@ def main(argv=None) -> None:
     check_output_dir(config.output_dir)
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
-    data = build_data(config, env)
     compress = bool(config.checkpoint_dir)
+    stage1 = read_stage1(config.checkpoint_dir, resolve_model_type(config.model_type, config.enable_deit)) \
+        if compress else None
+    arch = stage1["arch"] if stage1 else None  # the stage-1 file fixes the model: its type, shape and resolution
+    data = build_data(config, env, arch)
     vit, model_type = build_student(config, data.num_classes, env.device,
-                                    load_weights=bool(config.pretrained) and not compress)
-    stage1 = read_stage1(config.checkpoint_dir, model_type) if compress else None
+                                    load_weights=bool(config.pretrained) and not compress, record=arch)
     if stage1 is not None:
         vit.load_state_dict(stage1["model"])
-    teacher = build_teacher(config, data.num_classes, env.device,
-                            fallback_path=stage1["teacher"].get("path", "") if stage1 else "")
+    teacher = build_teacher(config, data.num_classes, env.device, fallback=stage1["teacher"] if stage1 else None)
     criterion = build_loss(config, data.base_criterion, teacher)
 
     model = MaskedViT(vit)
@@ -78,8 +83,9 @@ def main(argv=None) -> None:
 
     def record_of_model() -> dict:
         """The best-model file: a stage-2 file, or the dense model in DeiT's layout."""
-        if not compress:
-            return {"model": vit.state_dict(), "model_type": model_type}
+        if not compress:  # DeiT's layout, plus what rebuilds the model (python -m uvc.evaluate, uvc.report)
+            return {"model": vit.state_dict(), "model_type": model_type, "model_kwargs": model_kwargs_of(vit),
+                    "config": config.to_dict()}
         return {"format": STAGE2_FORMAT, "model_type": model_type, "arch": stage1["arch"],
                 "model": vit.state_dict(), "config": config.to_dict(), "teacher": stage1["teacher"]}
 

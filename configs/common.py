@@ -27,13 +27,21 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # --- model -----------------------------------------------------------
-    c.model_type = "deit_tiny_patch16_224"  # a name from models.MODEL_TYPES
+    c.model_type = "deit_tiny_patch16_224"  # any timm VisionTransformer (DeiT, DeiT III, ViT, registers, ...)
     c.model_path = ""  # https URL (torch.hub cache) or local file of the dense weights
     c.pretrained = 1  # 1: the student starts from --model_path; 0: from scratch (the teacher still loads it)
     c.enable_deit = 0  # 1: use the distillation-token variant of model_type
     c.drop_path = 0.0  # stochastic depth of the student
     c.teacher_model = ""  # teacher architecture (default: the dense starting model)
     c.teacher_path = ""  # teacher weights (default: --model_path)
+    c.embed_dim = 0  # width D of the ViT (build your own size from scratch); 0: the model type's own
+    c.depth = 0  # number of blocks; 0: the model type's own
+    c.num_heads = 0  # attention heads per block; 0: the model type's own
+    c.mlp_ratio = 0.0  # MLP width / D; 0: the model type's own
+    c.patch_size = 0  # patch side in pixels; 0: the model type's own
+    c.in_chans = 0  # image channels (1: grey-scale data); 0: the model type's own
+    c.num_classes = 0  # classifier width; 0: the data set's class count
+    c.model_kwargs = ""  # JSON object of further timm VisionTransformer arguments, e.g. '{"qk_norm": true}'
 
     # --- data ------------------------------------------------------------
     c.dataset = "imagenet"  # imagenet | cifar10 | cifar100 | digits | synthetic
@@ -41,7 +49,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.download = 0  # cifar only: allow torchvision to download
     c.num_workers = 10  # data-loading processes per rank
     c.pin_mem = 1  # pinned host memory for faster host-to-GPU copies
-    c.input_size = 0  # 0: the model's own image size
+    c.input_size = 0  # image side (--img_size); 0: the model's own
     c.recipe = "reference"  # reference (VITA-Group/UVC) / deit: sets the keys of the README recipe table
     c.color_jitter = 0.0  # colour jitter strength (timm create_transform)
     c.aa = ""  # RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ("" disables)

@@ -1,4 +1,5 @@
-"""`build_datasets`: the config's data set as (train_set, val_set, num_classes)."""
+"""`build_datasets`: the config's data set as (train_set, val_set, num_classes);
+`build_eval_dataset`: its validation split alone (python -m uvc.evaluate)."""
 import os
 from typing import Tuple
 
@@ -24,16 +25,38 @@ def build_datasets(config, img_size: int, in_chans: int) -> Tuple[Dataset, Datas
     return builders[config.dataset](config, img_size, in_chans)
 
 
-def _require_rgb(config, in_chans: int) -> None:
-    if in_chans != 3:
-        raise DataError(f"--dataset {config.dataset} has RGB images but the model takes "
-                        f"{in_chans} channel(s); pick a 3-channel model")
+def build_eval_dataset(config, img_size: int, in_chans: int) -> Tuple[Dataset, int]:
+    """(val_set, num_classes) for config.dataset, without touching the training split."""
+    if config.dataset not in DATASETS:
+        raise DataError(f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if config.dataset == "imagenet":
+        _check_channels(config, in_chans)
+        val = _image_folder(config, "val", build_transform(config, img_size, False, in_chans))
+        return val, len(val.classes)
+    if config.dataset in ("cifar10", "cifar100"):
+        _check_channels(config, in_chans)
+        cls = tv_datasets.CIFAR10 if config.dataset == "cifar10" else tv_datasets.CIFAR100
+        if not config.data_dir:
+            raise DataError(f"--dataset {config.dataset} needs --data_dir (where the CIFAR files are or go)")
+        val = _load_cifar(config, cls, False, build_transform(config, img_size, False, in_chans))
+        return val, len(val.classes)
+    if config.dataset == "digits":
+        return digits.Digits(False, digits.digits_transform(False, img_size, in_chans)), digits.NUM_CLASSES
+    _, val, num_classes = _synthetic(config, img_size, in_chans)
+    return val, num_classes
+
+
+def _check_channels(config, in_chans: int) -> None:
+    """Image files become RGB (3 channels) or grey (1 channel) tensors, as the model takes them."""
+    if in_chans not in (1, 3):
+        raise DataError(f"--dataset {config.dataset} gives RGB or grey images but the model takes "
+                        f"{in_chans} channels; use a model with --in_chans 3 or 1")
 
 
 def _imagenet(config, img_size: int, in_chans: int):
-    _require_rgb(config, in_chans)
-    train = _image_folder(config, "train", build_transform(config, img_size, is_training=True))
-    val = _image_folder(config, "val", build_transform(config, img_size, is_training=False))
+    _check_channels(config, in_chans)
+    train = _image_folder(config, "train", build_transform(config, img_size, True, in_chans))
+    val = _image_folder(config, "val", build_transform(config, img_size, False, in_chans))
     if val.classes != train.classes:
         raise DataError(f"the class folders of {os.path.join(config.data_dir, 'val')} ({len(val.classes)}) "
                         f"differ from those of {os.path.join(config.data_dir, 'train')} ({len(train.classes)}); "
@@ -54,12 +77,12 @@ def _image_folder(config, split: str, transform) -> tv_datasets.ImageFolder:
 
 
 def _cifar(config, img_size: int, in_chans: int):
-    _require_rgb(config, in_chans)
+    _check_channels(config, in_chans)
     cls = tv_datasets.CIFAR10 if config.dataset == "cifar10" else tv_datasets.CIFAR100
     if not config.data_dir:
         raise DataError(f"--dataset {config.dataset} needs --data_dir (where the CIFAR files are or go)")
-    train = _load_cifar(config, cls, True, build_transform(config, img_size, is_training=True))
-    val = _load_cifar(config, cls, False, build_transform(config, img_size, is_training=False))
+    train = _load_cifar(config, cls, True, build_transform(config, img_size, True, in_chans))
+    val = _load_cifar(config, cls, False, build_transform(config, img_size, False, in_chans))
     return train, val, len(train.classes)
 
 

@@ -71,6 +71,28 @@ class EpochDistributedSampler(DistributedSampler):
         return max(self.num_samples - self.skip, 0)
 
 
+class ShardSampler(Sampler[int]):
+    """Every `world_size`-th sample from `rank` on, in order, without padding: the ranks'
+    shards add up to the data set exactly once (DistributedSampler repeats samples to even them)."""
+
+    def __init__(self, data_source: Dataset, world_size: int, rank: int):
+        self.indices = range(rank, len(data_source), world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_eval_loader(config, val_set: Dataset, world_size: int, rank: int) -> DataLoader:
+    """This rank's shard of the validation set, --eval_batch_size per process."""
+    pin = bool(config.pin_mem) and torch.cuda.is_available()
+    return DataLoader(val_set, int(config.eval_batch_size),
+                      sampler=ShardSampler(val_set, world_size, rank), num_workers=int(config.num_workers),
+                      pin_memory=pin)
+
+
 def check_batch_fits(batch: int, dataset_size: int, world_size: int) -> int:
     """The per-process train batch, refused if it exceeds one process's share of the data."""
     share = math.ceil(dataset_size / world_size)

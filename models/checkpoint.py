@@ -1,10 +1,12 @@
 """Reading DeiT/timm checkpoints and loading them into a timm VisionTransformer.
 
-Accepted files: the official DeiT release (`{"model": sd}`, URL or local path),
+Accepted files: the official DeiT release (`{"model": sd}`, URL or local path;
+DeiT III's `gamma_1`/`gamma_2` LayerScale names are mapped to timm's),
 DeiT training checkpoints (`{"model": sd, "args": Namespace, ...}`), timm
-training checkpoints (`{"state_dict": sd, "state_dict_ema": sd}`) and bare state
-dicts, with or without a DDP `module.` prefix. Everything is read with
-`torch.load(weights_only=True)`.
+training checkpoints (`{"state_dict": sd, "state_dict_ema": sd}`), bare state
+dicts (timm's files on the Hugging Face hub, `.bin` or `.safetensors`), with or
+without a DDP `module.` prefix. Everything is read with
+`torch.load(weights_only=True)` or safetensors.
 
 `load_pretrained` refuses a checkpoint of another variant with one line naming
 the first tensor that differs, resamples `pos_embed` to another resolution, and
@@ -74,6 +76,8 @@ def _read_local(path: str, map_location) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path given with --model_path")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a directory; pass the .pth file inside it")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path, map_location)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -86,6 +90,15 @@ def _read_local(path: str, map_location) -> dict:
                 f"['model']}}, 'weights.pth')") from None
         raise _unreadable(path, e) from None
     except Exception as e:  # garbage bytes fail the unpickler in many ways (KeyError, EOFError, ...)
+        raise _unreadable(path, e) from None
+
+
+def _read_safetensors(path: str, map_location) -> dict:
+    from safetensors.torch import load_file  # installed with timm
+
+    try:
+        return load_file(path, device=str(map_location))
+    except Exception as e:  # header or data corrupt
         raise _unreadable(path, e) from None
 
 
@@ -120,7 +133,9 @@ def extract_state_dict(obj) -> Dict[str, torch.Tensor]:
 
 
 def _strip_prefix(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k[len(DDP_PREFIX):] if k.startswith(DDP_PREFIX) else k: v for k, v in sd.items()}
+    """Without DDP's `module.` prefix, DeiT III's `blocks.N.gamma_1` named as timm's `blocks.N.ls1.gamma`."""
+    sd = {k[len(DDP_PREFIX):] if k.startswith(DDP_PREFIX) else k: v for k, v in sd.items()}
+    return {re.sub(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma", k): v for k, v in sd.items()}
 
 
 # ---------------------------------------------------------------------------- loading

@@ -18,13 +18,16 @@ and M' neurons of every block: the same costs. The table gives each model's
 MACs (multiply-accumulates, "FLOPs" in the papers; for the masked model what it
 actually executes), images/s per batch size, the measured speedup over dense and
 the ideal one, 1 / MACs ratio. On CUDA the three are timed under torch.amp too.
---json prints one object: macs_ratio, speedup_{masked,compact}_b{N}, ideal_speedup,
+`--onnx` (CPU) adds a fourth: the compact model exported to ONNX (uvc/onnx_export.py,
+a temporary file) run by onnxruntime with as many threads as torch.
+--json prints one object: macs_ratio, speedup_{masked,compact,onnx}_b{N}, ideal_speedup,
 images_per_s and the rest.
 """
 import argparse
 import copy
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,9 +41,6 @@ from uvc.freeze import apply_spec  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.report import KINDS, ReportError, arch_of_compact_spec, built_model, dense_vit, read_subject  # noqa: E402
 from utils.benchmark import compare_throughput, run_cli, add_common_args  # noqa: E402
-
-MODELS = ("dense", "masked", "compact")
-
 
 def build_models(subject, device):
     """(models {dense, masked, compact}, arch) of a stage-1/2 or compact subject."""
@@ -65,6 +65,17 @@ def build_models(subject, device):
     return {name: m.to(device).eval() for name, m in models.items()}, arch
 
 
+def add_onnx(models: dict, directory: str) -> float:
+    """Export the compact model to ONNX in `directory` and time its onnxruntime session as "onnx";
+    returns max |onnxruntime - compact| logits."""
+    from uvc.onnx_export import OnnxModel, check_onnx, export_onnx
+
+    path = os.path.join(directory, "compact.onnx")
+    export_onnx(models["compact"], path)
+    models["onnx"] = OnnxModel(path, threads=torch.get_num_threads())
+    return check_onnx(models["compact"], path, sess=models["onnx"].sess)
+
+
 def executed_macs(subject, arch) -> dict:
     """MACs each model runs: the masked model computes every group of its kept blocks."""
     dims = spec_dims(subject.dense_spec)
@@ -72,7 +83,8 @@ def executed_macs(subject, arch) -> dict:
     keep = torch.tensor([0.0 if b["skipped"] else 1.0 for b in arch["blocks"]], dtype=torch.float64)
     masked = float(vit_macs(dims, full * dims.num_heads, full * dims.num_heads * dims.head_dim,
                             full * dims.mlp_hidden, keep, len(arch["patches_kept"])))
-    return {"dense": dense_macs(dims), "masked": masked, "compact": compact_macs(subject.compact_spec)}
+    compact = compact_macs(subject.compact_spec)
+    return {"dense": dense_macs(dims), "masked": masked, "compact": compact, "onnx": compact}
 
 
 @torch.no_grad()
@@ -89,8 +101,18 @@ def run(args) -> dict:
                           f"compact file (python -m uvc.report describes any file)")
     model_type = subject.model_type or args.model_type
     device = torch.device(args.device)
+    if args.onnx and device.type != "cpu":
+        raise ReportError("--onnx times onnxruntime on the CPU: pass --device cpu")
     models, arch = build_models(subject, device)
-    macs = executed_macs(subject, arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_diff = add_onnx(models, tmp) if args.onnx else None
+        return measure(args, subject, models, arch, model_type, device, onnx_diff)
+
+
+def measure(args, subject, models: dict, arch: dict, model_type: str, device, onnx_diff) -> dict:
+    """Time `models` side by side at every batch size (and under amp on CUDA)."""
+    names = tuple(models)
+    macs = {name: m for name, m in executed_macs(subject, arch).items() if name in models}
     sizes = subject.dense_spec
     shape = (sizes["in_chans"], sizes["img_size"], sizes["img_size"])
     precisions = [False, True] if device.type == "cuda" else [False]
@@ -99,20 +121,21 @@ def run(args) -> dict:
            "threads": torch.get_num_threads(), "clock": args.clock, "repeats": args.repeats,
            "batch_sizes": args.batch_sizes,
            "macs": macs, "macs_ratio": macs["compact"] / macs["dense"],
-           "ideal_speedup": {name: macs["dense"] / macs[name] for name in MODELS},
+           "ideal_speedup": {name: macs["dense"] / macs[name] for name in names},
            # a compact file has no dense weights: its masked model is random and not comparable
            "max_logit_diff_compact_vs_masked": None if subject.kind == COMPACT_FORMAT
-           else max_logit_diff(models, sizes, device)}
+           else max_logit_diff(models, sizes, device), "max_logit_diff_onnx_vs_compact": onnx_diff,
+           "models": list(names)}
     for amp in precisions:
         tag = "amp" if amp else "fp32"
-        ips = {name: {} for name in MODELS}
+        ips = {name: {} for name in names}
         for bs in args.batch_sizes:
             measured = compare_throughput(models, shape, bs, device, amp=amp, warmup=args.warmup,
                                           repeats=args.repeats, clock=clock)
-            for name in MODELS:
+            for name in names:
                 ips[name][f"b{bs}"] = measured[name]
         speedups = {f"speedup_{name}_b{bs}" + ("_amp" if amp else ""): ips[name][f"b{bs}"] / ips["dense"][f"b{bs}"]
-                    for name in MODELS[1:] for bs in args.batch_sizes}
+                    for name in names[1:] for bs in args.batch_sizes}
         out["images_per_s" + ("_amp" if amp else "")] = ips
         out.update(speedups)
         out.setdefault("precisions", []).append(tag)
@@ -125,20 +148,23 @@ def format_table(r: dict) -> str:
     lines = [f"{r['model_type']} ({r['kind']} {r['checkpoint']}) on {r['device']}, {r['threads']} threads, "
              f"{r['clock']} clock, median of {r['repeats']} interleaved rounds"
              + (f"; |compact - masked| logits {diff:.1e}" if diff is not None else
-                "; dense and masked models with random weights")]
+                "; dense and masked models with random weights")
+             + (f"; |onnx - compact| logits {r['max_logit_diff_onnx_vs_compact']:.1e}"
+                if r.get("max_logit_diff_onnx_vs_compact") is not None else "")]
     for tag in r["precisions"]:
         suffix = "_amp" if tag == "amp" else ""
         head = f"{'model':<8} {'MACs':>9} {'ratio':>6} " + " ".join(f"{'img/s b' + str(b):>11}" for b in bss) \
             + " " + " ".join(f"{'speedup b' + str(b):>11}" for b in bss) + f" {'ideal':>6}"
         lines += [f"[{tag}]", head]
-        for name in MODELS:
+        for name in r["models"]:
             ips = r["images_per_s" + suffix][name]
             ratio = r["macs"][name] / r["macs"]["dense"]
             speed = [ips[f"b{b}"] / r["images_per_s" + suffix]["dense"][f"b{b}"] for b in bss]
             lines.append(f"{name:<8} {r['macs'][name] / 1e9:>8.3f}G {ratio:>6.3f} "
                          + " ".join(f"{ips[f'b{b}']:>11.1f}" for b in bss) + " "
                          + " ".join(f"{s:>10.2f}x" for s in speed) + f" {1 / ratio:>5.2f}x")
-    lines.append("MACs: multiply-accumulates per image (masked: what it executes; its masks only zero groups)")
+    lines.append("MACs: multiply-accumulates per image (masked: what it executes; its masks only zero groups)"
+                 + ("; onnx: the compact model under onnxruntime" if "onnx" in r["models"] else ""))
     return "\n".join(lines)
 
 
@@ -149,6 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_sizes", default="1,64", help="comma-separated batch sizes (default 1,64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per model and batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
+    parser.add_argument("--onnx", action="store_true", help="also time the compact model exported to ONNX "
+                                                             "under onnxruntime (CPU)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     try:

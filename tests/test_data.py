@@ -160,6 +160,22 @@ def test_empty_image_folder(tmp_path):
         build_datasets(config, 32, 3)
 
 
+def test_grey_model_gets_one_channel_from_colour_images(image_folder):
+    """in_chans 1: the ImageFolder/CIFAR pipeline converts PIL images to grey first, train and eval alike;
+    a model of another channel count is refused in one line."""
+    from data.transforms import build_transform
+
+    config = make_config("--dataset", "imagenet", "--data_dir", image_folder, "--aa", "rand-m9-mstd0.5-inc1",
+                         "--reprob", 0.5, "--color_jitter", 0.4)
+    train, val, _ = build_datasets(config, 16, 1)
+    for _ in range(5):  # RandAugment, colour jitter and erasing on grey images
+        assert train[0][0].shape == (1, 16, 16)
+    assert val[0][0].shape == (1, 16, 16)
+    assert build_transform(config, 12, False, 1)(Image.new("RGB", (30, 20), "red")).shape == (1, 12, 12)
+    with pytest.raises(DataError, match="use a model with --in_chans 3 or 1"):
+        build_datasets(config, 16, 2)
+
+
 def test_cifar_missing_without_download(tmp_path):
     config = make_config("--dataset", "cifar10", "--data_dir", tmp_path, "--download", 0)
     with pytest.raises(DataError, match="--download 1") as info:

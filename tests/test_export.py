@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.models.deit import VisionTransformerDistilled
 
-from models import create_model, set_fused_attn
+from models import create_model, model_kwargs_of, set_fused_attn, vit_structure
 from models.compact import CompactViT, load_compact, save_compact
 from uvc.export import (compact_macs, compact_spec_from_arch, export_compact, main,
                         masked_forward_reference, spec_dims)
@@ -55,6 +55,7 @@ def dense_arch(model, model_type: str) -> dict:
         "blocks": [{"skipped": False, "heads": list(range(heads)), "value_dims": [list(range(d))] * heads,
                     "neurons": list(range(hidden))} for _ in model.blocks],
         "patches_kept": list(range(model.patch_embed.num_patches)),
+        **vit_structure(model), "model_kwargs": model_kwargs_of(model),
     }
 
 

@@ -8,7 +8,8 @@ working next to the config-file form:
     --distillation-type soft          (dashes and underscores are equivalent)
 
 `--config` defaults to the file of `--model_type` (configs/deit_tiny.py for
-deit_tiny_patch16_224, ...). The config is resolved in this order, whatever the
+deit_tiny_patch16_224, ...; configs/vit.py, the common defaults, for any other
+timm ViT). The config is resolved in this order, whatever the
 order on the command line: the config file (and its variant, `file.py:arg`),
 then the recipe named by `--recipe` (configs.common.RECIPES), then every other
 flag. `--print_config` prints the result as JSON and exits. An unknown key or a
@@ -33,6 +34,7 @@ ALIASES = {
     "lr": "learning_rate",
     "batch_size": "train_batch_size",
     "local-rank": "local_rank",
+    "img_size": "input_size",
 }
 
 # model_type -> config file used when no --config is given
@@ -46,6 +48,15 @@ _DEFAULT_FILES = {
     "deit_base_patch16_384": "deit_base_384.py",
     "vit_digits_patch2_8": "digits_demo.py",
 }
+
+
+FALLBACK_FILE = "vit.py"  # any other timm ViT: the common defaults, no weights named
+
+# config keys that reshape the model (0: the model type's own), passed to timm's VisionTransformer
+SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "in_chans")
+# VisionTransformer arguments --model_kwargs may not set: they have keys or flags of their own
+_OWN_FLAGS = {"img_size": "input_size", "num_classes": "num_classes", "drop_path_rate": "drop_path",
+              "pretrained": "pretrained"}
 
 
 class ConfigError(ValueError):
@@ -120,13 +131,17 @@ def _option_strings(key: str) -> List[str]:
     return opts
 
 
-def build_parser(config: ml_collections.ConfigDict, prog: str) -> argparse.ArgumentParser:
+def build_parser(config: ml_collections.ConfigDict, prog: str,
+                 keys: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """A parser with one flag per config key (or per key of `keys`), defaults left to the config."""
     parser = _Parser(prog=prog, description="UVC; every key of the config file is a flag.",
                      allow_abbrev=False)
     parser.add_argument("--config", default=None, help="config file (configs/*.py)")
     parser.add_argument("--print_config", "--print-config", action="store_true",
                         help="print the resolved config as one JSON object and exit")
     for key, default in config.items():
+        if keys is not None and key not in keys:
+            continue
         kwargs = dict(dest=key, default=argparse.SUPPRESS, type=_typed(default),
                       help=f"(default: {default!r})")
         if isinstance(default, (bool, int)) and not isinstance(default, float):
@@ -146,7 +161,7 @@ def _pick_config_file(argv: Sequence[str]) -> Optional[str]:
     model_type = known.model_type or "deit_tiny_patch16_224"
     if known.enable_deit not in (None, "0", "false", "False") and "distilled" not in model_type:
         model_type = model_type.replace("_patch", "_distilled_patch")
-    name = _DEFAULT_FILES.get(model_type, "deit_tiny.py")
+    name = _DEFAULT_FILES.get(model_type, FALLBACK_FILE)
     return os.path.join(CONFIG_DIR, name)
 
 
@@ -185,6 +200,37 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
     config.recipe = name
     for key, value in RECIPES[name].items():
         config[key] = value
+
+
+def subset_parser(keys: Sequence[str], argv: Sequence[str], prog: str, stage: str = "post"):
+    """(config, parser) for a tool that reads only `keys` of the config (python -m uvc.evaluate):
+    the config file of --config / --model_type, and a parser of those keys' flags only (so no
+    flag is parsed and ignored). The tool adds its own arguments, parses, then calls apply_overrides."""
+    path = _pick_config_file(list(argv))
+    config = load_config_file(path, stage)
+    with config.unlocked():
+        config.config_file = path
+    return config, build_parser(config, prog, keys)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace, keys: Sequence[str],
+                    defaults: Optional[dict] = None) -> ml_collections.ConfigDict:
+    """The config with `defaults` (e.g. a training file's own config), then the flags given, for `keys`."""
+    given = {k: v for k, v in vars(args).items() if k in keys}
+    for key, value in list((defaults or {}).items()) + list(given.items()):
+        if key not in keys:
+            continue
+        try:
+            config[key] = value
+        except (TypeError, KeyError) as e:
+            raise ConfigError(f"--{key}: {e}") from None
+    for key, choices in _CHOICES.items():
+        if key in keys and config[key] not in choices:
+            raise ConfigError(f"--{key} {config[key]!r} is not supported; choose one of {', '.join(choices)}")
+    if "eval_batch_size" in keys and int(config.eval_batch_size) < 1:
+        raise ConfigError(f"--eval_batch_size must be at least 1, got {config.eval_batch_size}")
+    config.lock()
+    return config
 
 
 # Keys only one stage reads: given on the other stage's command line they would be
@@ -259,11 +305,39 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
             raise ConfigError(f"--{key} must be at least 1, got {config[key]}")
     if int(config.epochs) < 1:
         raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
+    for key in SHAPE_KEYS + ("num_classes",):
+        if config[key] < 0:
+            raise ConfigError(f"--{key} must be positive (or 0 for the model type's own), got {config[key]}")
+    parse_model_kwargs(config.model_kwargs)
     try:
         zlr_schedule(config.zlr_schedule_list)
     except ValueError:
         raise ConfigError(f"--zlr_schedule_list {config.zlr_schedule_list!r}: give comma-separated "
                           f"epoch numbers, e.g. \"1,5,9\"") from None
+
+
+def parse_model_kwargs(text: str) -> dict:
+    """--model_kwargs '{"qk_norm": true}' -> {"qk_norm": True}; "" -> {}."""
+    if not str(text).strip():
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model_kwargs {text!r} is not JSON ({e.msg}); give an object, e.g. "
+                          f"'{{\"qk_norm\": true, \"init_values\": 1e-5}}'") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--model_kwargs {text!r} must be a JSON object of VisionTransformer arguments")
+    for key in kwargs:
+        own = key if key in SHAPE_KEYS else _OWN_FLAGS.get(key)
+        if own:
+            raise ConfigError(f"--model_kwargs sets {key}: use --{own} instead")
+    return kwargs
+
+
+def model_overrides(config) -> dict:
+    """The VisionTransformer arguments the config sets: shape keys that are not 0, then --model_kwargs."""
+    shape = {key: config[key] for key in SHAPE_KEYS if config[key]}
+    return {**parse_model_kwargs(config.model_kwargs), **shape}
 
 
 def zlr_schedule(text: str) -> List[int]:

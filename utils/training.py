@@ -12,8 +12,9 @@ from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 
 from data import DataError, build_criterion, build_datasets, build_loaders, build_mixup
-from models import create_model, load_pretrained, resolve_model_type
+from models import create_model, load_pretrained, model_kwargs_of, rebuild, resolve_model_type
 from uvc.distill import DistillationLoss
+from utils.config import model_overrides
 from utils.dist import DistInfo
 
 
@@ -72,17 +73,22 @@ class Data:
     base_criterion: torch.nn.Module
 
 
-def model_input(model_type: str, enable_deit: int, input_size: int):
-    """(img_size, in_chans) of a model type (built on the meta device: no memory, no time)."""
+def model_input(config, record: Optional[dict] = None):
+    """(img_size, in_chans) of the model the config (or a stage-1 record) builds, on the meta device."""
+    if record is not None:
+        return int(record["img_size"]), int(record["in_chans"])
     with torch.device("meta"):
-        vit = create_model(model_type, enable_deit=enable_deit, img_size=input_size or None)
+        vit = create_model(config.model_type, enable_deit=config.enable_deit, img_size=config.input_size or None,
+                           **model_overrides(config))
     img = vit.patch_embed.img_size
     return int(img[0] if isinstance(img, (tuple, list)) else img), vit.patch_embed.proj.in_channels
 
 
-def build_data(config, env: DistInfo) -> Data:
-    img_size, in_chans = model_input(config.model_type, config.enable_deit, config.input_size)
+def build_data(config, env: DistInfo, record: Optional[dict] = None) -> Data:
+    """Loaders, mixup and criterion for the model of the config (or of a stage-1 `record`'s arch)."""
+    img_size, in_chans = model_input(config, record)
     train_set, val_set, num_classes = build_datasets(config, img_size, in_chans)
+    num_classes = head_classes(config, num_classes, record)
     train_loader, val_loader, sampler = build_loaders(config, train_set, val_set, env.distributed,
                                                       env.world_size, env.rank, config.seed)
     batch, accumulation = train_loader.batch_size, int(config.gradient_accumulation_steps)
@@ -97,11 +103,28 @@ def build_data(config, env: DistInfo) -> Data:
     return Data(train_loader, val_loader, sampler, num_classes, mixup, build_criterion(config, mixup is not None))
 
 
-def build_student(config, num_classes: int, device, load_weights: bool = True):
-    """The model to compress (or train), with --model_path loaded when asked."""
+def head_classes(config, data_classes: int, record: Optional[dict] = None) -> int:
+    """The classifier width: a stage-1 record's, else --num_classes, else the data set's; the labels must fit."""
+    width = int(record["num_classes"]) if record is not None else int(config.num_classes) or data_classes
+    if width < data_classes:
+        raise DataError(f"--dataset {config.dataset} has {data_classes} classes but the model's classifier has "
+                        f"{width}; " + ("use data of the stage-1 run" if record is not None else
+                                         "raise --num_classes or leave it 0 (the data set's count)"))
+    return width
+
+
+def build_student(config, num_classes: int, device, load_weights: bool = True, record: Optional[dict] = None):
+    """The model to compress (or train), with --model_path loaded when asked.
+
+    With a stage-1 `record`, the model its architecture spec was searched on (the config may not
+    reshape it: a shape key given that disagrees with the record is refused)."""
     model_type = resolve_model_type(config.model_type, config.enable_deit)
-    vit = create_model(model_type, num_classes=num_classes, drop_path_rate=config.drop_path,
-                       img_size=config.input_size or None)
+    if record is not None and record.get("model_kwargs") is not None:
+        check_record_shape(config, record)
+        vit = rebuild(record["model_type"], record["model_kwargs"], drop_path_rate=config.drop_path)
+    else:
+        vit = create_model(model_type, num_classes=num_classes, drop_path_rate=config.drop_path,
+                           img_size=config.input_size or None, **model_overrides(config))
     if load_weights and config.model_path:
         load_pretrained(vit, config.model_path, model_type=model_type)
     if getattr(vit, "dist_token", None) is not None:
@@ -109,21 +132,53 @@ def build_student(config, num_classes: int, device, load_weights: bool = True):
     return vit.to(device), model_type
 
 
-def build_teacher(config, num_classes: int, device, fallback_path: str = ""):
-    """The frozen teacher: --teacher-model/--teacher-path, else the dense starting model."""
+def check_record_shape(config, record: dict) -> None:
+    """Refuse shape flags that contradict the stage-1 file's model (it fixes the model)."""
+    recorded = dict(record["model_kwargs"], input_size=record["img_size"])
+    given = dict(model_overrides(config), input_size=config.input_size)
+    for key, value in given.items():
+        if value and key in recorded and recorded[key] != value:
+            raise ValueError(f"--{key} {value} but the stage-1 file's model has {key}={recorded[key]}; "
+                             f"drop the flag (the stage-1 file fixes the model)")
+
+
+def build_teacher(config, num_classes: int, device, fallback: Optional[dict] = None):
+    """The frozen teacher: --teacher-model/--teacher-path, else the dense starting model.
+
+    `fallback` is a stage-1 file's teacher record {"model_type", "path", "model_kwargs"}: the
+    teacher of the search, used when the command line names none."""
     if config.distillation_type == "none":
         return None
-    model_type = config.teacher_model or config.model_type
-    path = config.teacher_path or config.model_path or fallback_path
+    fallback = fallback or {}
+    path = config.teacher_path or config.model_path or fallback.get("path", "")
     if not path:
         raise ValueError("--distillation-type " + config.distillation_type + " needs a trained teacher: pass "
                          "--model_path or --teacher-path, or use --distillation-type none")
-    enable_deit = config.enable_deit if not config.teacher_model else 0
-    teacher = create_model(model_type, num_classes=num_classes, enable_deit=enable_deit,
-                           img_size=config.input_size or None)
-    load_pretrained(teacher, path, model_type=resolve_model_type(model_type, enable_deit))
+    student_type = resolve_model_type(config.model_type, config.enable_deit)
+    if config.teacher_model:
+        model_type = resolve_model_type(config.teacher_model, 0)
+        teacher = create_model(model_type, num_classes=num_classes, img_size=config.input_size or None)
+    elif fallback.get("model_kwargs") is not None:  # the stage-1 teacher, as it was built
+        model_type = fallback["model_type"]
+        teacher = rebuild(model_type, dict(fallback["model_kwargs"], num_classes=num_classes))
+    elif fallback.get("model_type", student_type) != student_type:  # a named teacher model of stage 1
+        model_type = resolve_model_type(fallback["model_type"], 0)
+        teacher = create_model(model_type, num_classes=num_classes, img_size=config.input_size or None)
+    else:
+        model_type = student_type
+        teacher = create_model(model_type, num_classes=num_classes, img_size=config.input_size or None,
+                               **model_overrides(config))
+    load_pretrained(teacher, path, model_type=model_type)
     teacher.requires_grad_(False)
     return teacher.to(device).eval()
+
+
+def teacher_record(config, student: torch.nn.Module, model_type: str) -> dict:
+    """What a stage-1 file records of its teacher, for stage 2 to rebuild it."""
+    if config.teacher_model:
+        return {"model_type": config.teacher_model, "path": config.teacher_path or config.model_path}
+    return {"model_type": model_type, "path": config.teacher_path or config.model_path,
+            "model_kwargs": model_kwargs_of(student)}
 
 
 def build_loss(config, base_criterion, teacher) -> DistillationLoss:

@@ -18,6 +18,7 @@ A head whose value dims are all removed contributes nothing and is dropped.
 CLI, on a stage-1 or stage-2 training checkpoint:
 
     python -m uvc.export --checkpoint stage2.pth --output compact.pth
+    python -m uvc.export --checkpoint stage2.pth --onnx compact.onnx      # ONNX (uvc/onnx_export.py)
 """
 import argparse
 import os
@@ -28,7 +29,8 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
-from models.compact import CompactViT, save_compact
+from models.compact import CompactViT, num_prefix_tokens, save_compact, structure
+from models.vit import check_supported, rebuild, vit_structure
 from uvc.flops import ViTDims, block_macs, dense_macs, head_macs, patch_embed_macs
 
 TRAINING_FORMATS = ("uvc-stage1-v1", "uvc-stage2-v1")
@@ -44,7 +46,9 @@ def kept_heads(block: dict) -> List[Tuple[int, List[int]]]:
 def compact_spec_from_arch(arch: dict, norm_eps: float = 1e-6) -> dict:
     """The compact spec of an arch: per non-skipped block H'_l kept heads, value
     size dv_l = the largest kept value dims of its heads, M'_l kept neurons.
-    A block with no kept head gets H'_l = 0 (its attention outputs proj's bias)."""
+    A block with no kept head gets H'_l = 0 (its attention outputs proj's bias).
+    The model's structure (models.compact.STRUCTURE) is the arch's, DeiT's where
+    the arch has none; `norm_eps` is used only if the arch does not say."""
     blocks = []
     for index, block in enumerate(arch["blocks"]):
         if block["skipped"]:
@@ -57,8 +61,12 @@ def compact_spec_from_arch(arch: dict, norm_eps: float = 1e-6) -> dict:
     copied = ("model_type", "img_size", "patch_size", "in_chans", "num_classes", "embed_dim",
               "num_heads", "head_dim", "mlp_hidden", "depth", "distilled", "qkv_bias")
     spec = {"format_version": 1, **{key: arch[key] for key in copied}}
-    spec.update(num_patches=(arch["img_size"] // arch["patch_size"]) ** 2, norm_eps=float(norm_eps),
+    spec.update(structure(dict({"norm_eps": float(norm_eps)}, **arch)))
+    spec.update(num_prefix_tokens=num_prefix_tokens(spec),
+                num_patches=(arch["img_size"] // arch["patch_size"]) ** 2,
                 patches_kept=[int(i) for i in arch["patches_kept"]], blocks=blocks)
+    if arch.get("model_kwargs") is not None:
+        spec["model_kwargs"] = dict(arch["model_kwargs"])
     return spec
 
 
@@ -66,7 +74,8 @@ def spec_dims(spec: dict) -> ViTDims:
     """The dense model's sizes, as recorded in a compact spec."""
     return ViTDims(embed_dim=spec["embed_dim"], depth=spec["depth"], num_heads=spec["num_heads"],
                    head_dim=spec["head_dim"], mlp_hidden=spec["mlp_hidden"],
-                   num_patches=spec["num_patches"], num_prefix_tokens=2 if spec["distilled"] else 1,
+                   num_patches=spec.get("num_patches", (spec["img_size"] // spec["patch_size"]) ** 2),
+                   num_prefix_tokens=spec.get("num_prefix_tokens", 2 if spec["distilled"] else 1),
                    patch_size=spec["patch_size"], in_chans=spec["in_chans"],
                    num_classes=spec["num_classes"], num_cls_heads=2 if spec["distilled"] else 1)
 
@@ -85,15 +94,10 @@ def compact_macs(spec: dict, with_attn: bool = True) -> float:
 # ----------------------------------------------------------------------------- weights
 
 def _check_supported(model: nn.Module, arch: dict) -> None:
-    """Export handles DeiT-style models only; fail loudly on anything else."""
+    """A model UVC supports (models.vit.check_supported), of the arch's sizes."""
+    check_supported(model, arch.get("model_type", ""))
     attn = model.blocks[0].attn
     problems = [
-        (getattr(model, "global_pool", "token") != "token", "global_pool must be 'token'"),
-        (getattr(model, "no_embed_class", False), "no_embed_class models are not supported"),
-        (getattr(model, "reg_token", None) is not None, "register tokens are not supported"),
-        (not isinstance(model.blocks[0].ls1, nn.Identity), "layer scale is not supported"),
-        (not isinstance(attn.q_norm, nn.Identity), "qk-norm is not supported"),
-        (not isinstance(model.fc_norm, nn.Identity), "fc_norm is not supported"),
         (len(model.blocks) != arch["depth"], f"model depth {len(model.blocks)} != arch depth {arch['depth']}"),
         (attn.num_heads != arch["num_heads"] or attn.head_dim != arch["head_dim"],
          f"model heads {attn.num_heads}x{attn.head_dim} != arch {arch['num_heads']}x{arch['head_dim']}"),
@@ -130,6 +134,8 @@ def _export_attention(src: nn.Module, dst: nn.Module, heads: List[Tuple[int, Lis
         dst.qkv.bias.copy_(src.qkv.bias[rows] * row_keep)
     dst.proj.weight.copy_(src.proj.weight[:, v] * keep.to(src.proj.weight)[None, :])
     dst.proj.bias.copy_(src.proj.bias)
+    dst.q_norm.load_state_dict(src.q_norm.state_dict())  # qk-norm acts within a head: kept heads keep theirs
+    dst.k_norm.load_state_dict(src.k_norm.state_dict())
 
 
 @torch.no_grad()
@@ -144,17 +150,21 @@ def _export_mlp(src: nn.Module, dst: nn.Module, neurons: List[int]) -> None:
 
 @torch.no_grad()
 def _export_embeddings(src: nn.Module, dst: CompactViT) -> None:
-    """Patch embedding, prefix tokens, kept rows of pos_embed, final norm and heads."""
-    prefix = src.num_prefix_tokens
-    rows = torch.cat([torch.arange(prefix), prefix + dst.patch_index.cpu()])
-    dst.pos_embed.copy_(src.pos_embed[:, rows])
-    dst.cls_token.copy_(src.cls_token)
+    """Patch embedding, prefix tokens, kept rows of pos_embed, norms and heads."""
+    kept = dst.patch_index.cpu()
+    if dst.structure["no_embed_class"]:  # pos_embed covers the patches only
+        rows = kept
+    else:
+        prefix = src.num_prefix_tokens
+        rows = torch.cat([torch.arange(prefix), prefix + kept])
+    dst.pos_embed.copy_(src.pos_embed[:, rows.to(src.pos_embed.device)])
+    for name in ("cls_token", "dist_token", "reg_token"):
+        if getattr(dst, name) is not None:
+            getattr(dst, name).copy_(getattr(src, name))
     if dst.distilled:
-        dst.dist_token.copy_(src.dist_token)
         dst.head_dist.load_state_dict(src.head_dist.state_dict())
-    dst.patch_embed.load_state_dict(src.patch_embed.state_dict())
-    dst.norm.load_state_dict(src.norm.state_dict())
-    dst.head.load_state_dict(src.head.state_dict())
+    for name in ("patch_embed", "norm_pre", "norm", "fc_norm", "head"):
+        getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
 
 
 def export_compact(model: nn.Module, arch: dict) -> CompactViT:
@@ -165,13 +175,13 @@ def export_compact(model: nn.Module, arch: dict) -> CompactViT:
         arch: the architecture spec (see the module docstring).
     """
     _check_supported(model, arch)
-    compact = CompactViT(compact_spec_from_arch(arch, norm_eps=model.norm.eps))
+    compact = CompactViT(compact_spec_from_arch({**arch, **vit_structure(model)}))
     compact.to(next(model.parameters()).device)
     _export_embeddings(model, compact)
     for dst, entry in zip(compact.blocks, compact.spec["blocks"]):
         src, block = model.blocks[entry["source_block"]], arch["blocks"][entry["source_block"]]
-        dst.norm1.load_state_dict(src.norm1.state_dict())
-        dst.norm2.load_state_dict(src.norm2.state_dict())
+        for name in ("norm1", "norm2", "ls1", "ls2"):
+            getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
         _export_attention(src.attn, dst.attn, kept_heads(block))
         _export_mlp(src.mlp, dst.mlp, block["neurons"])
     return compact.train(model.training)
@@ -249,15 +259,26 @@ def read_training_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def build_masked_source(ckpt: dict) -> nn.Module:
-    """The timm model of a training checkpoint, its weights loaded, in eval mode."""
-    import timm
+def dense_model_of(arch: dict, device="cpu") -> nn.Module:
+    """The dense timm model an architecture spec was searched on (random weights).
+
+    Built from the arch's `model_kwargs` (recorded by models.create_model); files
+    written before they were recorded give the model type at their resolution."""
     import models  # noqa: F401  registers the vit_digits_* variants with timm
 
+    kwargs = arch.get("model_kwargs")
+    if kwargs is None:
+        kwargs = {"num_classes": arch["num_classes"], "img_size": arch["img_size"]}
+    with torch.device(device):
+        return rebuild(arch["model_type"], kwargs)
+
+
+def build_masked_source(ckpt: dict) -> nn.Module:
+    """The timm model of a training checkpoint, its weights loaded, in eval mode."""
     arch = ckpt["arch"]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["model"].items()}
     try:
-        model = timm.create_model(arch["model_type"], num_classes=arch["num_classes"], img_size=arch["img_size"])
+        model = dense_model_of(arch)
         result = model.load_state_dict(state, strict=False)  # a shape mismatch still raises
     except (RuntimeError, KeyError) as e:
         raise ValueError(f"cannot rebuild {arch.get('model_type')!r}: {' '.join(str(e).split())[:300]}") from None
@@ -288,10 +309,16 @@ def summary(compact: CompactViT, source: nn.Module, max_diff: float) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export a UVC stage-1/stage-2 checkpoint to a compact model.")
+    parser = argparse.ArgumentParser(prog="python -m uvc.export",
+                                     description="Export a UVC stage-1/stage-2 checkpoint to a compact model.")
     parser.add_argument("--checkpoint", required=True, help="uvc-stage1-v1 or uvc-stage2-v1 file")
-    parser.add_argument("--output", required=True, help="where to write the compact model (uvc-compact-v1)")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", default="", help="where to write the compact model (uvc-compact-v1)")
+    parser.add_argument("--onnx", default="", metavar="FILE.onnx",
+                        help="also (or only) write it as ONNX, dynamic batch, checked under onnxruntime")
+    args = parser.parse_args(argv)
+    if not args.output and not args.onnx:
+        parser.error("give --output compact.pth, --onnx compact.onnx, or both")
+    return args
 
 
 def main(argv=None) -> int:
@@ -307,8 +334,16 @@ def main(argv=None) -> int:
     x = torch.randn(2, arch["in_chans"], arch["img_size"], arch["img_size"])
     with torch.no_grad():
         max_diff = (compact(x) - masked_forward_reference(source, arch, x)).abs().max().item()
-    save_compact(compact, args.output)
-    print(f"wrote {args.output}: {summary(compact, source, max_diff)}")
+    line = summary(compact, source, max_diff)
+    if args.output:
+        save_compact(compact, args.output)
+        print(f"wrote {args.output}: {line}")
+    if args.onnx:
+        from uvc.onnx_export import check_onnx, export_onnx
+
+        export_onnx(compact, args.onnx)
+        print(f"wrote {args.onnx}: {'the same model' if args.output else line}, as ONNX (dynamic batch); "
+              f"max |onnxruntime - PyTorch logits| {check_onnx(compact, args.onnx):.1e}")
     return 0
 
 

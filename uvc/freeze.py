@@ -9,12 +9,16 @@ compact model (models/compact.py):
      "num_prefix_tokens", "distilled", "qkv_bias",
      "blocks": [{"skipped", "heads": [h..], "value_dims": [[j..] per kept head],
                  "neurons": [m..]}],
-     "patches_kept": [i..]}
+     "patches_kept": [i..],
+     the model's structure (models.vit.vit_structure: class/register tokens, pooling,
+     norms, layer scale, qk-norm, activation) and "model_kwargs", what rebuilds the
+     dense model (models.vit.rebuild; None for a model not built by create_model)}
 """
 from typing import Dict
 
 import torch
 
+from models.vit import model_kwargs_of, vit_structure
 from uvc.flops import ViTDims, arch_macs, dense_macs
 from uvc.masks import Masks
 
@@ -33,6 +37,7 @@ def base_spec(vit, model_type: str) -> dict:
                     "value_dims": [list(range(d.head_dim))] * d.num_heads,
                     "neurons": list(range(d.mlp_hidden))} for _ in range(d.depth)],
         "patches_kept": list(range(d.num_patches)),
+        **vit_structure(vit), "model_kwargs": model_kwargs_of(vit),
     }
 
 

@@ -4,7 +4,10 @@ Forward pre-hooks on every `attn.proj` (heads and value dims) and `mlp.fc2`
 (neurons) multiply their inputs by 0/1 masks. This equals physically zeroing
 the removed groups' weights, keeps the checkpoint keys unchanged and keeps the
 fused attention path. Block gates and patch gates are applied in `forward`,
-which otherwise follows timm's `forward_features` + `forward_head`.
+which otherwise follows timm's `forward_features` + `forward_head`. A model
+that averages its tokens (`global_pool="avg"`) averages the patch tokens with
+their keep probabilities pi during the search (UVC_SPEC section 6), so that a
+patch at pi -> 0 leaves the pooled features exactly as if it were dropped.
 
 The wrapper is what DDP wraps; the ViT inside keeps timm's state-dict layout.
 """
@@ -88,7 +91,18 @@ class MaskedViT(nn.Module):
                 out = blk(x, attn_mask=bias)
                 x = out if gates is None else torch.lerp(x, out, gates[l].to(x.dtype))  # x + g (out - x), one kernel
         x = vit.norm(x)
-        return vit.forward_head(x)
+        return self.forward_head(x)
+
+    def forward_head(self, x: torch.Tensor):
+        """timm's forward_head; average pooling weighs patch token i by pi_i under a patch bias."""
+        vit = self.vit
+        if self.patch_bias is None or vit.global_pool != "avg":
+            return vit.forward_head(x)
+        weights = self.patch_bias.reshape(-1).exp().to(x.dtype)  # (N,) 1 on prefix tokens, pi on patches
+        if not vit.pool_include_prefix:
+            x, weights = x[:, vit.num_prefix_tokens:], weights[vit.num_prefix_tokens:]
+        pooled = torch.einsum("bnd,n->bd", x, weights / weights.sum())  # (B, D)
+        return vit.head(vit.head_drop(vit.fc_norm(pooled)))
 
 
 @contextmanager

@@ -32,15 +32,18 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+import timm
 import torch
 import torch.nn as nn
 
 from models.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
 from models.compact import FORMAT as COMPACT_FORMAT
-from models.compact import CompactViT
-from models.vit import DIGITS_TYPES, MODEL_TYPES, create_model, resolve_model_type, set_fused_attn
-from uvc.export import TRAINING_FORMATS, compact_macs, compact_spec_from_arch, spec_dims
+from models.compact import STRUCTURE, CompactViT, num_prefix_tokens, structure
+from models.vit import (DIGITS_TYPES, MODEL_TYPES, create_model, model_kwargs_of, rebuild, resolve_model_type,
+                        set_fused_attn, vit_structure)
+from uvc.export import TRAINING_FORMATS, compact_macs, compact_spec_from_arch, dense_model_of, spec_dims
 from uvc.flops import ViTDims, arch_macs, block_macs, dense_macs
+from uvc.import_reference import is_reference_state
 
 KINDS = {"model_type": "model type (dense)", "dense": "dense checkpoint", "uvc-stage1-v1": "stage-1 file",
          "uvc-stage2-v1": "stage-2 file", COMPACT_FORMAT: "compact model"}
@@ -74,25 +77,43 @@ class Subject:
 # ----------------------------------------------------------------------------- models
 
 _SIZE_KEYS = ("model_type", "img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "num_heads",
-              "head_dim", "mlp_hidden", "depth", "distilled", "qkv_bias")
+              "head_dim", "mlp_hidden", "depth", "distilled", "qkv_bias") + tuple(STRUCTURE)
+
+
+def _sizes(spec: dict) -> dict:
+    """The dense sizes of a compact or architecture spec (the compact-spec vocabulary, no blocks)."""
+    sizes = {k: spec[k] for k in _SIZE_KEYS if k in spec}
+    sizes.update(structure(spec), num_patches=(spec["img_size"] // spec["patch_size"]) ** 2,
+                 num_prefix_tokens=spec.get("num_prefix_tokens", num_prefix_tokens(spec)))
+    if spec.get("model_kwargs") is not None:
+        sizes["model_kwargs"] = dict(spec["model_kwargs"])
+    return sizes
 
 
 def sizes_of_vit(vit: nn.Module, model_type: str) -> dict:
     """The dense sizes of a timm VisionTransformer, in the compact-spec vocabulary."""
     d = ViTDims.of(vit)
     img = vit.patch_embed.img_size
-    return {"model_type": model_type, "img_size": int(img[0] if isinstance(img, (tuple, list)) else img),
-            "patch_size": d.patch_size, "in_chans": d.in_chans, "num_classes": d.num_classes,
-            "embed_dim": d.embed_dim, "num_heads": d.num_heads, "head_dim": d.head_dim,
-            "mlp_hidden": d.mlp_hidden, "depth": d.depth, "distilled": d.num_cls_heads == 2,
-            "qkv_bias": vit.blocks[0].attn.qkv.bias is not None, "num_patches": d.num_patches}
+    sizes = {"model_type": model_type, "img_size": int(img[0] if isinstance(img, (tuple, list)) else img),
+             "patch_size": d.patch_size, "in_chans": d.in_chans, "num_classes": d.num_classes,
+             "embed_dim": d.embed_dim, "num_heads": d.num_heads, "head_dim": d.head_dim,
+             "mlp_hidden": d.mlp_hidden, "depth": d.depth, "distilled": d.num_cls_heads == 2,
+             "qkv_bias": vit.blocks[0].attn.qkv.bias is not None, "num_patches": d.num_patches,
+             "num_prefix_tokens": d.num_prefix_tokens, **vit_structure(vit)}
+    if model_kwargs_of(vit) is not None:
+        sizes["model_kwargs"] = model_kwargs_of(vit)
+    return sizes
 
 
 def dense_vit(sizes: dict, device="cpu") -> nn.Module:
-    """A randomly initialised dense timm ViT of the given sizes (any registered or not)."""
+    """A randomly initialised dense timm ViT of the given sizes: rebuilt from its recorded
+    model_kwargs, else a VisionTransformer of DeiT's structure (files written before
+    model_kwargs were recorded, and models not registered with timm)."""
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
+    if sizes.get("model_kwargs") is not None:
+        return dense_model_of(sizes, device).eval()
     if sizes["num_heads"] * sizes["head_dim"] != sizes["embed_dim"]:
         raise ReportError(f"heads {sizes['num_heads']} x {sizes['head_dim']} != width {sizes['embed_dim']}: "
                           f"not a timm ViT")
@@ -132,14 +153,32 @@ def arch_of_compact_spec(spec: dict) -> dict:
         blocks[b["source_block"]] = {"skipped": False, "heads": list(range(b["heads"])),
                                      "value_dims": [list(range(b["value_dim"]))] * b["heads"],
                                      "neurons": list(range(b["mlp_hidden"]))}
-    return {**{k: spec[k] for k in _SIZE_KEYS}, "num_prefix_tokens": 2 if spec["distilled"] else 1,
-            "blocks": blocks, "patches_kept": list(spec["patches_kept"])}
+    return {**_sizes(spec), "blocks": blocks, "patches_kept": list(spec["patches_kept"])}
 
 
 # ----------------------------------------------------------------------------- reading
 
-def _infer_model_type(state: dict, declared: Optional[str], img_size: Optional[int]) -> Tuple[str, dict]:
-    """The model type whose tensors have the shapes of `state` (built on the meta device)."""
+def _fits(vit: nn.Module, state: dict, img_size: Optional[int]) -> bool:
+    shapes = {k: tuple(v.shape) for k, v in vit.state_dict().items()}
+    if img_size:
+        shapes.pop("pos_embed", None)
+    return all(k in state and tuple(state[k].shape) == s for k, s in shapes.items())
+
+
+def _infer_model_type(state: dict, declared: Optional[str], img_size: Optional[int],
+                      kwargs: Optional[dict] = None) -> Tuple[str, dict]:
+    """The model type whose tensors have the shapes of `state` (built on the meta device):
+    the declared type built with the file's model_kwargs, else the declared type or one of
+    MODEL_TYPES at the file's resolution."""
+    if declared and kwargs is not None:
+        try:
+            with torch.device("meta"):
+                vit = rebuild(declared, dict(kwargs, **({"img_size": img_size} if img_size else {})))
+        except ValueError as e:
+            raise ReportError(str(e)) from None
+        if not _fits(vit, state, img_size):
+            raise ReportError(f"the checkpoint's tensors do not fit {declared} built with its model_kwargs")
+        return declared, sizes_of_vit(vit, declared)
     try:
         distilled = "dist_token" in state
         prefix = 2 if distilled else 1
@@ -161,18 +200,15 @@ def _infer_model_type(state: dict, declared: Optional[str], img_size: Optional[i
                                    img_size=img_size or own_img)
         except (ValueError, RuntimeError, AssertionError, TypeError):
             continue
-        shapes = {k: tuple(v.shape) for k, v in vit.state_dict().items()}
-        if img_size:
-            shapes.pop("pos_embed", None)
-        if all(k in state and tuple(state[k].shape) == s for k, s in shapes.items()):
+        if _fits(vit, state, img_size):
             resolved = resolve_model_type(name, int(distilled))
             return resolved, sizes_of_vit(vit, resolved)
     what = f"the declared model_type {declared!r}" if declared else f"any of {', '.join(MODEL_TYPES)}"
     raise ReportError(f"the checkpoint's tensors do not fit {what} (width {state['pos_embed'].shape[-1]}, "
-                      f"{len(state)} tensors)")
+                      f"{len(state)} tensors); name its type with --model_type")
 
 
-def _read_file(path: str, img_size: Optional[int]) -> Subject:
+def _read_file(path: str, img_size: Optional[int], model_type: Optional[str] = None) -> Subject:
     try:
         obj = read_checkpoint(path)
     except CheckpointError as e:
@@ -189,14 +225,11 @@ def _read_file(path: str, img_size: Optional[int]) -> Subject:
     try:
         if fmt == COMPACT_FORMAT:
             spec = obj["spec"]
-            sizes = {k: spec[k] for k in _SIZE_KEYS}
-            sizes["num_patches"] = (spec["img_size"] // spec["patch_size"]) ** 2
-            return Subject(fmt, path, spec["model_type"], sizes, compact_spec=spec, checkpoint=obj)
+            return Subject(fmt, path, spec["model_type"], _sizes(spec), compact_spec=spec, checkpoint=obj)
         if fmt in TRAINING_FORMATS:
             arch = obj["arch"]
             spec = compact_spec_from_arch(arch)
-            sizes = {k: spec[k] for k in _SIZE_KEYS}
-            sizes["num_patches"] = spec["num_patches"]
+            sizes = _sizes(spec)
             config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
             return Subject(fmt, path, obj.get("model_type", arch["model_type"]), sizes, compact_spec=spec,
                            arch=arch, checkpoint=obj, config=config)
@@ -206,23 +239,31 @@ def _read_file(path: str, img_size: Optional[int]) -> Subject:
         state = extract_state_dict(obj)
     except CheckpointError as e:
         raise ReportError(f"{path}: {e}") from None
+    if is_reference_state(state):
+        raise ReportError(f"{path} is a checkpoint of the reference implementation (VITA-Group/UVC); convert it "
+                          f"first: python -m uvc.import_reference {path} OUT.pth --model_type <its timm type>")
     declared = obj.get("model_type") if isinstance(obj.get("model_type"), str) else None
-    model_type, sizes = _infer_model_type(state, declared, img_size)
-    return Subject("dense", path, model_type, sizes, checkpoint=obj)
+    kwargs = obj.get("model_kwargs") if isinstance(obj.get("model_kwargs"), dict) else None
+    if model_type:  # named on the command line: the file's own record does not apply
+        declared, kwargs = resolve_model_type(model_type, int("dist_token" in state)), None
+    found, sizes = _infer_model_type(state, declared, img_size, kwargs)
+    return Subject("dense", path, found, sizes, checkpoint=obj)
 
 
-def read_subject(name: str, img_size: Optional[int] = None, enable_deit: int = 0) -> Subject:
-    """A model type or a file (dense checkpoint, stage-1/2 file, compact model)."""
+def read_subject(name: str, img_size: Optional[int] = None, enable_deit: int = 0,
+                 model_type: Optional[str] = None) -> Subject:
+    """A model type or a file (dense checkpoint, stage-1/2 file, compact model); `model_type`
+    names the type of a dense checkpoint that does not record one."""
     if os.path.isdir(name):
         raise ReportError(f"{name} is a directory; pass a model type or a .pth file")
     if os.path.exists(name):
-        return _read_file(name, img_size)
+        return _read_file(name, img_size, model_type)
     try:
         model_type = resolve_model_type(name, enable_deit)
     except ValueError as e:
         if name.endswith((".pth", ".pt", ".bin", ".tar")) or os.sep in name:
             raise ReportError(f"file {name} does not exist") from None
-        if name.replace("_distilled", "") in MODEL_TYPES:  # a known type without a distilled form
+        if timm.is_model(name):  # a known type without a distilled form
             raise ReportError(str(e)) from None
         raise ReportError(f"{name} is neither a file nor a model type: {str(e).replace('--model_type ', '')}") \
             from None
@@ -237,7 +278,7 @@ def block_rows(subject: Subject) -> List[Dict]:
     """Per original block: skipped, heads, value dims kept (and as deployed), MLP width, MACs."""
     spec = subject.compact_spec
     d, D = spec["head_dim"], spec["embed_dim"]
-    tokens = len(spec["patches_kept"]) + (2 if spec["distilled"] else 1)
+    tokens = len(spec["patches_kept"]) + spec_dims(spec).num_prefix_tokens
     rows = [{"skipped": True, "heads": 0, "value_dims": 0, "value_dims_deployed": 0, "mlp_hidden": 0, "macs": 0.0}
             for _ in range(spec["depth"])]
     for b in spec["blocks"]:
@@ -389,7 +430,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m uvc.report",
                                      description="MACs, parameters and architecture of a (compressed) ViT.")
     parser.add_argument("subject", metavar="MODEL_TYPE_OR_FILE",
-                        help=f"one of {', '.join(MODEL_TYPES)}, a dense checkpoint, a stage-1/2 file or compact.pth")
+                        help="a timm ViT name (e.g. deit_tiny_patch16_224), a dense checkpoint, a stage-1/2 file "
+                             "or compact.pth")
+    parser.add_argument("--model_type", "--model-type", default=None,
+                        help="the timm type of a dense checkpoint that does not name one")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--fvcore", action="store_true", help="also count with fvcore on the built model")
     parser.add_argument("--plot", default="", metavar="OUT.png", help="draw the architecture per block")
@@ -404,7 +448,7 @@ def main(argv=None) -> int:
     try:
         if args.img_size is not None and args.img_size <= 0:
             raise ReportError(f"--img_size must be positive, got {args.img_size}")
-        subject = read_subject(args.subject, args.img_size, args.enable_deit)
+        subject = read_subject(args.subject, args.img_size, args.enable_deit, args.model_type)
         report = build_report(subject, args.fvcore)
         if args.plot:
             try:

@@ -1,0 +1,120 @@
+"""python -m uvc.evaluate: the numbers of every kind of file, exact under torchrun, one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data import build_eval_dataset
+from models import create_model
+from models.compact import load_compact, save_compact
+from utils.config import parse_config
+from utils.entry import run_entry
+from uvc.evaluate import main
+from uvc.export import export_compact
+from uvc.search import STAGE2_FORMAT, stage1_record
+from tests.test_report import random_arch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "vit_digits_tiny_patch2_8"
+DATA = ["--dataset", "synthetic", "--synthetic_size", "36", "--num_workers", "0", "--eval_batch_size", "4"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A dense file, a stage-1 and a stage-2 file of one architecture, and its compact model."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    vit = create_model(TINY).eval()
+    arch = random_arch(vit, TINY, 0, skipped=(1,))
+    config = {"budget": 0.5, "dataset": "synthetic", "data_dir": "", "synthetic_size": 36}
+    paths = {kind: str(tmp / f"{kind}.pth") for kind in ("dense", "stage1", "stage2", "compact")}
+    torch.save({"model": vit.state_dict(), "model_type": TINY}, paths["dense"])
+    torch.save(stage1_record(arch, vit.state_dict(), config, {}), paths["stage1"])
+    torch.save({"format": STAGE2_FORMAT, "model_type": TINY, "arch": arch, "model": vit.state_dict(),
+                "config": config, "teacher": {}}, paths["stage2"])
+    save_compact(export_compact(vit, arch), paths["compact"])
+    return paths
+
+
+def run_json(capsys, *argv) -> dict:
+    main([*argv, "--json", "--repeats", "1", "--throughput_batch", "4"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1, out
+    return json.loads(out[0])
+
+
+def reference_numbers(model, img_size=8, in_chans=1) -> dict:
+    """top-1 and loss of `model` on the synthetic validation set, computed here."""
+    val, _ = build_eval_dataset(parse_config("post", DATA), img_size, in_chans)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        logits = model.eval()(x)
+    return {"top1": 100 * (logits.argmax(-1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
+
+
+def test_every_kind_of_file(files, capsys, one_thread):
+    own_data = ["--num_workers", "0", "--eval_batch_size", "4"]  # stage-1/2 files name their run's data set
+    reports = {kind: run_json(capsys, files[kind], *(own_data if kind.startswith("stage") else DATA))
+               for kind in files}
+    expected = reference_numbers(load_compact(files["compact"]))
+    for kind in ("stage1", "stage2", "compact"):
+        r = reports[kind]
+        assert r["dataset"] == "synthetic" and r["images"] == 9
+        assert r["top1"] == pytest.approx(expected["top1"]) and r["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+        assert r["macs"] == reports["compact"]["macs"] < r["dense_macs"] and r["images_per_s"] > 0
+        assert set(r) >= {"top5", "params", "dense_params", "macs_ratio"}
+    dense = reports["dense"]
+    assert dense["kind"] == "dense checkpoint" and dense["macs_ratio"] == 1.0
+    with pytest.raises(ValueError, match="data dir data/imagenet/val not found"):  # this file names no data set
+        main([files["dense"], "--json", "--num_workers", "0"])
+    resampled = run_json(capsys, files["dense"], *DATA, "--input_size", "16")
+    assert resampled["img_size"] == 16 and resampled["macs"] > 4 * dense["macs"]
+
+
+def test_torchrun_two_ranks_give_the_single_process_numbers(files, capsys):
+    single = run_json(capsys, files["compact"], *DATA)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29617", "-m", "uvc.evaluate", files["compact"], *DATA, "--json",
+                          "--repeats", "1", "--throughput_batch", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, run.stdout  # rank 0 prints
+    both = json.loads(lines[0])
+    assert both["world_size"] == 2 and both["images"] == 9  # an odd count: no image padded or repeated
+    assert both["top1"] == pytest.approx(single["top1"]) and both["loss"] == pytest.approx(single["loss"])
+
+
+def test_bad_input_is_one_line(files, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    reference = tmp_path / "deit_tiny_patch16_224_30.pth.tar"
+    state = torch.load(files["dense"], weights_only=True)["model"]
+    torch.save(dict(state, block_skip_gating=torch.zeros(4, 2)), reference)
+    cases = [(["--dataset", "digits", str(reference)], "python -m uvc.import_reference"),([str(tmp_path / "missing.pth")], "does not exist"),
+             ([str(text)], "not a readable PyTorch checkpoint"),
+             ([files["compact"], "--input_size", "16"], "fixed by its architecture"),
+             ([files["stage1"], "--model_type", "deit_tiny_patch16_224"], "drop --model_type"),
+             ([files["compact"], "--budget", "0.5"], "unrecognized arguments: --budget"),
+             ([files["compact"], "--dataset", "digits", "--num_workers", "0", "--repeats", "0", "--config",
+               "configs/digits_demo.py"], None)]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) if expected else _no_exit() as info:
+            run_entry(main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        if expected:
+            assert info.value.code == 2 and len(err) == 1 and expected in err[0], err
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
