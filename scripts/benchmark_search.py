@@ -4,6 +4,8 @@
     python scripts/benchmark_search.py                    # two run lengths, one 4x the other
     python scripts/benchmark_search.py --long             # + DeiT-Tiny over >= 20,000 search steps
     python scripts/benchmark_search.py --json             # print {"cells": [...]} at the end
+    python scripts/benchmark_search.py --quick --masking hard soft --seeds 730 731 --stage2 \
+        --masking_out log/search_masking.json                # issue 16: the two search semantics
 
 Cells: budgets 0.3, 0.5, 0.7 x two models, each with its config's search settings
 unchanged (only data, length and batch are set per model):
@@ -48,8 +50,8 @@ MODELS = {
                      "lengths": {1: ["--epochs", "13", "--warmup_epochs", "1"],
                                  4: ["--epochs", "49", "--warmup_epochs", "1"]}},
 }
-# >= 20,000 search steps of the DeiT-Tiny config at 16 px (one patch), batch 8
-LONG = ["--input_size", "16", "--train_batch_size", "8", "--epochs", "113", "--warmup_epochs", "1"]
+# >= 20,000 search steps of the DeiT-Tiny config at 32 px, batch 8 (179 steps an epoch)
+LONG = ["--train_batch_size", "8", "--epochs", "113", "--warmup_epochs", "1"]
 
 
 def run(cmd: List[str], log_path: str) -> None:
@@ -81,6 +83,18 @@ def records(output_dir: str) -> List[dict]:
         return [json.loads(line) for line in f]
 
 
+def stage2(name: str, stage1_file: str, out: str, args) -> float:
+    """Fine-tune a stage-1 result with the model's post config (same data); its best top-1."""
+    m = MODELS[name]
+    post_config = m["config"] + (":post" if "digits_demo" in m["config"] else "")
+    cmd = (["post_train.py", "--config", post_config, "--model_type", m["model_type"], "--model_path",
+            teacher(name, args), "--checkpoint_dir", stage1_file, "--output_dir", out, "--eval_every", "0",
+            "--epochs", str(args.stage2_epochs)] + m["data"])
+    if not os.path.exists(os.path.join(out, "compact.pth")):
+        run(cmd, os.path.join(out, "stdout.log"))
+    return max(r["val_top1"] for r in records(out) if "val_top1" in r)
+
+
 def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dict:
     """One cell of the matrix from the run's log.jsonl."""
     recs = records(out)
@@ -99,17 +113,23 @@ def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dic
             "warned": any("warning" in r for r in recs)}
 
 
-def cell(name: str, budget: float, length: int, args, extra: List[str] = ()) -> Dict:
+def cell(name: str, budget: float, length: int, args, extra: List[str] = (), seed: int = 730,
+         masking: str = "hard") -> Dict:
     m = MODELS[name]
-    tag = f"{name.replace('@', '-')}-b{budget}-x{length}" + ("-long" if extra else "")
+    tag = (f"{name.replace('@', '-')}-b{budget}-x{length}" + ("-long" if extra else "")
+           + ("" if (seed, masking) == (730, "hard") else f"-s{seed}-{masking}"))
     out = os.path.join(args.run_dir, tag)
     cmd = (["joint_train.py", "--config", m["config"], "--model_type", m["model_type"], "--model_path",
-            teacher(name, args), "--budget", str(budget), "--seed", str(args.seed), "--output_dir", out,
-            "--eval_every", "0", "--log_interval", "50"] + m["data"] + m["lengths"][length] + list(extra))
-    if not os.path.exists(os.path.join(out, f"{m['model_type']}_uvc.pth")):
+            teacher(name, args), "--budget", str(budget), "--seed", str(seed), "--output_dir", out,
+            "--eval_every", "0", "--log_interval", "50", "--search_masking", masking]
+           + m["data"] + m["lengths"][length] + list(extra))
+    stage1_file = os.path.join(out, f"{m['model_type']}_uvc.pth")
+    if not os.path.exists(stage1_file):
         run(cmd, os.path.join(out, "stdout.log"))
-    result = summarise(name, budget, length, out, args.seed)
-    result["command"] = "python " + " ".join(cmd)
+    result = summarise(name, budget, length, out, seed)
+    result.update(masking=masking, command="python " + " ".join(cmd))
+    if args.stage2:
+        result["top1_after_stage2"] = stage2(name, stage1_file, os.path.join(out, "stage2"), args)
     return result
 
 
@@ -121,15 +141,17 @@ def ok(c: Dict) -> bool:
 
 
 def table(cells: List[Dict]) -> str:
-    head = ("| model | budget | length | search steps | searched | exported | greedy changed | max dip under "
-            "target | budget reached at | teacher top-1 | top-1 after freeze | in window |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| model | budget | length | masking | seed | search steps | searched | exported | greedy changed | "
+            "max dip under target | budget reached at | teacher top-1 | top-1 after freeze | after stage 2 | "
+            "in window |")
+    lines = [head, "|" + "---|" * 15]
     for c in cells:
         at = "-" if c["reached_budget_at"] is None else f"{c['reached_budget_at']:.2f}"
-        lines.append(f"| {c['model']} | {c['budget']} | {c['length']} | {c['search_steps']} | "
-                     f"{c['searched_ratio']:.3f} | {c['exported_ratio']:.3f} | {100 * c['greedy_changed_frac']:.1f}% | "
-                     f"{c['max_undershoot']:.3f} | {at} | {c['teacher_top1']:.2f} | {c['top1_after_freeze']:.2f} | "
-                     f"{'yes' if ok(c) else 'NO'} |")
+        s2 = f"{c['top1_after_stage2']:.2f}" if "top1_after_stage2" in c else "-"
+        lines.append(f"| {c['model']} | {c['budget']} | {c['length']} | {c['masking']} | {c['seed']} | "
+                     f"{c['search_steps']} | {c['searched_ratio']:.3f} | {c['exported_ratio']:.3f} | "
+                     f"{100 * c['greedy_changed_frac']:.1f}% | {c['max_undershoot']:.3f} | {at} | "
+                     f"{c['teacher_top1']:.2f} | {c['top1_after_freeze']:.2f} | {s2} | {'yes' if ok(c) else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -138,9 +160,25 @@ def allocation(cells: List[Dict]) -> str:
     for c in cells:
         neurons = ["-" if s else str(n) for n, s in zip(c["kept_neurons"], c["skipped_blocks"])]
         dims = ["-" if s else str(n) for n, s in zip(c["kept_value_dims"], c["skipped_blocks"])]
-        lines.append(f"- {c['model']} b{c['budget']} {c['length']}: neurons [{' '.join(neurons)}], value dims "
+        lines.append(f"- {c['model']} b{c['budget']} {c['length']} {c['masking']} s{c['seed']}: neurons [{' '.join(neurons)}], value dims "
                      f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}")
     return "\n".join(lines)
+
+
+def write_masking(cells: List[Dict], path: str, argv) -> None:
+    """log/search_masking.json: both search semantics, per cell; the default is the better mean top-1
+    after stage 2 (then the closer landing)."""
+    keys = ("masking", "model", "budget", "seed", "searched_ratio", "greedy_changed_frac", "top1_after_freeze",
+            "top1_after_stage2", "kept_heads", "kept_value_dims", "kept_neurons", "skipped_blocks")
+    rows = [{k: c.get(k) for k in keys} for c in cells]
+    mean = {m: sum(r["top1_after_stage2"] for r in rows if r["masking"] == m)
+            / max(1, sum(r["masking"] == m for r in rows)) for m in ("hard", "soft")}
+    gap = {m: sum(abs(r["searched_ratio"] - r["budget"]) for r in rows if r["masking"] == m) for m in mean}
+    default = min(mean, key=lambda m: (-round(mean[m], 1), gap[m]))
+    command = "python scripts/benchmark_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with open(path, "w") as f:
+        json.dump({"command": command, "default": default, "mean_top1_after_stage2": mean, "cells": rows}, f,
+                  indent=1)
 
 
 def main(argv=None) -> int:
@@ -150,16 +188,22 @@ def main(argv=None) -> int:
     p.add_argument("--long", action="store_true", help="add the DeiT-Tiny long-horizon row (>= 20,000 steps)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
-    p.add_argument("--seed", type=int, default=730)
+    p.add_argument("--seeds", nargs="+", type=int, default=[730])
+    p.add_argument("--masking", nargs="+", default=["hard"], choices=["hard", "soft"],
+                   help="--search_masking of the cells (issue 16 compares both)")
+    p.add_argument("--stage2", action="store_true", help="also fine-tune every cell (stage 2) and report top-1")
+    p.add_argument("--stage2_epochs", type=int, default=30)
+    p.add_argument("--masking_out", default="", help="write the masking comparison (log/search_masking.json)")
     p.add_argument("--run_dir", default="runs/benchmark_search")
     p.add_argument("--cache_dir", default="runs/cache")
     p.add_argument("--out", default="", help="also write the table and cells here (.md and .json)")
     p.add_argument("--json", action="store_true", help='print {"cells": [...]} at the end')
     args = p.parse_args(argv)
     lengths = (1,) if args.quick else (1, 4)
-    cells = [cell(m, b, n, args) for n in lengths for m in args.models for b in args.budgets]
+    cells = [cell(m, b, n, args, seed=seed, masking=mode) for n in lengths for m in args.models
+             for b in args.budgets for seed in args.seeds for mode in args.masking]
     if args.long:
-        cells.append(cell("deit_tiny@32", 0.5, 1, args, LONG))
+        cells.append(cell("deit_tiny@32", 0.5, 1, args, LONG, seed=args.seeds[0]))
         cells[-1]["length"] = "long"
     text = table(cells) + "\n\n" + allocation(cells)
     print("\n" + text)
@@ -169,6 +213,8 @@ def main(argv=None) -> int:
             f.write(f"Produced by `{command}`.\n\n{text}\n")
         with open(args.out + ".json", "w") as f:
             json.dump({"command": command, "cells": cells}, f, indent=1)
+    if args.masking_out:
+        write_masking(cells, args.masking_out, argv)
     if args.json:
         print(json.dumps({"cells": cells}))
     return 0

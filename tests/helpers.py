@@ -21,6 +21,16 @@ def noisy_tiny_vit(seed: int = 0, scale: float = 0.05):
     return vit
 
 
+def demo_search_config(**overrides):
+    """The digits demo's stage-1 config, search active from the first step (no warm-up)."""
+    from configs.digits_demo import get_config
+    c = get_config("joint")
+    c.enable_warmup = 0
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
 # --- comparing whole runs (resume and distributed tests) ---------------------------------
 
 def clean_env(**extra) -> dict:

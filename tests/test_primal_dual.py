@@ -3,10 +3,9 @@ import copy
 
 import pytest
 import torch
-from helpers import noisy_tiny_vit
+from helpers import demo_search_config, noisy_tiny_vit
 import torch.nn.functional as F
 
-from configs.digits_demo import get_config
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch
 from uvc.structure import LOWEST
@@ -22,13 +21,7 @@ def tiny_vit(seed: int = 0):
     return noisy_tiny_vit(seed)
 
 
-def demo_config(**overrides):
-    """The digits demo's stage-1 config, search active from the first step (no warm-up)."""
-    c = get_config("joint")
-    c.enable_warmup = 0
-    for k, v in overrides.items():
-        c[k] = v
-    return c
+demo_config = demo_search_config
 
 
 def build(seed: int = 0, steps: int = 100, **overrides):

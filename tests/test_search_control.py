@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs.digits_demo import get_config
-from helpers import noisy_tiny_vit
+from helpers import demo_search_config, noisy_tiny_vit
 from uvc.controller import BudgetController
 from uvc.fit import fit_to_budget
 from uvc.freeze import base_spec, spec_ratio
@@ -21,12 +20,7 @@ MODEL = "vit_digits_tiny_patch2_8"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def config(**overrides):
-    c = get_config("joint")
-    c.enable_warmup = 0
-    for k, v in overrides.items():
-        c[k] = v
-    return c
+config = demo_search_config
 
 
 # ----------------------------------------------------------------------------- schedule and rates

@@ -34,7 +34,7 @@ Scale (what makes one set of rates fit every model, data set and run length):
 - The gates' and patches' loss and budget gradients are each divided by their
   mean magnitude over blocks (patches), so `gating_weight` and `patch_weight`
   are exchange rates without units.
-The prox of y ||W_G||^2 is applied per unit of the layer's mean group score S_l / G,
+The prox (uvc.prox) is applied per unit of the layer's mean group score S_l / G,
 W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
 rate in every layer and model.
 """
@@ -48,6 +48,7 @@ from uvc.controller import BudgetController
 from uvc.gates import block_gate_sample, limit_gate_flips, patch_attn_bias, settle_flips
 from uvc.masked_model import MaskedViT
 from uvc.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
+from uvc.prox import proximal_step
 from uvc.schedule import SearchRates, target_ratio
 from uvc.structure import ArchState
 from utils.dist import all_reduce_mean
@@ -211,33 +212,10 @@ class PrimalDual:
         return {name: (torch.zeros_like(p) if g is None else g)
                 for name, p, g in zip(("s", "r", "gate", "patch"), params, grads)}
 
-    @torch.no_grad()
     def proximal_step(self, vit, lr: float) -> None:
-        """Closed-form prox of y ||W_G||^2 / mean score on every removed group:
-        W_G / (1 + 2 lr y / mean score). Hard masking shrinks the whole group (its q, k, v
-        and fc1 rows too); soft shrinks the columns that score it (proj, fc2), as the reference."""
-        a, m, sc = self.arch, self.masks, self.scores
-        mean = lambda t: t.mean(-1).clamp_min(1e-12)  # noqa: E731
-        head_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 0] / mean(sc.heads))  # (L,)
-        neuron_f = 1.0 / (1.0 + 2.0 * lr * a.y[:, 1] / mean(sc.neurons))
-        dim_f = 1.0 / (1.0 + 2.0 * lr * a.p / mean(sc.dims))  # (L, H)
-        heads = m.heads.unsqueeze(-1)  # (L, H, 1)
-        removed_head = (1 - heads) * head_f.view(-1, 1, 1)
-        removed_dim = heads * (1 - m.dims) * dim_f.unsqueeze(-1)
-        value_f = (removed_head + removed_dim + m.dims).flatten(1)  # (L, H*d) factor per value dim
-        qk_f = (removed_head + heads).expand_as(m.dims).flatten(1)  # q, k: whole heads only
-        row_f = torch.cat([qk_f, qk_f, value_f], dim=1)  # (L, 3*H*d) rows of qkv
-        n_f = m.neurons + (1 - m.neurons) * neuron_f.unsqueeze(-1)  # (L, M)
-        blocks = vit.blocks
-        torch._foreach_mul_([b.attn.proj.weight for b in blocks], list(value_f.unsqueeze(1).unbind(0)))
-        torch._foreach_mul_([b.mlp.fc2.weight for b in blocks], list(n_f.unsqueeze(1).unbind(0)))
-        if self.cfg.masking == "soft":
-            return
-        torch._foreach_mul_([b.attn.qkv.weight for b in blocks], list(row_f.unsqueeze(-1).unbind(0)))
-        torch._foreach_mul_([b.mlp.fc1.weight for b in blocks], list(n_f.unsqueeze(-1).unbind(0)))
-        if blocks[0].attn.qkv.bias is not None:
-            torch._foreach_mul_([b.attn.qkv.bias for b in blocks], list(row_f.unbind(0)))
-        torch._foreach_mul_([b.mlp.fc1.bias for b in blocks], list(n_f.unbind(0)))
+        """Step 2: the prox of y ||W_G||^2 on the removed groups (uvc.prox)."""
+        proximal_step(vit, self.masks, self.scores, self.arch.y, self.arch.p, lr,
+                      columns_only=self.cfg.masking == "soft")
 
     def _slopes(self):
         """dLeastSum/d(count) in MAC-share units: heads (L,), neurons (L,), dims (L, H)."""
