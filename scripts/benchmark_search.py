@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ MODELS = {
                            4: ["--epochs", "114", "--warmup_epochs", "2"]}},
     "deit_tiny@32": {"config": "configs/deit_tiny.py", "model_type": "deit_tiny_patch16_224", "data": DEIT_DATA,
                      "teacher": ["--config", "configs/deit_tiny.py", "--pretrained", "0", "--distillation_type",
-                                 "none", "--epochs", "40", "--learning_rate", "8e-3", "--lr_warmup_epochs", "5",
+                                 "none", "--epochs", "25", "--learning_rate", "8e-3", "--lr_warmup_epochs", "5",
                                  "--min_lr", "1e-5", "--clip_grad", "1.0", "--smoothing", "0.1"],
                      "lengths": {1: ["--epochs", "13", "--warmup_epochs", "1"],
                                  4: ["--epochs", "49", "--warmup_epochs", "1"]}},
@@ -54,12 +55,16 @@ MODELS = {
 LONG = ["--train_batch_size", "8", "--epochs", "113", "--warmup_epochs", "1"]
 
 
+THREADS = {"n": 1}  # intra-op threads of every run (--threads)
+
+
 def run(cmd: List[str], log_path: str) -> None:
     """Run one of the project's scripts, echoing the command; its output goes to log_path."""
     print("$ python " + " ".join(cmd), flush=True)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS["n"]))
     with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable] + cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable] + cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
         raise SystemExit(f"benchmark_search: '{' '.join(cmd[:3])} ...' failed (exit {code}); see {log_path}")
 
@@ -198,10 +203,17 @@ def main(argv=None) -> int:
     p.add_argument("--cache_dir", default="runs/cache")
     p.add_argument("--out", default="", help="also write the table and cells here (.md and .json)")
     p.add_argument("--json", action="store_true", help='print {"cells": [...]} at the end')
+    p.add_argument("--jobs", type=int, default=2, help="cells run side by side (2 cores: 2 jobs of 1 thread)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of each run")
     args = p.parse_args(argv)
+    THREADS["n"] = args.threads
     lengths = (1,) if args.quick else (1, 4)
-    cells = [cell(m, b, n, args, seed=seed, masking=mode) for n in lengths for m in args.models
-             for b in args.budgets for seed in args.seeds for mode in args.masking]
+    for name in args.models:  # trained once, before the cells that share them start
+        teacher(name, args)
+    plan = [(m, b, n, seed, mode) for n in lengths for m in args.models for b in args.budgets
+            for seed in args.seeds for mode in args.masking]
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        cells = list(pool.map(lambda c: cell(c[0], c[1], c[2], args, seed=c[3], masking=c[4]), plan))
     if args.long:
         cells.append(cell("deit_tiny@32", 0.5, 1, args, LONG, seed=args.seeds[0]))
         cells[-1]["length"] = "long"

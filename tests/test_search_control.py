@@ -112,6 +112,24 @@ def test_min_blocks_protects_the_last_blocks_from_noise():
     assert search.pd.protected_blocks().tolist() == [0, 0, 1, 1]
 
 
+def test_a_gate_update_never_goes_under_min_blocks():
+    """Every gate pushed to skip at once, update after update: the blocks left at --min_blocks stay."""
+    vit = noisy_tiny_vit(0)
+    model = MaskedViT(vit)
+    search = UVCSearch(vit, config(min_blocks=3, gating_interval=1), CPU, search_steps=100)
+    search.set_epoch(0)
+    pd, arch = search.pd, search.arch
+    search.prepare(model, training=True)
+    with torch.no_grad():
+        arch.z.fill_(5.0)  # the budget pushes down
+    pd.t = 10
+    for _ in range(20):
+        arch.gate_logits.grad = torch.tensor([[-1.0, 1.0]]).repeat(4, 1)  # the loss pushes every gate to skip
+        pd.gate_step({"gate": torch.zeros(4, 2), "patch": torch.zeros(16)}, target=0.0)
+        assert arch.block_keep_hard().sum() >= 3
+    assert arch.block_keep_hard().sum() == 3
+
+
 # ----------------------------------------------------------------------------- the freeze guarantee
 
 def test_freeze_from_every_block_skipped_puts_blocks_back():

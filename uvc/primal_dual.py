@@ -148,9 +148,11 @@ class PrimalDual:
         self.masks = compute_masks(self.scores, k_heads, k_dims, k_neurons)
         return self.masks
 
-    def protected_blocks(self) -> torch.Tensor:
-        """(L,) 1.0 for kept blocks that may not be skipped: with only `min_blocks` left, all of them."""
-        keep = self.arch.block_keep_hard()
+    def protected_blocks(self, logits: torch.Tensor = None) -> torch.Tensor:
+        """(L,) 1.0 for kept blocks that may not be skipped: with only `min_blocks` left, all of them.
+        `logits`: the gate logits to read (default the current ones)."""
+        logits = self.arch.gate_logits.detach() if logits is None else logits
+        keep = (logits[:, 1] >= logits[:, 0]).float()
         return keep if keep.sum() <= self.cfg.min_blocks else torch.zeros_like(keep)
 
     def prepare(self, model: MaskedViT, training: bool = True) -> None:
@@ -264,7 +266,7 @@ class PrimalDual:
             loss_grad = self._averaged_grad(a.gate_logits, n)
             a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
             self.gate_opt.step()
-            limit_gate_flips(a, before, self.protected_blocks(), self._floor_check(target))
+            limit_gate_flips(a, before, self.protected_blocks(before), self._floor_check(target))
         if sp.patch_gating:
             before = a.patch_logits.detach().clone()
             loss_grad = self._averaged_grad(a.patch_logits, n)
