@@ -124,7 +124,7 @@ def masks_of(sd: dict, vit, s: Optional[torch.Tensor], r: Optional[torch.Tensor]
                 neurons[l] &= (sd[f"blocks.{l}.mlp.fc2.mask"] != 0).any(0)
             if f"blocks.{l}.mlp.fc1.mask" in sd:
                 neurons[l] &= (sd[f"blocks.{l}.mlp.fc1.mask"] != 0).any(1)
-        return Masks(dims.any(-1).float(), dims.float(), neurons.float(), torch.zeros(L))
+        return Masks(dims.any(-1).float(), dims.float(), neurons.float())
     if s is not None and r is not None:  # the reference's rule: the ceil(s), ceil(r) lowest-score groups go
         k = torch.ceil(s.detach().float() - 1e-6).clamp_min(0).long()
         return compute_masks(group_scores(*stacked_weights(vit), H), k[:, 0].clamp_max(H), r.detach().float()
