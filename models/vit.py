@@ -1,9 +1,9 @@
 """DeiT/ViT students and teachers, built on timm's VisionTransformer.
 
 The weight layout is timm's (= the official DeiT release's), so official
-checkpoints load without conversion. The small `vit_digits_*` variants are the
-CPU demo's models (8x8 grey digits, patch 2), registered with timm the same
-way as timm's own DeiT functions.
+checkpoints load without conversion. The small `vit_digits_*` and `vit_mnist_*`
+variants are the CPU demos' models (8x8 grey digits with patch 2; 28x28 grey MNIST
+with patch 4), registered with timm the same way as timm's own DeiT functions.
 """
 from typing import Optional
 
@@ -21,7 +21,7 @@ DEIT_TYPES = (
 )
 
 
-def _digits_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+def _demo_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
     if pretrained:
         raise ValueError(f"{variant} has no released weights; train it with post_train.py --pretrained 0")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
@@ -33,18 +33,27 @@ def _digits_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTrans
 def vit_digits_patch2_8(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """The demo model: width 64, depth 8, 4 heads, 8x8x1 input, patch 2 (16 patches), 0.4M params."""
     args = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=4)
-    return _digits_vit("vit_digits_patch2_8", pretrained, **dict(args, **kwargs))
+    return _demo_vit("vit_digits_patch2_8", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def vit_digits_tiny_patch2_8(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """A smaller test model: width 32, depth 4, 2 heads, 8x8x1 input, patch 2."""
     args = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=4, num_heads=2)
-    return _digits_vit("vit_digits_tiny_patch2_8", pretrained, **dict(args, **kwargs))
+    return _demo_vit("vit_digits_tiny_patch2_8", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_mnist_patch4_28(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The MNIST benchmark model: width 64, depth 8, 4 heads, 28x28x1 input, patch 4 (49 patches), 0.4M params."""
+    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=4)
+    return _demo_vit("vit_mnist_patch4_28", pretrained, **dict(args, **kwargs))
 
 
 DIGITS_TYPES = ("vit_digits_patch2_8", "vit_digits_tiny_patch2_8")
-MODEL_TYPES = DEIT_TYPES + DIGITS_TYPES
+MNIST_TYPES = ("vit_mnist_patch4_28",)
+DEMO_TYPES = DIGITS_TYPES + MNIST_TYPES  # the CPU demos' models: no released weights, no distilled form
+MODEL_TYPES = DEIT_TYPES + DEMO_TYPES
 
 
 def resolve_model_type(model_type: str, enable_deit: int = 0) -> str:
@@ -55,7 +64,7 @@ def resolve_model_type(model_type: str, enable_deit: int = 0) -> str:
                          f"(add --enable_deit 1 for the distillation-token form)")
     distilled = bool(enable_deit) or "_distilled" in model_type
     if distilled:
-        if base in DIGITS_TYPES:
+        if base in DEMO_TYPES:
             raise ValueError(f"{base} has no distillation-token form; use --enable_deit 0")
         return base.replace("_patch", "_distilled_patch")
     return base
