@@ -41,11 +41,11 @@ LOG_FILES = ("log.jsonl", "stdout.log", "result.json")  # what copy_logs keeps o
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
 
 
-def run(cmd: List[str], log_path: str, reuse: bool = False) -> None:
+def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) -> None:
     """Run one of the project's commands, echoing it; its output also goes to log_path.
 
     With `reuse`, a command that already completed with this log_path (same text, recorded
-    in <its folder>/done.cmd) is not run again."""
+    in <its folder>/done.cmd) is not run again. `threads` > 0 sets OMP_NUM_THREADS for it."""
     done = os.path.join(os.path.dirname(log_path), "done.cmd")
     text = " ".join(cmd)
     if reuse and os.path.exists(done) and open(done).read() == text:
@@ -56,8 +56,9 @@ def run(cmd: List[str], log_path: str, reuse: bool = False) -> None:
     if os.path.exists(done):
         os.remove(done)
     with open(log_path, "w") as log:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
         proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+                                text=True, bufsize=1, env=env)
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
@@ -120,6 +121,7 @@ class Bench:
         joint_extra, post_extra: flags appended to every stage-1 / every fine-tuning command
             (e.g. ["--epochs", "6"]); stage 2, the one-shot peers and Torch-Pruning share post_extra.
         reuse: skip a command that already completed in the same folder (see `run`).
+        threads: OMP_NUM_THREADS of every command (0: the library default, one per core).
     """
     dataset: str = "digits"
     cache_dir: str = "runs/cache"
@@ -128,6 +130,7 @@ class Bench:
     joint_extra: Sequence[str] = ()
     post_extra: Sequence[str] = ()
     reuse: bool = False
+    threads: int = 0
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -153,14 +156,14 @@ class Bench:
             return path
         shutil.rmtree(out, ignore_errors=True)
         run(["post_train.py", "--config", f"{self.config_file}:dense", "--output_dir", out] + extra,
-            os.path.join(out, "stdout.log"))
+            os.path.join(out, "stdout.log"), threads=self.threads)
         if not os.path.exists(path):
             raise SystemExit(f"the teacher run did not write {path}; see {out}/stdout.log")
         open(os.path.join(out, "done"), "w").close()  # complete: later runs with this config reuse it
         return path
 
     def _run(self, cmd: List[str], log_path: str) -> None:
-        run(cmd, log_path, self.reuse)
+        run(cmd, log_path, self.reuse, self.threads)
 
     def _seed(self, seed: Optional[int]) -> List[str]:
         return ["--seed", str(self.seed if seed is None else seed)]
