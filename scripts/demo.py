@@ -31,8 +31,8 @@ import os
 import sys
 from typing import List
 
-from pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, compact_of_stage1, copy_logs, macs_ratio_of,
-                      markdown_table, params, stage1_ratio)
+from pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, params,
+                      removed_text, stage1_ratio, stage1_run)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,8 +109,8 @@ def compare(args, bench: Bench, teacher_path: str, uvc: dict) -> List[dict]:
     tp_target = macs_ratio_of(uvc_compact, dense)  # by fvcore: Torch-Pruning also shrinks q and k
     out = os.path.join(args.run_dir, "compare")
     methods = [
-        {"name": "UVC", "before": compact_of_stage1(uvc["stage1_file"]), "after": uvc_compact,
-         "logs": [os.path.dirname(uvc["stage1_file"]), os.path.dirname(uvc["compact_file"])]},
+        stage1_run("UVC", uvc["stage1_file"], uvc["compact_file"],
+                   [os.path.dirname(uvc["stage1_file"]), os.path.dirname(uvc["compact_file"])]),
         bench.uvc("UVC w/o block gates", teacher_path, os.path.join(out, "UVC w/o block gates"), args.budget,
                   joint_extra=["--enable_block_gating", "0"]),
         bench.uvc("UVC w/o distillation", teacher_path, os.path.join(out, "UVC w/o distillation"), args.budget,
@@ -133,9 +133,10 @@ def write_compare(args, rows: List[dict], methods: List[dict]) -> None:
     command = "python scripts/demo.py " + " ".join(sys.argv[1:])
     table = markdown_table(
         ["method", "top-1 before FT (%)", "top-1 after FT (%)", "MACs ratio", "params", "images/s (b64)",
-         "speedup"],
+         "speedup", "removed: blocks/heads/dims/neurons/patches"],
         [[r["name"], f"{r['top1_before']:.2f}", f"{r['top1']:.2f}", f"{r['macs_ratio']:.3f}",
-          f"{r['params'] / 1e3:.1f}K", f"{r['images_per_s_b64']:.0f}", f"{r['speedup_b64']:.2f}x"] for r in rows])
+          f"{r['params'] / 1e3:.1f}K", f"{r['images_per_s_b64']:.0f}", f"{r['speedup_b64']:.2f}x",
+          removed_text(r["removed"])] for r in rows])
     text = (f"{args.dataset.capitalize()}, budget {args.budget}, produced by `{command}`. MACs ratios counted by "
             f"fvcore on the physically pruned models; throughput measured side by side on this CPU at batch 64."
             f"\n\n{table}\n")

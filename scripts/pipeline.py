@@ -37,6 +37,7 @@ DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
 SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
 SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0"]  # and stage 1 searches from its first step
 LOG_FILES = ("log.jsonl", "stdout.log", "result.json")  # what copy_logs keeps of a run folder
+AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, counted per axis (`removed`)
 # baselines.torch_pruning flags of its "Torch-Pruning (local magnitude)" setting (default: Taylor, global)
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
 
@@ -48,7 +49,7 @@ def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) ->
     in <its folder>/done.cmd) is not run again. `threads` > 0 sets OMP_NUM_THREADS for it."""
     done = os.path.join(os.path.dirname(log_path), "done.cmd")
     text = " ".join(cmd)
-    if reuse and os.path.exists(done) and open(done).read() == text:
+    if reuse and os.path.exists(done) and _read(done) == text:
         print(f"\n$ {text}\n(reused: completed before in {os.path.dirname(log_path)})", flush=True)
         return
     print("\n$ " + text, flush=True)
@@ -68,6 +69,11 @@ def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) ->
         f.write(text)
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -79,10 +85,42 @@ def compact_of_stage1(stage1_file: str) -> torch.nn.Module:
     return export_compact(build_masked_source(ckpt), ckpt["arch"]).eval()
 
 
+def stage1_run(name: str, stage1_file: str, compact_file: str, logs: List[str]) -> dict:
+    """A method's run whose result is a stage-1 file fine-tuned by stage 2 (UVC, the one-shot peers)."""
+    from models.compact import load_compact
+    arch = torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"]
+    return {"name": name, "before": compact_of_stage1(stage1_file), "after": load_compact(compact_file),
+            "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file}
+
+
 def macs_ratio_of(model: torch.nn.Module, dense: torch.nn.Module) -> float:
     """fvcore's MACs of a physically pruned model over the dense model's (fused attention off)."""
     from baselines.macs import matched_target
     return matched_target(dense, model)
+
+
+def removed_of_spec(spec: dict) -> Dict[str, int]:
+    """What an architecture spec removes, per axis: skipped blocks, and in the kept blocks heads,
+    value dims of kept heads and MLP neurons; dropped patch positions."""
+    H, d, M = spec["num_heads"], spec["head_dim"], spec["mlp_hidden"]
+    kept = [b for b in spec["blocks"] if not b["skipped"]]
+    return {"blocks": len(spec["blocks"]) - len(kept), "heads": sum(H - len(b["heads"]) for b in kept),
+            "dims": sum(d - len(v) for b in kept for v in b["value_dims"]),
+            "neurons": sum(M - len(b["neurons"]) for b in kept),
+            "patches": (spec["img_size"] // spec["patch_size"]) ** 2 - len(spec["patches_kept"])}
+
+
+def removed_of_pruned(model: torch.nn.Module, dense: torch.nn.Module) -> Dict[str, int]:
+    """The same counts for a Torch-Pruning model (a head dim goes from q, k and v together)."""
+    attn, M = dense.blocks[0].attn, dense.blocks[0].mlp.fc1.out_features
+    return {"blocks": 0, "heads": sum(attn.num_heads - b.attn.num_heads for b in model.blocks),
+            "dims": sum(b.attn.num_heads * (attn.head_dim - b.attn.head_dim) for b in model.blocks),
+            "neurons": sum(M - b.mlp.fc1.out_features for b in model.blocks), "patches": 0}
+
+
+def removed_text(removed: Dict[str, int]) -> str:
+    """"blocks/heads/dims/neurons/patches" removed, for the tables."""
+    return "/".join(str(removed[k]) for k in AXES)
 
 
 def stage1_ratio(stage1_file: str) -> float:
@@ -186,24 +224,21 @@ class Bench:
     def uvc(self, name: str, teacher: str, out: str, budget: float, seed: Optional[int] = None,
             joint_extra=(), post_extra=()) -> dict:
         """UVC (or an ablation of it): stage 1, then stage 2 and export."""
-        from models.compact import load_compact
         s1 = self.stage1(teacher, os.path.join(out, "stage1"), budget, seed, joint_extra)
         files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed, post_extra)
-        return {"name": name, "before": compact_of_stage1(s1), "after": load_compact(files["compact_file"]),
-                "logs": [os.path.join(out, "stage1"), os.path.join(out, "stage2")], "stage1_file": s1, **files}
+        return dict(stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")]),
+                    **files)
 
     def one_shot(self, name: str, method: str, teacher: str, out: str, target: float,
                  seed: Optional[int] = None) -> dict:
         """baselines.magnitude (`uniform-magnitude` or `greedy-fit`) at `target` MACs by UVC's formula,
         then the same stage 2 as UVC."""
-        from models.compact import load_compact
         s1 = os.path.join(out, "stage1", f"{self.model_type}_uvc.pth")
         self._run(["-m", "baselines.magnitude", "--method", method, "--model_type", self.model_type,
              "--model_path", teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", "--output", s1],
             os.path.join(out, "stage1", "stdout.log"))
         files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed)
-        return {"name": name, "before": compact_of_stage1(s1), "after": load_compact(files["compact_file"]),
-                "logs": [os.path.join(out, "stage1"), os.path.join(out, "stage2")]}
+        return stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")])
 
     def torch_pruning(self, name: str, teacher: str, out: str, target: float, seed: Optional[int] = None,
                       setting=()) -> dict:
@@ -213,8 +248,9 @@ class Bench:
         self._run(["-m", "baselines.torch_pruning", "--config", f"{self.config_file}:post", "--model_path", teacher,
              "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", *self._seed(seed), "--output_dir", out,
              *setting, *self.post_extra] + (SMOKE if self.smoke else []), os.path.join(out, "stdout.log"))
-        return {"name": name, "before": load_pruned(os.path.join(out, "tp_pruned.pth"))[0],
-                "after": load_pruned(os.path.join(out, "tp_finetuned_best.pth"))[0], "logs": [out]}
+        after = load_pruned(os.path.join(out, "tp_finetuned_best.pth"))[0]
+        return {"name": name, "before": load_pruned(os.path.join(out, "tp_pruned.pth"))[0], "after": after,
+                "removed": removed_of_pruned(after, self.dense_model()), "logs": [out]}
 
     # ------------------------------------------------------------------------- measuring
     @cached_property
@@ -252,13 +288,14 @@ class Bench:
 
     def measure(self, runs: Sequence[dict], dense: torch.nn.Module) -> List[dict]:
         """The dense teacher's row, then one per run: name, top1_before, top1, macs_ratio (fvcore),
-        params, images_per_s_b64 and speedup_b64 (all models timed side by side)."""
+        params, images_per_s_b64, speedup_b64 (all models timed side by side) and removed."""
         models = {"dense teacher": dense, **{str(i): r["after"] for i, r in enumerate(runs)}}
         speed = self.throughput(models, 64)
         dense_top1 = self.top1(dense)
         rows = [{"name": "dense teacher", "top1_before": dense_top1, "top1": dense_top1, "macs_ratio": 1.0,
-                 "params": params(dense), "images_per_s_b64": speed["dense teacher"], "speedup_b64": 1.0}]
+                 "params": params(dense), "images_per_s_b64": speed["dense teacher"], "speedup_b64": 1.0,
+                 "removed": dict.fromkeys(AXES, 0)}]
         return rows + [{"name": r["name"], "top1_before": self.top1(r["before"]), "top1": self.top1(r["after"]),
                         "macs_ratio": macs_ratio_of(r["after"], dense), "params": params(r["after"]),
-                        "images_per_s_b64": speed[str(i)], "speedup_b64": speed[str(i)] / speed["dense teacher"]}
-                       for i, r in enumerate(runs)]
+                        "images_per_s_b64": speed[str(i)], "speedup_b64": speed[str(i)] / speed["dense teacher"],
+                        "removed": r["removed"]} for i, r in enumerate(runs)]

@@ -35,7 +35,8 @@ import re
 import sys
 from typing import Dict, List
 
-from pipeline import LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, stage1_ratio
+from pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, removed_text,
+                      stage1_ratio)
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
 DEFAULT_METHODS = METHODS[:4]
@@ -48,6 +49,7 @@ ABLATIONS = {
     "UVC w/o distillation": (["--distillation-type", "none"], ["--distillation-type", "none"]),
 }
 NO_SEARCH = "no search (greedy fit)"
+REMOVED = "removed: blocks/heads/dims/neurons/patches"
 RUN_LOGS = ("log.jsonl", "result.json")  # stdout.log holds progress bars: left in --run_dir
 
 
@@ -125,7 +127,7 @@ def measured(bench: Bench, runs: List[dict], dense, key: str) -> Dict:
     teacher, *measures = bench.measure(runs, dense)
     rows = [{"method": r["name"], key: run[key], "macs_ratio": r["macs_ratio"], "top1": r["top1"],
              "top1_before_ft": r["top1_before"], "params": r["params"], "images_per_s_b64": r["images_per_s_b64"],
-             "speedup_b64": r["speedup_b64"]} for run, r in zip(runs, measures)]
+             "speedup_b64": r["speedup_b64"], "removed": r["removed"]} for run, r in zip(runs, measures)]
     for run in runs:
         run["log_name"] = f"{key}{run[key]}_{slug(run['name'])}"
     return {"teacher_top1": teacher["top1"], "teacher_params": teacher["params"],
@@ -146,13 +148,14 @@ def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
 
 def sweep_table(result: dict) -> str:
     teacher = ["dense teacher", "1.0", f"{result['teacher_top1']:.2f}", f"{result['teacher_top1']:.2f}", "1.000",
-               f"{result['teacher_params'] / 1e3:.1f}K", f"{result['teacher_images_per_s_b64']:.0f}", "1.00x"]
+               f"{result['teacher_params'] / 1e3:.1f}K", f"{result['teacher_images_per_s_b64']:.0f}", "1.00x", ""]
     return markdown_table(
         ["method", "budget", "top-1 before FT (%)", "top-1 after FT (%)", "MACs ratio", "params",
-         "images/s (b64)", "speedup"],
+         "images/s (b64)", "speedup", REMOVED],
         [teacher] + [[r["method"], f"{r['budget']}", f"{r['top1_before_ft']:.2f}", f"{r['top1']:.2f}",
                       f"{r['macs_ratio']:.3f}", f"{r['params'] / 1e3:.1f}K", f"{r['images_per_s_b64']:.0f}",
-                      f"{r['speedup_b64']:.2f}x"] for r in sorted(result["rows"], key=lambda r: r["budget"])])
+                      f"{r['speedup_b64']:.2f}x", removed_text(r["removed"])]
+                     for r in sorted(result["rows"], key=lambda r: r["budget"])])
 
 
 def plot_sweep(result: dict, path: str, command: str, dataset: str) -> None:
@@ -192,19 +195,18 @@ def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
 def ablation_table(result: dict) -> str:
     seeds = result["seeds"]
 
-    def cells(method: str, key: str, fmt: str) -> str:
-        by_seed = {r["seed"]: r[key] for r in result["rows"] if r["method"] == method}
-        return " / ".join(format(by_seed[s], fmt) for s in seeds)
+    def cells(method: str, text) -> str:
+        by_seed = {r["seed"]: r for r in result["rows"] if r["method"] == method}
+        return " / ".join(text(by_seed[s]) for s in seeds)
 
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
-    seeds_text = " / ".join(str(s) for s in seeds)
     return markdown_table(
-        ["method", f"top-1 after FT (%), seeds {seeds_text}", "top-1 before FT (%)", "MACs ratio", "params (K)",
-         "speedup (b64)"],
-        [[m, cells(m, "top1", ".2f"), cells(m, "top1_before_ft", ".2f"), cells(m, "macs_ratio", ".3f"),
-          " / ".join(f"{r['params'] / 1e3:.1f}" for s in seeds for r in result["rows"]
-                     if r["method"] == m and r["seed"] == s),
-          cells(m, "speedup_b64", ".2f")] for m in methods])
+        ["method", f"top-1 after FT (%), seeds {' / '.join(map(str, seeds))}", "top-1 before FT (%)", "MACs ratio",
+         "params (K)", "speedup (b64)", REMOVED],
+        [[m, cells(m, lambda r: f"{r['top1']:.2f}"), cells(m, lambda r: f"{r['top1_before_ft']:.2f}"),
+          cells(m, lambda r: f"{r['macs_ratio']:.3f}"), cells(m, lambda r: f"{r['params'] / 1e3:.1f}"),
+          cells(m, lambda r: f"{r['speedup_b64']:.2f}"), cells(m, lambda r: removed_text(r["removed"]))]
+         for m in methods])
 
 
 # ----------------------------------------------------------------------------- main

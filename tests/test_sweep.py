@@ -12,12 +12,13 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import sweep  # noqa: E402
 
-SWEEP_KEYS = {"method", "budget", "macs_ratio", "top1", "top1_before_ft", "params", "images_per_s_b64"}
+SWEEP_KEYS = {"method", "budget", "macs_ratio", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}
 
 
 def row(method, top1, **extra):
     return dict(method=method, top1=top1, top1_before_ft=top1 - 10, macs_ratio=0.4, params=200_000,
-                images_per_s_b64=1000.0, speedup_b64=1.5, **extra)
+                images_per_s_b64=1000.0, speedup_b64=1.5,
+                removed={"blocks": 1, "heads": 2, "dims": 3, "neurons": 400, "patches": 5}, **extra)
 
 
 def test_ablation_table_shows_both_seeds_per_row():
@@ -25,7 +26,8 @@ def test_ablation_table_shows_both_seeds_per_row():
                                             row(sweep.NO_SEARCH, 95.0, seed=730), row(sweep.NO_SEARCH, 95.5, seed=731)]}
     lines = sweep.ablation_table(result).splitlines()
     assert "seeds 730 / 731" in lines[0] and len(lines) == 4
-    assert lines[2].startswith("| UVC | 97.10 / 96.80 | 87.10 / 86.80 | 0.400 / 0.400 | 200.0 / 200.0 |")
+    assert lines[2] == ("| UVC | 97.10 / 96.80 | 87.10 / 86.80 | 0.400 / 0.400 | 200.0 / 200.0 | 1.50 / 1.50 | "
+                        "1/2/3/400/5 / 1/2/3/400/5 |")
     assert lines[3].startswith(f"| {sweep.NO_SEARCH} | 95.00 / 95.50 |")
 
 
@@ -37,6 +39,22 @@ def test_sweep_table_orders_by_budget_with_the_teacher_first():
     assert lines[2].startswith("| dense teacher | 1.0 | 98.00 | 98.00 | 1.000 | 400.0K |")
     order = [line.split(" | ")[:2] for line in lines[3:]]
     assert order == [["| UVC", "0.3"], ["| UVC", "0.5"], ["| greedy fit", "0.5"]]
+
+
+def test_removed_counts_per_axis():
+    import pipeline
+    from helpers import noisy_tiny_vit
+    from uvc.freeze import base_spec
+
+    vit = noisy_tiny_vit()
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")  # D=32, L=4, H=2, d=16, M=128, 16 patches
+    assert pipeline.removed_of_spec(spec) == dict.fromkeys(pipeline.AXES, 0)
+    spec["blocks"][0].update(skipped=True, heads=[0])  # a skipped block counts once, as a block
+    spec["blocks"][1].update(heads=[1], value_dims=[list(range(10))], neurons=list(range(100)))
+    spec["patches_kept"] = spec["patches_kept"][3:]
+    assert pipeline.removed_of_spec(spec) == {"blocks": 1, "heads": 1, "dims": 6, "neurons": 28, "patches": 3}
+    assert pipeline.removed_text(pipeline.removed_of_spec(spec)) == "1/1/6/28/3"
+    assert pipeline.removed_of_pruned(vit, vit) == dict.fromkeys(pipeline.AXES, 0)
 
 
 def test_flags_are_checked():
