@@ -12,8 +12,10 @@ dense architecture with the teacher's scores, no search) at UVC's MACs by its
 formula, `Torch-Pruning` (Taylor importance, global isomorphic ranking) at UVC's
 MACs by fvcore. Writes log/mnist_sweep.md (table), log/mnist_sweep.json
 ({"teacher_top1", "rows": [{"method", "budget", "macs_ratio", "top1",
-"top1_before_ft", "params", "images_per_s_b64", "speedup_b64"}]}), the logs of every
-run under log/mnist_sweep/ and Figs/mnist_sweep_top1_vs_macs.png (one line per method).
+"top1_before_ft", "params", "images_per_s_b64", "speedup_b64", "removed"}]}; removed:
+the blocks, heads, value dims, neurons and patches the method removed), the logs of
+every run under log/mnist_sweep/ and Figs/mnist_sweep_top1_vs_macs.png (one line per
+method).
 
 Ablations (--ablations), at budget 0.4 with two seeds per row (search and
 fine-tuning seeds; one teacher): UVC; UVC without block gates, without patch gates,
@@ -25,14 +27,18 @@ Every command run is printed. All models are timed side by side at the end (batc
 64, interleaved rounds, median). --resume reuses the runs of the same command that
 already completed in --run_dir: a stopped benchmark continues, and the ablations
 reuse the sweep's UVC and greedy-fit runs at budget 0.4 with the first seed.
-Epochs are flags (--search_epochs, --finetune_epochs), sized so that the sweep and
-the ablations together fit in an hour on a 2-core CPU with the teacher cached.
+Epochs are flags (--search_epochs 6 with 1 of warm-up, --finetune_epochs 3), sized so
+that the sweep (~25 min) and the ablations (~27 min) fit in an hour on a 2-core CPU
+with the teacher cached: a training epoch takes ~17 s there with one thread per run
+(--threads 1, the default: a CPU shared with other jobs is oversubscribed by one
+thread per core and per job).
 """
 import argparse
 import json
 import os
 import re
 import sys
+import textwrap
 from typing import Dict, List
 
 from pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, removed_text,
@@ -74,11 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--ablations: the seeds of every row (comma-separated)")
     p.add_argument("--seed", type=int, default=730, help="the teacher's seed, and the sweep's")
     p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (1 of warm-up)")
-    p.add_argument("--finetune_epochs", type=int, default=6, help="stage-2 / fine-tuning epochs, every method")
+    p.add_argument("--finetune_epochs", type=int, default=3, help="stage-2 / fine-tuning epochs, every method")
     p.add_argument("--resume", action="store_true", help="reuse runs of the same command completed in --run_dir")
-    p.add_argument("--threads", type=int, default=0,
-                   help="threads of every run and of the measurements (0: one per core; 1 is much faster on "
-                        "a CPU shared with other jobs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads of every training run (0: one per core; the measurements use one per core)")
     p.add_argument("--smoke", action="store_true", help="a few steps per run: checks the plumbing only")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -172,9 +177,9 @@ def plot_sweep(result: dict, path: str, command: str, dataset: str) -> None:
     ax.set_title(f"{dataset}: top-1 vs MACs, every method at the UVC model's MACs", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, command, fontsize=6)
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(command, 150)), fontsize=5)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the command
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -195,9 +200,9 @@ def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
 def ablation_table(result: dict) -> str:
     seeds = result["seeds"]
 
-    def cells(method: str, text) -> str:
+    def cells(method: str, text, sep: str = " / ") -> str:
         by_seed = {r["seed"]: r for r in result["rows"] if r["method"] == method}
-        return " / ".join(text(by_seed[s]) for s in seeds)
+        return sep.join(text(by_seed[s]) for s in seeds)
 
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
     return markdown_table(
@@ -205,7 +210,7 @@ def ablation_table(result: dict) -> str:
          "params (K)", "speedup (b64)", REMOVED],
         [[m, cells(m, lambda r: f"{r['top1']:.2f}"), cells(m, lambda r: f"{r['top1_before_ft']:.2f}"),
           cells(m, lambda r: f"{r['macs_ratio']:.3f}"), cells(m, lambda r: f"{r['params'] / 1e3:.1f}"),
-          cells(m, lambda r: f"{r['speedup_b64']:.2f}"), cells(m, lambda r: removed_text(r["removed"]))]
+          cells(m, lambda r: f"{r['speedup_b64']:.2f}"), cells(m, lambda r: removed_text(r["removed"]), "; ")]
          for m in methods])
 
 
@@ -213,10 +218,7 @@ def ablation_table(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
     from utils.checkpoint import atomic_write_text
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)  # the measurements too
     bench = bench_of(args)
     teacher = bench.teacher()
     dense = bench.dense_model(teacher)

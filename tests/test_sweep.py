@@ -27,7 +27,7 @@ def test_ablation_table_shows_both_seeds_per_row():
     lines = sweep.ablation_table(result).splitlines()
     assert "seeds 730 / 731" in lines[0] and len(lines) == 4
     assert lines[2] == ("| UVC | 97.10 / 96.80 | 87.10 / 86.80 | 0.400 / 0.400 | 200.0 / 200.0 | 1.50 / 1.50 | "
-                        "1/2/3/400/5 / 1/2/3/400/5 |")
+                        "1/2/3/400/5; 1/2/3/400/5 |")
     assert lines[3].startswith(f"| {sweep.NO_SEARCH} | 95.00 / 95.50 |")
 
 
