@@ -71,13 +71,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_dir", default="runs/cache", help="where trained teachers are kept, by config")
     p.add_argument("--log_dir", default="log", help="where the tables, JSON and run logs go")
     p.add_argument("--figs_dir", default="Figs", help="where the plot goes")
-    p.add_argument("--budgets", type=_floats, default=[0.3, 0.4, 0.5, 0.7], help="comma-separated")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, from: {', '.join(METHODS)} (UVC always runs)")
+    p.add_argument("--budgets", type=_floats, default=None, help="the sweep's, comma-separated (0.3,0.4,0.5,0.7)")
+    p.add_argument("--methods", default=None,
+                   help=f"the sweep's, comma-separated, from: {', '.join(METHODS)} (default: the first four; "
+                        f"UVC always runs)")
     p.add_argument("--ablations", action="store_true", help="run the ablations instead of the sweep")
-    p.add_argument("--ablation_budget", type=float, default=0.4)
-    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[730, 731],
-                   help="--ablations: the seeds of every row (comma-separated)")
+    p.add_argument("--ablation_budget", type=float, default=None, help="--ablations: the budget (0.4)")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="--ablations: the seeds of every row, comma-separated (730,731)")
     p.add_argument("--seed", type=int, default=730, help="the teacher's seed, and the sweep's")
     p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (1 of warm-up)")
     p.add_argument("--finetune_epochs", type=int, default=3, help="stage-2 / fine-tuning epochs, every method")
@@ -86,7 +87,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="threads of every training run (0: one per core; the measurements use one per core)")
     p.add_argument("--smoke", action="store_true", help="a few steps per run: checks the plumbing only")
     args = p.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    other = ("--budgets", "--methods") if args.ablations else ("--ablation_budget", "--seeds")
+    given = [f for f in other if getattr(args, f[2:]) is not None]
+    if given:
+        p.error(f"{given[0]} is for {'the sweep' if args.ablations else '--ablations'} only")
+    args.budgets = args.budgets or [0.3, 0.4, 0.5, 0.7]
+    args.ablation_budget = args.ablation_budget or 0.4
+    args.seeds = args.seeds or [730, 731]
+    args.methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(METHODS)}")

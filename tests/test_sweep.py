@@ -61,7 +61,9 @@ def test_flags_are_checked():
     args = sweep.parse_args(["--methods", "Torch-Pruning", "--budgets", "0.3,0.5"])
     assert args.methods == ["UVC", "Torch-Pruning"] and args.budgets == [0.3, 0.5]
     assert sweep.bench_of(args).joint_extra == ["--epochs", str(args.search_epochs)]
-    for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"]):
+    assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
+    for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"],
+                ["--ablations", "--budgets", "0.5"], ["--seeds", "1,2"]):  # a flag of the other mode
         with pytest.raises(SystemExit):
             sweep.parse_args(bad)
 
