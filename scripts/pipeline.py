@@ -208,15 +208,15 @@ class Bench:
 
     def stage1(self, teacher: str, out: str, budget: float, seed: Optional[int] = None, extra=()) -> str:
         self._run(["joint_train.py", "--config", f"{self.config_file}:joint", "--model_path", teacher,
-             "--budget", str(budget), *self._seed(seed), "--output_dir", out, *self.joint_extra]
-            + (SMOKE_SEARCH if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
+                   "--budget", str(budget), *self._seed(seed), "--output_dir", out, *self.joint_extra]
+                  + (SMOKE_SEARCH if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
         return os.path.join(out, f"{self.model_type}_uvc.pth")
 
     def stage2(self, teacher: str, stage1_file: str, out: str, seed: Optional[int] = None,
                extra=()) -> Dict[str, str]:
         self._run(["post_train.py", "--config", f"{self.config_file}:post", "--model_path", teacher,
-             "--checkpoint_dir", stage1_file, *self._seed(seed), "--output_dir", out, *self.post_extra]
-            + (SMOKE if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
+                   "--checkpoint_dir", stage1_file, *self._seed(seed), "--output_dir", out, *self.post_extra]
+                  + (SMOKE if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
         return {"stage2_file": os.path.join(out, f"{self.model_type}_uvc_post_best.pth"),
                 "compact_file": os.path.join(out, "compact.pth")}
 
@@ -235,8 +235,8 @@ class Bench:
         then the same stage 2 as UVC."""
         s1 = os.path.join(out, "stage1", f"{self.model_type}_uvc.pth")
         self._run(["-m", "baselines.magnitude", "--method", method, "--model_type", self.model_type,
-             "--model_path", teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", "--output", s1],
-            os.path.join(out, "stage1", "stdout.log"))
+                   "--model_path", teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003",
+                   "--output", s1], os.path.join(out, "stage1", "stdout.log"))
         files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed)
         return stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")])
 
@@ -245,9 +245,10 @@ class Bench:
         """baselines.torch_pruning at `target` MACs by fvcore, fine-tuned with stage 2's loop.
         `setting`: its flags (default: Taylor importance, global isomorphic ranking)."""
         from baselines.finetune import load_pruned
-        self._run(["-m", "baselines.torch_pruning", "--config", f"{self.config_file}:post", "--model_path", teacher,
-             "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", *self._seed(seed), "--output_dir", out,
-             *setting, *self.post_extra] + (SMOKE if self.smoke else []), os.path.join(out, "stdout.log"))
+        self._run(["-m", "baselines.torch_pruning", "--config", f"{self.config_file}:post", "--model_path",
+                   teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", *self._seed(seed),
+                   "--output_dir", out, *setting, *self.post_extra] + (SMOKE if self.smoke else []),
+                  os.path.join(out, "stdout.log"))
         after = load_pruned(os.path.join(out, "tp_finetuned_best.pth"))[0]
         return {"name": name, "before": load_pruned(os.path.join(out, "tp_pruned.pth"))[0], "after": after,
                 "removed": removed_of_pruned(after, self.dense_model()), "logs": [out]}

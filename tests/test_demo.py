@@ -36,7 +36,7 @@ def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path, monkeypatch):
     import pipeline
     args = demo.parse_args(["--smoke", "--cache_dir", str(tmp_path / "cache")])
     calls = []
-    monkeypatch.setattr(pipeline, "run", lambda cmd, log, reuse=False: calls.append(cmd)
+    monkeypatch.setattr(pipeline, "run", lambda cmd, log, *_, **__: calls.append(cmd)
                         or os.makedirs(os.path.dirname(log), exist_ok=True))
     assert demo.bench_of(args).teacher() == summary["teacher_file"] and calls == []
     # a changed config is another cache entry: it would train
