@@ -1,9 +1,12 @@
-"""Peer methods the demo compares UVC against, at the same MACs.
+"""Peer methods the demo and the benchmark compare UVC against, at the same MACs.
 
-- baselines.magnitude: uniform one-shot magnitude pruning (same heads and
-  neurons removed in every block), written as a stage-1 file for post_train.py.
-- baselines.torch_pruning: Torch-Pruning's MetaPruner (heads, head dims, MLP
-  neurons), fine-tuned by baselines.finetune with stage 2's loop.
+- baselines.magnitude: one-shot magnitude pruning of the dense model, written as a
+  stage-1 file for post_train.py: uniform (same heads and neurons removed in every
+  block) or the greedy global fit of UVC's freeze (uvc.fit.fit_to_budget, no search).
+- baselines.torch_pruning: Torch-Pruning's MetaPruner (head dims, heads, MLP neurons):
+  Taylor importance with global isomorphic ranking (its ViT example's setting), or
+  local magnitude; fine-tuned by baselines.finetune with stage 2's loop.
+- baselines.macs: fvcore and closed-form MACs of physically pruned models.
 
 Submodules are imported on use (torch_pruning and fvcore are only needed by
 the Torch-Pruning baseline).

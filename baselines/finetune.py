@@ -5,19 +5,36 @@ through the same uvc.engine.train_one_epoch / evaluate. The model is already
 small, so there is no architecture step (arch_step None). No resume.
 
 The best epoch's model is saved as a whole pickled module
-(<output_dir>/tp_finetuned_best.pth, read it with
-baselines.torch_pruning.load_pruned, which needs weights_only=False).
+(<output_dir>/tp_finetuned_best.pth, read it with `load_pruned`, which needs
+weights_only=False: only load such files from a trusted source).
 """
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
+import torch
 import torch.nn as nn
 
 from uvc.engine import evaluate, train_one_epoch
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.logger import RunLogger
+from utils.checkpoint import atomic_save
 from utils.training import build_loss, build_optimizer, steps_per_epoch
+
+PRUNED_FORMAT = "tp-pruned-v1"
+
+
+def save_pruned(model: nn.Module, path: str, info: Optional[dict] = None) -> None:
+    """The whole pruned module (pickled; see load_pruned) and its info."""
+    atomic_save({"format": PRUNED_FORMAT, "model": model, "info": info or {}}, path)
+
+
+def load_pruned(path: str, map_location="cpu") -> Tuple[nn.Module, dict]:
+    """(model, info) from save_pruned. Unpickles code objects: weights_only=False, trusted files only."""
+    obj = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(obj, dict) or obj.get("format") != PRUNED_FORMAT:
+        raise ValueError(f"{path} is not a Torch-Pruning baseline file ({PRUNED_FORMAT})")
+    return obj["model"], obj["info"]
 
 
 def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], output_dir: str,
@@ -33,8 +50,6 @@ def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], 
         teacher: the frozen dense model, or None with --distillation-type none.
         output_dir: where log.jsonl, tensorboard events and the best model go.
     """
-    from baselines.torch_pruning import save_pruned
-
     criterion = build_loss(config, data.base_criterion, teacher)
     plan = batch_plan(config, "post", env.world_size)  # the learning-rate rule of stage 2
     optimizer, scheduler = build_optimizer(config, model, config.epochs, steps_per_epoch(config, data.train_loader),

@@ -1,6 +1,7 @@
-"""Uniform one-shot magnitude pruning: the simplest structured baseline for UVC.
+"""One-shot magnitude pruning of the dense model, no search: the simplest
+structured baselines for UVC. Two methods (`--method`):
 
-Every block loses the same number of attention heads and the same number of
+`uniform-magnitude`. Every block loses the same number of attention heads and the same number of
 MLP neurons, chosen by the scores UVC itself ranks groups by (uvc.masks:
 head = squared norm of its attn.proj columns, neuron = squared norm of its
 fc2 column), lowest first. No block is skipped, no patch is dropped, value
@@ -13,12 +14,19 @@ chosen first and the kept neuron count m then hits the target; among the
 (h, m) pairs that land, the one whose head fraction h/H is closest to its
 neuron fraction m/M is taken (the most uniform split).
 
+`greedy-fit`. The freeze's own greedy global fit (uvc.fit.fit_to_budget) applied
+to the dense architecture with the dense weights' scores: value dims (one from
+every head of a block at a time) and MLP neurons of any block are removed in order
+of score per MAC saved until the ratio is within the tolerance below the target.
+This is what UVC's freeze would do if the search had changed nothing, so UVC
+against it measures what the search is worth. No head, block or patch is removed.
+
 The result is a stage-1 file (uvc.search.stage1_record), so post_train.py
 fine-tunes it exactly like UVC's own output (same epochs, same distillation)
 and exports compact.pth:
 
     python -m baselines.magnitude --model_type vit_digits_patch2_8 --model_path dense.pth \\
-        --target_ratio 0.5 --output runs/mag/vit_digits_patch2_8_uvc.pth
+        --target_ratio 0.5 --output runs/mag/vit_digits_patch2_8_uvc.pth [--method greedy-fit]
     python post_train.py --config configs/digits_demo.py --model_path dense.pth \\
         --checkpoint_dir runs/mag/vit_digits_patch2_8_uvc.pth --output_dir runs/mag_post
 """
@@ -30,10 +38,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from uvc.fit import fit_to_budget
 from uvc.freeze import base_spec, param_keep_masks, spec_ratio, zero_removed_weights
 from uvc.masks import group_scores, stacked_weights
 
 METHOD = "uniform-magnitude"
+GREEDY_FIT = "greedy-fit"
 
 
 def _uniform_spec(vit, model_type: str, heads_kept: int, neurons_kept: int, scores) -> dict:
@@ -101,6 +111,29 @@ def uniform_magnitude_spec(vit, model_type: str, target_ratio: float, tolerance:
     return spec, info
 
 
+def greedy_fit_spec(vit, model_type: str, target_ratio: float, tolerance: float = 0.01,
+                    with_attn: bool = True) -> Tuple[dict, Dict]:
+    """The dense architecture of `vit` fitted to `target_ratio` by uvc.fit.fit_to_budget with
+    the dense weights' scores: the ratio lands in [target * (1 - tolerance), target].
+
+    Returns (spec, info) as uniform_magnitude_spec does."""
+    if not 0.0 < target_ratio <= 1.0:
+        raise ValueError(f"--target_ratio must be in (0, 1], got {target_ratio}")
+    scores = group_scores(*stacked_weights(vit), vit.blocks[0].attn.num_heads)
+    spec, fit = fit_to_budget(base_spec(vit, model_type), scores, target_ratio, with_attn,
+                              tolerance=tolerance * target_ratio)
+    ratio = spec_ratio(spec, True, with_attn)
+    if abs(ratio / target_ratio - 1) > tolerance:
+        raise ValueError(f"the greedy fit ended at {ratio:.4f} of the dense MACs, outside {tolerance:.1%} of "
+                         f"{target_ratio} (below one neuron and one value dim per block)")
+    info = {"method": GREEDY_FIT, "target_ratio": float(target_ratio), "macs_ratio": ratio,
+            "searched_macs_ratio": 1.0, "flops_with_mhsa": int(with_attn), **fit}
+    return spec, info
+
+
+SPECS = {METHOD: uniform_magnitude_spec, GREEDY_FIT: greedy_fit_spec}
+
+
 def pruned_copy(vit, spec: dict):
     """A copy of `vit` with the weights the spec removes set to exactly zero."""
     out = copy.deepcopy(vit)
@@ -118,7 +151,7 @@ def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_d
     fit = dict(info)
     if top1 is not None:
         fit["final_top1"] = float(top1)
-    config = dict(config_dict or {}, method=METHOD, model_type=spec["model_type"], model_path=model_path,
+    config = dict(config_dict or {}, method=info["method"], model_type=spec["model_type"], model_path=model_path,
                   budget=info["target_ratio"])
     teacher = {"model_type": spec["model_type"], "path": model_path}
     return stage1_record(spec, pruned_copy(vit, spec).state_dict(), config, fit, teacher)
@@ -143,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
             raise ValueError(f"{message} (see --help)")
 
     p = Parser(prog="python -m baselines.magnitude", description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=tuple(SPECS), default=METHOD,
+                   help="uniform-magnitude: the same per block; greedy-fit: uvc.fit.fit_to_budget")
     p.add_argument("--model_type", required=True, help="e.g. vit_digits_patch2_8, deit_small_patch16_224")
     p.add_argument("--enable_deit", type=int, default=0, help="1: the distillation-token variant")
     p.add_argument("--model_path", required=True, help="dense weights (local file or URL)")
@@ -163,8 +198,8 @@ def main(argv=None) -> None:
     model_type = resolve_model_type(args.model_type, args.enable_deit)
     vit = create_model(model_type)
     load_pretrained(vit, args.model_path, model_type=model_type)
-    spec, info = uniform_magnitude_spec(vit.eval(), model_type, args.target_ratio, args.tolerance,
-                                        bool(args.flops_with_mhsa))
+    spec, info = SPECS[args.method](vit.eval(), model_type, args.target_ratio, args.tolerance,
+                                    bool(args.flops_with_mhsa))
     top1 = None
     if args.eval_config:
         from utils.config import load_config_file
@@ -177,10 +212,18 @@ def main(argv=None) -> None:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)
     atomic_save(magnitude_record(vit, spec, info, args.model_path, top1=top1), args.output)
-    shown = f", top-1 before fine-tuning {top1:.2f}" if top1 is not None else ""
-    print(f"{METHOD}: {info['heads_kept']}/{info['heads_per_block']} heads and {info['neurons_kept']}/"
-          f"{info['neurons_per_block']} neurons per block, MACs ratio {info['macs_ratio']:.4f} "
-          f"(target {args.target_ratio}){shown}; wrote {args.output}", flush=True)
+    print(f"{args.method}: {_summary(spec)}, MACs ratio {info['macs_ratio']:.4f} (target {args.target_ratio})"
+          + (f", top-1 before fine-tuning {top1:.2f}" if top1 is not None else "") + f"; wrote {args.output}",
+          flush=True)
+
+
+def _summary(spec: dict) -> str:
+    """Kept heads / value dims / neurons per block, e.g. "heads 4,4 dims 16,12 neurons 200,96"."""
+    blocks = spec["blocks"]
+    heads = ",".join(str(len(b["heads"])) for b in blocks)
+    dims = ",".join(str(max((len(v) for v in b["value_dims"]), default=0)) for b in blocks)
+    neurons = ",".join(str(len(b["neurons"])) for b in blocks)
+    return f"kept per block: heads {heads}, value dims {dims}, neurons {neurons}"
 
 
 if __name__ == "__main__":

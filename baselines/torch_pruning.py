@@ -1,28 +1,39 @@
 """Torch-Pruning (Fang et al., CVPR 2023, github.com/VainF/Torch-Pruning) as a peer
-baseline: structured magnitude pruning of the same timm ViT to the same MACs.
+baseline: structured pruning of the same timm ViT to the same MACs.
 
-What is removed, per block: whole attention heads, head dims (Torch-Pruning
-removes a dim from q, k and v together, and the matching attn.proj columns),
+What can be removed, per block: head dims (Torch-Pruning removes a dim from q,
+k and v together, and the matching attn.proj columns), whole attention heads,
 and MLP neurons (fc1 rows, fc2 columns). The embedding width is untouched:
 every mlp.fc2 and the classifier head(s) are in `ignored_layers`, so no group
-rooted at the residual stream is pruned. Pruning is local (every block loses
-the same fraction) with `tp.importance.GroupMagnitudeImportance(p=2)`.
+rooted at the residual stream is pruned. Two settings (`TPSetting`):
 
-Heads are coarse, so the number of heads removed per block is chosen first,
-by the same rule as the uniform magnitude baseline (the split whose head
-fraction is closest to the dim/neuron fraction, predicted by the closed-form
-MACs of the result); the shared `pruning_ratio` of head dims and neurons is
-then bisected, each trial pruning a fresh deepcopy, until the MACs land within
-1% (relative) of the target. If a head-dim step jumps over the 1% window, the
-head dims stay at the last ratio above the target and the neuron ratio alone is
-bisected (fc1 in `pruning_ratio_dict`), whose steps are finer than the window.
+- `Torch-Pruning` (TAYLOR_GLOBAL, the default): what the library's own timm ViT
+  example recommends (`examples/transformers/prune_timm_vit.py --pruning_type
+  taylor --global_pruning`): `GroupTaylorImportance` from the gradients of the
+  cross-entropy over 10 training batches, global ranking, head dims and neurons
+  (no whole heads, as in that command), and `isomorphic=True`: groups are ranked
+  only against groups of the same structure (head dims against head dims of
+  every block, neurons against neurons), the library's ViT ranking since 1.4.1
+  (Isomorphic Pruning, ECCV 2024), so Taylor scores of differently shaped
+  groups are never compared. Blocks end up with different widths.
+- `Torch-Pruning (local magnitude)` (LOCAL_MAGNITUDE): every block loses the same
+  fraction, `GroupMagnitudeImportance(p=2)`. Heads are coarse, so the number of
+  heads removed per block is chosen first, by the same rule as the uniform
+  magnitude baseline (the split whose head fraction is closest to the
+  dim/neuron fraction, predicted by the closed-form MACs of the result).
+
+Either way the shared `pruning_ratio` of head dims and neurons is then bisected,
+each trial pruning a fresh deepcopy, until the MACs land within the tolerance
+(relative) of the target. If a head-dim step jumps over the window, the head
+dims stay at the last ratio above the target and the neuron ratio alone is
+bisected (fc1 in `pruning_ratio_dict`), whose steps are finer.
 
 Counting. Unlike UVC, Torch-Pruning shrinks q and k with the head dims, which
-the UVC formula (q/k at the full head size) cannot express per block; here
-every kept head of every block has the same size, so the same six terms
-(uvc.flops.block_macs) with the pruned head size for q, k and v give the count
-(`formula_macs`). The MACs ratio that is matched and reported is fvcore's
-(fused attention off) on the pruned model over fvcore on the dense model;
+the UVC formula (q/k at the full head size) cannot express; the heads of one
+block all keep the same size, so the same six terms (uvc.flops.block_macs) with
+each block's pruned head size for q, k and v give the count
+(`baselines.macs.formula_macs`). The MACs ratio that is matched and reported is
+fvcore's (fused attention off) on the pruned model over fvcore on the dense model;
 fvcore additionally counts the LayerNorms, which pruning leaves unchanged, so
 during the search `formula_macs + (fvcore - formula on the dense model)` is
 used as a fast exact stand-in, and the result is checked with fvcore itself.
@@ -35,80 +46,66 @@ After pruning, every attention's num_heads, head_dim, attn_dim and scale
 by default) are set to the pruned sizes.
 
 The pruned model is saved as a whole pickled module (timm cannot rebuild a
-per-block-sized ViT from a config): reload with `load_pruned`, which calls
+per-block-sized ViT from a config): reload with `baselines.finetune.load_pruned`, which calls
 torch.load(..., weights_only=False); only load such files from a trusted source.
 
     python -m baselines.torch_pruning --config configs/digits_demo.py:post --model_path dense.pth \\
-        --target_ratio 0.5 --output_dir runs/tp
+        --target_ratio 0.5 --output_dir runs/tp                              # Taylor, global (isomorphic)
+    python -m baselines.torch_pruning ... --importance magnitude --global_pruning 0   # local magnitude
 """
 import argparse
 import copy
 import json
 import os
 import sys
-import warnings
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from uvc.flops import ViTDims, block_macs, dense_macs, head_macs, patch_embed_macs
+from baselines.finetune import finetune, save_pruned
+from baselines.macs import (choose_heads_removed, example_input, formula_macs, fvcore_macs, param_count,
+                            predicted_pruning_ratio)
+from uvc.flops import ViTDims
 
 METHOD = "torch-pruning"
-PRUNED_FORMAT = "tp-pruned-v1"
 
 
-# --- counting --------------------------------------------------------------------------------
-def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A random input of the model's resolution, on its device."""
-    pe = model.patch_embed
-    img = pe.img_size
-    h, w = (img, img) if isinstance(img, int) else img
-    return torch.randn(batch, pe.proj.in_channels, h, w, device=next(model.parameters()).device)
+@dataclass(frozen=True)
+class TPSetting:
+    """How Torch-Pruning ranks groups (see the module docstring)."""
+    importance: str = "taylor"  # taylor | magnitude
+    global_pruning: bool = True  # rank across blocks (False: every block loses the same fraction)
+    isomorphic: bool = True  # with global_pruning: rank only groups of the same structure
+    taylor_batches: int = 10  # training batches whose loss gradients give the Taylor scores
+
+    def __post_init__(self):
+        if self.importance not in ("taylor", "magnitude"):
+            raise ValueError(f"--importance {self.importance!r}: choose taylor or magnitude")
+        if self.isomorphic and not self.global_pruning:
+            raise ValueError("--isomorphic 1 ranks groups across blocks: it needs --global_pruning 1")
+        if self.importance == "taylor" and self.taylor_batches < 1:
+            raise ValueError(f"--taylor_batches must be at least 1, got {self.taylor_batches}")
+
+    @property
+    def name(self) -> str:
+        if self == TAYLOR_GLOBAL:
+            return "Torch-Pruning"
+        if self == LOCAL_MAGNITUDE:
+            return "Torch-Pruning (local magnitude)"
+        scope = "isomorphic" if self.isomorphic else "global" if self.global_pruning else "local"
+        return f"Torch-Pruning ({scope} {self.importance})"
+
+    def make_importance(self):
+        if self.importance == "taylor":
+            return tp.importance.GroupTaylorImportance()
+        return tp.importance.GroupMagnitudeImportance(p=2)
 
 
-@torch.no_grad()
-def fvcore_macs(model: nn.Module, inputs: Optional[torch.Tensor] = None) -> int:
-    """fvcore's count (MACs, batch 1) with fused attention off on every module (then restored)."""
-    from fvcore.nn import FlopCountAnalysis
-
-    fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
-    training = model.training
-    for m, _ in fused:
-        m.fused_attn = False
-    try:
-        analysis = FlopCountAnalysis(model.eval(), example_input(model) if inputs is None else inputs)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return int(analysis.total())
-    finally:
-        for m, state in fused:
-            m.fused_attn = state
-        model.train(training)
-
-
-def formula_macs(model: nn.Module, with_attn: bool = True) -> float:
-    """The UVC_SPEC section 3 terms of a (pruned) timm ViT, read off its layer sizes; q, k and v
-    all use the block's (pruned) head size."""
-    dims = ViTDims.of(model)
-    tokens = dims.num_patches + dims.num_prefix_tokens
-    blocks = sum(block_macs(tokens, dims.embed_dim, b.attn.num_heads, b.attn.head_dim,
-                            b.attn.num_heads * b.attn.head_dim, b.mlp.fc1.out_features, with_attn)
-                 for b in model.blocks)
-    return float(patch_embed_macs(dims.num_patches, dims) + blocks + head_macs(dims))
-
-
-def matched_target(dense: nn.Module, compressed: nn.Module) -> float:
-    """fvcore MACs ratio of another compressed model (e.g. UVC's compact model): the target
-    that puts the Torch-Pruning model at the same MACs by the same counter."""
-    return fvcore_macs(compressed) / fvcore_macs(dense)
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+TAYLOR_GLOBAL = TPSetting()
+LOCAL_MAGNITUDE = TPSetting(importance="magnitude", global_pruning=False, isomorphic=False)
 
 
 # --- pruning ---------------------------------------------------------------------------------
@@ -138,27 +135,56 @@ def set_attention_shapes(model: nn.Module, num_heads: Dict[nn.Module, int]) -> N
         attn.scale = attn.head_dim ** -0.5
 
 
+def accumulate_taylor_gradients(vit: nn.Module, batches: Iterable, device) -> int:
+    """Sum the cross-entropy gradients of `batches` into vit's .grad (eval mode, as the library's
+    example): what GroupTaylorImportance scores groups by. Returns the number of batches used."""
+    training = vit.training
+    vit.eval().zero_grad()
+    used = 0
+    for images, labels in batches:
+        loss = nn.functional.cross_entropy(vit(images.to(device)), labels.to(device))
+        loss.backward()
+        used += 1
+    vit.train(training)
+    return used
+
+
+def _copy_with_grads(vit: nn.Module) -> nn.Module:
+    """deepcopy does not copy .grad; the Taylor scores need it on the copy that is pruned."""
+    model = copy.deepcopy(vit).eval()
+    for p, src in zip(model.parameters(), vit.parameters()):
+        p.grad = None if src.grad is None else src.grad.clone()
+    return model
+
+
 def tp_prune(vit: nn.Module, pruning_ratio: float, heads_removed: int = 0, mlp_ratio: Optional[float] = None,
-             inputs: Optional[torch.Tensor] = None) -> nn.Module:
+             inputs: Optional[torch.Tensor] = None, setting: TPSetting = TAYLOR_GLOBAL) -> nn.Module:
     """A pruned deepcopy of `vit` (vit itself is untouched).
 
     Args:
-        pruning_ratio: fraction of head dims (and of MLP neurons unless `mlp_ratio`) removed per block.
-        heads_removed: whole heads removed per block (lowest mean magnitude).
+        pruning_ratio: fraction of head dims (and of MLP neurons unless `mlp_ratio`) removed
+            (per block when local, over all blocks when global).
+        heads_removed: whole heads removed per block (lowest mean importance; local setting only).
         mlp_ratio: a separate neuron ratio for every fc1 (None: `pruning_ratio`).
         inputs: example input for tracing (default: a random image of the model's size).
+        setting: importance and ranking; Taylor needs vit's .grad (accumulate_taylor_gradients).
     """
-    model = copy.deepcopy(vit).eval()
+    model = _copy_with_grads(vit)
     H = model.blocks[0].attn.num_heads
     if not 0 <= heads_removed < H:
         raise ValueError(f"heads_removed must be in 0..{H - 1}, got {heads_removed}")
+    if heads_removed and setting.global_pruning:
+        raise ValueError("whole heads are removed per block only in the local setting")
+    if setting.importance == "taylor" and all(p.grad is None for p in model.parameters()):
+        raise ValueError("Taylor importance needs gradients: call accumulate_taylor_gradients(vit, ...) first")
     # Torch-Pruning removes ceil(ratio * H) heads; aim between counts so float error cannot round up
     head_ratio = (heads_removed - 0.5) / H if heads_removed else 0.0
     ratio_dict = {blk.mlp.fc1: float(mlp_ratio) for blk in model.blocks} if mlp_ratio is not None else None
     # fresh dicts everywhere: the library's defaults are shared mutable dicts that it updates
     pruner = tp.pruner.MetaPruner(
         model, example_input(model) if inputs is None else inputs,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        importance=setting.make_importance(), global_pruning=setting.global_pruning,
+        isomorphic=setting.isomorphic,
         pruning_ratio=float(pruning_ratio), pruning_ratio_dict=ratio_dict,
         ignored_layers=ignored_layers(model),
         num_heads={blk.attn.qkv: blk.attn.num_heads for blk in model.blocks},
@@ -167,52 +193,17 @@ def tp_prune(vit: nn.Module, pruning_ratio: float, heads_removed: int = 0, mlp_r
         unwrapped_parameters=_unwrapped_parameters(model))
     pruner.step()
     set_attention_shapes(model, pruner.num_heads)
+    model.zero_grad(set_to_none=True)
     return model
-
-
-def _predicted_ratio(dims: ViTDims, heads_removed: int, r: float, with_attn: bool = True) -> float:
-    """Closed-form MACs ratio if a fraction r of head dims and neurons goes (continuous)."""
-    tokens = dims.num_patches + dims.num_prefix_tokens
-    heads, d = dims.num_heads - heads_removed, dims.head_dim * (1 - r)
-    block = block_macs(tokens, dims.embed_dim, heads, d, heads * d, dims.mlp_hidden * (1 - r), with_attn)
-    total = patch_embed_macs(dims.num_patches, dims) + dims.depth * block + head_macs(dims)
-    return total / dense_macs(dims, with_attn)
-
-
-def _predicted_pruning_ratio(dims: ViTDims, heads_removed: int, target_ratio: float,
-                             max_ratio: float = 0.99) -> Optional[float]:
-    """The dim/neuron fraction r that the closed form puts at the target (None: out of reach)."""
-    k = heads_removed
-    if _predicted_ratio(dims, k, 0.0) < target_ratio or _predicted_ratio(dims, k, max_ratio) > target_ratio:
-        return None
-    lo, hi = 0.0, max_ratio
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _predicted_ratio(dims, k, mid) > target_ratio else (lo, mid)
-    return lo
-
-
-def choose_heads_removed(dims: ViTDims, target_ratio: float) -> int:
-    """Heads removed per block whose fraction is closest to the dim/neuron fraction that then
-    hits the target (the most uniform split), from the closed-form prediction."""
-    best = None
-    for k in range(dims.num_heads):
-        r = _predicted_pruning_ratio(dims, k, target_ratio)
-        if r is None:
-            continue
-        cand = (abs(k / dims.num_heads - r), k)
-        best = cand if best is None or cand < best else best
-    if best is None:
-        raise ValueError(f"Torch-Pruning cannot reach {target_ratio} of the dense MACs with the embedding "
-                         f"width kept")
-    return best[1]
 
 
 def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
                   heads_removed: Optional[int] = None, max_trials: int = 30,
-                  inputs: Optional[torch.Tensor] = None) -> Tuple[nn.Module, dict]:
+                  inputs: Optional[torch.Tensor] = None,
+                  setting: TPSetting = TAYLOR_GLOBAL) -> Tuple[nn.Module, dict]:
     """Prune a deepcopy of `vit` with Torch-Pruning until its fvcore MACs ratio is within
-    `tolerance` (relative) of `target_ratio`.
+    `tolerance` (relative) of `target_ratio`. With Taylor importance, vit's .grad must hold the
+    accumulated loss gradients (accumulate_taylor_gradients).
 
     Returns:
         (pruned model in eval mode, info): info holds the fvcore and formula counts and
@@ -228,16 +219,20 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
     dense_fv, dense_formula = fvcore_macs(vit, inputs), formula_macs(vit)
     unpruned = dense_fv - dense_formula  # what fvcore counts beyond the formula: the LayerNorms
     dims = ViTDims.of(vit)
-    k = choose_heads_removed(dims, target_ratio) if heads_removed is None else int(heads_removed)
+    if setting.global_pruning:
+        k = 0 if heads_removed is None else int(heads_removed)  # tp_prune refuses k > 0 here
+    else:
+        k = choose_heads_removed(dims, target_ratio) if heads_removed is None else int(heads_removed)
     trials = []
 
     def attempt(r: float, mlp: Optional[float] = None):
-        model = tp_prune(vit, r, k, mlp, inputs)
+        model = tp_prune(vit, r, k, mlp, inputs, setting)
         ratio = (formula_macs(model) + unpruned) / dense_fv
         trials.append((r, mlp, ratio))
         return model, ratio, abs(ratio / target_ratio - 1) <= tolerance
 
-    resolution = 0.5 / max(dims.mlp_hidden, dims.head_dim)
+    # one channel of the ranking (of a block when local, of all blocks when global)
+    resolution = 0.5 / max(dims.mlp_hidden, dims.head_dim) / (dims.depth if setting.global_pruning else 1)
 
     def bisect(trial, lo: float, first: Optional[float] = None):
         """Bisect a pruning ratio in [lo, 0.99]: (model, ratio) on success, else (None, lowest ratio above)."""
@@ -252,7 +247,7 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
         return None, lo
 
     # head dims and neurons together, the closed form's ratio first; then neurons alone
-    model, r = bisect(attempt, 0.0, _predicted_pruning_ratio(dims, k, target_ratio))
+    model, r = bisect(attempt, 0.0, predicted_pruning_ratio(dims, k, target_ratio))
     found = (model, r, None) if model is not None else None
     if found is None:
         attn_ratio = r
@@ -269,7 +264,9 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
         raise ValueError(f"fvcore counts {ratio:.4f} of the dense MACs for the pruned model, outside "
                          f"{tolerance:.0%} of {target_ratio} (the search's count disagreed)")
     info = {
-        "method": METHOD, "torch_pruning_version": tp.__version__, "target_ratio": float(target_ratio),
+        "method": METHOD, "setting": setting.name, "importance": setting.importance,
+        "global_pruning": setting.global_pruning, "isomorphic": setting.isomorphic,
+        "torch_pruning_version": tp.__version__, "target_ratio": float(target_ratio),
         "macs_ratio": ratio, "macs_fvcore": macs_fv, "dense_macs_fvcore": dense_fv,
         "macs_formula": macs_formula, "dense_macs_formula": dense_formula,
         "macs_ratio_formula": macs_formula / dense_formula,
@@ -283,22 +280,6 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
     return model.eval(), info
 
 
-# --- files -------------------------------------------------------------------------------------
-def save_pruned(model: nn.Module, path: str, info: Optional[dict] = None) -> None:
-    """The whole pruned module (pickled; see load_pruned) and its info."""
-    from utils.checkpoint import atomic_save
-
-    atomic_save({"format": PRUNED_FORMAT, "model": model, "info": info or {}}, path)
-
-
-def load_pruned(path: str, map_location="cpu") -> Tuple[nn.Module, dict]:
-    """(model, info) from save_pruned. Unpickles code objects: weights_only=False, trusted files only."""
-    obj = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(obj, dict) or obj.get("format") != PRUNED_FORMAT:
-        raise ValueError(f"{path} is not a Torch-Pruning baseline file ({PRUNED_FORMAT})")
-    return obj["model"], obj["info"]
-
-
 # --- command line ------------------------------------------------------------------------------
 def _own_flags(argv) -> Tuple[argparse.Namespace, list]:
     class Parser(argparse.ArgumentParser):
@@ -309,15 +290,28 @@ def _own_flags(argv) -> Tuple[argparse.Namespace, list]:
     p.add_argument("--target_ratio", "--target-ratio", type=float, default=None)
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--heads_removed", "--heads-removed", type=int, default=None)
+    p.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor")
+    p.add_argument("--global_pruning", "--global-pruning", type=int, choices=(0, 1), default=1)
+    p.add_argument("--isomorphic", type=int, choices=(0, 1), default=None, help="default: --global_pruning")
+    p.add_argument("--taylor_batches", "--taylor-batches", type=int, default=None, help="default 10")
     args, rest = p.parse_known_args(argv)
     if args.target_ratio is None and not {"-h", "--help"} & set(rest):
         raise ValueError("--target_ratio is required (fraction of the dense fvcore MACs, e.g. 0.5)")
+    if args.taylor_batches is not None and args.importance != "taylor":
+        raise ValueError("--taylor_batches sets the batches of the Taylor scores: it needs --importance taylor")
+    if args.heads_removed is not None and args.global_pruning:
+        raise ValueError("--heads_removed removes whole heads per block: it needs --global_pruning 0")
+    args.setting = TPSetting(args.importance, bool(args.global_pruning),
+                             bool(args.global_pruning if args.isomorphic is None else args.isomorphic),
+                             10 if args.taylor_batches is None else args.taylor_batches)
     return args, rest
 
 
 def main(argv=None) -> None:
-    from baselines.finetune import finetune
+    from itertools import islice
+
     from uvc.engine import evaluate
+    from utils.checkpoint import atomic_write_text
     from utils.config import parse_config
     from utils.dist import init_distributed
     from utils.training import build_data, build_student, build_teacher, prepare_output_dir, seed_everything
@@ -336,9 +330,13 @@ def main(argv=None) -> None:
     prepare_output_dir(config.output_dir)
 
     dense = evaluate(vit, data.val_loader, env.device, None, bool(config.fp16))
-    pruned, info = prune_to_macs(vit, own.target_ratio, own.tolerance, own.heads_removed)
+    setting = own.setting
+    if setting.importance == "taylor":
+        accumulate_taylor_gradients(vit, islice(data.train_loader, setting.taylor_batches), env.device)
+    pruned, info = prune_to_macs(vit, own.target_ratio, own.tolerance, own.heads_removed, setting=setting)
+    vit.zero_grad(set_to_none=True)
     before = evaluate(pruned, data.val_loader, env.device, None, bool(config.fp16))
-    print(f"{METHOD}: {info['heads_removed']} heads removed per block, pruning ratio {info['pruning_ratio']:.4f} "
+    print(f"{setting.name}: {info['heads_removed']} heads removed per block, pruning ratio {info['pruning_ratio']:.4f} "
           f"(neurons {info['mlp_pruning_ratio']:.4f}); fvcore MACs ratio {info['macs_ratio']:.4f} (target "
           f"{own.target_ratio}); params {info['params']} of {info['dense_params']}; top-1 {before['top1']:.2f} "
           f"before fine-tuning (dense {dense['top1']:.2f})", flush=True)
@@ -349,9 +347,8 @@ def main(argv=None) -> None:
               "top1_dense": dense["top1"], "top1_before_finetune": before["top1"],
               "top1_after_finetune": tuned["final_top1"], "best_top1": tuned["best_top1"],
               "epochs": tuned["epochs"], "pruned_file": pruned_path, "best_file": tuned["best_file"]}
-    with open(os.path.join(config.output_dir, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"{METHOD}: top-1 {before['top1']:.2f} -> {tuned['final_top1']:.2f} after {tuned['epochs']} epochs "
+    atomic_write_text(json.dumps(result, indent=1), os.path.join(config.output_dir, "result.json"))
+    print(f"{setting.name}: top-1 {before['top1']:.2f} -> {tuned['final_top1']:.2f} after {tuned['epochs']} epochs "
           f"(best {tuned['best_top1']:.2f}); wrote {os.path.join(config.output_dir, 'result.json')}", flush=True)
 
 

@@ -44,8 +44,8 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.model_kwargs = ""  # JSON object of further timm VisionTransformer arguments, e.g. '{"qk_norm": true}'
 
     # --- data ------------------------------------------------------------
-    c.dataset = "imagenet"  # imagenet | cifar10 | cifar100 | digits | synthetic
-    c.data_dir = "data/imagenet"  # ImageFolder root with train/ and val/
+    c.dataset = "imagenet"  # imagenet | cifar10 | cifar100 | digits | mnist | synthetic
+    c.data_dir = "data/imagenet"  # ImageFolder root with train/ and val/ (mnist: where its split is cached)
     c.download = 0  # cifar only: allow torchvision to download
     c.num_workers = 10  # data-loading processes per rank
     c.pin_mem = 1  # pinned host memory for faster host-to-GPU copies

@@ -6,12 +6,12 @@ from typing import Tuple
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 
-from data import digits
+from data import digits, mnist
 from data.errors import DataError
 from data.synthetic import Synthetic
 from data.transforms import build_transform
 
-DATASETS = ("imagenet", "cifar10", "cifar100", "digits", "synthetic")
+DATASETS = ("imagenet", "cifar10", "cifar100", "digits", "mnist", "synthetic")
 SYNTHETIC_CLASSES = 10
 _SYNTHETIC_VAL_SEED = 2 ** 31  # far from the train images' seeds 0 .. synthetic_size
 
@@ -19,7 +19,7 @@ _SYNTHETIC_VAL_SEED = 2 ** 31  # far from the train images' seeds 0 .. synthetic
 def build_datasets(config, img_size: int, in_chans: int) -> Tuple[Dataset, Dataset, int]:
     """(train_set, val_set, num_classes) for config.dataset, images as the model expects."""
     builders = {"imagenet": _imagenet, "cifar10": _cifar, "cifar100": _cifar,
-                "digits": _digits, "synthetic": _synthetic}
+                "digits": _digits, "mnist": _mnist, "synthetic": _synthetic}
     if config.dataset not in builders:
         raise DataError(f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     return builders[config.dataset](config, img_size, in_chans)
@@ -101,6 +101,12 @@ def _digits(config, img_size: int, in_chans: int):
     train = digits.Digits(True, digits.digits_transform(True, img_size, in_chans))
     val = digits.Digits(False, digits.digits_transform(False, img_size, in_chans))
     return train, val, digits.NUM_CLASSES
+
+
+def _mnist(config, img_size: int, in_chans: int):
+    train = mnist.MNIST(True, mnist.mnist_transform(True, img_size, in_chans), config.data_dir)
+    val = mnist.MNIST(False, mnist.mnist_transform(False, img_size, in_chans), config.data_dir)
+    return train, val, mnist.NUM_CLASSES
 
 
 def _synthetic(config, img_size: int, in_chans: int):

@@ -7,13 +7,15 @@ from functools import lru_cache
 from typing import Tuple
 
 import torch
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
+
+from data.grey import GreyImages, grey_transform
 
 NUM_CLASSES = 10
 IMG_SIZE = 8
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
+SHIFT = 1  # training random crop padding, in pixels
 # mean / std of x/16 over the fixed train split (checked in tests/test_data.py)
 MEAN = 0.3054
 STD = 0.3761
@@ -32,42 +34,14 @@ def digits_split() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     return tx, ty, vx, vy
 
 
-class RepeatChannels(torch.nn.Module):
-    """(1, H, W) -> (n, H, W), so grey digits feed an RGB model."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.n = n
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(self.n, -1, -1).contiguous()
-
-
 def digits_transform(is_training: bool, img_size: int = IMG_SIZE, in_chans: int = 1) -> v2.Compose:
     """Shift by up to 1 pixel when training, normalise, then fit the model's input."""
-    steps = [v2.RandomCrop(IMG_SIZE, padding=1)] if is_training else []
-    steps.append(v2.Normalize([MEAN], [STD]))
-    if img_size != IMG_SIZE:
-        steps.append(v2.Resize((img_size, img_size), interpolation=v2.InterpolationMode.BILINEAR,
-                               antialias=True))
-    if in_chans != 1:
-        steps.append(RepeatChannels(in_chans))
-    return v2.Compose(steps)
+    return grey_transform(is_training, IMG_SIZE, SHIFT, MEAN, STD, img_size, in_chans)
 
 
-class Digits(Dataset):
-    """One side of the fixed split; items are (image tensor, int label)."""
+class Digits(GreyImages):
+    """One side of the fixed split."""
 
     def __init__(self, train: bool, transform=None):
         tx, ty, vx, vy = digits_split()
-        self.images, self.targets = (tx, ty) if train else (vx, vy)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        x = self.images[index]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.targets[index])
+        super().__init__(*((tx, ty) if train else (vx, vy)), transform=transform)

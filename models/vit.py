@@ -8,9 +8,9 @@ so a user can build a ViT of their own size from scratch. `check_supported`
 stops, in one line naming it, at any structure the method cannot handle.
 
 The weight layout is timm's (= the official DeiT release's), so official
-checkpoints load without conversion. The small `vit_digits_*` variants are the
-CPU demo's models (8x8 grey digits, patch 2), registered with timm the same
-way as timm's own DeiT functions.
+checkpoints load without conversion. The small `vit_digits_*` and `vit_mnist_*`
+variants are the CPU demos' models (8x8 grey digits with patch 2; 28x28 grey MNIST
+with patch 4), registered with timm the same way as timm's own DeiT functions.
 
 A built model remembers how it was built (`model.uvc_model_kwargs`, JSON-able):
 `rebuild(model_type, kwargs)` makes the same model again from a saved file.
@@ -36,7 +36,7 @@ DEIT_TYPES = (
 )
 
 
-def _digits_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+def _demo_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
     if pretrained:
         raise ValueError(f"{variant} has no released weights; train it with post_train.py --pretrained 0")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
@@ -48,18 +48,27 @@ def _digits_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTrans
 def vit_digits_patch2_8(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """The demo model: width 64, depth 8, 4 heads, 8x8x1 input, patch 2 (16 patches), 0.4M params."""
     args = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=4)
-    return _digits_vit("vit_digits_patch2_8", pretrained, **dict(args, **kwargs))
+    return _demo_vit("vit_digits_patch2_8", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def vit_digits_tiny_patch2_8(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """A smaller test model: width 32, depth 4, 2 heads, 8x8x1 input, patch 2."""
     args = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=4, num_heads=2)
-    return _digits_vit("vit_digits_tiny_patch2_8", pretrained, **dict(args, **kwargs))
+    return _demo_vit("vit_digits_tiny_patch2_8", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vit_mnist_patch4_28(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """The MNIST benchmark model: width 64, depth 8, 4 heads, 28x28x1 input, patch 4 (49 patches), 0.4M params."""
+    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=8, num_heads=4)
+    return _demo_vit("vit_mnist_patch4_28", pretrained, **dict(args, **kwargs))
 
 
 DIGITS_TYPES = ("vit_digits_patch2_8", "vit_digits_tiny_patch2_8")
-MODEL_TYPES = DEIT_TYPES + DIGITS_TYPES  # the types with a config file; any timm ViT is accepted
+MNIST_TYPES = ("vit_mnist_patch4_28",)
+DEMO_TYPES = DIGITS_TYPES + MNIST_TYPES  # the CPU demos' models: no released weights, no distilled form
+MODEL_TYPES = DEIT_TYPES + DEMO_TYPES  # the types with a config file; any timm ViT is accepted
 
 # activation classes of timm's Mlp -> the name timm.layers.get_act_layer rebuilds them from
 ACTIVATIONS = {GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", nn.SiLU: "silu", nn.ReLU: "relu"}

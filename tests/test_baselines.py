@@ -5,11 +5,17 @@ import warnings
 import pytest
 import torch
 
-from baselines.magnitude import evaluate_spec, main as magnitude_main, uniform_magnitude_spec
-from baselines.torch_pruning import (fvcore_macs, formula_macs, load_pruned, main as tp_main, prune_to_macs)
+from baselines.finetune import load_pruned
+from baselines.magnitude import evaluate_spec, greedy_fit_spec, main as magnitude_main, uniform_magnitude_spec
+from baselines.macs import formula_macs, fvcore_macs
+from baselines.torch_pruning import (LOCAL_MAGNITUDE, TAYLOR_GLOBAL, TPSetting, accumulate_taylor_gradients,
+                                     main as tp_main, prune_to_macs)
+from helpers import noisy_tiny_vit
 from models import create_model, set_fused_attn
 from uvc.export import read_training_checkpoint
-from uvc.freeze import spec_ratio
+from uvc.fit import fit_to_budget
+from uvc.freeze import base_spec, spec_ratio
+from uvc.masks import group_scores, stacked_weights
 from uvc.masked_model import MaskedViT
 from uvc.search import FrozenArchitecture
 
@@ -44,7 +50,7 @@ def dense_file(dense, tmp_path_factory):
 def tp_pruned(dense):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prune_to_macs(dense, TARGET)
+        return prune_to_macs(dense, TARGET, setting=LOCAL_MAGNITUDE)
 
 
 def test_torch_pruning_lands_within_one_percent(dense, tp_pruned):
@@ -62,6 +68,40 @@ def test_torch_pruning_lands_within_one_percent(dense, tp_pruned):
     assert all(b["head_dim"] < 16 and b["neurons"] < 256 for b in info["blocks"])
     assert info["params"] < info["dense_params"]
     assert dense.blocks[0].attn.num_heads == 4  # the input model is untouched
+
+
+def test_taylor_global_torch_pruning_lands_on_the_target(one_thread):
+    """The library's recommended ViT setting: Taylor scores from a few batches' gradients, global
+    isomorphic ranking; head dims and neurons only, and blocks may end up with different widths."""
+    vit = noisy_tiny_vit().eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen))
+               for _ in range(3)]
+    with pytest.raises(ValueError, match="accumulate_taylor_gradients"):
+        prune_to_macs(vit, 0.5)  # no gradients yet
+    assert accumulate_taylor_gradients(vit, batches, torch.device("cpu")) == 3
+    grads = [p.grad.clone() for p in vit.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, info = prune_to_macs(vit, 0.5, setting=TAYLOR_GLOBAL)
+    assert abs(fvcore_macs(pruned) / fvcore_macs(vit) / 0.5 - 1) <= 0.01
+    assert info["setting"] == "Torch-Pruning" and info["global_pruning"] and info["isomorphic"]
+    assert info["heads_removed"] == 0 and all(b["heads"] == 2 for b in info["blocks"])
+    assert len({(b["head_dim"], b["neurons"]) for b in info["blocks"]}) > 1  # ranked across blocks
+    assert all(p.grad is None for p in pruned.parameters())
+    assert all(torch.equal(p.grad, g) for p, g in zip(vit.parameters(), grads))  # the input is untouched
+    assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_torch_pruning_settings_are_named_and_checked():
+    assert TAYLOR_GLOBAL.name == "Torch-Pruning" and LOCAL_MAGNITUDE.name == "Torch-Pruning (local magnitude)"
+    assert TPSetting(isomorphic=False).name == "Torch-Pruning (global taylor)"
+    with pytest.raises(ValueError, match="needs --global_pruning 1"):
+        TPSetting(global_pruning=False)
+    with pytest.raises(ValueError, match="needs --importance taylor"):
+        tp_main(["--target_ratio", "0.5", "--importance", "magnitude", "--taylor_batches", "3"])
+    with pytest.raises(ValueError, match="needs --global_pruning 0"):
+        tp_main(["--target_ratio", "0.5", "--heads_removed", "1"])
 
 
 def test_torch_pruned_model_runs_fused_and_unfused(tp_pruned):
@@ -91,6 +131,18 @@ def test_uniform_magnitude_lands_within_one_percent(dense):
         assert min(norms[block["heads"]]) >= max(norms[removed])
 
 
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_greedy_fit_is_the_freezes_fit_of_the_dense_architecture(dense, target):
+    spec, info = greedy_fit_spec(dense, MODEL, target, tolerance=0.003)
+    assert target * 0.997 <= spec_ratio(spec) <= target and info["method"] == "greedy-fit"
+    expected, _ = fit_to_budget(base_spec(dense, MODEL), group_scores(*stacked_weights(dense), 4), target,
+                                tolerance=0.003 * target)
+    assert spec == expected
+    assert not any(b["skipped"] for b in spec["blocks"]) and len(spec["patches_kept"]) == 16
+    assert all(len(b["heads"]) == 4 for b in spec["blocks"])  # no search: no head, block or patch goes
+    assert len({len(b["neurons"]) for b in spec["blocks"]}) > 1  # a global fit: blocks differ
+
+
 def test_magnitude_cli_writes_a_stage1_file(dense, dense_file, tmp_path):
     out = tmp_path / f"{MODEL}_uvc.pth"
     magnitude_main(["--model_type", MODEL, "--model_path", dense_file, "--target_ratio", "0.4",
@@ -104,6 +156,11 @@ def test_magnitude_cli_writes_a_stage1_file(dense, dense_file, tmp_path):
     with pytest.raises(ValueError, match="target_ratio"):
         magnitude_main(["--model_type", MODEL, "--model_path", dense_file, "--target_ratio", "1.5",
                         "--output", str(out)])
+    magnitude_main(["--method", "greedy-fit", "--model_type", MODEL, "--model_path", dense_file,
+                    "--target_ratio", "0.4", "--output", str(out)])
+    record = read_training_checkpoint(str(out))
+    assert record["fit"]["method"] == "greedy-fit" and record["config"]["method"] == "greedy-fit"
+    assert 0.4 * 0.99 <= spec_ratio(record["arch"]) <= 0.4
 
 
 def test_evaluate_spec_and_tp_finetune_smoke(dense, dense_file, tmp_path):

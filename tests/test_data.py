@@ -186,8 +186,8 @@ def test_cifar_missing_without_download(tmp_path):
 def test_unknown_dataset():
     config = make_config()
     with config.unlocked():
-        config.dataset = "mnist"
-    with pytest.raises(DataError, match="imagenet, cifar10, cifar100, digits, synthetic"):
+        config.dataset = "svhn"
+    with pytest.raises(DataError, match="imagenet, cifar10, cifar100, digits, mnist, synthetic"):
         build_datasets(config, 8, 1)
 
 

@@ -43,7 +43,7 @@ def run_demo(tmp_path, *extra):
         return json.load(f), proc.stdout
 
 
-def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path):
+def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path, monkeypatch):
     """Teacher, stage 1, stage 2, export and the table, each via the real entry scripts."""
     summary, out = run_demo(tmp_path)
     for key in ("teacher_top1", "uvc_top1", "uvc_macs_ratio", "uvc_speedup_b64", "stage1_file", "stage2_file",
@@ -58,14 +58,16 @@ def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path):
     # the same config again reuses the cached teacher (no training command runs)
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import demo
+    import pipeline
     args = demo.parse_args(["--smoke", "--cache_dir", str(tmp_path / "cache")])
     calls = []
-    demo.run = lambda cmd, log: calls.append(cmd) or os.makedirs(os.path.dirname(log), exist_ok=True)
-    assert demo.teacher(args) == summary["teacher_file"] and calls == []
+    monkeypatch.setattr(pipeline, "run", lambda cmd, log, *_, **__: calls.append(cmd)
+                        or os.makedirs(os.path.dirname(log), exist_ok=True))
+    assert demo.bench_of(args).teacher() == summary["teacher_file"] and calls == []
     # a changed config is another cache entry: it would train
     args.seed += 1
     with pytest.raises(SystemExit, match="did not write"):  # the mocked run trains nothing
-        demo.teacher(args)
+        demo.bench_of(args).teacher()
     assert calls and calls[0][:3] == ["post_train.py", "--config", "configs/digits_demo.py:dense"]
 
 
@@ -74,7 +76,8 @@ def test_demo_compare_smoke(tmp_path):
     summary, out = run_demo(tmp_path, "--compare", "--log_dir", str(tmp_path / "log"),
                             "--figs_dir", str(tmp_path / "figs"))
     names = [m["name"] for m in summary["methods"]]
-    assert names == ["UVC", "UVC w/o block gates", "UVC w/o distillation", "uniform magnitude", "Torch-Pruning"]
+    assert names == ["UVC", "UVC w/o block gates", "UVC w/o distillation", "uniform magnitude", "greedy fit",
+                     "Torch-Pruning", "Torch-Pruning (local magnitude)"]
     uvc = summary["methods"][0]["macs_ratio"]
     for m in summary["methods"][3:]:  # peers at the UVC model's MACs
         assert abs(m["macs_ratio"] / uvc - 1) <= 0.01, m

@@ -47,6 +47,7 @@ _DEFAULT_FILES = {
     "deit_base_distilled_patch16_224": "deit_base_distilled.py",
     "deit_base_patch16_384": "deit_base_384.py",
     "vit_digits_patch2_8": "digits_demo.py",
+    "vit_mnist_patch4_28": "mnist_demo.py",
 }
 
 
@@ -259,7 +260,7 @@ def check_stage_flags(overrides: dict, stage: str) -> None:
 
 _CHOICES = {
     "distillation_type": ("none", "soft", "hard"),
-    "dataset": ("imagenet", "cifar10", "cifar100", "digits", "synthetic"),
+    "dataset": ("imagenet", "cifar10", "cifar100", "digits", "mnist", "synthetic"),
     "patchloss": ("l1",),
     "soptim": ("sgd", "adam"),
     "search_masking": ("hard", "soft"),

@@ -39,7 +39,7 @@ import torch.nn as nn
 from models.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
 from models.compact import FORMAT as COMPACT_FORMAT
 from models.compact import STRUCTURE, CompactViT, num_prefix_tokens, structure
-from models.vit import (DIGITS_TYPES, MODEL_TYPES, create_model, model_kwargs_of, rebuild, resolve_model_type,
+from models.vit import (DEMO_TYPES, MODEL_TYPES, create_model, model_kwargs_of, rebuild, resolve_model_type,
                         set_fused_attn, vit_structure)
 from uvc.export import TRAINING_FORMATS, compact_macs, compact_spec_from_arch, dense_model_of, spec_dims
 from uvc.flops import ViTDims, arch_macs, block_macs, dense_macs
@@ -191,7 +191,7 @@ def _infer_model_type(state: dict, declared: Optional[str], img_size: Optional[i
     if declared:
         candidates = [declared]
     else:
-        candidates = [t for t in MODEL_TYPES if not (distilled and t in DIGITS_TYPES)]
+        candidates = [t for t in MODEL_TYPES if not (distilled and t in DEMO_TYPES)]
         candidates.sort(key=lambda t: t.endswith(str(own_img)), reverse=True)  # 224 vs 384 bases
     for name in candidates:
         try:

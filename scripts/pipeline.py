@@ -1,0 +1,302 @@
+"""What the demo (scripts/demo.py) and the benchmark (scripts/sweep.py) are made of:
+each step runs one of the project's real commands (echoed, its output also logged
+to a file), and every method's result is measured the same way.
+
+    bench = Bench("mnist", cache_dir="runs/cache")
+    teacher = bench.teacher()                                 # post_train.py --config ...:dense (cached)
+    uvc = bench.uvc("UVC", teacher, "runs/x/uvc", budget=0.5) # joint_train.py, then post_train.py
+    peer = bench.one_shot("greedy fit", "greedy-fit", teacher, "runs/x/greedy", target=0.5)
+    rows = bench.measure([uvc, peer], bench.dense_model(teacher))
+
+A method's run is a dict {"name", "before", "after", "logs"} (models before and after
+fine-tuning, and the run folders); `measure` turns runs into table rows: top-1 on
+the fixed validation split before and after fine-tuning, MACs ratio by fvcore on
+the physically pruned model, parameters and CPU images/s at batch 64 (every model
+timed side by side with the dense one, interleaved rounds, median).
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+# --dataset -> (config file with dense/joint/post stages, model type)
+DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
+            "mnist": ("configs/mnist_demo.py", "vit_mnist_patch4_28")}
+SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
+SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0"]  # and stage 1 searches from its first step
+LOG_FILES = ("log.jsonl", "stdout.log", "result.json")  # what copy_logs keeps of a run folder
+AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, counted per axis (`removed`)
+# baselines.torch_pruning flags of its "Torch-Pruning (local magnitude)" setting (default: Taylor, global)
+LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
+
+
+def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) -> None:
+    """Run one of the project's commands, echoing it; its output also goes to log_path.
+
+    With `reuse`, a command that already completed with this log_path (same text, recorded
+    in <its folder>/done.cmd) is not run again. `threads` > 0 sets OMP_NUM_THREADS for it."""
+    done = os.path.join(os.path.dirname(log_path), "done.cmd")
+    text = " ".join(cmd)
+    if reuse and os.path.exists(done) and _read(done) == text:
+        print(f"\n$ {text}\n(reused: completed before in {os.path.dirname(log_path)})", flush=True)
+        return
+    print("\n$ " + text, flush=True)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    if os.path.exists(done):
+        os.remove(done)
+    with open(log_path, "w") as log:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
+        proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, env=env)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        if proc.wait() != 0:
+            raise SystemExit(f"'{' '.join(cmd[:2])} ...' failed (exit {proc.returncode}); see {log_path}")
+    with open(done, "w") as f:
+        f.write(text)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def compact_of_stage1(stage1_file: str) -> torch.nn.Module:
+    """The stage-1 result exported as is (before fine-tuning)."""
+    from uvc.export import build_masked_source, export_compact, read_training_checkpoint
+    ckpt = read_training_checkpoint(stage1_file)
+    return export_compact(build_masked_source(ckpt), ckpt["arch"]).eval()
+
+
+def stage1_run(name: str, stage1_file: str, compact_file: str, logs: List[str]) -> dict:
+    """A method's run whose result is a stage-1 file fine-tuned by stage 2 (UVC, the one-shot peers)."""
+    from models.compact import load_compact
+    arch = torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"]
+    return {"name": name, "before": compact_of_stage1(stage1_file), "after": load_compact(compact_file),
+            "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file}
+
+
+def macs_ratio_of(model: torch.nn.Module, dense: torch.nn.Module) -> float:
+    """fvcore's MACs of a physically pruned model over the dense model's (fused attention off)."""
+    from baselines.macs import matched_target
+    return matched_target(dense, model)
+
+
+def removed_of_spec(spec: dict) -> Dict[str, int]:
+    """What an architecture spec removes, per axis: skipped blocks, and in the kept blocks heads,
+    value dims of kept heads and MLP neurons; dropped patch positions."""
+    H, d, M = spec["num_heads"], spec["head_dim"], spec["mlp_hidden"]
+    kept = [b for b in spec["blocks"] if not b["skipped"]]
+    return {"blocks": len(spec["blocks"]) - len(kept), "heads": sum(H - len(b["heads"]) for b in kept),
+            "dims": sum(d - len(v) for b in kept for v in b["value_dims"]),
+            "neurons": sum(M - len(b["neurons"]) for b in kept),
+            "patches": (spec["img_size"] // spec["patch_size"]) ** 2 - len(spec["patches_kept"])}
+
+
+def removed_of_pruned(model: torch.nn.Module, dense: torch.nn.Module) -> Dict[str, int]:
+    """The same counts for a Torch-Pruning model (a head dim goes from q, k and v together)."""
+    attn, M = dense.blocks[0].attn, dense.blocks[0].mlp.fc1.out_features
+    return {"blocks": 0, "heads": sum(attn.num_heads - b.attn.num_heads for b in model.blocks),
+            "dims": sum(b.attn.num_heads * (attn.head_dim - b.attn.head_dim) for b in model.blocks),
+            "neurons": sum(M - b.mlp.fc1.out_features for b in model.blocks), "patches": 0}
+
+
+def removed_text(removed: Dict[str, int]) -> str:
+    """"blocks/heads/dims/neurons/patches" removed, for the tables."""
+    return "/".join(str(removed[k]) for k in AXES)
+
+
+def stage1_ratio(stage1_file: str) -> float:
+    """The MACs ratio of a stage-1 file's architecture by UVC's formula (what the budget counts)."""
+    from uvc.freeze import spec_ratio
+    return spec_ratio(torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def copy_logs(runs: Sequence[dict], log_dir: str, names: Sequence[str] = LOG_FILES) -> None:
+    """The logs of every run (the files `names` of its folders), one folder per run under log_dir,
+    named by the run's "log_name" (default: its method name)."""
+    for r in runs:
+        folder = re.sub(r"[^\w.-]+", "_", r.get("log_name", r["name"]).replace("/", "")).strip("_")
+        dst = os.path.join(log_dir, folder)
+        for src in r["logs"]:
+            for name in names:
+                if os.path.exists(os.path.join(src, name)):
+                    os.makedirs(dst, exist_ok=True)
+                    shutil.copy(os.path.join(src, name), os.path.join(dst, f"{os.path.basename(src)}_{name}"))
+
+
+@dataclass
+class Bench:
+    """One data set's demo config and model, the teacher cache, and the shared run settings.
+
+    Args:
+        dataset: a key of DATASETS.
+        cache_dir: where trained teachers are kept, keyed by their resolved config.
+        seed: the teacher's seed, and the default seed of every other run.
+        smoke: a few steps per stage (checks the plumbing, not the accuracy).
+        joint_extra, post_extra: flags appended to every stage-1 / every fine-tuning command
+            (e.g. ["--epochs", "6"]); stage 2, the one-shot peers and Torch-Pruning share post_extra.
+        reuse: skip a command that already completed in the same folder (see `run`).
+        threads: OMP_NUM_THREADS of every command (0: the library default, one per core).
+    """
+    dataset: str = "digits"
+    cache_dir: str = "runs/cache"
+    seed: int = 730
+    smoke: bool = False
+    joint_extra: Sequence[str] = ()
+    post_extra: Sequence[str] = ()
+    reuse: bool = False
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise SystemExit(f"--dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        self.config_file, self.model_type = DATASETS[self.dataset]
+
+    # ------------------------------------------------------------------------- the commands
+    def config_key(self, stage: str, extra: List[str]) -> str:
+        """A short hash of the resolved config of a stage (plus overrides): the teacher cache key."""
+        from utils.config import parse_config
+        config = parse_config("post", ["--config", f"{self.config_file}:{stage}"] + extra)
+        text = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("output_dir", "resume")},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def teacher(self) -> str:
+        """The dense teacher's file, trained once per config and cached."""
+        extra = ["--seed", str(self.seed)] + (SMOKE if self.smoke else [])
+        out = os.path.join(self.cache_dir, f"teacher-{self.config_key('dense', extra)}")
+        path = os.path.join(out, f"{self.model_type}_dense_best.pth")
+        if os.path.exists(os.path.join(out, "done")):
+            print(f"teacher: reusing {path} (same config)")
+            return path
+        shutil.rmtree(out, ignore_errors=True)
+        run(["post_train.py", "--config", f"{self.config_file}:dense", "--output_dir", out] + extra,
+            os.path.join(out, "stdout.log"), threads=self.threads)
+        if not os.path.exists(path):
+            raise SystemExit(f"the teacher run did not write {path}; see {out}/stdout.log")
+        open(os.path.join(out, "done"), "w").close()  # complete: later runs with this config reuse it
+        return path
+
+    def _run(self, cmd: List[str], log_path: str) -> None:
+        run(cmd, log_path, self.reuse, self.threads)
+
+    def _seed(self, seed: Optional[int]) -> List[str]:
+        return ["--seed", str(self.seed if seed is None else seed)]
+
+    def stage1(self, teacher: str, out: str, budget: float, seed: Optional[int] = None, extra=()) -> str:
+        self._run(["joint_train.py", "--config", f"{self.config_file}:joint", "--model_path", teacher,
+                   "--budget", str(budget), *self._seed(seed), "--output_dir", out, *self.joint_extra]
+                  + (SMOKE_SEARCH if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
+        return os.path.join(out, f"{self.model_type}_uvc.pth")
+
+    def stage2(self, teacher: str, stage1_file: str, out: str, seed: Optional[int] = None,
+               extra=()) -> Dict[str, str]:
+        self._run(["post_train.py", "--config", f"{self.config_file}:post", "--model_path", teacher,
+                   "--checkpoint_dir", stage1_file, *self._seed(seed), "--output_dir", out, *self.post_extra]
+                  + (SMOKE if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
+        return {"stage2_file": os.path.join(out, f"{self.model_type}_uvc_post_best.pth"),
+                "compact_file": os.path.join(out, "compact.pth")}
+
+    # ------------------------------------------------------------------------- the methods
+    def uvc(self, name: str, teacher: str, out: str, budget: float, seed: Optional[int] = None,
+            joint_extra=(), post_extra=()) -> dict:
+        """UVC (or an ablation of it): stage 1, then stage 2 and export."""
+        s1 = self.stage1(teacher, os.path.join(out, "stage1"), budget, seed, joint_extra)
+        files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed, post_extra)
+        return dict(stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")]),
+                    **files)
+
+    def one_shot(self, name: str, method: str, teacher: str, out: str, target: float,
+                 seed: Optional[int] = None) -> dict:
+        """baselines.magnitude (`uniform-magnitude` or `greedy-fit`) at `target` MACs by UVC's formula,
+        then the same stage 2 as UVC."""
+        s1 = os.path.join(out, "stage1", f"{self.model_type}_uvc.pth")
+        self._run(["-m", "baselines.magnitude", "--method", method, "--model_type", self.model_type,
+                   "--model_path", teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003",
+                   "--output", s1], os.path.join(out, "stage1", "stdout.log"))
+        files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed)
+        return stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")])
+
+    def torch_pruning(self, name: str, teacher: str, out: str, target: float, seed: Optional[int] = None,
+                      setting=()) -> dict:
+        """baselines.torch_pruning at `target` MACs by fvcore, fine-tuned with stage 2's loop.
+        `setting`: its flags (default: Taylor importance, global isomorphic ranking)."""
+        from baselines.finetune import load_pruned
+        self._run(["-m", "baselines.torch_pruning", "--config", f"{self.config_file}:post", "--model_path",
+                   teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", *self._seed(seed),
+                   "--output_dir", out, *setting, *self.post_extra] + (SMOKE if self.smoke else []),
+                  os.path.join(out, "stdout.log"))
+        after = load_pruned(os.path.join(out, "tp_finetuned_best.pth"))[0]
+        return {"name": name, "before": load_pruned(os.path.join(out, "tp_pruned.pth"))[0], "after": after,
+                "removed": removed_of_pruned(after, self.dense_model()), "logs": [out]}
+
+    # ------------------------------------------------------------------------- measuring
+    @cached_property
+    def input_shape(self) -> tuple:
+        """(channels, height, width) of the model's input."""
+        embed = self.dense_model().patch_embed
+        return (embed.proj.in_channels, *embed.img_size)
+
+    @cached_property
+    def _val_loader(self):
+        from data import build_datasets
+        from utils.config import load_config_file
+        config = load_config_file(self.config_file, "post")
+        val = build_datasets(config, self.input_shape[1], self.input_shape[0])[1]
+        return torch.utils.data.DataLoader(val, batch_size=512, shuffle=False)
+
+    def top1(self, model: torch.nn.Module) -> float:
+        from uvc.engine import evaluate
+        return evaluate(model.eval(), self._val_loader, torch.device("cpu"))["top1"]
+
+    def dense_model(self, path: str = "") -> torch.nn.Module:
+        """The dense model (randomly initialised without `path`)."""
+        from models.checkpoint import load_pretrained
+        from models.vit import create_model
+        model = create_model(self.model_type, num_classes=10)
+        if path:
+            load_pretrained(model, path, model_type=self.model_type)
+        return model.eval()
+
+    def throughput(self, models: Dict[str, torch.nn.Module], batch_size: int) -> Dict[str, float]:
+        """Images/s of each model, measured side by side (interleaved rounds, median)."""
+        from utils.benchmark import compare_throughput
+        return compare_throughput(models, self.input_shape, batch_size, torch.device("cpu"),
+                                  repeats=3 if self.smoke else 15)
+
+    def measure(self, runs: Sequence[dict], dense: torch.nn.Module) -> List[dict]:
+        """The dense teacher's row, then one per run: name, top1_before, top1, macs_ratio (fvcore),
+        params, images_per_s_b64, speedup_b64 (all models timed side by side) and removed."""
+        models = {"dense teacher": dense, **{str(i): r["after"] for i, r in enumerate(runs)}}
+        speed = self.throughput(models, 64)
+        dense_top1 = self.top1(dense)
+        rows = [{"name": "dense teacher", "top1_before": dense_top1, "top1": dense_top1, "macs_ratio": 1.0,
+                 "params": params(dense), "images_per_s_b64": speed["dense teacher"], "speedup_b64": 1.0,
+                 "removed": dict.fromkeys(AXES, 0)}]
+        return rows + [{"name": r["name"], "top1_before": self.top1(r["before"]), "top1": self.top1(r["after"]),
+                        "macs_ratio": macs_ratio_of(r["after"], dense), "params": params(r["after"]),
+                        "images_per_s_b64": speed[str(i)], "speedup_b64": speed[str(i)] / speed["dense teacher"],
+                        "removed": r["removed"]} for i, r in enumerate(runs)]

@@ -1,0 +1,112 @@
+"""scripts/sweep.py (the MNIST benchmark) and scripts/demo.py --dataset mnist: the tables from
+known numbers, flag checks, and the real scripts at smoke size (slow)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import sweep  # noqa: E402
+
+SWEEP_KEYS = {"method", "budget", "macs_ratio", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}
+
+
+def row(method, top1, **extra):
+    return dict(method=method, top1=top1, top1_before_ft=top1 - 10, macs_ratio=0.4, params=200_000,
+                images_per_s_b64=1000.0, speedup_b64=1.5,
+                removed={"blocks": 1, "heads": 2, "dims": 3, "neurons": 400, "patches": 5}, **extra)
+
+
+def test_ablation_table_shows_both_seeds_per_row():
+    result = {"seeds": [730, 731], "rows": [row("UVC", 97.1, seed=730), row("UVC", 96.8, seed=731),
+                                            row(sweep.NO_SEARCH, 95.0, seed=730), row(sweep.NO_SEARCH, 95.5, seed=731)]}
+    lines = sweep.ablation_table(result).splitlines()
+    assert "seeds 730 / 731" in lines[0] and len(lines) == 4
+    assert lines[2] == ("| UVC | 97.10 / 96.80 | 87.10 / 86.80 | 0.400 / 0.400 | 200.0 / 200.0 | 1.50 / 1.50 | "
+                        "1/2/3/400/5; 1/2/3/400/5 |")
+    assert lines[3].startswith(f"| {sweep.NO_SEARCH} | 95.00 / 95.50 |")
+
+
+def test_sweep_table_orders_by_budget_with_the_teacher_first():
+    result = {"teacher_top1": 98.0, "teacher_params": 400_000, "teacher_images_per_s_b64": 700.0,
+              "rows": [row("UVC", 97.0, budget=0.5), row("greedy fit", 96.0, budget=0.5),
+                       row("UVC", 90.0, budget=0.3)]}
+    lines = sweep.sweep_table(result).splitlines()
+    assert lines[2].startswith("| dense teacher | 1.0 | 98.00 | 98.00 | 1.000 | 400.0K |")
+    order = [line.split(" | ")[:2] for line in lines[3:]]
+    assert order == [["| UVC", "0.3"], ["| UVC", "0.5"], ["| greedy fit", "0.5"]]
+
+
+def test_removed_counts_per_axis():
+    import pipeline
+    from helpers import noisy_tiny_vit
+    from uvc.freeze import base_spec
+
+    vit = noisy_tiny_vit()
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")  # D=32, L=4, H=2, d=16, M=128, 16 patches
+    assert pipeline.removed_of_spec(spec) == dict.fromkeys(pipeline.AXES, 0)
+    spec["blocks"][0].update(skipped=True, heads=[0])  # a skipped block counts once, as a block
+    spec["blocks"][1].update(heads=[1], value_dims=[list(range(10))], neurons=list(range(100)))
+    spec["patches_kept"] = spec["patches_kept"][3:]
+    assert pipeline.removed_of_spec(spec) == {"blocks": 1, "heads": 1, "dims": 6, "neurons": 28, "patches": 3}
+    assert pipeline.removed_text(pipeline.removed_of_spec(spec)) == "1/1/6/28/3"
+    assert pipeline.removed_of_pruned(vit, vit) == dict.fromkeys(pipeline.AXES, 0)
+
+
+def test_flags_are_checked():
+    args = sweep.parse_args(["--methods", "Torch-Pruning", "--budgets", "0.3,0.5"])
+    assert args.methods == ["UVC", "Torch-Pruning"] and args.budgets == [0.3, 0.5]
+    assert sweep.bench_of(args).joint_extra == ["--epochs", str(args.search_epochs)]
+    assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
+    for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"],
+                ["--ablations", "--budgets", "0.5"], ["--seeds", "1,2"]):  # a flag of the other mode
+        with pytest.raises(SystemExit):
+            sweep.parse_args(bad)
+
+
+def run_script(script, *argv, timeout=1500):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--smoke", *map(str, argv)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_sweep_and_ablations_smoke(tmp_path):
+    """One budget, every method, through the real entry scripts; then the ablations reuse the
+    sweep's UVC and greedy-fit runs."""
+    dirs = ["--run_dir", tmp_path / "runs", "--cache_dir", tmp_path / "cache", "--log_dir", tmp_path / "log",
+            "--figs_dir", tmp_path / "figs"]
+    out = run_script("sweep.py", "--budgets", "0.4", "--threads", "1", *dirs)
+    assert "$ joint_train.py --config configs/mnist_demo.py:joint" in out
+    result = json.loads((tmp_path / "log" / "mnist_sweep.json").read_text())
+    assert 0.0 <= result["teacher_top1"] <= 100.0
+    assert [r["method"] for r in result["rows"]] == list(sweep.DEFAULT_METHODS)
+    for r in result["rows"]:
+        assert SWEEP_KEYS <= set(r) and r["budget"] == 0.4
+    uvc = result["rows"][0]["macs_ratio"]
+    assert all(abs(r["macs_ratio"] / uvc - 1) <= 0.01 for r in result["rows"]), result["rows"]
+    assert (tmp_path / "log" / "mnist_sweep.md").exists()
+    assert (tmp_path / "figs" / "mnist_sweep_top1_vs_macs.png").exists()
+    assert (tmp_path / "log" / "mnist_sweep" / "budget0.4_uvc" / "stage1_log.jsonl").exists()
+
+    out = run_script("sweep.py", "--ablations", "--ablation_budget", "0.4", "--seeds", "730", "--resume",
+                     "--threads", "1", *dirs)
+    assert out.count("(reused: completed before") == 4  # UVC stages 1 and 2, greedy fit and its stage 2
+    result = json.loads((tmp_path / "log" / "mnist_ablations.json").read_text())
+    assert [r["method"] for r in result["rows"]] == list(sweep.ABLATIONS) + [sweep.NO_SEARCH]
+    assert all(SWEEP_KEYS - {"budget"} | {"seed"} <= set(r) for r in result["rows"])
+    assert "seeds 730" in (tmp_path / "log" / "mnist_ablations.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_mnist_smoke(tmp_path):
+    run_script("demo.py", "--dataset", "mnist", "--run_dir", tmp_path / "run", "--cache_dir", tmp_path / "cache")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "mnist" and "vit_mnist_patch4_28" in summary["stage1_file"]
+    for key in ("teacher_top1", "uvc_top1", "uvc_macs_ratio", "uvc_speedup_b64", "stage1_file", "stage2_file"):
+        assert key in summary, key
