@@ -1,0 +1,42 @@
+"""scripts/benchmark_search.py: what a cell reports, from a run's log.jsonl, and the acceptance window."""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import benchmark_search as bs  # noqa: E402
+
+KEYS = ("budget", "model", "config", "search_steps", "searched_ratio", "exported_ratio", "greedy_changed_frac",
+        "max_undershoot", "teacher_top1", "top1_after_freeze")
+
+
+def _fake_run(path, hard, budget=0.5, warn=False):
+    """A stage-1 log.jsonl as joint_train.py writes it: warm-up epoch, search epochs, the stage-1 record."""
+    os.makedirs(path, exist_ok=True)
+    kept = {"heads": [4] * 8, "value_dims": [64] * 8, "neurons": [200] * 8, "skipped": [0] * 8, "patches_kept": 16}
+    recs = [{"epoch": 0, "searching": False, "hard_macs_ratio": 1.0, "max_undershoot": 0.0,
+             "search_progress": 0.0, **kept}]
+    for i, h in enumerate(hard):
+        recs.append({"epoch": i + 1, "searching": True, "hard_macs_ratio": h, "max_undershoot": 0.02,
+                     "search_progress": (i + 1) / len(hard), **kept})
+    if warn:
+        recs.append({"warning": "WARNING: stage 1 ended at top-1 9.00, under half the teacher's"})
+    recs.append({"stage1_file": "x.pth", "searched_macs_ratio": hard[-1], "macs_ratio": budget - 0.002,
+                 "greedy_changed_frac": 0.001, "teacher_top1": 98.0, "final_top1": 95.0, "search_steps": 400})
+    with open(os.path.join(path, "log.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(r) for r in recs) + "\n")
+
+
+def test_a_cell_reports_the_issue_keys_and_its_window(tmp_path):
+    _fake_run(tmp_path / "ok", [0.9, 0.7, 0.55, 0.51, 0.5])
+    cell = bs.summarise("digits", 0.5, 1, str(tmp_path / "ok"), 730)
+    cell["masking"] = "hard"
+    assert all(k in cell for k in KEYS)
+    assert cell["reached_budget_at"] == 0.8 and cell["search_steps"] == 400
+    assert bs.ok(cell) and "| digits | 0.5 | 1x | hard |" in bs.table([cell])
+    _fake_run(tmp_path / "high", [0.9, 0.8, 0.7, 0.6, 0.6])  # ended 0.1 over the budget
+    assert not bs.ok(bs.summarise("digits", 0.5, 1, str(tmp_path / "high"), 730))
+    _fake_run(tmp_path / "warned", [0.9, 0.5], warn=True)  # a collapse warning fails the cell
+    assert not bs.ok(bs.summarise("digits", 0.5, 1, str(tmp_path / "warned"), 730))
