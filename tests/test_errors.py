@@ -129,6 +129,10 @@ CASES = {
     "patch_gating_dynamic_mode": ("joint", lambda f: ["--enable_patch_gating", "2"],
                                   ["--enable_patch_gating must be 0 or 1, got 2", "not implemented"]),
     "pruning_flag_3": ("joint", lambda f: ["--enable_pruning", "3"], ["--enable_pruning must be 0 or 1"]),
+    "target_ramp_zero": ("joint", lambda f: ["--target_ramp", "0"], ["--target_ramp 0.0 must lie in (0, 1]"]),
+    "min_blocks_negative": ("joint", lambda f: ["--min_blocks", "-1"], ["--min_blocks must be 0"]),
+    "search_masking_unknown": ("joint", lambda f: ["--search_masking", "medium"],
+                               ["--search_masking 'medium' is not supported"]),
     "mixup_odd_batch": ("joint post", lambda f: ["--mixup", "0.8", "--batch_size", "7"],
                         ["mixup/cutmix need an even batch per process, got --train_batch_size 7", "--mixup 0 --cutmix 0"]),
 }
