@@ -85,6 +85,16 @@ def test_one_update_flips_at_most_one_block():
     assert torch.equal(arch.gate_logits[[0, 2, 3]], before[[0, 2, 3]])
 
 
+def test_a_flip_that_barely_crosses_is_settled_past_the_boundary():
+    """Both ways: a skip and a re-open that cross by a hair end HYSTERESIS logits past the boundary."""
+    from uvc.gates import settle_flips
+    before = torch.tensor([[0.0, 0.1], [0.1, 0.0]])
+    logits = torch.tensor([[0.0, -0.05], [0.0, 0.05]])  # block 0 now skips, block 1 now keeps
+    settle_flips(logits, before)
+    assert float(logits[0, 0] - logits[0, 1]) == pytest.approx(HYSTERESIS)
+    assert float(logits[1, 1] - logits[1, 0]) == pytest.approx(HYSTERESIS)
+
+
 def test_protected_blocks_and_the_floor_stop_a_skip():
     arch = _arch_with_gates()
     before = arch.gate_logits.detach().clone()

@@ -53,9 +53,10 @@ def settle_flips(logits: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         was, now = before[:, 1] >= before[:, 0], logits[:, 1] >= logits[:, 0]
         flipped = was != now
         mid = (logits[flipped, 0] + logits[flipped, 1]) / 2
-        sign = torch.where(now[flipped], 1.0, -1.0)
-        logits[flipped, 1] = torch.maximum(logits[flipped, 1] * sign, (mid + HYSTERESIS / 2) * sign) * sign
-        logits[flipped, 0] = 2 * mid - logits[flipped, 1]
+        keep = logits[flipped, 1]  # keep - skip = 2 (keep - mid): at least HYSTERESIS past the boundary
+        keep = torch.where(now[flipped], torch.maximum(keep, mid + HYSTERESIS / 2),
+                           torch.minimum(keep, mid - HYSTERESIS / 2))
+        logits[flipped, 1], logits[flipped, 0] = keep, 2 * mid - keep
     else:
         flipped = (before >= 0) != (logits >= 0)
         logits[flipped] = torch.where(logits[flipped] >= 0, HYSTERESIS, -HYSTERESIS)
