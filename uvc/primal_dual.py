@@ -120,6 +120,7 @@ class PrimalDual:
         self.masks: Masks = None
         self.scores: Scores = None
         self._scores_fresh = False  # scores of the current weights, from step()
+        self._importance_cache, self._importance_of = None, None
 
     # --- schedules -----------------------------------------------------------
     def set_epoch(self, epoch: int, search_epoch: int) -> None:
@@ -219,9 +220,16 @@ class PrimalDual:
         proximal_step(vit, self.masks, self.scores, self.arch.y, self.arch.p, lr,
                       columns_only=self.cfg.masking == "soft")
 
+    def _importance(self) -> Scores:
+        """The current scores in MAC-share units, computed once per set of scores (s, r and the
+        duals read them in the same step)."""
+        if self._importance_of is not self.scores:
+            self._importance_cache, self._importance_of = as_importance(self.scores, self.costs), self.scores
+        return self._importance_cache
+
     def _slopes(self):
         """dLeastSum/d(count) in MAC-share units: heads (L,), neurons (L,), dims (L, H)."""
-        imp = as_importance(self.scores, self.costs)
+        imp = self._importance()
         k_heads, k_neurons, k_dims = self.arch.removed_counts()
         return (least_sum(imp.heads, k_heads)[1], least_sum(imp.neurons, k_neurons)[1],
                 least_sum(imp.dims, k_dims)[1])
@@ -296,7 +304,7 @@ class PrimalDual:
     def dual_step(self) -> None:
         """Dual ascent: y, p grow with the LeastSum (importance units) of the removed groups."""
         a, r = self.arch, self.rates
-        imp = as_importance(self.scores, self.costs)
+        imp = self._importance()
         k_heads, k_neurons, k_dims = a.removed_counts()
         a.y[:, 0] += r.y_step * least_sum(imp.heads, k_heads)[0]
         a.y[:, 1] += r.y_step * least_sum(imp.neurons, k_neurons)[0]
