@@ -10,6 +10,7 @@ import os
 import sys
 
 
+from data import probe_batch
 from uvc.engine import evaluate, train_one_epoch
 from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.masked_model import MaskedViT
@@ -71,7 +72,8 @@ def main(argv=None) -> None:
     steps = steps_per_epoch(config, data.train_loader)
     warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
     search_epochs = max(config.epochs - warmup_epochs, 1)
-    search = UVCSearch(vit, config, env.device, search_steps=search_epochs * steps)
+    probe = probe_batch(data.train_loader.dataset, config.flip_probe, config.seed)
+    search = UVCSearch(vit, config, env.device, search_steps=search_epochs * steps, probe=probe)
     ddp_model = wrap_ddp(model, env)
     plan = batch_plan(config, "joint", env.world_size)  # --learning_rate unscaled in stage 1
     optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps, plan.peak_lr)
@@ -144,6 +146,7 @@ def main(argv=None) -> None:
     apply_spec(model, spec)
     final = evaluate(ddp_model, data.val_loader, env.device, None, bool(config.fp16))
     fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
+    fit.update(search.pd.trial.state_dict() if search.pd.trial is not None else {})  # flip trials, refused
     logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
                 f"{fit['searched_macs_ratio']:.4f}; to fit budget {config.budget} the greedy pass removed "
                 f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "

@@ -177,11 +177,12 @@ class Bench:
 
     # ------------------------------------------------------------------------- the commands
     def config_key(self, stage: str, extra: List[str]) -> str:
-        """A short hash of the resolved config of a stage (plus overrides): the teacher cache key."""
-        from utils.config import parse_config
+        """A short hash of the resolved config of a stage (plus overrides): the teacher cache key. The
+        search's own keys (utils.config.STAGE1_ONLY) cannot change a dense teacher and are left out."""
+        from utils.config import STAGE1_ONLY, parse_config
         config = parse_config("post", ["--config", f"{self.config_file}:{stage}"] + extra)
-        text = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("output_dir", "resume")},
-                          sort_keys=True, default=str)
+        text = json.dumps({k: v for k, v in config.to_dict().items()
+                           if k not in ("output_dir", "resume") + STAGE1_ONLY}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def teacher(self) -> str:

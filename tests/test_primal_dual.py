@@ -292,7 +292,7 @@ def test_short_search_follows_the_target(short_search):
     assert min(h - t for h, t in zip(hard, target)) >= -margin
     assert search.pd.max_undershoot <= margin
     reached = next(i for i, r in enumerate(hard) if r <= BUDGET + 0.02) / SEARCH_STEPS
-    assert 0.3 <= reached <= 0.8  # the target reaches the budget at 0.5 of the search
+    assert 0.25 <= reached <= 0.8  # the target reaches the budget at 0.5 of the search (less the margin)
     assert BUDGET - 0.05 <= hard[-1] <= BUDGET + 0.02
 
 

@@ -16,9 +16,11 @@ the optimizer has updated W. `step()` runs, in this order:
   3. s, r: gradient y dLeastSum/ds + z dR/ds (in MAC-share units), SGD, projection
   4. gates and patch logits, every `gate_interval` steps (uvc.schedule), from the averaged
      loss gradient and z dR/d(logits) (+ the L1 pull on patches), each term
-     normalised; at most one block flips per update (uvc.gates.limit_gate_flips);
-     a skip or a patch drop only while z > 0, and none in the last quarter
-     of the search (halfway from the end of the ramp), which s and r settle
+     normalised; at most one block flips and one patch drops per update (uvc.gates);
+     a skip or a patch drop only while z > 0, only if it costs the probe loss no
+     more than taking its MACs from the cheapest groups (uvc.trial), and none in
+     the last quarter of the search (halfway from the end of the ramp), which s
+     and r settle
   5. dual ascent on y, p (LeastSum of the removed groups)
 
 Scale (what makes one set of rates fit every model, data set and run length):
@@ -39,18 +41,20 @@ W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
 rate in every layer and model.
 """
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
 from uvc.budget import Budget
 from uvc.controller import BudgetController
-from uvc.gates import block_gate_sample, limit_gate_flips, patch_attn_bias, settle_flips
+from uvc.freeze import spec_from_search
+from uvc.gates import block_gate_sample, limit_gate_flips, limit_patch_drops, patch_attn_bias
 from uvc.masked_model import MaskedViT
 from uvc.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
 from uvc.prox import proximal_step
 from uvc.schedule import SearchRates, target_ratio
 from uvc.structure import ArchState
+from uvc.trial import FlipTrial
 from utils.dist import all_reduce_mean
 
 
@@ -121,6 +125,7 @@ class PrimalDual:
         self.scores: Scores = None
         self._scores_fresh = False  # scores of the current weights, from step()
         self._importance_cache, self._importance_of = None, None
+        self.trial: Optional[FlipTrial] = None  # set by UVCSearch: flips are tried on a probe (uvc.trial)
 
     # --- schedules -----------------------------------------------------------
     def set_epoch(self, epoch: int, search_epoch: int) -> None:
@@ -201,12 +206,16 @@ class PrimalDual:
         a.z.fill_(self.controller.update(a.z_integral, hard, target, self.ki_scale))
         if self.space.pruning:
             self.structure_step(grads)
-        self.gate_step(grads, target)
+        self.gate_step(grads, target, model)
         if self.space.pruning:
             self.dual_step()
         return {"expected_ratio": float(ratio.detach()), "hard_ratio": hard, "target_ratio": target,
                 "z": float(a.z), "z_integral": float(a.z_integral), "y_mean": float(a.y.mean()),
-                "p_mean": float(a.p.mean()), "tau": self.tau}
+                "p_mean": float(a.p.mean()), "tau": self.tau, **self._trial_counts()}
+
+    def _trial_counts(self) -> Dict[str, float]:
+        t = self.trial
+        return {} if t is None else {"flip_trials": float(t.trials), "flips_rejected": float(t.rejected)}
 
     def _budget_grads(self, ratio: torch.Tensor) -> Dict[str, torch.Tensor]:
         params = self.arch.architecture_parameters()
@@ -253,12 +262,13 @@ class PrimalDual:
         a.project_()
 
     @torch.no_grad()
-    def gate_step(self, grads: Dict[str, torch.Tensor], target: float) -> None:
+    def gate_step(self, grads: Dict[str, torch.Tensor], target: float, model: MaskedViT = None) -> None:
         """Gates and patch logits: loss gradients are summed in .grad by backward and
         averaged over `gating_interval` steps (and over ranks) before the update.
-        Each term is normalised; the update may flip at most one block, never a
-        protected one, no flip (block or patch) may take the hard ratio more than
-        `margin` under the target, and a flip is settled past the boundary (uvc.gates)."""
+        Each term is normalised; the update may flip at most one block and drop at most
+        one patch, never skip a protected block, no flip may take the hard ratio more than
+        `margin` under the target or fail its trial (uvc.trial), and a flip is settled
+        past the boundary (uvc.gates)."""
         a, r, sp = self.arch, self.rates, self.space
         self.grad_steps += 1
         if self.grad_steps < self.rates.gate_interval:
@@ -274,7 +284,7 @@ class PrimalDual:
             loss_grad = self._averaged_grad(a.gate_logits, n)
             a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
             self.gate_opt.step()
-            limit_gate_flips(a, before, self.protected_blocks(before), self._floor_check(target))
+            limit_gate_flips(a, before, self.protected_blocks(before), self._flip_check(target, model, gates=before))
         if sp.patch_gating:
             before = a.patch_logits.detach().clone()
             loss_grad = self._averaged_grad(a.patch_logits, n)
@@ -282,13 +292,35 @@ class PrimalDual:
             l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
             a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
             self.patch_opt.step()
-            with torch.no_grad():
-                if not self._floor_check(target)():  # dropping these patches dips too far: keep them
-                    dropped = (before >= 0) & (a.patch_logits < 0)
-                    a.patch_logits[dropped] = before[dropped]
-                settle_flips(a.patch_logits, before)
+            limit_patch_drops(a.patch_logits, before, self._flip_check(target, model, patches=before))
         a.gate_logits.grad = None
         a.patch_logits.grad = None
+
+    def _flip_check(self, target: float, model: Optional[MaskedViT], gates=None, patches=None):
+        """A callable: may the proposed skip or patch drop stand? The floor check, then (with
+        pruning and a probe) its trial against the same MACs taken from the groups.
+        `gates` / `patches`: the logits before the update (the architecture without the flip)."""
+        floor = self._floor_check(target)
+
+        def check() -> bool:
+            if not floor():
+                return False
+            if self.trial is None or model is None or not self.space.pruning:
+                return True
+            a = self.arch
+            flip = self._spec_of(model, a.gate_logits, a.patch_logits)
+            base = self._spec_of(model, a.gate_logits if gates is None else gates,
+                                 a.patch_logits if patches is None else patches)
+            return self.trial.accept(model, flip, base, self.scores)
+        return check
+
+    def _spec_of(self, model: MaskedViT, gate_logits: torch.Tensor, patch_logits: torch.Tensor) -> dict:
+        """The argmax architecture of the current masks with these gate and patch logits."""
+        keep = (gate_logits[:, 1] >= gate_logits[:, 0]).float() if self.space.block_gating \
+            else torch.ones(self.arch.dims.depth)
+        patches = patch_logits >= 0 if self.space.patch_gating \
+            else torch.ones(self.arch.dims.num_patches, dtype=torch.bool)
+        return spec_from_search(model.vit, "", self.masks, keep, patches)
 
     def _floor_check(self, target: float):
         """A callable: may the current logits stand? Only while the budget still pushes down
@@ -317,7 +349,8 @@ class PrimalDual:
         return {"s_opt": self.s_opt.state_dict(), "r_opt": self.r_opt.state_dict(),
                 "gate_opt": self.gate_opt.state_dict(),
                 "patch_opt": self.patch_opt.state_dict(), "grad_steps": self.grad_steps, "t": self.t,
-                "max_undershoot": self.max_undershoot}
+                "max_undershoot": self.max_undershoot,
+                "trial": self.trial.state_dict() if self.trial is not None else {}}
 
     def load_state_dict(self, state: dict) -> None:
         self.s_opt.load_state_dict(state["s_opt"])
@@ -326,3 +359,5 @@ class PrimalDual:
         self.patch_opt.load_state_dict(state["patch_opt"])
         self.grad_steps, self.t = int(state["grad_steps"]), int(state["t"])
         self.max_undershoot = float(state["max_undershoot"])
+        if self.trial is not None:
+            self.trial.load_state_dict(state.get("trial", {}))

@@ -17,6 +17,7 @@ from uvc.masked_model import MaskedViT
 from uvc.primal_dual import PrimalDual, PrimalDualConfig
 from uvc.schedule import SearchRates
 from uvc.structure import ArchState
+from uvc.trial import FlipTrial
 
 STAGE1_FORMAT = "uvc-stage1-v1"
 STAGE2_FORMAT = "uvc-stage2-v1"
@@ -34,10 +35,11 @@ class UVCSearch:
     During warm-up (`active` False) the architecture is frozen at "keep
     everything" and only the weights train. `search_steps` (optimizer steps after
     warm-up) sets the pace: the target reaches the budget at the same fraction of
-    any search (uvc.schedule).
+    any search (uvc.schedule). `probe`: (images, targets) of training images on
+    which each proposed block skip and patch drop is tried (uvc.trial); None: none.
     """
 
-    def __init__(self, vit, config, device, search_steps: int):
+    def __init__(self, vit, config, device, search_steps: int, probe=None):
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
@@ -45,6 +47,8 @@ class UVCSearch:
         self.rates = SearchRates.for_search(config, search_steps)
         self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config, self.dims.depth),
                              self.rates)
+        if probe is not None and len(probe[0]):  # (images, targets): the trial of every skip and patch drop
+            self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
 

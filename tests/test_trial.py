@@ -1,0 +1,127 @@
+"""The trial of coarse moves (uvc.trial) and its fixed probe (data.probe)."""
+import random
+
+import numpy as np
+import torch
+
+from data.probe import probe_batch
+from uvc.freeze import base_spec
+from uvc.masked_model import MaskedViT
+from uvc.masks import group_scores, stacked_weights
+from uvc.primal_dual import PrimalDual
+from uvc.search import UVCSearch
+from uvc.trial import FlipTrial
+from tests.helpers import demo_search_config, noisy_tiny_vit
+
+CPU = torch.device("cpu")
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """A data set whose transform draws from all three global random streams."""
+
+    def __len__(self):
+        return 50
+
+    def __getitem__(self, i):
+        jitter = torch.rand(()) + np.random.rand() + random.random()
+        return torch.full((1, 8, 8), float(i)) + jitter, i % 10
+
+
+def test_probe_is_the_same_every_time_and_leaves_the_random_streams_alone():
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    expected = (torch.rand(()), np.random.rand(), random.random())
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    a = probe_batch(_Noisy(), 8, seed=3)
+    assert (torch.rand(()), np.random.rand(), random.random()) == expected
+    b = probe_batch(_Noisy(), 8, seed=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (8, 1, 8, 8) and len(set(a[1].tolist())) > 1
+    assert not torch.equal(probe_batch(_Noisy(), 8, seed=4)[0], a[0])
+    assert len(probe_batch(_Noisy(), 500, seed=3)[0]) == 50 and len(probe_batch(_Noisy(), 0, seed=3)[0]) == 0
+
+
+def _model_and_trial(free_block: int = None):
+    """The tiny ViT whose fc2 columns 64.. are zero in every block (free to remove: score 0); with
+    `free_block`, that block's proj and fc2 are all zero, biases too (it computes nothing). The probe's
+    targets are the model's own predictions, with a sharpened head."""
+    vit = noisy_tiny_vit(seed=0, scale=0.2)
+    with torch.no_grad():
+        vit.head.weight.mul_(20)
+        for blk in vit.blocks:
+            blk.mlp.fc2.weight[:, 64:] = 0
+        if free_block is not None:
+            for layer in (vit.blocks[free_block].attn.proj, vit.blocks[free_block].mlp.fc2):
+                layer.weight.zero_()
+                layer.bias.zero_()
+    model = MaskedViT(vit).eval()
+    images = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        targets = model(images).argmax(-1)
+    return model, FlipTrial(images, targets, batch_size=32)
+
+
+def _skip(spec: dict, block: int) -> dict:
+    out = {**spec, "blocks": [dict(b) for b in spec["blocks"]]}
+    out["blocks"][block]["skipped"] = True
+    return out
+
+
+def test_a_block_that_matters_fails_its_trial_against_free_groups():
+    model, trial = _model_and_trial()
+    base = base_spec(model.vit, "")
+    scores = group_scores(*stacked_weights(model.vit), model.num_heads)
+    assert not trial.accept(model, _skip(base, 1), base, scores)
+    assert trial.last["trial_loss_flip"] > trial.last["trial_loss_instead"]
+    assert (trial.trials, trial.rejected) == (1, 1)
+
+
+def test_a_block_that_computes_nothing_passes_its_trial():
+    model, trial = _model_and_trial(free_block=2)
+    base = base_spec(model.vit, "")
+    scores = group_scores(*stacked_weights(model.vit), model.num_heads)
+    assert trial.accept(model, _skip(base, 2), base, scores)
+    assert trial.last["trial_loss_flip"] <= trial.last["trial_loss_instead"]
+    assert (trial.trials, trial.rejected) == (1, 0)
+
+
+def _search_with_a_skip_proposed(trial):
+    """A search whose next gate update skips block 1 (its logits pushed just past the boundary)."""
+    vit = noisy_tiny_vit()
+    model = MaskedViT(vit)
+    search = UVCSearch(vit, demo_search_config(enable_patch_gating=0, gating_interval=1), CPU, search_steps=400)
+    search.set_epoch(0)
+    search.pd.trial = trial
+    pd: PrimalDual = search.pd
+    search.prepare(model, training=True)
+    with torch.no_grad():
+        search.arch.gate_logits[1] = torch.tensor([0.0, 0.01])
+        search.arch.z.fill_(1.0)
+    pd.t = 1
+    pd.scores = pd.scores_now(vit)
+    grads = {"gate": torch.zeros(4, 2), "patch": torch.zeros(16)}
+    grads["gate"][1] = torch.tensor([-1.0, 1.0])  # the budget pushes block 1 towards skip
+    search.arch.gate_logits.grad = torch.zeros(4, 2)
+    pd.gate_step(grads, target=0.0, model=model)
+    return search.arch.gate_logits.detach()
+
+
+class _Verdict(FlipTrial):
+    def __init__(self, ok: bool):
+        super().__init__(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1)
+        self.ok, self.seen = ok, []
+
+    def accept(self, model, flip, base, scores):
+        self.seen.append(([b["skipped"] for b in flip["blocks"]], [b["skipped"] for b in base["blocks"]]))
+        return self.ok
+
+
+def test_the_gate_update_keeps_a_skip_only_if_its_trial_passes():
+    """The trial sees the architecture with and without the proposed skip; a refused skip is set
+    back to REFUSED on the keep side, an accepted one HYSTERESIS on the skip side."""
+    refused, accepted = _Verdict(False), _Verdict(True)
+    logits = _search_with_a_skip_proposed(refused)
+    assert refused.seen == [([False, True, False, False], [False] * 4)]
+    assert logits[1, 1] - logits[1, 0] >= 4.0 - 1e-6
+    logits = _search_with_a_skip_proposed(accepted)
+    assert len(accepted.seen) == 1
+    assert logits[1, 0] - logits[1, 1] >= 1.0 - 1e-6

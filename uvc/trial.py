@@ -1,0 +1,73 @@
+"""Trials of the coarse moves of the search: a block skip or a patch drop stands only
+if it costs the loss no more than taking the same MACs from the cheapest groups.
+
+The gate and patch updates see gradients, and a gradient says which block or
+patch matters least but not what dropping it costs: a patch's loss gradient
+through log(pi) vanishes as pi -> 1, and the gradient terms are normalised to
+one scale (uvc.primal_dual). So each flip the gradients propose is tried on a
+fixed probe of training images before it is kept:
+
+    flip     the argmax architecture with the block skipped (or the patch dropped)
+    instead  the argmax architecture without the flip, with the lowest-score groups
+             per MAC removed (uvc.fit) until it costs no more than the flip
+
+Both are evaluated deterministically (eval mode, hard masks) on the same probe;
+the flip stands when its cross-entropy is not higher. A move the gradients like
+but the probe does not is undone and can be proposed again later. Without
+pruning (gates or patches only) there is nothing to compare with and every flip
+the gradients propose stands, as before.
+"""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+from uvc.fit import fit_to_budget
+from uvc.freeze import apply_spec, spec_ratio
+from uvc.masks import Scores
+from utils.dist import all_reduce_mean
+
+
+class FlipTrial:
+    """A fixed probe (images, targets) and the comparison of a flip against its alternative."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, with_attn: bool = True):
+        self.images, self.targets = images, targets
+        self.batch_size, self.with_attn = max(int(batch_size), 1), with_attn
+        self.trials, self.rejected = 0, 0
+        self.last: Dict[str, float] = {}
+
+    @torch.no_grad()
+    def loss(self, model, spec: dict) -> float:
+        """Mean cross-entropy of the MaskedViT fixed to `spec` on the probe, averaged over ranks."""
+        device = model.vit.pos_embed.device
+        training = model.training
+        model.eval()
+        apply_spec(model, spec)
+        total = torch.zeros((), device=device)
+        for start in range(0, len(self.images), self.batch_size):
+            x = self.images[start:start + self.batch_size].to(device)
+            y = self.targets[start:start + self.batch_size].to(device)
+            out = model(x)
+            out = out[0] if isinstance(out, tuple) else out
+            total += F.cross_entropy(out.float(), y, reduction="sum")
+        model.train(training)
+        return float(all_reduce_mean(total / len(self.images)))
+
+    def accept(self, model, flip: dict, base: dict, scores: Scores) -> bool:
+        """Does the `flip` spec cost no more loss than `base` cut by greedy group removal to its MACs?"""
+        ratio = spec_ratio(flip, True, self.with_attn)
+        flip, _ = fit_to_budget(flip, scores, 1.0, self.with_attn, tolerance=1.0)  # same value-dim padding
+        instead, _ = fit_to_budget(base, scores, ratio, self.with_attn, tolerance=1.0)
+        loss_flip, loss_instead = self.loss(model, flip), self.loss(model, instead)
+        ok = loss_flip <= loss_instead
+        self.trials += 1
+        self.rejected += int(not ok)
+        self.last = {"trial_loss_flip": loss_flip, "trial_loss_instead": loss_instead}
+        return ok
+
+    def state_dict(self) -> dict:
+        return {"flip_trials": self.trials, "flips_rejected": self.rejected}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trials, self.rejected = int(state.get("flip_trials", 0)), int(state.get("flips_rejected", 0))
