@@ -96,7 +96,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.enable_patch_gating = 1  # search patch positions to drop (0 or 1; the reference's dynamic mode 2 is not supported)
     c.target_ramp = 0.5  # fraction of the search over which the target MACs ratio falls to the budget
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
-    c.flip_probe = 256  # training images each block skip / patch drop is tried on before it stands (0: no trial)
+    c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
     # Rates below: the seed's values are the unit; each scales a rule set per search length (uvc/schedule.py)
     c.slr = 0.01  # speed of s (heads, neurons removed), relative to the seed's 0.01
