@@ -44,6 +44,7 @@ class UVCSearch:
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
         self.budget = Budget(self.dims, float(config.budget), self.space)
+        self.round_to = int(config.round_to)
         self.rates = SearchRates.for_search(config, search_steps)
         self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config, self.dims.depth),
                              self.rates)
@@ -88,11 +89,13 @@ class UVCSearch:
 
     def freeze(self, model: MaskedViT, model_type: str):
         """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs
-        (uvc.fit; without pruning only skipped blocks can be put back)."""
+        (uvc.fit; without pruning only skipped blocks can be put back), with MLP widths and
+        value dims per head at multiples of `round_to` (then in [budget - 0.03, budget + 0.01]
+        when the aligned steps cannot fill the narrow window)."""
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
         spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget,
-                                  self.space.with_attn, groups=self.space.pruning)
+                                  self.space.with_attn, groups=self.space.pruning, round_to=self.round_to)
         return spec, dict(fit, searched_macs_ratio=searched, macs_ratio=spec_ratio(spec, True, self.space.with_attn),
                           greedy_changed_frac=greedy_changed_frac(fit, self.dims))
 
@@ -133,9 +136,11 @@ class FrozenArchitecture:
 
 
 def greedy_changed_frac(fit: dict, dims: ViTDims) -> float:
-    """Groups the greedy fit removed or restored, over all groups (heads, value dims, neurons, blocks)."""
+    """Groups the greedy fit removed, restored or rounded, over all groups (heads, value dims,
+    neurons, blocks)."""
     total = dims.depth * (1 + dims.num_heads * (1 + dims.head_dim) + dims.mlp_hidden)
-    return (fit["groups_removed_to_fit"] + fit["groups_restored_to_fit"]) / total
+    changed = fit["groups_removed_to_fit"] + fit["groups_restored_to_fit"]
+    return (changed + fit.get("rounded_up", 0) + fit.get("rounded_down", 0)) / total
 
 
 def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,
