@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     if is_main_process():
         path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
         atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit,
-                                  teacher_record(config, vit, model_type)), path)
+                                  teacher_record(config, vit, model_type), search.latency_table), path)
         logger.epoch({"stage1_file": path, **fit})
     logger.close()
     cleanup()

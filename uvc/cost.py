@@ -73,14 +73,15 @@ def spec_cost(cost, spec: dict) -> float:
 def group_costs(cost, dense: float) -> Scores:
     """The cost of one group of each kind in a dense block at the dense token count, over
     the dense cost: a head (its q, k rows and attention with its d value dims), one value
-    dim of every head, one neuron; each the average over removing all of that kind (for
-    MACs, exactly the cost of one group)."""
+    dim of every head, one neuron; each the average over removing all that may go (one of
+    each stays in a kept block; for MACs, exactly the cost of one group)."""
     d = cost.dims
     n, H, hd, M = d.num_patches + d.num_prefix_tokens, d.num_heads, d.head_dim, d.mlp_hidden
     full = cost.block(n, H, H * hd, M)
-    heads = (full - cost.block(n, 0, 0, M)) / H
-    dims = (full - cost.block(n, H, 0, M)) / (H * hd)
-    neurons = (full - cost.block(n, H, H * hd, 0)) / M
+    left = lambda count: 1 if count > 1 else 0  # noqa: E731  (the group that stays, if another can go)
+    heads = (full - cost.block(n, left(H), left(H) * hd, M)) / (H - left(H))
+    dims = (full - cost.block(n, H, H * left(hd), M)) / (H * (hd - left(hd)))
+    neurons = (full - cost.block(n, H, H * hd, left(M))) / (M - left(M))
     return Scores(heads=float(heads) / dense, dims=float(dims) / dense, neurons=float(neurons) / dense)
 
 
@@ -89,3 +90,12 @@ def block_share(cost, dense: float) -> float:
     d = cost.dims
     return float(cost.block(d.num_patches + d.num_prefix_tokens, d.num_heads, d.num_heads * d.head_dim,
                             d.mlp_hidden)) / dense
+
+
+def compact_cost(cost, spec: dict) -> float:
+    """Cost of a compact spec (models/compact.py: per block heads, value_dim, mlp_hidden)."""
+    patches = len(spec["patches_kept"])
+    tokens = patches + cost.dims.num_prefix_tokens
+    blocks = sum(cost.block(tokens, b["heads"], b["heads"] * b["value_dim"], b["mlp_hidden"])
+                 for b in spec["blocks"])
+    return float(cost.embed(patches) + blocks + cost.head())

@@ -10,14 +10,18 @@ from typing import Dict, Optional
 import torch
 
 from uvc.budget import Budget, SearchSpace
+from uvc.cost import MacsCost, spec_cost
 from uvc.flops import ViTDims
 from uvc.fit import fit_to_budget
 from uvc.freeze import apply_spec, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
+from uvc.latency import LatencyCost
+from uvc.latency_table import load_or_measure
 from uvc.masked_model import MaskedViT
 from uvc.primal_dual import PrimalDual, PrimalDualConfig
 from uvc.schedule import SearchRates
 from uvc.structure import ArchState
 from uvc.trial import FlipTrial
+from utils.dist import broadcast_object, is_main_process
 
 STAGE1_FORMAT = "uvc-stage1-v1"
 STAGE2_FORMAT = "uvc-stage2-v1"
@@ -27,6 +31,20 @@ def search_space(config) -> SearchSpace:
     return SearchSpace(pruning=bool(config.enable_pruning), block_gating=bool(config.enable_block_gating),
                        patch_gating=bool(config.enable_patch_gating), use_gumbel=bool(config.use_gumbel),
                        with_attn=bool(config.flops_with_mhsa))
+
+
+def budget_cost(vit, config, device):
+    """(cost model, latency table or None) of `--budget_metric`: MACs, or the latency of the model's
+    parts measured on `device` once (rank 0; every rank uses its table) and cached (uvc.latency_table)."""
+    dims = ViTDims.of(vit)
+    if config.budget_metric == "macs":
+        return MacsCost(dims, bool(config.flops_with_mhsa)), None
+    table = None
+    if is_main_process():
+        table, _ = load_or_measure(vit, str(config.model_type), device, str(config.latency_cache),
+                                   int(config.latency_batch))
+    table = broadcast_object(table)
+    return LatencyCost(dims, table), table
 
 
 class UVCSearch:
@@ -43,13 +61,15 @@ class UVCSearch:
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
-        self.budget = Budget(self.dims, float(config.budget), self.space)
+        cost, self.latency_table = budget_cost(vit, config, device)
+        self.budget = Budget(self.dims, float(config.budget), self.space, cost)
+        self.metric = cost.name  # macs | latency
         self.round_to = int(config.round_to)
         self.rates = SearchRates.for_search(config, search_steps)
         self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config, self.dims.depth),
                              self.rates)
         if probe is not None and len(probe[0]):  # (images, targets): the trial of every skip and patch drop
-            self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn)
+            self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn, cost)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
 
@@ -72,11 +92,16 @@ class UVCSearch:
     # --- reporting -------------------------------------------------------------------
     @torch.no_grad()
     def ratios(self, model: MaskedViT) -> Dict[str, float]:
-        """Expected ("Expectation FLOPs") and hard ("Real FLOPs") MACs ratios now."""
+        """Expected ("Expectation FLOPs") and hard ("Real FLOPs") ratios now, of the budget's metric
+        (`*_macs_ratio` or `*_latency_ratio`; with latency the hard MACs ratio too)."""
         masks = self.pd.update_masks(model.vit)
-        return {"expected_macs_ratio": float(self.budget.expected_ratio(self.arch, masks, self.pd.eps)),
-                "hard_macs_ratio": self.budget.hard_ratio(self.arch, masks),
-                "target_macs_ratio": self.pd.target() if self.active else 1.0}
+        m = self.metric
+        out = {f"expected_{m}_ratio": float(self.budget.expected_ratio(self.arch, masks, self.pd.eps)),
+               f"hard_{m}_ratio": self.budget.hard_ratio(self.arch, masks),
+               f"target_{m}_ratio": self.pd.target() if self.active else 1.0}
+        if m != "macs":
+            out["hard_macs_ratio"] = Budget(self.dims, 1.0, self.space).hard_ratio(self.arch, masks)
+        return out
 
     @torch.no_grad()
     def spec(self, model: MaskedViT, model_type: str) -> dict:
@@ -94,10 +119,17 @@ class UVCSearch:
         when the aligned steps cannot fill the narrow window)."""
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
-        spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget,
-                                  self.space.with_attn, groups=self.space.pruning, round_to=self.round_to)
-        return spec, dict(fit, searched_macs_ratio=searched, macs_ratio=spec_ratio(spec, True, self.space.with_attn),
-                          greedy_changed_frac=greedy_changed_frac(fit, self.dims))
+        cost, dense = self.budget.cost, self.budget.dense
+        searched_cost = spec_cost(cost, spec) / dense
+        spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget, self.space.with_attn,
+                                  groups=self.space.pruning, round_to=self.round_to, cost=cost)
+        fit = dict(fit, budget_metric=self.metric, searched_macs_ratio=searched,
+                   macs_ratio=spec_ratio(spec, True, self.space.with_attn),
+                   greedy_changed_frac=greedy_changed_frac(fit, self.dims))
+        if self.metric != "macs":
+            fit.update({f"searched_{self.metric}_ratio": searched_cost,
+                        f"{self.metric}_ratio": spec_cost(cost, spec) / dense})
+        return spec, fit
 
     # --- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -144,7 +176,11 @@ def greedy_changed_frac(fit: dict, dims: ViTDims) -> float:
 
 
 def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,
-                  teacher: Optional[dict] = None) -> dict:
-    """The content of <output_dir>/<model_type>_uvc.pth: the input of post_train.py."""
-    return {"format": STAGE1_FORMAT, "model_type": spec["model_type"], "arch": spec, "model": vit_state,
-            "config": config_dict, "fit": fit, "teacher": teacher or {}}
+                  teacher: Optional[dict] = None, latency_table: Optional[dict] = None) -> dict:
+    """The content of <output_dir>/<model_type>_uvc.pth: the input of post_train.py (with the latency
+    table the budget was counted in, for a `--budget_metric latency` search)."""
+    record = {"format": STAGE1_FORMAT, "model_type": spec["model_type"], "arch": spec, "model": vit_state,
+              "config": config_dict, "fit": fit, "teacher": teacher or {}}
+    if latency_table is not None:
+        record["latency_table"] = latency_table
+    return record
