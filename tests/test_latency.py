@@ -18,7 +18,7 @@ from uvc.freeze import base_spec
 from uvc.latency import FORMAT, LatencyCost, LatencyTableError, table_sizes
 from uvc.masked_model import MaskedViT
 from uvc.masks import full_masks, group_scores, stacked_weights
-from uvc.search import UVCSearch
+from uvc.search import UVCSearch, stage1_record
 from uvc.structure import ArchState
 from utils.config import ConfigError, parse_config
 
@@ -194,3 +194,22 @@ def test_budget_metric_flags():
         parse_config("joint", ["--model_type", TINY_MODEL, "--latency_batch", "0"])
     with pytest.raises(ConfigError, match="stage-1"):
         parse_config("post", ["--model_type", TINY_MODEL, "--budget_metric", "latency"])
+
+
+def test_report_prints_the_estimated_latency(tmp_path, capsys, tiny):
+    from uvc.report import main
+    vit, dims, cost = tiny
+    spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5, cost=cost)
+    path = tmp_path / "stage1.pth"
+    torch.save(stage1_record(spec, vit.state_dict(), {"budget": 0.5}, {}, None, fake_table(dims)), path)
+    assert main([str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["latency_ratio"] == pytest.approx(spec_cost(cost, spec) / dense_cost(cost))
+    assert report["dense_latency_seconds"] == pytest.approx(dense_cost(cost))
+    assert 0 < report["macs_ratio"] < 1 and report["latency_table"]["device_name"] == "synthetic"
+    assert main([str(path)]) == 0
+    assert "est. latency ratio: " in capsys.readouterr().out
+    table = tmp_path / "table.json"  # --latency reads the cache (here a given file) for the dense model type
+    table.write_text(json.dumps(fake_table(dims)))
+    assert main([TINY_MODEL, "--latency", "--latency_cache", str(table), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ratio"] == 1.0
