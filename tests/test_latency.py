@@ -36,7 +36,7 @@ def fake_table(dims: ViTDims, noisy: bool = False) -> dict:
                             "time": [a * w for w in latency_table.width_grid(full)]}
     hs, dvs = latency_table.heads_grid(H), latency_table.width_grid(d)
     attention = [[h * (SOFTMAX + QK * d + AV * v) if h and v else 0.0 for v in dvs] for h in hs]
-    table = {"format": FORMAT, "device": "cpu", "device_name": "synthetic", "threads": 1, "batch_size": 4,
+    table = {"format": FORMAT, "device": "cpu", "device_name": "synthetic", "threads": 1, "batch_size": 64,
              "amp": False, "sizes": table_sizes(dims),
              "seconds": {"qkv": line(3 * H * d, QKV), "proj": line(H * d, PROJ), "mlp": line(dims.mlp_hidden, MLP),
                          "attention": {"heads": hs, "value_dim": dvs, "time": attention},
@@ -156,7 +156,7 @@ def test_cache_is_written_once_and_reused(tmp_path, monkeypatch, tiny):
 
     def fake_measure(vit_, batch_size, device, amp=False, repeats=3, **kwargs):
         calls.append(batch_size)
-        return fake_table(dims)
+        return dict(fake_table(dims), batch_size=batch_size)
 
     monkeypatch.setattr(latency_table, "measure_table", fake_measure)
     table, path = latency_table.load_or_measure(vit, TINY_MODEL, "cpu", str(tmp_path / "cache"), 4, log=lambda s: None)
@@ -213,3 +213,28 @@ def test_report_prints_the_estimated_latency(tmp_path, capsys, tiny):
     table.write_text(json.dumps(fake_table(dims)))
     assert main([TINY_MODEL, "--latency", "--latency_cache", str(table), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latency_ratio"] == 1.0
+
+
+def test_benchmark_speed_prints_estimated_against_measured(tmp_path, capsys, tiny):
+    from test_benchmarks import load_script
+    from test_report import make_files
+    script = load_script("benchmark_speed")
+    vit, dims, cost = tiny
+    files = make_files(tmp_path)
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(dict(fake_table(dims), batch_size=2)))
+    argv = ["--checkpoint", files["stage1"], "--batch_sizes", "2", "--repeats", "1", "--warmup", "0",
+            "--latency", "--latency_cache", str(table)]
+    assert script.main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    row = result["latency_estimate"]["b2"]
+    compact = compact_spec_from_arch(files["arch"])
+    assert row["estimated_ratio"] == pytest.approx(compact_cost(cost, compact) / dense_cost(cost))
+    assert row["measured_s"]["compact"] > 0 and row["measured_ratio"] > 0 and result["precisions"] == ["fp32"]
+    assert script.main(argv) == 0
+    assert "[latency cost model, fp32: estimated against measured time per batch]" in capsys.readouterr().out
+    assert script.main(argv[:3] + ["4"] + argv[4:]) == 2  # a table of batch 2 does not serve batch 4
+    assert "measured at batch 2" in capsys.readouterr().err
+    # on CUDA the benchmark also times under amp (never run here: no GPU)
+    assert script.precisions(torch.device("cpu")) == [("fp32", None)]
+    assert script.precisions(torch.device("cuda"))[:2] == [("fp32", None), ("fp16", torch.float16)]

@@ -156,6 +156,11 @@ def load_or_measure(vit: nn.Module, model_type: str, device, cache: str = "", ba
             raise LatencyTableError(f"latency table {path} is not readable JSON: delete it to measure "
                                     f"again") from None
         check_table(table, ViTDims.of(vit))
+        measured_as = (table.get("batch_size"), bool(table.get("amp")))
+        if measured_as != (batch_size, amp):
+            raise LatencyTableError(f"latency table {path} was measured at batch {measured_as[0]}"
+                                    f"{' under amp' if measured_as[1] else ''}, not {batch_size}"
+                                    f"{' under amp' if amp else ''}: give that batch size or another file")
         return table, path
     log(f"measuring the latency table of {model_type or 'the model'} on {torch.device(device)} at batch "
         f"{batch_size} (once; cached in {path})")
