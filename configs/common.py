@@ -99,7 +99,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.flip_probe = 256  # training images each block skip / patch drop is tried on before it stands (0: no trial)
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
     c.round_to = 8  # MLP widths and value dims per head kept at multiples of this (1: any width, as the paper)
-    c.budget_metric = "macs"  # macs: R counts MACs; latency: R is time on the training device, from a measured table
+    c.budget_metric = "macs"  # macs: R counts MACs; latency: R is time, from a table measured on the training device (or --latency_cache)
     c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
     c.latency_batch = 64  # batch size the latency table is measured at
     # Rates below: the seed's values are the unit; each scales a rule set per search length (uvc/schedule.py)

@@ -238,3 +238,14 @@ def test_benchmark_speed_prints_estimated_against_measured(tmp_path, capsys, tin
     # on CUDA the benchmark also times under amp (never run here: no GPU)
     assert script.precisions(torch.device("cpu")) == [("fp32", None)]
     assert script.precisions(torch.device("cuda"))[:2] == [("fp32", None), ("fp16", torch.float16)]
+
+
+def test_only_rank_0_measures_and_every_rank_uses_its_table(monkeypatch, tiny):
+    import uvc.search as search_module
+    vit, dims, _ = tiny
+    sent = fake_table(dims)
+    monkeypatch.setattr(search_module, "is_main_process", lambda: False)
+    monkeypatch.setattr(search_module, "load_or_measure", lambda *a, **k: pytest.fail("only rank 0 measures"))
+    monkeypatch.setattr(search_module, "broadcast_object", lambda obj: sent if obj is None else obj)
+    cost, table = search_module.budget_cost(vit, demo_search_config(budget_metric="latency"), torch.device("cpu"))
+    assert table is sent and cost.table is sent
