@@ -118,15 +118,15 @@ class _Pool:
             w = len(self.dims[l][0]) if h else 0
             now = _block_cost(cost, tokens, h, w, m)
             lower = _below(m, self.widths_m)
-            if lower is not None:
-                saving = now - _block_cost(cost, tokens, h, w, lower)
+            saving = now - _block_cost(cost, tokens, h, w, lower) if lower is not None else 0
+            if saving > 0:  # (a measured cost may not fall with every step)
                 score = sum(self.neuron_scores[l][i] for i in self.neurons[l][:m - lower])
                 out.append((score / saving, saving, l, "neuron", m - lower))
             lower = _below(w, self.widths_d) if h else None
-            if lower is not None:
+            saving = now - _block_cost(cost, tokens, h, lower, m) if lower is not None else 0
+            if saving > 0:
                 score = sum(sum(self.dim_scores[l][hh][j] for j in v[:w - lower])
                             for hh, v in zip(block["heads"], self.dims[l]))
-                saving = now - _block_cost(cost, tokens, h, lower, m)
                 out.append((score / saving, saving, l, "dim", w - lower))
         return out
 
@@ -188,18 +188,18 @@ def _restore_candidates(spec: dict, removed: _Removed, tokens: int, cost, groups
         if upper is not None:
             extra = _block_cost(cost, tokens, h, w, upper) - now
             score = sum(removed.neuron_scores[l][i] for i in removed.neurons[l][:upper - m])
-            out.append((score / extra, extra, l, "neuron", upper - m))
+            out.append((score / max(extra, 1e-30), extra, l, "neuron", upper - m))
         upper = _above(w, removed.widths_d) if h else None
         if upper is not None:
             extra = _block_cost(cost, tokens, h, upper, m) - now
             score = sum(sum(removed.dim_scores[l][hh][j] for j in o[:upper - w])
                         for hh, o in zip(block["heads"], removed.dims[l]))
-            out.append((score / extra, extra, l, "dim", upper - w))
+            out.append((score / max(extra, 1e-30), extra, l, "dim", upper - w))
         if removed.heads[l] and h:
             new = removed.heads[l][0]
             kept, _ = removed.best_dims(l, new, w)
             extra = _block_cost(cost, tokens, h + 1, w, m) - now
-            out.append((sum(removed.dim_scores[l][new][j] for j in kept) / extra, extra, l, "head", 1))
+            out.append((sum(removed.dim_scores[l][new][j] for j in kept) / max(extra, 1e-30), extra, l, "head", 1))
     return out
 
 

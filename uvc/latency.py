@@ -107,15 +107,22 @@ class LatencyCost:
         return self._tensors[key]
 
     def block(self, tokens, heads, value_dims, neurons):
-        """Seconds of one kept block with `heads` heads, `value_dims` value dims in all, `neurons` neurons."""
-        d = self.dims.head_dim
-        if not any(isinstance(v, torch.Tensor) for v in (tokens, heads, value_dims, neurons)):
-            f = tokens / self.tokens
-            width = value_dims / max(heads, 1)
-            linear = sum(interp(x, *self.lines[p]) for p, x in zip(PARTS, (2 * heads * d + value_dims,
-                                                                          value_dims, neurons)))
-            rows = [interp(width, self.dims_grid, row) for row in self.attention]
-            return f * (linear + self.norms) + f * f * interp(heads, self.heads_grid, rows)
+        """Seconds of one kept block with `heads` heads, `value_dims` value dims in all, `neurons` neurons
+        (numbers, or tensors of any broadcastable shapes)."""
+        args = (tokens, heads, value_dims, neurons)
+        if any(isinstance(v, torch.Tensor) for v in args):
+            return self._block_tensors(*args)
+        f = tokens / self.tokens
+        width = value_dims / max(heads, 1)
+        linear = sum(interp(x, *self.lines[p]) for p, x in zip(PARTS, self._widths(heads, value_dims, neurons)))
+        rows = [interp(width, self.dims_grid, row) for row in self.attention]  # each heads row at `width`
+        return f * (linear + self.norms) + f * f * interp(heads, self.heads_grid, rows)
+
+    def _widths(self, heads, value_dims, neurons):
+        """The widths of qkv (q, k rows of every kept head and the value rows), proj and the MLP."""
+        return 2 * heads * self.dims.head_dim + value_dims, value_dims, neurons
+
+    def _block_tensors(self, tokens, heads, value_dims, neurons) -> torch.Tensor:
         tensors = [v for v in (heads, value_dims, neurons, tokens) if isinstance(v, torch.Tensor)]
         ref = next((v for v in tensors if v.is_floating_point()), None)
         dtype, device = (ref.dtype, ref.device) if ref is not None else (torch.float64, tensors[0].device)
@@ -124,9 +131,8 @@ class LatencyCost:
         heads, value_dims, neurons = torch.broadcast_tensors(as_t(heads), as_t(value_dims), as_t(neurons))
         f = as_t(tokens) / self.tokens
         width = value_dims / heads.clamp_min(1)
-        linear = sum(interp_t(x, *lines[p]) for p, x in zip(PARTS, (2 * heads * d + value_dims, value_dims,
-                                                                   neurons)))
-        rows = _rows(width, vs, att)  # attention along value dims in every heads row of the table
+        linear = sum(interp_t(x, *lines[p]) for p, x in zip(PARTS, self._widths(heads, value_dims, neurons)))
+        rows = _rows(width, vs, att)  # (..., heads grid): each heads row of the table at `width`
         return f * (linear + self.norms) + f * f * interp_t(heads, hs, rows)
 
     def embed(self, patches):
