@@ -249,3 +249,21 @@ def test_only_rank_0_measures_and_every_rank_uses_its_table(monkeypatch, tiny):
     monkeypatch.setattr(search_module, "broadcast_object", lambda obj: sent if obj is None else obj)
     cost, table = search_module.budget_cost(vit, demo_search_config(budget_metric="latency"), torch.device("cpu"))
     assert table is sent and cost.table is sent
+
+
+def test_a_resumed_search_keeps_the_table_it_started_with(tmp_path, tiny):
+    vit, dims, _ = tiny
+    first = UVCSearch(vit, _latency_config(tmp_path, dims), torch.device("cpu"), search_steps=100)
+    state = first.state_dict()
+    assert state["latency_table"] == fake_table(dims)
+    other = dict(fake_table(dims), device_name="re-measured")
+    other["seconds"] = dict(other["seconds"], block_overhead=10 * NORMS)
+    (tmp_path / "table.json").write_text(json.dumps(other))  # the cache changed since the run started
+    config = demo_search_config(model_type=TINY_MODEL, budget_metric="latency",
+                                latency_cache=str(tmp_path / "table.json"))
+    resumed = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
+    assert resumed.latency_table["device_name"] == "re-measured"
+    resumed.load_state_dict(state)
+    assert resumed.latency_table == state["latency_table"] and resumed.budget.cost.table == state["latency_table"]
+    assert resumed.budget.dense == pytest.approx(first.budget.dense)
+    assert resumed.pd.budget is resumed.budget

@@ -61,17 +61,25 @@ class UVCSearch:
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
-        cost, self.latency_table = budget_cost(vit, config, device)
-        self.budget = Budget(self.dims, float(config.budget), self.space, cost)
-        self.metric = cost.name  # macs | latency
-        self.round_to = int(config.round_to)
+        self.round_to, self.target_budget = int(config.round_to), float(config.budget)
         self.rates = SearchRates.for_search(config, search_steps)
-        self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config, self.dims.depth),
-                             self.rates)
+        self.pd_config = PrimalDualConfig.from_config(config, self.dims.depth)
+        cost, table = budget_cost(vit, config, device)
+        self.set_cost(cost, table)
         if probe is not None and len(probe[0]):  # (images, targets): the trial of every skip and patch drop
             self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn, cost)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
+
+    def set_cost(self, cost, latency_table: Optional[dict] = None) -> None:
+        """The budget in units of `cost` (uvc.cost) and the primal-dual updates that depend on it."""
+        trial = getattr(getattr(self, "pd", None), "trial", None)
+        self.budget = Budget(self.dims, self.target_budget, self.space, cost)
+        self.metric, self.latency_table = cost.name, latency_table  # macs | latency
+        self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates)
+        if trial is not None:
+            trial.cost = cost
+            self.pd.trial = trial
 
     def set_epoch(self, epoch: int) -> None:
         self.active = epoch >= self.warmup_epochs
@@ -133,9 +141,16 @@ class UVCSearch:
 
     # --- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"arch": self.arch.state_dict(), "primal_dual": self.pd.state_dict()}
+        state = {"arch": self.arch.state_dict(), "primal_dual": self.pd.state_dict()}
+        if self.latency_table is not None:
+            state["latency_table"] = self.latency_table
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """A latency search resumes with the table it started with, whatever the cache holds now."""
+        table = state.get("latency_table")
+        if table is not None and table != self.latency_table:
+            self.set_cost(LatencyCost(self.dims, table), table)
         self.arch.load_state_dict(state["arch"])
         self.pd.load_state_dict(state["primal_dual"])
 
