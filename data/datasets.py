@@ -42,6 +42,8 @@ def build_eval_dataset(config, img_size: int, in_chans: int) -> Tuple[Dataset, i
         return val, len(val.classes)
     if config.dataset == "digits":
         return digits.Digits(False, digits.digits_transform(False, img_size, in_chans)), digits.NUM_CLASSES
+    if config.dataset == "mnist":
+        return mnist.MNIST(False, mnist.mnist_transform(False, img_size, in_chans), config.data_dir), mnist.NUM_CLASSES
     _, val, num_classes = _synthetic(config, img_size, in_chans)
     return val, num_classes
 
@@ -97,13 +99,25 @@ def _load_cifar(config, cls, train: bool, transform):
         raise DataError(f"could not download {config.dataset} to {config.data_dir}: {e}") from None
 
 
+def _check_grey_augmentation(config) -> None:
+    """The in-memory grey sets train with a random shift only: image augmentations meant for
+    photos would be parsed and ignored, so they are refused."""
+    given = [k for k in ("aa", "reprob", "color_jitter") if config[k]]
+    if given:
+        reset = " ".join(f"--{k} ''" if k == "aa" else f"--{k} 0" for k in given)
+        raise DataError(f"--dataset {config.dataset} trains with a random shift only and does not apply "
+                        f"{', '.join('--' + k for k in given)}; set {reset} (--recipe deit sets them for photos)")
+
+
 def _digits(config, img_size: int, in_chans: int):
+    _check_grey_augmentation(config)
     train = digits.Digits(True, digits.digits_transform(True, img_size, in_chans))
     val = digits.Digits(False, digits.digits_transform(False, img_size, in_chans))
     return train, val, digits.NUM_CLASSES
 
 
 def _mnist(config, img_size: int, in_chans: int):
+    _check_grey_augmentation(config)
     train = mnist.MNIST(True, mnist.mnist_transform(True, img_size, in_chans), config.data_dir)
     val = mnist.MNIST(False, mnist.mnist_transform(False, img_size, in_chans), config.data_dir)
     return train, val, mnist.NUM_CLASSES

@@ -21,8 +21,8 @@ the dense teacher. Outputs: one folder per stage under --run_dir and
 fine-tuning and distillation: uniform one-shot magnitude pruning, the greedy fit
 alone (no search), Torch-Pruning (Taylor, global) and Torch-Pruning (local
 magnitude), and the ablations "UVC without block gates", "UVC without
-distillation" and "UVC without the flip trial" (--flip_probe 0: every block skip and
-patch drop the gradients propose stands, uvc/trial.py); it writes a markdown table and the full logs to --log_dir and a
+distillation" and "UVC without the patch trial" (--patch_probe 0: every patch drop the
+gradients propose stands, uvc/trial.py); it writes a markdown table and the full logs to --log_dir and a
 top-1 vs MACs plot to --figs_dir. The budget sweep and the ablations on MNIST are
 scripts/sweep.py.
 """
@@ -116,8 +116,8 @@ def compare(args, bench: Bench, teacher_path: str, uvc: dict) -> List[dict]:
                   joint_extra=["--enable_block_gating", "0"]),
         bench.uvc("UVC w/o distillation", teacher_path, os.path.join(out, "UVC w/o distillation"), args.budget,
                   joint_extra=["--distillation-type", "none"], post_extra=["--distillation-type", "none"]),
-        bench.uvc("UVC w/o flip trial", teacher_path, os.path.join(out, "UVC w/o flip trial"), args.budget,
-                  joint_extra=["--flip_probe", "0"]),
+        bench.uvc("UVC w/o patch trial", teacher_path, os.path.join(out, "UVC w/o patch trial"), args.budget,
+                  joint_extra=["--patch_probe", "0"]),
         bench.one_shot("uniform magnitude", "uniform-magnitude", teacher_path,
                        os.path.join(out, "uniform-magnitude"), target),
         bench.one_shot("greedy fit", "greedy-fit", teacher_path, os.path.join(out, "greedy-fit"), target),

@@ -20,7 +20,7 @@ method).
 Ablations (--ablations), at budget 0.4 with two seeds per row (search and
 fine-tuning seeds; one teacher): UVC; UVC without block gates, without patch gates,
 without head/dim/neuron pruning (gates and patches only), without distillation, without the
-flip trial (--flip_probe 0: every skip and patch drop the gradients propose stands); and
+patch trial (--patch_probe 0: every patch drop the gradients propose stands); and
 no search at all (the greedy fit at the MACs of that seed's UVC model). Writes
 log/mnist_ablations.md (both seeds shown), log/mnist_ablations.json and the logs.
 
@@ -54,7 +54,7 @@ ABLATIONS = {
     "UVC w/o patch gates": (["--enable_patch_gating", "0"], []),
     "UVC w/o head/dim/neuron pruning": (["--enable_pruning", "0"], []),
     "UVC w/o distillation": (["--distillation-type", "none"], ["--distillation-type", "none"]),
-    "UVC w/o flip trial": (["--flip_probe", "0"], []),
+    "UVC w/o patch trial": (["--patch_probe", "0"], []),
 }
 NO_SEARCH = "no search (greedy fit)"
 REMOVED = "removed: blocks/heads/dims/neurons/patches"

@@ -76,7 +76,7 @@ def test_demo_compare_smoke(tmp_path):
     summary, out = run_demo(tmp_path, "--compare", "--log_dir", str(tmp_path / "log"),
                             "--figs_dir", str(tmp_path / "figs"))
     names = [m["name"] for m in summary["methods"]]
-    assert names == ["UVC", "UVC w/o block gates", "UVC w/o distillation", "UVC w/o flip trial",
+    assert names == ["UVC", "UVC w/o block gates", "UVC w/o distillation", "UVC w/o patch trial",
                      "uniform magnitude", "greedy fit", "Torch-Pruning", "Torch-Pruning (local magnitude)"]
     uvc = summary["methods"][0]["macs_ratio"]
     for m in summary["methods"][4:]:  # peers at the UVC model's MACs

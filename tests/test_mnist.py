@@ -93,3 +93,23 @@ def test_model_macs_are_fvcores_linear_and_matmul():
 def test_default_config_of_the_model_is_the_mnist_demo():
     c = parse_config("post", ["--model_type", MODEL])
     assert c.config_file.endswith("mnist_demo.py") and c.dataset == "mnist" and c.model_type == MODEL
+
+
+def test_evaluation_set_is_the_mnist_validation_split(cache_dir):
+    """build_eval_dataset (python -m uvc.evaluate) reads MNIST's own validation split."""
+    from data import build_eval_dataset
+    config = parse_config("post", ["--config", "configs/mnist_demo.py:post", "--data_dir", cache_dir])
+    val, num_classes = build_eval_dataset(config, 28, 1)
+    _, expected, _ = build_datasets(config, 28, 1)
+    assert num_classes == 10 and len(val) == len(expected) == 1000
+    assert torch.equal(val[3][0], expected[3][0]) and val[3][1] == expected[3][1]
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist"])
+def test_photo_augmentations_are_refused_on_the_grey_sets(dataset, cache_dir):
+    """--recipe deit's RandAugment, erasing and colour jitter would be parsed and ignored there."""
+    from data import DataError
+    config = parse_config("post", ["--config", f"configs/{dataset}_demo.py:post", "--recipe", "deit",
+                                   "--data_dir", cache_dir])
+    with pytest.raises(DataError, match="--aa, --reprob, --color_jitter; set --aa '' --reprob 0"):
+        build_datasets(config, config.input_size or (8 if dataset == "digits" else 28), 1)

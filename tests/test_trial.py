@@ -84,25 +84,29 @@ def test_a_block_that_computes_nothing_passes_its_trial():
     assert (trial.trials, trial.rejected) == (1, 0)
 
 
-def _search_with_a_skip_proposed(trial):
-    """A search whose next gate update skips block 1 (its logits pushed just past the boundary)."""
+def _search_with_moves_proposed(trial):
+    """A search whose next gate update both skips block 1 and drops patch 5 (their logits pushed
+    just past the boundary by the budget)."""
     vit = noisy_tiny_vit()
     model = MaskedViT(vit)
-    search = UVCSearch(vit, demo_search_config(enable_patch_gating=0, gating_interval=1), CPU, search_steps=400)
+    search = UVCSearch(vit, demo_search_config(gating_interval=1), CPU, search_steps=400)
     search.set_epoch(0)
     search.pd.trial = trial
     pd: PrimalDual = search.pd
     search.prepare(model, training=True)
     with torch.no_grad():
         search.arch.gate_logits[1] = torch.tensor([0.0, 0.01])
+        search.arch.patch_logits[5] = 0.01
         search.arch.z.fill_(1.0)
     pd.t = 1
     pd.scores = pd.scores_now(vit)
     grads = {"gate": torch.zeros(4, 2), "patch": torch.zeros(16)}
     grads["gate"][1] = torch.tensor([-1.0, 1.0])  # the budget pushes block 1 towards skip
+    grads["patch"][5] = 1.0  # and patch 5 towards drop
     search.arch.gate_logits.grad = torch.zeros(4, 2)
+    search.arch.patch_logits.grad = torch.zeros(16)
     pd.gate_step(grads, target=0.0, model=model)
-    return search.arch.gate_logits.detach()
+    return search.arch.gate_logits.detach(), search.arch.patch_logits.detach()
 
 
 class _Verdict(FlipTrial):
@@ -111,17 +115,18 @@ class _Verdict(FlipTrial):
         self.ok, self.seen = ok, []
 
     def accept(self, model, flip, base, scores):
-        self.seen.append(([b["skipped"] for b in flip["blocks"]], [b["skipped"] for b in base["blocks"]]))
+        self.seen.append((flip["patches_kept"], base["patches_kept"], [b["skipped"] for b in flip["blocks"]]))
         return self.ok
 
 
-def test_the_gate_update_keeps_a_skip_only_if_its_trial_passes():
-    """The trial sees the architecture with and without the proposed skip; a refused skip is set
-    back to REFUSED on the keep side, an accepted one HYSTERESIS on the skip side."""
-    refused, accepted = _Verdict(False), _Verdict(True)
-    logits = _search_with_a_skip_proposed(refused)
-    assert refused.seen == [([False, True, False, False], [False] * 4)]
-    assert logits[1, 1] - logits[1, 0] >= 4.0 - 1e-6
-    logits = _search_with_a_skip_proposed(accepted)
-    assert len(accepted.seen) == 1
-    assert logits[1, 0] - logits[1, 1] >= 1.0 - 1e-6
+def test_a_patch_drop_stands_only_if_its_trial_passes_and_block_skips_are_not_tried():
+    """The trial sees the architecture with and without the proposed patch drop (the block skip of
+    the same update already in both); a refused drop goes back to REFUSED, an accepted one is
+    settled HYSTERESIS past the boundary. The skip stands without a trial."""
+    everything = list(range(16))
+    for verdict in (False, True):
+        trial = _Verdict(verdict)
+        gates, patches = _search_with_moves_proposed(trial)
+        assert trial.seen == [([p for p in everything if p != 5], everything, [False, True, False, False])]
+        assert gates[1, 0] - gates[1, 1] >= 1.0 - 1e-6  # skipped, no trial
+        assert patches[5] == (-1.0 if verdict else 4.0)

@@ -43,7 +43,7 @@ def patch_attn_bias(patch_logits: torch.Tensor, num_prefix_tokens: int) -> torch
 
 
 HYSTERESIS = 1.0  # logits past the boundary a flipped gate or patch is set to: noise cannot flip it back
-REFUSED = 4.0  # logits on the keep side a refused skip or drop is set back to: the initial gate_init / patch_init
+REFUSED = 4.0  # the logit a refused patch drop is set back to: the initial patch_init
 
 
 @torch.no_grad()
@@ -65,29 +65,14 @@ def settle_flips(logits: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def settle_kept(logits: torch.Tensor) -> None:
-    """Gates (k, 2) or patch logits (k,) whose skip or drop was refused: set back to REFUSED on
-    the keep side (where they started), so that the move is proposed again only after a
-    sustained push, and the training samples of a block or patch the trial keeps do not
-    hover at the boundary (half-skipped blocks, half-masked patches)."""
-    if logits.dim() == 2:
-        mid = (logits[:, 0] + logits[:, 1]) / 2
-        keep = torch.maximum(logits[:, 1], mid + REFUSED / 2)
-        logits[:, 1], logits[:, 0] = keep, 2 * mid - keep
-    else:
-        logits.clamp_(min=REFUSED)
-
-
-@torch.no_grad()
 def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_ok) -> None:
     """Gate safety after an update of the (L, 2) gate logits from `before`.
 
     At most one block changes its hard state (so one update moves the MACs ratio
     by at most one block's share): a re-opened block first, else the skip that
     went furthest past the boundary. A protected block (see PrimalDual.protected_blocks)
-    is never skipped, and a skip is refused (settle_kept) when `floor_ok()` says no: it
-    took the hard ratio too far under the target, or failed its trial (uvc.trial). Every
-    other flip is undone (its logits restored).
+    is never skipped, and a skip is undone when `floor_ok()` says it took the hard
+    ratio too far under the target. Every other flip is undone (its logits restored).
     """
     logits = arch.gate_logits
     was = before[:, 1] >= before[:, 0]
@@ -104,7 +89,6 @@ def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_
             logits[l] = before[l]
     if chosen is not None and not now[chosen] and not floor_ok():
         logits[chosen] = before[chosen]
-        settle_kept(logits[chosen:chosen + 1])
     settle_flips(logits, before)
 
 
@@ -112,13 +96,14 @@ def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_
 def limit_patch_drops(logits: torch.Tensor, before: torch.Tensor, drop_ok) -> None:
     """Patch safety after an update of the (P,) patch logits from `before`: at most one
     patch is dropped (the one that went furthest past the boundary), and only when
-    `drop_ok()` allows it; re-opened patches stay. Flips are then settled (settle_flips)."""
+    `drop_ok()` allows it; re-opened patches stay. A refused drop is set back to REFUSED
+    (where the logits start), so it is proposed again only after a sustained push and
+    the patch is not trained half-masked meanwhile. Flips are then settled (settle_flips)."""
     dropped = torch.nonzero((before >= 0) & (logits < 0)).flatten()
     if len(dropped):
         chosen = dropped[logits[dropped].argmin()]
         others = dropped[dropped != chosen]
         logits[others] = before[others]
         if not drop_ok():
-            logits[chosen] = before[chosen]
-            settle_kept(logits[chosen:chosen + 1])
+            logits[chosen] = torch.clamp(before[chosen], min=REFUSED)
     settle_flips(logits, before)

@@ -17,10 +17,10 @@ the optimizer has updated W. `step()` runs, in this order:
   4. gates and patch logits, every `gate_interval` steps (uvc.schedule), from the averaged
      loss gradient and z dR/d(logits) (+ the L1 pull on patches), each term
      normalised; at most one block flips and one patch drops per update (uvc.gates);
-     a skip or a patch drop only while z > 0, only if it costs the probe loss no
-     more than taking its MACs from the cheapest groups (uvc.trial), and none in
-     the last quarter of the search (halfway from the end of the ramp), which s
-     and r settle
+     a skip or a patch drop only while z > 0, a patch drop only if it costs the
+     probe loss no more than taking its MACs from the cheapest groups (uvc.trial),
+     and none in the last quarter of the search (halfway from the end of the
+     ramp), which s and r settle
   5. dual ascent on y, p (LeastSum of the removed groups)
 
 Scale (what makes one set of rates fit every model, data set and run length):
@@ -125,7 +125,7 @@ class PrimalDual:
         self.scores: Scores = None
         self._scores_fresh = False  # scores of the current weights, from step()
         self._importance_cache, self._importance_of = None, None
-        self.trial: Optional[FlipTrial] = None  # set by UVCSearch: flips are tried on a probe (uvc.trial)
+        self.trial: Optional[FlipTrial] = None  # set by UVCSearch: patch drops are tried on a probe (uvc.trial)
 
     # --- schedules -----------------------------------------------------------
     def set_epoch(self, epoch: int, search_epoch: int) -> None:
@@ -267,8 +267,8 @@ class PrimalDual:
         averaged over `gating_interval` steps (and over ranks) before the update.
         Each term is normalised; the update may flip at most one block and drop at most
         one patch, never skip a protected block, no flip may take the hard ratio more than
-        `margin` under the target or fail its trial (uvc.trial), and a flip is settled
-        past the boundary (uvc.gates)."""
+        `margin` under the target, a patch drop must pass its trial (uvc.trial), and a flip
+        is settled past the boundary (uvc.gates)."""
         a, r, sp = self.arch, self.rates, self.space
         self.grad_steps += 1
         if self.grad_steps < self.rates.gate_interval:
@@ -284,7 +284,7 @@ class PrimalDual:
             loss_grad = self._averaged_grad(a.gate_logits, n)
             a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
             self.gate_opt.step()
-            limit_gate_flips(a, before, self.protected_blocks(before), self._flip_check(target, model, gates=before))
+            limit_gate_flips(a, before, self.protected_blocks(before), self._floor_check(target))
         if sp.patch_gating:
             before = a.patch_logits.detach().clone()
             loss_grad = self._averaged_grad(a.patch_logits, n)
@@ -292,14 +292,14 @@ class PrimalDual:
             l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
             a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
             self.patch_opt.step()
-            limit_patch_drops(a.patch_logits, before, self._flip_check(target, model, patches=before))
+            limit_patch_drops(a.patch_logits, before, self._patch_check(target, model, before))
         a.gate_logits.grad = None
         a.patch_logits.grad = None
 
-    def _flip_check(self, target: float, model: Optional[MaskedViT], gates=None, patches=None):
-        """A callable: may the proposed skip or patch drop stand? The floor check, then (with
-        pruning and a probe) its trial against the same MACs taken from the groups.
-        `gates` / `patches`: the logits before the update (the architecture without the flip)."""
+    def _patch_check(self, target: float, model: Optional[MaskedViT], before: torch.Tensor):
+        """A callable: may the proposed patch drop stand? The floor check, then (with pruning and
+        a probe) its trial against the same MACs taken from the groups (uvc.trial).
+        `before`: the patch logits before the update (the architecture without the drop)."""
         floor = self._floor_check(target)
 
         def check() -> bool:
@@ -309,8 +309,7 @@ class PrimalDual:
                 return True
             a = self.arch
             flip = self._spec_of(model, a.gate_logits, a.patch_logits)
-            base = self._spec_of(model, a.gate_logits if gates is None else gates,
-                                 a.patch_logits if patches is None else patches)
+            base = self._spec_of(model, a.gate_logits, before)
             return self.trial.accept(model, flip, base, self.scores)
         return check
 

@@ -54,7 +54,7 @@ class UVCSearch:
     everything" and only the weights train. `search_steps` (optimizer steps after
     warm-up) sets the pace: the target reaches the budget at the same fraction of
     any search (uvc.schedule). `probe`: (images, targets) of training images on
-    which each proposed block skip and patch drop is tried (uvc.trial); None: none.
+    which each proposed patch drop is tried (uvc.trial); None: no trial.
     """
 
     def __init__(self, vit, config, device, search_steps: int, probe=None):
@@ -66,7 +66,7 @@ class UVCSearch:
         self.pd_config = PrimalDualConfig.from_config(config, self.dims.depth)
         cost, table = budget_cost(vit, config, device)
         self.set_cost(cost, table)
-        if probe is not None and len(probe[0]):  # (images, targets): the trial of every skip and patch drop
+        if probe is not None and len(probe[0]):  # (images, targets): the trial of every patch drop
             self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn, cost)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0

@@ -1,21 +1,25 @@
-"""Trials of the coarse moves of the search: a block skip or a patch drop stands only
-if it costs the loss no more than taking the same MACs from the cheapest groups.
+"""The trial of a patch drop: it stands only if it costs the loss no more than taking
+the same MACs from the cheapest groups.
 
-The gate and patch updates see gradients, and a gradient says which block or
-patch matters least but not what dropping it costs: a patch's loss gradient
-through log(pi) vanishes as pi -> 1, and the gradient terms are normalised to
-one scale (uvc.primal_dual). So each flip the gradients propose is tried on a
-fixed probe of training images before it is kept:
+The patch update sees gradients, and a patch's loss gradient through log(pi)
+vanishes as pi -> 1 while the gradient terms are normalised to one scale
+(uvc.primal_dual): it ranks the patches but does not say what dropping one
+costs. On the 8x8 digits the gradients alone dropped two of the 16 patches and
+top-1 during the search fell from 95.6 to 85.6. So each drop the gradients
+propose is first tried on a fixed probe of training images:
 
-    flip     the argmax architecture with the block skipped (or the patch dropped)
-    instead  the argmax architecture without the flip, with the lowest-score groups
+    flip     the argmax architecture with the patch dropped
+    instead  the argmax architecture without the drop, with the lowest-score groups
              per MAC removed (uvc.fit) until it costs no more than the flip
 
 Both are evaluated deterministically (eval mode, hard masks) on the same probe;
-the flip stands when its cross-entropy is not higher. A move the gradients like
-but the probe does not is undone and can be proposed again later. Without
-pruning (gates or patches only) there is nothing to compare with and every flip
-the gradients propose stands, as before.
+the drop stands when its cross-entropy is not higher. Block skips are not tried
+this way: a dropped patch takes information that no training can bring back,
+so its immediate cost is its cost, while the blocks after a skipped one re-learn
+(measured: with block skips tried too, DeiT-Tiny at 32 px refused every skip and
+ended lower after freeze, log/search_benchmark_gate_trial.md against
+log/search_benchmark.md). Without pruning (gates or
+patches only) there is nothing to compare with and every drop stands.
 """
 from typing import Dict
 
