@@ -169,8 +169,8 @@ def allocation(cells: List[Dict]) -> str:
         neurons = ["-" if s else str(n) for n, s in zip(c["kept_neurons"], c["skipped_blocks"])]
         dims = ["-" if s else str(n) for n, s in zip(c["kept_value_dims"], c["skipped_blocks"])]
         lines.append(f"- {c['model']} b{c['budget']} {c['length']} {c['masking']} s{c['seed']}: neurons [{' '.join(neurons)}], value dims "
-                     f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}; skips and "
-                     f"patch drops tried {c.get('flip_trials', 0)}, refused {c.get('flips_rejected', 0)}")
+                     f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}; patch drops "
+                     f"tried {c.get('flip_trials', 0)}, refused {c.get('flips_rejected', 0)}")
     return "\n".join(lines)
 
 
