@@ -20,9 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ml_collections  # noqa: E402
 import torch  # noqa: E402
 
+from configs.common import base_config  # noqa: E402
 from data import build_eval_dataset, build_eval_loader  # noqa: E402
 from uvc.engine import evaluate  # noqa: E402
 from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights  # noqa: E402
@@ -69,7 +69,11 @@ def zero_groups(vit, groups) -> None:
 def both_ways(run_dir: str) -> dict:
     """Top-1 of the fitted architecture of one run, with the put-back groups as left and zeroed."""
     ck = torch.load(os.path.join(run_dir, "checkpoint.pth"), map_location="cpu", weights_only=False)
-    config = ml_collections.ConfigDict(ck["config"])
+    config = base_config("joint")  # keys added since the run take their defaults ...
+    with config.unlocked():
+        config.update(ck["config"])
+        if "round_to" not in ck["config"]:  # ... except the fit's width: before --round_to it was any width
+            config.round_to = 1
     device = torch.device("cpu")
     img_size, in_chans = model_input(config)
     val_set, num_classes = build_eval_dataset(config, img_size, in_chans)
