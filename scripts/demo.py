@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     table = demo_table(summary)
     minutes = (time.perf_counter() - started) / 60
     command = "python scripts/demo.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    atomic_write_text(f"{args.dataset.capitalize()} demo, produced by `{command}` in {minutes:.1f} minutes "
+    name = "MNIST" if args.dataset == "mnist" else args.dataset.capitalize()
+    atomic_write_text(f"{name} demo, produced by `{command}` in {minutes:.1f} minutes "
                       f"wall-clock on this machine (throughputs are those of the machine at the time; the "
                       f"speedup is measured side by side).\n\n{table}\n\n`{args.run_dir}/summary.json`:\n\n"
                       f"```json\n{json.dumps(summary, indent=2)}\n```\n",
