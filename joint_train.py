@@ -151,12 +151,22 @@ def main(argv=None) -> None:
                 f"{fit['searched_macs_ratio']:.4f}; to fit budget {config.budget} the greedy pass removed "
                 f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "
                 f"{fit['restored_dims']} value dims, {fit['restored_heads']} heads, {fit['restored_blocks']} "
-                f"blocks); top-1 {final['top1']:.2f}")
+                f"blocks; widths at multiples of {fit['round_to']}: {fit['rounded_up']} groups rounded up, "
+                f"{fit['rounded_down']} down); top-1 {final['top1']:.2f}")
+    metric = fit["budget_metric"]
+    if metric != "macs":
+        logger.info(f"frozen {metric} ratio {fit[metric + '_ratio']:.4f} (search ended at "
+                    f"{fit['searched_' + metric + '_ratio']:.4f})")
+    if fit["fit_window"] == "missed" and (fit["round_to"] > 1 or metric != "macs"):
+        logger.warning(f"WARNING: the frozen architecture's {metric} ratio {fit[metric + '_ratio']:.4f} is outside "
+                       f"[budget - 0.03, budget + 0.01] of budget {config.budget}: the greedy fit (MLP widths and "
+                       f"value dims at multiples of --round_to {fit['round_to']}) could not reach it from where "
+                       f"the search ended; a lower --round_to gives finer steps")
     warn_if_collapsed(logger, final["top1"], teacher_top1)
     if is_main_process():
         path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
         atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit,
-                                  teacher_record(config, vit, model_type)), path)
+                                  teacher_record(config, vit, model_type), search.latency_table), path)
         logger.epoch({"stage1_file": path, **fit})
     logger.close()
     cleanup()

@@ -98,6 +98,10 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
     c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
+    c.round_to = 8  # MLP widths and value dims per head kept at multiples of this (1: any width, as the paper)
+    c.budget_metric = "macs"  # macs: R counts MACs; latency: R is time, from a table measured on the training device (or --latency_cache)
+    c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
+    c.latency_batch = 64  # batch size the latency table is measured at
     # Rates below: the seed's values are the unit; each scales a rule set per search length (uvc/schedule.py)
     c.slr = 0.01  # speed of s (heads, neurons removed), relative to the seed's 0.01
     c.rlr = 0.01  # speed of r (dims removed per head), relative to the seed's 0.01

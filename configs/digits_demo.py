@@ -35,6 +35,7 @@ def get_config(stage: str = "joint"):
     c.lr_warmup_lr = 1e-6  # where the schedule's warm-up starts
     c.eval_every = 0  # evaluate at epoch ends only
     c.log_interval = 10
+    c.round_to = 1  # any width: heads of 16 dims would only have widths 8 and 16 at round_to 8
     c.output_dir = "runs/digits"
     if stage == "dense":
         c.pretrained = 0

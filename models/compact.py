@@ -93,9 +93,17 @@ class CompactAttention(nn.Module):
         if h == 0 or dv == 0:
             return self.proj(x.new_zeros(B, N, h * dv))  # (B, N, D): proj's bias
         q, k, v = self.qkv(x).split([h * d, h * d, h * dv], dim=-1)
-        q = self.q_norm(q.view(B, N, h, d).transpose(1, 2))  # (B, H', N, d)
-        k = self.k_norm(k.view(B, N, h, d).transpose(1, 2))  # (B, H', N, d)
+        q = q.view(B, N, h, d).transpose(1, 2)  # (B, H', N, d)
+        k = k.view(B, N, h, d).transpose(1, 2)  # (B, H', N, d)
         v = v.view(B, N, h, dv).transpose(1, 2)  # (B, H', N, dv)
+        return self.proj(self.attend(q, k, v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, H', N, d) q, k and (B, H', N, dv) v -> (B, N, H'*dv): qk-norm, softmax(q k^T / sqrt(d)) v,
+        heads concatenated (what uvc.latency_table times as the attention of a block)."""
+        B, h, N, dv = v.shape
+        d = self.head_dim
+        q, k = self.q_norm(q), self.k_norm(k)
         if self.fused_attn:
             if dv < d:
                 # the fused (flash) kernels need v as wide as q and k; otherwise torch falls back
@@ -107,8 +115,7 @@ class CompactAttention(nn.Module):
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H', N, N)
             x = attn @ v
-        x = x.transpose(1, 2).reshape(B, N, h * dv)  # (B, N, H'*dv)
-        return self.proj(x)
+        return x.transpose(1, 2).reshape(B, N, h * dv)  # (B, N, H'*dv)
 
 
 class CompactMlp(nn.Module):

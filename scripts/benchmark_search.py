@@ -56,6 +56,8 @@ LONG = ["--train_batch_size", "8", "--epochs", "113", "--warmup_epochs", "1"]
 
 
 THREADS = {"n": 1}  # intra-op threads of every run (--threads)
+# Every cell freezes at any width (--round_to 1): the exported ratio and the groups the greedy fit
+# changed then measure the search itself; aligned widths are measured by scripts/benchmark_speed.py
 
 
 def run(cmd: List[str], log_path: str) -> None:
@@ -127,7 +129,7 @@ def cell(name: str, budget: float, length: int, args, extra: List[str] = (), see
     out = os.path.join(args.run_dir, tag)
     cmd = (["joint_train.py", "--config", m["config"], "--model_type", m["model_type"], "--model_path",
             teacher(name, args), "--budget", str(budget), "--seed", str(seed), "--output_dir", out,
-            "--eval_every", "0", "--log_interval", "50", "--search_masking", masking]
+            "--eval_every", "0", "--log_interval", "50", "--search_masking", masking, "--round_to", "1"]
            + m["data"] + m["lengths"][length] + list(extra))
     stage1_file = os.path.join(out, f"{m['model_type']}_uvc.pth")
     if not os.path.exists(stage1_file):
@@ -167,8 +169,8 @@ def allocation(cells: List[Dict]) -> str:
         neurons = ["-" if s else str(n) for n, s in zip(c["kept_neurons"], c["skipped_blocks"])]
         dims = ["-" if s else str(n) for n, s in zip(c["kept_value_dims"], c["skipped_blocks"])]
         lines.append(f"- {c['model']} b{c['budget']} {c['length']} {c['masking']} s{c['seed']}: neurons [{' '.join(neurons)}], value dims "
-                     f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}; skips and "
-                     f"patch drops tried {c.get('flip_trials', 0)}, refused {c.get('flips_rejected', 0)}")
+                     f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}; patch drops "
+                     f"tried {c.get('flip_trials', 0)}, refused {c.get('flips_rejected', 0)}")
     return "\n".join(lines)
 
 

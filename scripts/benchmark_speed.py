@@ -17,7 +17,12 @@ does not depend on them) and the masked model keeps the first H' heads, dv dims
 and M' neurons of every block: the same costs. The table gives each model's
 MACs (multiply-accumulates, "FLOPs" in the papers; for the masked model what it
 actually executes), images/s per batch size, the measured speedup over dense and
-the ideal one, 1 / MACs ratio. On CUDA the three are timed under torch.amp too.
+the ideal one, 1 / MACs ratio. On CUDA the time is taken between CUDA events, in
+float32 and under torch.amp in float16 and (where the GPU has it) bfloat16.
+`--latency` adds the latency cost model's estimate (uvc/latency.py: the table of
+this device at each batch size, measured once and cached, as `--budget_metric
+latency` uses it) of the dense and compact models' time per batch beside the
+measured one (float32).
 `--onnx` (CPU) adds a fourth: the compact model exported to ONNX (uvc/onnx_export.py,
 a temporary file) run by onnxruntime with as many threads as torch.
 --json prints one object: macs_ratio, speedup_{masked,compact,onnx}_b{N}, ideal_speedup,
@@ -35,7 +40,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from models.compact import FORMAT as COMPACT_FORMAT  # noqa: E402
+from uvc.cost import compact_cost, dense_cost  # noqa: E402
 from uvc.export import compact_macs, export_compact, spec_dims  # noqa: E402
+from uvc.latency import LatencyCost  # noqa: E402
+from uvc.latency_table import load_or_measure  # noqa: E402
 from uvc.flops import dense_macs, vit_macs  # noqa: E402
 from uvc.freeze import apply_spec  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
@@ -109,13 +117,39 @@ def run(args) -> dict:
         return measure(args, subject, models, arch, model_type, device, onnx_diff)
 
 
+def precisions(device: torch.device) -> list:
+    """(tag, amp dtype or None): float32 everywhere; on CUDA also float16, and bfloat16 where supported."""
+    out = [("fp32", None)]
+    if device.type == "cuda":
+        out.append(("fp16", torch.float16))
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            out.append(("bf16", torch.bfloat16))
+    return out
+
+
+def latency_estimates(args, subject, models: dict, model_type: str, device, out: dict) -> dict:
+    """Per batch size: the cost model's estimated seconds per batch of the dense and compact models
+    against the measured ones (float32), and the two ratios."""
+    rows = {}
+    dims = spec_dims(subject.dense_spec)
+    for bs in args.batch_sizes:
+        table, path = load_or_measure(models["dense"], model_type, device, args.latency_cache, bs,
+                                      log=lambda text: print(text, file=sys.stderr))
+        cost = LatencyCost(dims, table)
+        est = {"dense": dense_cost(cost), "compact": compact_cost(cost, subject.compact_spec)}
+        real = {name: bs / out["images_per_s"][name][f"b{bs}"] for name in est}
+        rows[f"b{bs}"] = {"table": path, "estimated_s": est, "measured_s": real,
+                          "estimated_ratio": est["compact"] / est["dense"],
+                          "measured_ratio": real["compact"] / real["dense"]}
+    return rows
+
+
 def measure(args, subject, models: dict, arch: dict, model_type: str, device, onnx_diff) -> dict:
     """Time `models` side by side at every batch size (and under amp on CUDA)."""
     names = tuple(models)
     macs = {name: m for name, m in executed_macs(subject, arch).items() if name in models}
     sizes = subject.dense_spec
     shape = (sizes["in_chans"], sizes["img_size"], sizes["img_size"])
-    precisions = [False, True] if device.type == "cuda" else [False]
     clock = time.process_time if args.clock == "process" else time.perf_counter
     out = {"checkpoint": args.checkpoint, "kind": subject.kind, "model_type": model_type, "device": str(device),
            "threads": torch.get_num_threads(), "clock": args.clock, "repeats": args.repeats,
@@ -126,19 +160,20 @@ def measure(args, subject, models: dict, arch: dict, model_type: str, device, on
            "max_logit_diff_compact_vs_masked": None if subject.kind == COMPACT_FORMAT
            else max_logit_diff(models, sizes, device), "max_logit_diff_onnx_vs_compact": onnx_diff,
            "models": list(names)}
-    for amp in precisions:
-        tag = "amp" if amp else "fp32"
+    for tag, amp_dtype in precisions(device):
+        suffix = "" if tag == "fp32" else f"_{tag}"
         ips = {name: {} for name in names}
         for bs in args.batch_sizes:
-            measured = compare_throughput(models, shape, bs, device, amp=amp, warmup=args.warmup,
-                                          repeats=args.repeats, clock=clock)
+            measured = compare_throughput(models, shape, bs, device, amp=amp_dtype is not None, warmup=args.warmup,
+                                          repeats=args.repeats, clock=clock, amp_dtype=amp_dtype)
             for name in names:
                 ips[name][f"b{bs}"] = measured[name]
-        speedups = {f"speedup_{name}_b{bs}" + ("_amp" if amp else ""): ips[name][f"b{bs}"] / ips["dense"][f"b{bs}"]
-                    for name in names[1:] for bs in args.batch_sizes}
-        out["images_per_s" + ("_amp" if amp else "")] = ips
-        out.update(speedups)
+        out.update({f"speedup_{name}_b{bs}{suffix}": ips[name][f"b{bs}"] / ips["dense"][f"b{bs}"]
+                    for name in names[1:] for bs in args.batch_sizes})
+        out["images_per_s" + suffix] = ips
         out.setdefault("precisions", []).append(tag)
+    if args.latency:
+        out["latency_estimate"] = latency_estimates(args, subject, models, model_type, device, out)
     return out
 
 
@@ -152,7 +187,7 @@ def format_table(r: dict) -> str:
              + (f"; |onnx - compact| logits {r['max_logit_diff_onnx_vs_compact']:.1e}"
                 if r.get("max_logit_diff_onnx_vs_compact") is not None else "")]
     for tag in r["precisions"]:
-        suffix = "_amp" if tag == "amp" else ""
+        suffix = "" if tag == "fp32" else f"_{tag}"
         head = f"{'model':<8} {'MACs':>9} {'ratio':>6} " + " ".join(f"{'img/s b' + str(b):>11}" for b in bss) \
             + " " + " ".join(f"{'speedup b' + str(b):>11}" for b in bss) + f" {'ideal':>6}"
         lines += [f"[{tag}]", head]
@@ -165,6 +200,17 @@ def format_table(r: dict) -> str:
                          + " ".join(f"{s:>10.2f}x" for s in speed) + f" {1 / ratio:>5.2f}x")
     lines.append("MACs: multiply-accumulates per image (masked: what it executes; its masks only zero groups)"
                  + ("; onnx: the compact model under onnxruntime" if "onnx" in r["models"] else ""))
+    if "latency_estimate" in r:
+        lines += ["[latency cost model, fp32: estimated against measured time per batch]",
+                  f"{'batch':>5} {'dense est ms':>12} {'measured':>9} {'compact est ms':>14} {'measured':>9} "
+                  f"{'est ratio':>9} {'measured':>9}"]
+        for bs in r["batch_sizes"]:
+            e = r["latency_estimate"][f"b{bs}"]
+            est, real = e["estimated_s"], e["measured_s"]
+            lines.append(f"{bs:>5} {1e3 * est['dense']:>12.3f} {1e3 * real['dense']:>9.3f} "
+                         f"{1e3 * est['compact']:>14.3f} {1e3 * real['compact']:>9.3f} "
+                         f"{e['estimated_ratio']:>9.3f} {e['measured_ratio']:>9.3f}")
+        lines.append("tables: " + ", ".join(sorted({e["table"] for e in r["latency_estimate"].values()})))
     return "\n".join(lines)
 
 
@@ -177,6 +223,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes first")
     parser.add_argument("--onnx", action="store_true", help="also time the compact model exported to ONNX "
                                                              "under onnxruntime (CPU)")
+    parser.add_argument("--latency", action="store_true", help="also the latency cost model's estimate of the "
+                        "dense and compact time (the table of this device per batch size, measured once, cached)")
+    parser.add_argument("--latency_cache", default="", help="latency table file (.json; one batch size) or "
+                                                           "directory (default ~/.cache/uvc/latency)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     try:

@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import List
 
 from pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, params,
@@ -45,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.5, help="target fraction of the dense MACs")
     p.add_argument("--cache_dir", default="runs/cache", help="where trained teachers are kept, by config")
     p.add_argument("--compare", action="store_true", help="also run the peers and ablations")
-    p.add_argument("--log_dir", default="log", help="--compare: where the table and full logs go")
+    p.add_argument("--log_dir", default="log", help="where <dataset>_demo.md (and with --compare the table and full "
+                                                    "logs of every method) go")
     p.add_argument("--figs_dir", default="Figs", help="--compare: where the plots go")
     p.add_argument("--smoke", action="store_true",
                    help="a few steps per stage (CI): checks the plumbing, not the accuracy")
@@ -64,6 +66,7 @@ def bench_of(args) -> Bench:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    started = time.perf_counter()
     os.makedirs(args.run_dir, exist_ok=True)
     from models.compact import load_compact
 
@@ -85,18 +88,27 @@ def main(argv=None) -> int:
         summary["methods"] = compare(args, bench, teacher_path, summary)
     from utils.checkpoint import atomic_write_text
     atomic_write_text(json.dumps(summary, indent=2), os.path.join(args.run_dir, "summary.json"))
-    print_table(summary)
+    table = demo_table(summary)
+    minutes = (time.perf_counter() - started) / 60
+    command = "python scripts/demo.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    name = "MNIST" if args.dataset == "mnist" else args.dataset.capitalize()
+    atomic_write_text(f"{name} demo, produced by `{command}` in {minutes:.1f} minutes "
+                      f"wall-clock on this machine (throughputs are those of the machine at the time; the "
+                      f"speedup is measured side by side).\n\n{table}\n\n`{args.run_dir}/summary.json`:\n\n"
+                      f"```json\n{json.dumps(summary, indent=2)}\n```\n",
+                      os.path.join(args.log_dir, f"{args.dataset}_demo.md"))
+    print("\n" + table)
     return 0
 
 
-def print_table(s: dict) -> None:
+def demo_table(s: dict) -> str:
+    """The dense teacher against the UVC model: top-1, MACs ratio, params, CPU throughput."""
     rows = [("dense teacher", s["teacher_top1"], 1.0, s["teacher_params"], s["teacher_images_per_s_b64"], 1.0),
             (f"UVC @ budget {s['budget']}", s["uvc_top1"], s["uvc_macs_ratio"], s["uvc_params"],
              s["uvc_images_per_s_b64"], s["uvc_speedup_b64"])]
-    print("\n| model | top-1 (%) | MACs ratio | params | images/s (CPU, b64) | speedup |")
-    print("|---|---|---|---|---|---|")
-    for name, acc, ratio, n, ips, speedup in rows:
-        print(f"| {name} | {acc:.2f} | {ratio:.3f} | {n / 1e3:.1f}K | {ips:.0f} | {speedup:.2f}x |")
+    return markdown_table(["model", "top-1 (%)", "MACs ratio", "params", "images/s (CPU, b64)", "speedup"],
+                          [[name, f"{acc:.2f}", f"{ratio:.3f}", f"{n / 1e3:.1f}K", f"{ips:.0f}", f"{speedup:.2f}x"]
+                           for name, acc, ratio, n, ips, speedup in rows])
 
 
 # ----------------------------------------------------------------------------- --compare

@@ -36,7 +36,7 @@ def test_demo_stages_run_at_the_rates_of_their_readme_table(stage):
 
 def run_demo(tmp_path, *extra):
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "demo.py"), "--smoke", "--run_dir", str(tmp_path / "run"),
-           "--cache_dir", str(tmp_path / "cache"), *extra]
+           "--cache_dir", str(tmp_path / "cache"), "--log_dir", str(tmp_path / "log"), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "run" / "summary.json") as f:
@@ -49,6 +49,8 @@ def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path, monkeypatch):
     for key in ("teacher_top1", "uvc_top1", "uvc_macs_ratio", "uvc_speedup_b64", "stage1_file", "stage2_file",
                 "compact_file"):
         assert key in summary, key
+    written = (tmp_path / "log" / "digits_demo.md").read_text()
+    assert "produced by `python scripts/demo.py --smoke" in written and "| UVC @ budget 0.5 |" in written
     for key in ("stage1_file", "stage2_file", "compact_file"):
         assert os.path.exists(summary[key])
     assert 0.47 <= summary["uvc_macs_ratio"] <= 0.51

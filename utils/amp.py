@@ -12,10 +12,10 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
 
 
-def autocast_context(device: torch.device, enabled: bool) -> torch.amp.autocast:
-    """Autocast on device's type: float16 on CUDA, bfloat16 elsewhere."""
+def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype = None) -> torch.amp.autocast:
+    """Autocast on device's type: `dtype`, by default float16 on CUDA, bfloat16 elsewhere."""
     device = torch.device(device)
-    return torch.amp.autocast(device.type, dtype=autocast_dtype(device), enabled=enabled)
+    return torch.amp.autocast(device.type, dtype=dtype or autocast_dtype(device), enabled=enabled)
 
 
 def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:

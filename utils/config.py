@@ -236,7 +236,8 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "patch_probe", "search_masking", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
+STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
+               "budget_metric", "latency_cache", "latency_batch", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "zlr", "zlr_schedule_list", "z_grad_clip",
                "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
                "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
@@ -264,6 +265,7 @@ _CHOICES = {
     "patchloss": ("l1",),
     "soptim": ("sgd", "adam"),
     "search_masking": ("hard", "soft"),
+    "budget_metric": ("macs", "latency"),
     "roptim": ("sgd", "adam"),
     "mixup_mode": ("batch", "pair", "elem"),
     "sched": ("cosine", "step", "constant"),
@@ -299,11 +301,15 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
                           f"over which the target falls to the budget, e.g. 0.5")
     if int(config.min_blocks) < 0:
         raise ConfigError(f"--min_blocks must be 0 (half the depth) or more, got {config.min_blocks}")
+    if int(config.round_to) < 1:
+        raise ConfigError(f"--round_to must be at least 1 (1: any width, as the paper; 8: multiples of 8), "
+                          f"got {config.round_to}")
     if int(config.patch_probe) < 0:
         raise ConfigError(f"--patch_probe must be 0 (no trial of patch drops) or more, got {config.patch_probe}")
     if not 0.0 <= float(config.distillation_alpha) <= 1.0:
         raise ConfigError(f"--distillation-alpha {config.distillation_alpha} must lie in [0, 1]")
-    for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "gating_interval"):
+    for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "gating_interval",
+                "latency_batch"):
         if int(config[key]) < 1:
             raise ConfigError(f"--{key} must be at least 1, got {config[key]}")
     if int(config.epochs) < 1:

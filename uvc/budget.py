@@ -1,4 +1,7 @@
-"""The resource function R(s, r, g, a) = MACs(compressed) / MACs(dense).
+"""The resource function R(s, r, g, a) = C(compressed) / C(dense).
+
+C is the cost model (uvc.cost): MACs by default (UVC_SPEC section 3), or the
+latency measured on the target device (`--budget_metric latency`, uvc.latency).
 
 Expected value during search: kept counts come from ceil(s), ceil(r) with a
 straight-through gradient; each block counts with its gate's keep probability
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from uvc.flops import ViTDims, block_macs, dense_macs, vit_macs
+from uvc.cost import MacsCost, block_share, dense_cost, group_costs, model_cost
+from uvc.flops import ViTDims
 from uvc.gates import block_keep_prob
 from uvc.masks import Masks, Scores
 from uvc.structure import ArchState
@@ -32,14 +36,16 @@ class SearchSpace:
 
 
 class Budget:
-    """R and the constraint R <= budget for one model."""
+    """R and the constraint R <= budget for one model, in the units of `cost` (uvc.cost;
+    default MACs, with or without the attention terms as `space.with_attn` says)."""
 
-    def __init__(self, dims: ViTDims, budget: float, space: SearchSpace):
+    def __init__(self, dims: ViTDims, budget: float, space: SearchSpace, cost=None):
         self.dims, self.budget, self.space = dims, budget, space
-        self.dense = dense_macs(dims, space.with_attn)
+        self.cost = cost if cost is not None else MacsCost(dims, space.with_attn)
+        self.dense = dense_cost(self.cost)
 
-    def expected_macs(self, arch: ArchState, masks: Masks, eps: float = 0.0) -> torch.Tensor:
-        """Differentiable MACs in s, r, gate logits and patch logits."""
+    def expected_cost(self, arch: ArchState, masks: Masks, eps: float = 0.0) -> torch.Tensor:
+        """Differentiable cost in s, r, gate logits and patch logits."""
         d, sp = self.dims, self.space
         device = arch.s_frac.device
         ones = torch.ones(d.depth, device=device)
@@ -55,32 +61,23 @@ class Budget:
             value_dims = ones * d.num_heads * d.head_dim
         keep = block_keep_prob(arch.gate_logits, sp.use_gumbel, eps) if sp.block_gating else ones
         patches = arch.patch_keep_prob().sum() if sp.patch_gating else float(d.num_patches)
-        return vit_macs(d, heads, value_dims, neurons, keep, patches, sp.with_attn)
+        return model_cost(self.cost, heads, value_dims, neurons, keep, patches)
 
     def group_costs(self) -> Scores:
-        """MACs of one group of each kind at the dense token count, over the dense MACs:
+        """Cost of one group of each kind at the dense token count, over the dense cost:
         a head (its q, k rows, q.k^T and its d value dims), one value dim, one neuron."""
-        d = self.dims
-        n = d.num_patches + d.num_prefix_tokens
-        n2 = n * n if self.space.with_attn else 0
-        dim = 2 * n * d.embed_dim + n2  # v row + proj column, a.v
-        head = 2 * n * d.embed_dim * d.head_dim + n2 * d.head_dim + d.head_dim * dim
-        neuron = 2 * n * d.embed_dim
-        return Scores(heads=head / self.dense, dims=dim / self.dense, neurons=neuron / self.dense)
+        return group_costs(self.cost, self.dense)
 
     def block_share(self) -> float:
-        """The share of the dense MACs one whole block carries."""
-        d = self.dims
-        macs = block_macs(d.num_patches + d.num_prefix_tokens, d.embed_dim, d.num_heads, d.head_dim,
-                          d.num_heads * d.head_dim, d.mlp_hidden, self.space.with_attn)
-        return float(macs) / self.dense
+        """The share of the dense cost one whole block carries."""
+        return block_share(self.cost, self.dense)
 
     def expected_ratio(self, arch: ArchState, masks: Masks, eps: float = 0.0) -> torch.Tensor:
-        return self.expected_macs(arch, masks, eps) / self.dense
+        return self.expected_cost(arch, masks, eps) / self.dense
 
     @torch.no_grad()
     def hard_ratio(self, arch: ArchState, masks: Masks) -> float:
-        """MACs ratio of the argmax architecture (gates and patches hard, counts ceil'd)."""
+        """Cost ratio of the argmax architecture (gates and patches hard, counts ceil'd)."""
         d, sp = self.dims, self.space
         ones = torch.ones(d.depth, device=arch.s_frac.device)
         if sp.pruning:
@@ -90,4 +87,4 @@ class Budget:
             value_dims = ones * d.num_heads * d.head_dim
         keep = arch.block_keep_hard() if sp.block_gating else ones
         patches = arch.patch_keep_hard().sum().float() if sp.patch_gating else float(d.num_patches)
-        return float(vit_macs(d, heads, value_dims, neurons, keep, patches, sp.with_attn)) / self.dense
+        return float(model_cost(self.cost, heads, value_dims, neurons, keep, patches)) / self.dense

@@ -21,7 +21,10 @@ value_dims_deployed, mlp_hidden, macs}] (one per original block; value_dims
 before padding where the file knows it), patches_kept (a count) and patch_map
 (the kept positions); with --fvcore also fvcore_macs (fvcore's total),
 fvcore_macs_modelled_ops (its linear + matmul + conv, which must equal macs) and
-fvcore_rel_diff. Bad input: one line on stderr, exit code 2.
+fvcore_rel_diff; with a latency table (`--latency`: measured on --device once and
+cached, or the one a `--budget_metric latency` stage-1 file was searched with) also
+latency_seconds, dense_latency_seconds (estimated per batch) and latency_ratio.
+Bad input: one line on stderr, exit code 2.
 """
 import argparse
 import json
@@ -41,9 +44,12 @@ from models.compact import FORMAT as COMPACT_FORMAT
 from models.compact import STRUCTURE, CompactViT, num_prefix_tokens, structure
 from models.vit import (DEMO_TYPES, MODEL_TYPES, create_model, model_kwargs_of, rebuild, resolve_model_type,
                         set_fused_attn, vit_structure)
+from uvc.cost import compact_cost, dense_cost
 from uvc.export import TRAINING_FORMATS, compact_macs, compact_spec_from_arch, dense_model_of, spec_dims
 from uvc.flops import ViTDims, arch_macs, block_macs, dense_macs
 from uvc.import_reference import is_reference_state
+from uvc.latency import LatencyCost
+from uvc.latency_table import load_or_measure
 
 KINDS = {"model_type": "model type (dense)", "dense": "dense checkpoint", "uvc-stage1-v1": "stage-1 file",
          "uvc-stage2-v1": "stage-2 file", COMPACT_FORMAT: "compact model"}
@@ -308,8 +314,30 @@ def fvcore_count(model: nn.Module, input_shape) -> Tuple[float, Dict[str, float]
         return float(counter.total()), by_op
 
 
-def build_report(subject: Subject, with_fvcore: bool = False) -> dict:
-    """The numbers `python -m uvc.report` prints, as a JSON-able dict."""
+def latency_table_of(subject: Subject, measure: bool, device="cpu", cache: str = "", batch_size: int = 64):
+    """(table, where it came from): measured on `device` (or read from its cache) with `measure`, else
+    the table a `--budget_metric latency` stage-1 file was searched with, else (None, None)."""
+    if measure:
+        vit = dense_vit(subject.dense_spec, device)
+        return load_or_measure(vit, subject.model_type, device, cache, batch_size,
+                               log=lambda text: print(text, file=sys.stderr))
+    table = (subject.checkpoint or {}).get("latency_table")
+    return (table, f"the table {subject.source} was searched with") if table else (None, None)
+
+
+def latency_numbers(subject: Subject, table: dict, source: str) -> dict:
+    """Estimated seconds per batch of the model and of the dense model, from a latency table (uvc.latency)."""
+    cost = LatencyCost(spec_dims(subject.dense_spec), table)
+    dense = dense_cost(cost)
+    seconds = compact_cost(cost, subject.compact_spec) if subject.compressed else dense
+    return {"latency_seconds": seconds, "dense_latency_seconds": dense, "latency_ratio": seconds / dense,
+            "latency_table": {"source": source, **{k: table.get(k) for k in ("device", "device_name", "threads",
+                                                                              "batch_size", "amp")}}}
+
+
+def build_report(subject: Subject, with_fvcore: bool = False, latency: Optional[Tuple[dict, str]] = None) -> dict:
+    """The numbers `python -m uvc.report` prints, as a JSON-able dict (`latency`: (table, its source)
+    adds the estimated latency)."""
     sizes = subject.dense_spec
     dims = spec_dims(sizes)
     dense = dense_macs(dims)
@@ -336,6 +364,8 @@ def build_report(subject: Subject, with_fvcore: bool = False) -> dict:
         modelled = sum(v for k, v in by_op.items() if k in FORMULA_OPS)
         out.update(fvcore_macs=total, fvcore_macs_modelled_ops=modelled, fvcore_by_operator=by_op,
                    fvcore_rel_diff=(total - out["macs"]) / out["macs"])
+    if latency is not None and latency[0] is not None:
+        out.update(latency_numbers(subject, *latency))
     return out
 
 
@@ -363,6 +393,11 @@ def format_text(r: dict) -> str:
     if "fvcore_macs" in r:
         lines.append(f"fvcore MACs: {_si(r['fvcore_macs'])}MACs ({100 * r['fvcore_rel_diff']:+.2f}% vs the formula; "
                      f"{'+'.join(FORMULA_OPS)} {_si(r['fvcore_macs_modelled_ops'])}, the rest is LayerNorm)")
+    if "latency_ratio" in r:
+        t = r["latency_table"]
+        lines.append(f"est. latency ratio: {r['latency_ratio']:.4f} ({1e3 * r['latency_seconds']:.3g} ms of "
+                     f"{1e3 * r['dense_latency_seconds']:.3g} ms dense per batch of {t['batch_size']}, "
+                     f"{t['device']} {t['device_name']}, {'amp' if t['amp'] else 'fp32'}; {t['source']})")
     if "blocks" in r:
         lines.append(f"blocks kept: {r['blocks_kept']}/{r['depth']}, patches kept: {r['patches_kept']}/"
                      f"{r['num_patches']}")
@@ -440,6 +475,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--img_size", "--img-size", type=int, default=None, help="resolution (model types, dense)")
     parser.add_argument("--enable_deit", "--enable-deit", type=int, default=0, choices=(0, 1),
                         help="1: the distillation-token form of a model type")
+    parser.add_argument("--latency", action="store_true",
+                        help="estimated latency ratio from the latency table of --device (measured once and cached, "
+                             "as --budget_metric latency does); without it, a latency-searched stage-1 file's table")
+    parser.add_argument("--latency_cache", default="", help="latency table file (.json) or directory "
+                                                           "(default ~/.cache/uvc/latency)")
+    parser.add_argument("--latency_batch", type=int, default=64, help="batch size of the latency table")
+    parser.add_argument("--device", default="cpu", help="device the latency table is measured on")
     return parser.parse_args(argv)
 
 
@@ -449,7 +491,11 @@ def main(argv=None) -> int:
         if args.img_size is not None and args.img_size <= 0:
             raise ReportError(f"--img_size must be positive, got {args.img_size}")
         subject = read_subject(args.subject, args.img_size, args.enable_deit, args.model_type)
-        report = build_report(subject, args.fvcore)
+        if args.latency_batch < 1:
+            raise ReportError(f"--latency_batch must be at least 1, got {args.latency_batch}")
+        latency = latency_table_of(subject, args.latency, torch.device(args.device), args.latency_cache,
+                                   args.latency_batch)
+        report = build_report(subject, args.fvcore, latency)
         if args.plot:
             try:
                 plot_architecture(report, subject.dense_spec, args.plot)

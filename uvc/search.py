@@ -10,14 +10,18 @@ from typing import Dict, Optional
 import torch
 
 from uvc.budget import Budget, SearchSpace
+from uvc.cost import MacsCost, spec_cost
 from uvc.flops import ViTDims
 from uvc.fit import fit_to_budget
 from uvc.freeze import apply_spec, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
+from uvc.latency import LatencyCost
+from uvc.latency_table import load_or_measure
 from uvc.masked_model import MaskedViT
 from uvc.primal_dual import PrimalDual, PrimalDualConfig
 from uvc.schedule import SearchRates
 from uvc.structure import ArchState
 from uvc.trial import FlipTrial
+from utils.dist import broadcast_object, is_main_process
 
 STAGE1_FORMAT = "uvc-stage1-v1"
 STAGE2_FORMAT = "uvc-stage2-v1"
@@ -27,6 +31,20 @@ def search_space(config) -> SearchSpace:
     return SearchSpace(pruning=bool(config.enable_pruning), block_gating=bool(config.enable_block_gating),
                        patch_gating=bool(config.enable_patch_gating), use_gumbel=bool(config.use_gumbel),
                        with_attn=bool(config.flops_with_mhsa))
+
+
+def budget_cost(vit, config, device):
+    """(cost model, latency table or None) of `--budget_metric`: MACs, or the latency of the model's
+    parts measured on `device` once (rank 0; every rank uses its table) and cached (uvc.latency_table)."""
+    dims = ViTDims.of(vit)
+    if config.budget_metric == "macs":
+        return MacsCost(dims, bool(config.flops_with_mhsa)), None
+    table = None
+    if is_main_process():
+        table, _ = load_or_measure(vit, str(config.model_type), device, str(config.latency_cache),
+                                   int(config.latency_batch))
+    table = broadcast_object(table)
+    return LatencyCost(dims, table), table
 
 
 class UVCSearch:
@@ -43,14 +61,25 @@ class UVCSearch:
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
-        self.budget = Budget(self.dims, float(config.budget), self.space)
+        self.round_to, self.target_budget = int(config.round_to), float(config.budget)
         self.rates = SearchRates.for_search(config, search_steps)
-        self.pd = PrimalDual(self.arch, self.budget, PrimalDualConfig.from_config(config, self.dims.depth),
-                             self.rates)
+        self.pd_config = PrimalDualConfig.from_config(config, self.dims.depth)
+        cost, table = budget_cost(vit, config, device)
+        self.set_cost(cost, table)
         if probe is not None and len(probe[0]):  # (images, targets): the trial of every patch drop
-            self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn)
+            self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn, cost)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
+
+    def set_cost(self, cost, latency_table: Optional[dict] = None) -> None:
+        """The budget in units of `cost` (uvc.cost) and the primal-dual updates that depend on it."""
+        trial = getattr(getattr(self, "pd", None), "trial", None)
+        self.budget = Budget(self.dims, self.target_budget, self.space, cost)
+        self.metric, self.latency_table = cost.name, latency_table  # macs | latency
+        self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates)
+        if trial is not None:
+            trial.cost = cost
+            self.pd.trial = trial
 
     def set_epoch(self, epoch: int) -> None:
         self.active = epoch >= self.warmup_epochs
@@ -71,11 +100,16 @@ class UVCSearch:
     # --- reporting -------------------------------------------------------------------
     @torch.no_grad()
     def ratios(self, model: MaskedViT) -> Dict[str, float]:
-        """Expected ("Expectation FLOPs") and hard ("Real FLOPs") MACs ratios now."""
+        """Expected ("Expectation FLOPs") and hard ("Real FLOPs") ratios now, of the budget's metric
+        (`*_macs_ratio` or `*_latency_ratio`; with latency the hard MACs ratio too)."""
         masks = self.pd.update_masks(model.vit)
-        return {"expected_macs_ratio": float(self.budget.expected_ratio(self.arch, masks, self.pd.eps)),
-                "hard_macs_ratio": self.budget.hard_ratio(self.arch, masks),
-                "target_macs_ratio": self.pd.target() if self.active else 1.0}
+        m = self.metric
+        out = {f"expected_{m}_ratio": float(self.budget.expected_ratio(self.arch, masks, self.pd.eps)),
+               f"hard_{m}_ratio": self.budget.hard_ratio(self.arch, masks),
+               f"target_{m}_ratio": self.pd.target() if self.active else 1.0}
+        if m != "macs":
+            out["hard_macs_ratio"] = Budget(self.dims, 1.0, self.space).hard_ratio(self.arch, masks)
+        return out
 
     @torch.no_grad()
     def spec(self, model: MaskedViT, model_type: str) -> dict:
@@ -88,19 +122,35 @@ class UVCSearch:
 
     def freeze(self, model: MaskedViT, model_type: str):
         """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs
-        (uvc.fit; without pruning only skipped blocks can be put back)."""
+        (uvc.fit; without pruning only skipped blocks can be put back), with MLP widths and
+        value dims per head at multiples of `round_to` (then in [budget - 0.03, budget + 0.01]
+        when the aligned steps cannot fill the narrow window)."""
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
-        spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget,
-                                  self.space.with_attn, groups=self.space.pruning)
-        return spec, dict(fit, searched_macs_ratio=searched, macs_ratio=spec_ratio(spec, True, self.space.with_attn),
-                          greedy_changed_frac=greedy_changed_frac(fit, self.dims))
+        cost, dense = self.budget.cost, self.budget.dense
+        searched_cost = spec_cost(cost, spec) / dense
+        spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget, self.space.with_attn,
+                                  groups=self.space.pruning, round_to=self.round_to, cost=cost)
+        fit = dict(fit, budget_metric=self.metric, searched_macs_ratio=searched,
+                   macs_ratio=spec_ratio(spec, True, self.space.with_attn),
+                   greedy_changed_frac=greedy_changed_frac(fit, self.dims))
+        if self.metric != "macs":
+            fit.update({f"searched_{self.metric}_ratio": searched_cost,
+                        f"{self.metric}_ratio": spec_cost(cost, spec) / dense})
+        return spec, fit
 
     # --- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"arch": self.arch.state_dict(), "primal_dual": self.pd.state_dict()}
+        state = {"arch": self.arch.state_dict(), "primal_dual": self.pd.state_dict()}
+        if self.latency_table is not None:
+            state["latency_table"] = self.latency_table
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """A latency search resumes with the table it started with, whatever the cache holds now."""
+        table = state.get("latency_table")
+        if table is not None and table != self.latency_table:
+            self.set_cost(LatencyCost(self.dims, table), table)
         self.arch.load_state_dict(state["arch"])
         self.pd.load_state_dict(state["primal_dual"])
 
@@ -133,13 +183,19 @@ class FrozenArchitecture:
 
 
 def greedy_changed_frac(fit: dict, dims: ViTDims) -> float:
-    """Groups the greedy fit removed or restored, over all groups (heads, value dims, neurons, blocks)."""
+    """Groups the greedy fit removed, restored or rounded, over all groups (heads, value dims,
+    neurons, blocks)."""
     total = dims.depth * (1 + dims.num_heads * (1 + dims.head_dim) + dims.mlp_hidden)
-    return (fit["groups_removed_to_fit"] + fit["groups_restored_to_fit"]) / total
+    changed = fit["groups_removed_to_fit"] + fit["groups_restored_to_fit"]
+    return (changed + fit.get("rounded_up", 0) + fit.get("rounded_down", 0)) / total
 
 
 def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,
-                  teacher: Optional[dict] = None) -> dict:
-    """The content of <output_dir>/<model_type>_uvc.pth: the input of post_train.py."""
-    return {"format": STAGE1_FORMAT, "model_type": spec["model_type"], "arch": spec, "model": vit_state,
-            "config": config_dict, "fit": fit, "teacher": teacher or {}}
+                  teacher: Optional[dict] = None, latency_table: Optional[dict] = None) -> dict:
+    """The content of <output_dir>/<model_type>_uvc.pth: the input of post_train.py (with the latency
+    table the budget was counted in, for a `--budget_metric latency` search)."""
+    record = {"format": STAGE1_FORMAT, "model_type": spec["model_type"], "arch": spec, "model": vit_state,
+              "config": config_dict, "fit": fit, "teacher": teacher or {}}
+    if latency_table is not None:
+        record["latency_table"] = latency_table
+    return record

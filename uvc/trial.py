@@ -26,8 +26,9 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
+from uvc.cost import MacsCost, dense_cost, spec_cost
 from uvc.fit import fit_to_budget
-from uvc.freeze import apply_spec, spec_ratio
+from uvc.freeze import apply_spec, dims_of_spec
 from uvc.masks import Scores
 from utils.dist import all_reduce_mean
 
@@ -35,9 +36,11 @@ from utils.dist import all_reduce_mean
 class FlipTrial:
     """A fixed probe (images, targets) and the comparison of a flip against its alternative."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, with_attn: bool = True):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, with_attn: bool = True,
+                 cost=None):
         self.images, self.targets = images, targets
         self.batch_size, self.with_attn = max(int(batch_size), 1), with_attn
+        self.cost = cost  # the budget's cost model (uvc.cost); None: MACs
         self.trials, self.rejected = 0, 0
         self.last: Dict[str, float] = {}
 
@@ -60,9 +63,10 @@ class FlipTrial:
 
     def accept(self, model, flip: dict, base: dict, scores: Scores) -> bool:
         """Does the `flip` spec cost no more loss than `base` cut by greedy group removal to its MACs?"""
-        ratio = spec_ratio(flip, True, self.with_attn)
-        flip, _ = fit_to_budget(flip, scores, 1.0, self.with_attn, tolerance=1.0)  # same value-dim padding
-        instead, _ = fit_to_budget(base, scores, ratio, self.with_attn, tolerance=1.0)
+        cost = self.cost if self.cost is not None else MacsCost(dims_of_spec(flip), self.with_attn)
+        ratio = spec_cost(cost, flip) / dense_cost(cost)
+        flip, _ = fit_to_budget(flip, scores, 1.0, tolerance=1.0, cost=cost)  # same value-dim padding
+        instead, _ = fit_to_budget(base, scores, ratio, tolerance=1.0, cost=cost)
         loss_flip, loss_instead = self.loss(model, flip), self.loss(model, instead)
         ok = loss_flip <= loss_instead
         self.trials += 1

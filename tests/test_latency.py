@@ -1,0 +1,269 @@
+"""The latency budget (--budget_metric latency): R from a measured cost table. Every check runs on a
+synthetic table with known coefficients (no real time is asserted on); the measurement routine is
+only run to check that it produces a table of the right shape."""
+import json
+
+import pytest
+import torch
+
+from helpers import TINY_MODEL, demo_search_config, noisy_tiny_vit
+from models import create_model
+from uvc import latency_table
+from uvc.budget import Budget, SearchSpace
+from uvc.cost import MacsCost, compact_cost, dense_cost, group_costs, spec_cost
+from uvc.export import compact_macs, compact_spec_from_arch
+from uvc.fit import fit_to_budget
+from uvc.flops import ViTDims
+from uvc.freeze import base_spec
+from uvc.latency import FORMAT, LatencyCost, LatencyTableError, table_sizes
+from uvc.masked_model import MaskedViT
+from uvc.masks import full_masks, group_scores, stacked_weights
+from uvc.search import UVCSearch, stage1_record
+from uvc.structure import ArchState
+from utils.config import ConfigError, parse_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# the synthetic device: seconds per batch, linear in every width; a head costs SOFTMAX whatever its value dims
+QKV, PROJ, MLP, NORMS, OUTSIDE = 2e-6, 3e-6, 2e-6, 1e-5, 1e-4
+QK, AV, SOFTMAX = 1e-6, 1e-6, 1e-5
+
+
+def fake_table(dims: ViTDims, noisy: bool = False) -> dict:
+    """A table as uvc.latency_table writes it, from the coefficients above (widths on its grids)."""
+    H, d = dims.num_heads, dims.head_dim
+    line = lambda full, a: {"width": latency_table.width_grid(full),  # noqa: E731
+                            "time": [a * w for w in latency_table.width_grid(full)]}
+    hs, dvs = latency_table.heads_grid(H), latency_table.width_grid(d)
+    attention = [[h * (SOFTMAX + QK * d + AV * v) if h and v else 0.0 for v in dvs] for h in hs]
+    table = {"format": FORMAT, "device": "cpu", "device_name": "synthetic", "threads": 1, "batch_size": 64,
+             "amp": False, "sizes": table_sizes(dims),
+             "seconds": {"qkv": line(3 * H * d, QKV), "proj": line(H * d, PROJ), "mlp": line(dims.mlp_hidden, MLP),
+                         "attention": {"heads": hs, "value_dim": dvs, "time": attention},
+                         "block_overhead": NORMS, "outside_blocks": OUTSIDE, "dense_model": 1.0}}
+    if noisy:  # a dip the monotone fit must flatten
+        table["seconds"]["mlp"]["time"][3] *= 0.5
+    return table
+
+
+def by_hand(dims: ViTDims, tokens, heads, width, neurons) -> float:
+    """One block's time from the coefficients (on the grid points the table is exact)."""
+    f = tokens / (dims.num_patches + dims.num_prefix_tokens)
+    linear = QKV * heads * (2 * dims.head_dim + width) + PROJ * heads * width + MLP * neurons + NORMS
+    return f * linear + f * f * heads * (SOFTMAX + QK * dims.head_dim + AV * width)
+
+
+@pytest.fixture()
+def tiny():
+    vit = noisy_tiny_vit(0)
+    dims = ViTDims.of(vit)
+    return vit, dims, LatencyCost(dims, fake_table(dims))
+
+
+def test_block_time_matches_the_table_in_numbers_and_tensors(tiny):
+    _, dims, cost = tiny
+    n = dims.num_patches + dims.num_prefix_tokens
+    for tokens in (n, n - 4):
+        for heads, width, neurons in [(2, 16, 128), (1, 16, 64), (2, 8, 32), (1, 1, 1), (2, 4, 80)]:
+            expected = by_hand(dims, tokens, heads, width, neurons)
+            assert cost.block(tokens, heads, heads * width, neurons) == pytest.approx(expected, rel=1e-4)
+            t = cost.block(torch.tensor(float(tokens)), torch.tensor([float(heads)]),
+                           torch.tensor([float(heads * width)]), torch.tensor([float(neurons)]))
+            assert float(t) == pytest.approx(expected, rel=1e-4)
+    # per head, the softmax stays when the value dims go: one value dim still costs the whole attention row
+    one_dim = cost.block(n, 2, 2, 128) - cost.block(n, 2, 0, 128)
+    assert one_dim > 2 * SOFTMAX
+
+
+def test_dense_ratio_is_one_and_r_is_differentiable(tiny):
+    _, dims, cost = tiny
+    budget = Budget(dims, 0.5, SearchSpace(), cost)
+    arch = ArchState(dims)
+    masks = full_masks(dims.depth, dims.num_heads, dims.head_dim, dims.mlp_hidden)
+    assert budget.hard_ratio(arch, masks) == pytest.approx(1.0, abs=1e-6)
+    saturated = ArchState(dims, gate_init=50.0, patch_init=50.0)  # keep probabilities 1: expected = hard
+    assert float(budget.expected_ratio(saturated, masks).detach()) == pytest.approx(1.0, abs=1e-5)
+    ratio = budget.expected_ratio(arch, masks)
+    grads = torch.autograd.grad(ratio, arch.architecture_parameters(), allow_unused=True)
+    for name, g in zip(("s", "r", "gate", "patch"), grads):
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+    assert (grads[0] <= 0).all()  # removing more never costs time
+
+
+def test_the_table_is_made_monotone():
+    dims = ViTDims.of(noisy_tiny_vit(0))
+    cost = LatencyCost(dims, fake_table(dims, noisy=True))
+    n = dims.num_patches + dims.num_prefix_tokens
+    times = [cost.block(n, 2, 32, m) for m in range(0, 129, 4)]
+    assert all(b > a for a, b in zip(times, times[1:]))
+
+
+def test_group_costs_and_fit_use_the_latency(tiny):
+    vit, dims, cost = tiny
+    dense = dense_cost(cost)
+    n = dims.num_patches + dims.num_prefix_tokens
+    g = group_costs(cost, dense)
+    assert g.neurons * dense == pytest.approx(MLP, rel=1e-4)
+    assert g.dims * dense == pytest.approx(QKV + PROJ + AV, rel=1e-4)  # one value dim of one head
+    assert g.heads * dense == pytest.approx(by_hand(dims, n, 2, 16, 0) - by_hand(dims, n, 1, 16, 0), rel=1e-4)
+    scores = group_scores(*stacked_weights(vit), dims.num_heads)
+    for budget in (0.5, 0.7):
+        spec, info = fit_to_budget(base_spec(vit, TINY_MODEL), scores, budget, cost=cost)
+        assert budget - 0.01 <= spec_cost(cost, spec) / dense <= budget and info["fit_window"] == "tight"
+
+
+def test_compact_cost_of_the_macs_model_is_compact_macs(tiny):
+    vit, dims, _ = tiny
+    spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5)
+    compact = compact_spec_from_arch(spec)
+    assert compact_cost(MacsCost(dims), compact) == pytest.approx(compact_macs(compact))
+
+
+def _latency_config(tmp_path, dims, **overrides):
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(fake_table(dims)))
+    return demo_search_config(model_type=TINY_MODEL, budget_metric="latency", latency_cache=str(path),
+                              **overrides)
+
+
+def test_search_budget_gradient_moves_s_and_r_and_freeze_fits_the_latency(tmp_path, tiny):
+    vit, dims, _ = tiny
+    model = MaskedViT(vit)
+    search = UVCSearch(vit, _latency_config(tmp_path, dims), torch.device("cpu"), search_steps=100)
+    search.set_epoch(0)
+    pd, arch = search.pd, search.arch
+    assert search.budget.cost.name == "latency" and search.latency_table["device_name"] == "synthetic"
+    search.prepare(model, training=True)
+    grads = pd._budget_grads(pd.budget.expected_ratio(arch, pd.masks, pd.eps))
+    pd.scores = pd.scores_now(model.vit)
+    s0, r0 = arch.s_frac.detach().clone(), arch.r_frac.detach().clone()
+    with torch.no_grad():
+        arch.z.fill_(1.0)
+        arch.y.zero_()
+        arch.p.zero_()
+    pd.structure_step(grads)
+    assert (arch.s_frac > s0).all() and (arch.r_frac > r0).any()
+    ratios = search.ratios(model)
+    assert {"hard_latency_ratio", "expected_latency_ratio", "hard_macs_ratio"} <= set(ratios)
+    spec, fit = search.freeze(model, TINY_MODEL)
+    assert fit["budget_metric"] == "latency" and 0.49 <= fit["latency_ratio"] <= 0.5
+    assert fit["latency_ratio"] == pytest.approx(spec_cost(search.budget.cost, spec) / search.budget.dense)
+
+
+def test_cache_is_written_once_and_reused(tmp_path, monkeypatch, tiny):
+    vit, dims, _ = tiny
+    calls = []
+
+    def fake_measure(vit_, batch_size, device, amp=False, repeats=3, **kwargs):
+        calls.append(batch_size)
+        return dict(fake_table(dims), batch_size=batch_size)
+
+    monkeypatch.setattr(latency_table, "measure_table", fake_measure)
+    table, path = latency_table.load_or_measure(vit, TINY_MODEL, "cpu", str(tmp_path / "cache"), 4, log=lambda s: None)
+    assert calls == [4] and path.startswith(str(tmp_path / "cache")) and path.endswith(".json")
+    with open(path) as f:
+        assert json.load(f) == table
+    again, same = latency_table.load_or_measure(vit, TINY_MODEL, "cpu", str(tmp_path / "cache"), 4)
+    assert calls == [4] and same == path and again == table  # read back, not measured again
+    _, other = latency_table.load_or_measure(vit, TINY_MODEL, "cpu", str(tmp_path / "cache"), 8, log=lambda s: None)
+    assert calls == [4, 8] and other != path  # one file per batch size
+    with pytest.raises(LatencyTableError, match="another model"):  # a table of other sizes
+        latency_table.load_or_measure(create_model("vit_digits_patch2_8"), "vit_digits_patch2_8", "cpu", path, 4)
+
+
+def test_measurement_runs_and_gives_a_table_of_the_right_shape(tiny):
+    vit, dims, _ = tiny
+    table = latency_table.measure_table(vit, 2, "cpu", repeats=1, warmup=0, min_round_s=0.0)
+    s = table["seconds"]
+    assert table["format"] == FORMAT and table["sizes"] == table_sizes(dims)
+    for part, full in (("qkv", 3 * 2 * 16), ("proj", 2 * 16), ("mlp", 128)):
+        assert s[part]["width"] == latency_table.width_grid(full) and len(s[part]["time"]) == len(s[part]["width"])
+    att = s["attention"]
+    assert att["heads"] == [0, 1, 2] and att["value_dim"] == latency_table.width_grid(16)
+    assert len(att["time"]) == 3 and all(len(row) == len(att["value_dim"]) for row in att["time"])
+    assert att["time"][0] == [0.0] * len(att["value_dim"]) and all(row[0] == 0.0 for row in att["time"])
+    assert all(t > 0 for row in att["time"][1:] for t in row[1:])
+    assert dense_cost(LatencyCost(dims, table)) > 0
+
+
+def test_budget_metric_flags():
+    assert parse_config("joint", ["--model_type", TINY_MODEL]).budget_metric == "macs"
+    with pytest.raises(ConfigError, match="--budget_metric 'flops' is not supported"):
+        parse_config("joint", ["--model_type", TINY_MODEL, "--budget_metric", "flops"])
+    with pytest.raises(ConfigError, match="--latency_batch must be at least 1"):
+        parse_config("joint", ["--model_type", TINY_MODEL, "--latency_batch", "0"])
+    with pytest.raises(ConfigError, match="stage-1"):
+        parse_config("post", ["--model_type", TINY_MODEL, "--budget_metric", "latency"])
+
+
+def test_report_prints_the_estimated_latency(tmp_path, capsys, tiny):
+    from uvc.report import main
+    vit, dims, cost = tiny
+    spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5, cost=cost)
+    path = tmp_path / "stage1.pth"
+    torch.save(stage1_record(spec, vit.state_dict(), {"budget": 0.5}, {}, None, fake_table(dims)), path)
+    assert main([str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["latency_ratio"] == pytest.approx(spec_cost(cost, spec) / dense_cost(cost))
+    assert report["dense_latency_seconds"] == pytest.approx(dense_cost(cost))
+    assert 0 < report["macs_ratio"] < 1 and report["latency_table"]["device_name"] == "synthetic"
+    assert main([str(path)]) == 0
+    assert "est. latency ratio: " in capsys.readouterr().out
+    table = tmp_path / "table.json"  # --latency reads the cache (here a given file) for the dense model type
+    table.write_text(json.dumps(fake_table(dims)))
+    assert main([TINY_MODEL, "--latency", "--latency_cache", str(table), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ratio"] == 1.0
+
+
+def test_benchmark_speed_prints_estimated_against_measured(tmp_path, capsys, tiny):
+    from test_benchmarks import load_script
+    from test_report import make_files
+    script = load_script("benchmark_speed")
+    vit, dims, cost = tiny
+    files = make_files(tmp_path)
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(dict(fake_table(dims), batch_size=2)))
+    argv = ["--checkpoint", files["stage1"], "--batch_sizes", "2", "--repeats", "1", "--warmup", "0",
+            "--latency", "--latency_cache", str(table)]
+    assert script.main(argv + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    row = result["latency_estimate"]["b2"]
+    compact = compact_spec_from_arch(files["arch"])
+    assert row["estimated_ratio"] == pytest.approx(compact_cost(cost, compact) / dense_cost(cost))
+    assert row["measured_s"]["compact"] > 0 and row["measured_ratio"] > 0 and result["precisions"] == ["fp32"]
+    assert script.main(argv) == 0
+    assert "[latency cost model, fp32: estimated against measured time per batch]" in capsys.readouterr().out
+    assert script.main(argv[:3] + ["4"] + argv[4:]) == 2  # a table of batch 2 does not serve batch 4
+    assert "measured at batch 2" in capsys.readouterr().err
+    # on CUDA the benchmark also times under amp (never run here: no GPU)
+    assert script.precisions(torch.device("cpu")) == [("fp32", None)]
+    assert script.precisions(torch.device("cuda"))[:2] == [("fp32", None), ("fp16", torch.float16)]
+
+
+def test_only_rank_0_measures_and_every_rank_uses_its_table(monkeypatch, tiny):
+    import uvc.search as search_module
+    vit, dims, _ = tiny
+    sent = fake_table(dims)
+    monkeypatch.setattr(search_module, "is_main_process", lambda: False)
+    monkeypatch.setattr(search_module, "load_or_measure", lambda *a, **k: pytest.fail("only rank 0 measures"))
+    monkeypatch.setattr(search_module, "broadcast_object", lambda obj: sent if obj is None else obj)
+    cost, table = search_module.budget_cost(vit, demo_search_config(budget_metric="latency"), torch.device("cpu"))
+    assert table is sent and cost.table is sent
+
+
+def test_a_resumed_search_keeps_the_table_it_started_with(tmp_path, tiny):
+    vit, dims, _ = tiny
+    first = UVCSearch(vit, _latency_config(tmp_path, dims), torch.device("cpu"), search_steps=100)
+    state = first.state_dict()
+    assert state["latency_table"] == fake_table(dims)
+    other = dict(fake_table(dims), device_name="re-measured")
+    other["seconds"] = dict(other["seconds"], block_overhead=10 * NORMS)
+    (tmp_path / "table.json").write_text(json.dumps(other))  # the cache changed since the run started
+    config = demo_search_config(model_type=TINY_MODEL, budget_metric="latency",
+                                latency_cache=str(tmp_path / "table.json"))
+    resumed = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
+    assert resumed.latency_table["device_name"] == "re-measured"
+    resumed.load_state_dict(state)
+    assert resumed.latency_table == state["latency_table"] and resumed.budget.cost.table == state["latency_table"]
+    assert resumed.budget.dense == pytest.approx(first.budget.dense)
+    assert resumed.pd.budget is resumed.budget

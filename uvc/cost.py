@@ -1,0 +1,101 @@
+"""What the budget counts: the cost of a (compressed) ViT, MACs or measured latency.
+
+R(s, r, g, a) = C(compressed) / C(dense), with C the sum over blocks of
+keep[l] x block(N, H'_l, V'_l, M'_l), plus the patch embedding and the
+classifier. A cost model supplies those three parts; everything else (the
+budget's expected and hard ratio, the cost of one group, the greedy fit) is
+written once here against that interface:
+
+    block(tokens, heads, value_dims, neurons)   one kept block (V' = all kept value dims)
+    embed(patches)                              the patch embedding of the kept patches
+    head()                                      the classifier(s)
+
+`MacsCost` is UVC_SPEC section 3 (uvc.flops); `uvc.latency.LatencyCost` is a cost
+model measured on the target device. Both accept Python numbers (the fit, the
+report) and tensors (the search: differentiable in the counts).
+"""
+import torch
+
+from uvc.flops import ViTDims, block_macs, head_macs, patch_embed_macs
+from uvc.masks import Scores
+
+
+class MacsCost:
+    """Multiply-accumulates (uvc.flops); `with_attn` False leaves out the N^2 terms."""
+    name = "macs"
+
+    def __init__(self, dims: ViTDims, with_attn: bool = True):
+        self.dims, self.with_attn = dims, with_attn
+
+    def block(self, tokens, heads, value_dims, neurons):
+        d = self.dims
+        return block_macs(tokens, d.embed_dim, heads, d.head_dim, value_dims, neurons, self.with_attn)
+
+    def embed(self, patches):
+        return patch_embed_macs(patches, self.dims)
+
+    def head(self):
+        return head_macs(self.dims)
+
+
+def model_cost(cost, heads, value_dims, neurons, block_keep, patches):
+    """Cost of a ViT whose block l keeps heads[l] heads, value_dims[l] value dims in all and
+    neurons[l] neurons and runs with probability block_keep[l]; `patches` kept (expected) patches.
+
+    heads, value_dims, neurons, block_keep: (L,) tensors; patches: a scalar."""
+    tokens = patches + cost.dims.num_prefix_tokens
+    per_block = cost.block(tokens, heads, value_dims, neurons)
+    return cost.embed(patches) + (per_block * block_keep).sum() + cost.head()
+
+
+def dense_cost(cost) -> float:
+    """Cost of the uncompressed model."""
+    d = cost.dims
+    full = torch.ones(d.depth, dtype=torch.float64)
+    return float(model_cost(cost, full * d.num_heads, full * d.num_heads * d.head_dim, full * d.mlp_hidden,
+                            full, d.num_patches))
+
+
+def spec_cost(cost, spec: dict) -> float:
+    """Cost of a hard architecture spec (uvc.freeze) as deployed: every kept head padded to its
+    block's widest; removed groups and skipped blocks cost nothing."""
+    heads, values, neurons, keep = [], [], [], []
+    for block in spec["blocks"]:
+        widths = [len(v) for v in block["value_dims"]]
+        heads.append(len(block["heads"]))
+        values.append(len(widths) * max(widths) if widths else 0)
+        neurons.append(len(block["neurons"]))
+        keep.append(0.0 if block["skipped"] else 1.0)
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return float(model_cost(cost, t(heads), t(values), t(neurons), t(keep), len(spec["patches_kept"])))
+
+
+def group_costs(cost, dense: float) -> Scores:
+    """The cost of one group of each kind in a dense block at the dense token count, over
+    the dense cost: a head (its q, k rows and attention with its d value dims), one value
+    dim of every head, one neuron; each the average over removing all that may go (one of
+    each stays in a kept block; for MACs, exactly the cost of one group)."""
+    d = cost.dims
+    n, H, hd, M = d.num_patches + d.num_prefix_tokens, d.num_heads, d.head_dim, d.mlp_hidden
+    full = cost.block(n, H, H * hd, M)
+    left = lambda count: 1 if count > 1 else 0  # noqa: E731  (the group that stays, if another can go)
+    heads = (full - cost.block(n, left(H), left(H) * hd, M)) / (H - left(H))
+    dims = (full - cost.block(n, H, H * left(hd), M)) / (H * (hd - left(hd)))
+    neurons = (full - cost.block(n, H, H * hd, left(M))) / (M - left(M))
+    return Scores(heads=float(heads) / dense, dims=float(dims) / dense, neurons=float(neurons) / dense)
+
+
+def block_share(cost, dense: float) -> float:
+    """The share of the dense cost one whole block carries."""
+    d = cost.dims
+    return float(cost.block(d.num_patches + d.num_prefix_tokens, d.num_heads, d.num_heads * d.head_dim,
+                            d.mlp_hidden)) / dense
+
+
+def compact_cost(cost, spec: dict) -> float:
+    """Cost of a compact spec (models/compact.py: per block heads, value_dim, mlp_hidden)."""
+    patches = len(spec["patches_kept"])
+    tokens = patches + cost.dims.num_prefix_tokens
+    blocks = sum(cost.block(tokens, b["heads"], b["heads"] * b["value_dim"], b["mlp_hidden"])
+                 for b in spec["blocks"])
+    return float(cost.embed(patches) + blocks + cost.head())
