@@ -131,6 +131,8 @@ CASES = {
     "pruning_flag_3": ("joint", lambda f: ["--enable_pruning", "3"], ["--enable_pruning must be 0 or 1"]),
     "target_ramp_zero": ("joint", lambda f: ["--target_ramp", "0"], ["--target_ramp 0.0 must lie in (0, 1]"]),
     "min_blocks_negative": ("joint", lambda f: ["--min_blocks", "-1"], ["--min_blocks must be 0"]),
+    "patch_probe_negative": ("joint", lambda f: ["--patch_probe", "-1"], ["--patch_probe must be 0"]),
+    "patch_probe_in_stage2": ("post", lambda f: ["--patch_probe", "64"], ["--patch_probe is a stage-1"]),
     "search_masking_unknown": ("joint", lambda f: ["--search_masking", "medium"],
                                ["--search_masking 'medium' is not supported"]),
     "mixup_odd_batch": ("joint post", lambda f: ["--mixup", "0.8", "--batch_size", "7"],
