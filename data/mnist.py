@@ -80,3 +80,28 @@ class MNIST(GreyImages):
     def __init__(self, train: bool, transform=None, cache_dir: str = ""):
         tx, ty, vx, vy = mnist_split(cache_dir)
         super().__init__(*((tx, ty) if train else (vx, vy)), transform=transform)
+
+
+def write_image_folder(root: str, cache_dir: str = "") -> str:
+    """The fixed split as grey PNG files in ImageFolder layout (<root>/{train,val}/<digit>/<i>.png),
+    so that `--dataset imagenet --data_dir <root>` trains on MNIST through timm's photo transforms.
+    Written once (into a temporary folder, then renamed); an existing complete folder is reused."""
+    import shutil
+
+    from PIL import Image
+
+    if os.path.exists(os.path.join(root, "complete")):
+        return root
+    tx, ty, vx, vy = mnist_split(cache_dir)
+    tmp = root.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split, images, targets in (("train", tx, ty), ("val", vx, vy)):
+        pixels = (images[:, 0] * 255).round().to(torch.uint8).numpy()
+        for i, (img, y) in enumerate(zip(pixels, targets.tolist())):
+            folder = os.path.join(tmp, split, str(y))
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(img, mode="L").save(os.path.join(folder, f"{i:05d}.png"))
+    open(os.path.join(tmp, "complete"), "w").close()
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
+    return root

@@ -116,6 +116,30 @@ def test_recipes_train_and_eval_pipelines():
     assert (resize.size, str(resize.interpolation.value), crop.size) == (256, "bicubic", (224, 224))
 
 
+
+def test_deit_randaugment_runs_every_op_at_full_magnitude():
+    """DeiT's policy (rand-m9-mstd0.5-inc1) reaches magnitude 10, where posterize keeps 0 bits: every op
+    at that magnitude must run on RGB and grey images (Pillow 13 crashed mid-epoch on it)."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    for mode, fill in (("RGB", (124, 116, 104)), ("L", (115,))):  # fill: the mean, as create_transform sets it
+        for op in rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": fill}).ops:
+            op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+            assert op(Image.new(mode, (16, 16), "white")).size == (16, 16), op.name
+
+
+def test_randaugment_refused_in_one_line_where_pillow_cannot_posterize_to_zero_bits(monkeypatch):
+    from data import transforms
+
+    def strict(img, bits):
+        raise ValueError("bits must be between or equal to 1 and 8")
+
+    monkeypatch.setattr(transforms.ImageOps, "posterize", strict)
+    with pytest.raises(DataError, match="pillow<13") as info:
+        transforms.build_transform(parse_config("post", ["--recipe", "deit"]), 32, True)
+    assert "\n" not in str(info.value)
+    transforms.build_transform(parse_config("post", []), 32, True)  # the reference recipe has no RandAugment
+
 def test_train_order_depends_on_seed_and_epoch():
     config = make_config("--dataset", "synthetic", "--synthetic_size", 32, "--train_batch_size", 32)
     train, val, _ = build_datasets(config, 4, 1)

@@ -2,8 +2,10 @@
 and the benchmark model's MACs against fvcore."""
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data import build_datasets
 from data import mnist
@@ -113,3 +115,16 @@ def test_photo_augmentations_are_refused_on_the_grey_sets(dataset, cache_dir):
                                    "--data_dir", cache_dir])
     with pytest.raises(DataError, match="--aa, --reprob, --color_jitter; set --aa '' --reprob 0"):
         build_datasets(config, config.input_size or (8 if dataset == "digits" else 28), 1)
+
+
+def test_image_folder_holds_the_split_as_grey_files(cache_dir, tmp_path):
+    """write_image_folder: the same images, pixel for pixel, in ImageFolder layout, read back by
+    --dataset imagenet for a grey model; a complete folder is reused as it is."""
+    root = mnist.write_image_folder(str(tmp_path / "mnist"), cache_dir)
+    train, val, num_classes = build_datasets(config(cache_dir, "--dataset", "imagenet", "--data_dir", root), 28, 1)
+    assert (len(train), len(val), num_classes) == (4000, 1000, 10)
+    tx, ty, _, _ = mnist.mnist_split(cache_dir)
+    path, label = train.samples[0]
+    index = int(path.split("/")[-1].split(".")[0])
+    assert label == ty[index] and np.array_equal(np.array(Image.open(path)), (tx[index, 0] * 255).round().byte().numpy())
+    assert mnist.write_image_folder(root, cache_dir) == root and not (tmp_path / "mnist.tmp").exists()
