@@ -1,0 +1,138 @@
+"""Which training recipe serves compression better: stage 2 with the reference's recipe
+against DeiT's, on the MNIST benchmark.
+
+    python scripts/recipe_compare.py --out log/recipe_compare
+
+The recipes (configs.common.RECIPES) differ in photo augmentations (RandAugment,
+random erasing, colour jitter) that the in-memory grey sets cannot apply, so MNIST
+is written once as grey PNG files in ImageFolder layout (data.mnist.write_image_folder)
+and read with `--dataset imagenet`: both recipes then train through timm's
+transforms (RandomResizedCrop + flip, and what the recipe adds) and evaluate at
+resize 32 + centre crop 28, the ImageNet geometry scaled to 28 pixels.
+
+For every budget the stage-1 file is the MNIST sweep's UVC search at that budget
+(scripts/sweep.py, seed 730; run here with the sweep's command if absent, reused if
+complete), fine-tuned by post_train.py with the MNIST config's stage 2, once per
+recipe and stage-2 seed. The dense teacher (cached, as the sweep's) distils both and
+is evaluated at the same geometry for reference. Writes <out>.md (table: every run,
+then the mean per budget and recipe) and <out>.json, and the runs' logs under
+<log_dir>/recipe_compare/.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from pipeline import Bench, copy_logs, markdown_table, stage1_ratio
+
+import torch  # noqa: E402
+
+RECIPES = ("reference", "deit")
+RUN_LOGS = ("log.jsonl", "stdout.log")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.5])
+    p.add_argument("--seeds", type=int, nargs="+", default=[730, 731], help="stage-2 seeds")
+    p.add_argument("--epochs", type=int, default=20, help="stage-2 epochs of every run")
+    p.add_argument("--sweep_dir", default="runs/mnist_sweep", help="where the sweep's stage-1 runs are (or go)")
+    p.add_argument("--search_epochs", type=int, default=6, help="the sweep's, for a stage 1 run here")
+    p.add_argument("--run_dir", default="runs/recipe_compare")
+    p.add_argument("--cache_dir", default="runs/cache", help="the trained teachers, by config")
+    p.add_argument("--out", default="log/recipe_compare", help="<out>.md and <out>.json")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (2 cores: 2 jobs of 1 thread)")
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run")
+    p.add_argument("--smoke", action="store_true", help="a few steps per run (checks the plumbing)")
+    return p.parse_args(argv)
+
+
+def records(run_dir: str) -> list:
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finetune(bench: Bench, teacher: str, stage1: str, folder: str, out: str, recipe: str, seed: int,
+             epochs: int) -> dict:
+    """One stage-2 run; its top-1 after the last epoch and its best."""
+    bench.stage2(teacher, stage1, out, seed, ["--dataset", "imagenet", "--data_dir", folder, "--recipe", recipe,
+                                              "--epochs", str(epochs)])
+    epochs_done = [r for r in records(out) if "val_top1" in r]
+    return {"top1_last": epochs_done[-1]["val_top1"], "top1_best": max(r["val_top1"] for r in epochs_done),
+            "epochs": len(epochs_done)}
+
+
+def top1_at_folder_geometry(bench: Bench, model: torch.nn.Module, folder: str) -> float:
+    """Top-1 on the ImageFolder's validation split (resize 32, centre crop 28)."""
+    from data import build_eval_dataset, build_eval_loader
+    from utils.config import parse_config
+    from uvc.engine import evaluate
+    config = parse_config("post", ["--config", f"{bench.config_file}:post", "--dataset", "imagenet",
+                                   "--data_dir", folder])
+    val, _ = build_eval_dataset(config, bench.input_shape[1], bench.input_shape[0])
+    return evaluate(model.eval(), build_eval_loader(config, val, 1, 0), torch.device("cpu"))["top1"]
+
+
+def mean_rows(rows: list) -> list:
+    out = []
+    for budget in sorted({r["budget"] for r in rows}):
+        for recipe in RECIPES:
+            mine = [r for r in rows if r["budget"] == budget and r["recipe"] == recipe]
+            if mine:
+                out.append({"budget": budget, "recipe": recipe, "runs": len(mine),
+                            "top1_last": statistics.mean(r["top1_last"] for r in mine),
+                            "top1_best": statistics.mean(r["top1_best"] for r in mine)})
+    return out
+
+
+def table(result: dict) -> str:
+    runs = markdown_table(
+        ["budget", "MACs ratio", "recipe", "stage-2 seed", "top-1 before stage 2 (%)", "top-1 last epoch (%)",
+         "best top-1 (%)"],
+        [[f"{r['budget']}", f"{r['macs_ratio']:.3f}", r["recipe"], str(r["seed"]), f"{r['top1_before']:.2f}",
+          f"{r['top1_last']:.2f}", f"{r['top1_best']:.2f}"] for r in result["rows"]])
+    means = markdown_table(["budget", "recipe", "runs", "mean top-1 last epoch (%)", "mean best top-1 (%)"],
+                           [[f"{m['budget']}", m["recipe"], str(m["runs"]), f"{m['top1_last']:.2f}",
+                             f"{m['top1_best']:.2f}"] for m in result["means"]])
+    return f"{runs}\n\nMeans over the stage-2 seeds:\n\n{means}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from data.mnist import write_image_folder
+    from pipeline import compact_of_stage1
+    from utils.checkpoint import atomic_write_text
+    bench = Bench("mnist", args.cache_dir, 730, args.smoke, reuse=True, threads=args.threads,
+                  joint_extra=[] if args.smoke else ["--epochs", str(args.search_epochs)])
+    teacher = bench.teacher()
+    folder = write_image_folder(os.path.join(args.run_dir, "mnist_folder"))
+    stage1 = {b: bench.stage1(teacher, os.path.join(args.sweep_dir, f"budget{b}_seed730", "uvc", "stage1"), b)
+              for b in args.budgets}
+    plan = [(b, recipe, seed) for b in args.budgets for seed in args.seeds for recipe in RECIPES]
+    outs = {c: os.path.join(args.run_dir, f"budget{c[0]}_{c[1]}_seed{c[2]}") for c in plan}
+    epochs = 1 if args.smoke else args.epochs
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        done = list(pool.map(lambda c: finetune(bench, teacher, stage1[c[0]], folder, outs[c], c[1], c[2], epochs),
+                             plan))
+    before = {b: top1_at_folder_geometry(bench, compact_of_stage1(f), folder) for b, f in stage1.items()}
+    rows = [dict(budget=b, recipe=recipe, seed=seed, macs_ratio=stage1_ratio(stage1[b]), top1_before=before[b], **d)
+            for (b, recipe, seed), d in zip(plan, done)]
+    command = "python scripts/recipe_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, "epochs": epochs, "rows": rows, "means": mean_rows(rows),
+              "teacher_top1": top1_at_folder_geometry(bench, bench.dense_model(teacher), folder)}
+    copy_logs([{"name": os.path.basename(o), "logs": [o]} for o in outs.values()],
+              os.path.join(os.path.dirname(args.out) or ".", "recipe_compare"), RUN_LOGS)
+    text = (f"Stage 2 on MNIST (grey ImageFolder, `--dataset imagenet`), {epochs} epochs per run, both recipes "
+            f"from the sweep's stage-1 file at each budget; produced by `{command}`. Dense teacher at the same "
+            f"evaluation geometry: {result['teacher_top1']:.2f}%. MACs ratio by UVC's formula.\n\n{table(result)}\n")
+    atomic_write_text(text, args.out + ".md")
+    atomic_write_text(json.dumps(result, indent=1), args.out + ".json")
+    print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
