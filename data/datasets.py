@@ -9,7 +9,7 @@ from torchvision import datasets as tv_datasets
 from data import digits, mnist
 from data.errors import DataError
 from data.synthetic import Synthetic
-from data.transforms import build_transform
+from data.transforms import DEFAULT_CROP_PCT, build_transform
 
 DATASETS = ("imagenet", "cifar10", "cifar100", "digits", "mnist", "synthetic")
 SYNTHETIC_CLASSES = 10
@@ -40,6 +40,8 @@ def build_eval_dataset(config, img_size: int, in_chans: int) -> Tuple[Dataset, i
             raise DataError(f"--dataset {config.dataset} needs --data_dir (where the CIFAR files are or go)")
         val = _load_cifar(config, cls, False, build_transform(config, img_size, False, in_chans))
         return val, len(val.classes)
+    if config.dataset in ("digits", "mnist"):
+        _check_grey_normalisation(config)
     if config.dataset == "digits":
         return digits.Digits(False, digits.digits_transform(False, img_size, in_chans)), digits.NUM_CLASSES
     if config.dataset == "mnist":
@@ -102,11 +104,20 @@ def _load_cifar(config, cls, train: bool, transform):
 def _check_grey_augmentation(config) -> None:
     """The in-memory grey sets train with a random shift only: image augmentations meant for
     photos would be parsed and ignored, so they are refused."""
+    _check_grey_normalisation(config)
     given = [k for k in ("aa", "reprob", "color_jitter") if config[k]]
     if given:
         reset = " ".join(f"--{k} ''" if k == "aa" else f"--{k} 0" for k in given)
         raise DataError(f"--dataset {config.dataset} trains with a random shift only and does not apply "
                         f"{', '.join('--' + k for k in given)}; set {reset} (--recipe deit sets them for photos)")
+
+
+def _check_grey_normalisation(config) -> None:
+    """They normalise with their own statistics and never crop: --mean, --std, --crop_pct are refused."""
+    given = [k for k in ("mean", "std") if str(config[k]).strip()] + (["crop_pct"] if config.crop_pct != DEFAULT_CROP_PCT else [])
+    if given:
+        raise DataError(f"--dataset {config.dataset} normalises with its own statistics and does not crop: "
+                        f"{', '.join('--' + k for k in given)} apply to image files (--dataset imagenet, cifar)")
 
 
 def _digits(config, img_size: int, in_chans: int):

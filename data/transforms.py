@@ -3,6 +3,8 @@
 A grey-scale model (`in_chans` 1) gets the same pipeline on images converted to
 PIL mode "L" first, normalised with one channel's mean and std (the mean of
 ImageNet's three), so colour and grey files alike become 1-channel tensors.
+`--mean`, `--std` and `--crop_pct` replace ImageNet's statistics and evaluation
+crop (timm's flags of the same names), e.g. for data of other statistics.
 """
 import torchvision.transforms as T
 from PIL import Image, ImageOps
@@ -10,21 +12,23 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 
 from data.errors import DataError
 
-EVAL_CROP_PCT = 0.875  # eval: resize to img_size / 0.875, centre crop img_size
-GREY_MEAN = (sum(IMAGENET_DEFAULT_MEAN) / 3,)
-GREY_STD = (sum(IMAGENET_DEFAULT_STD) / 3,)
+DEFAULT_CROP_PCT = 0.875  # configs/common.py's crop_pct: ImageNet's resize 256, centre crop 224
+
 
 
 def build_transform(config, img_size: int, is_training: bool, in_chans: int = 3):
     """Training: timm's RandomResizedCrop + flip, then whatever the recipe adds (colour jitter,
     RandAugment, random erasing); evaluation: resize + centre crop. Bicubic throughout; grey
     models (in_chans 1) get grey images, normalised with grey statistics."""
-    norm = dict(mean=GREY_MEAN, std=GREY_STD) if in_chans == 1 else {}
+    norm = normalisation(config, in_chans)
     if is_training and config.aa:
         check_posterize()
     if not is_training:
+        if not 0.0 < float(config.crop_pct) <= 1.0:
+            raise DataError(f"--crop_pct {config.crop_pct} must lie in (0, 1]: evaluation resizes to "
+                            f"input_size / crop_pct and crops the centre (1: no crop)")
         transform = create_transform(img_size, is_training=False, interpolation="bicubic",
-                                     crop_pct=EVAL_CROP_PCT, **norm)
+                                     crop_pct=float(config.crop_pct), **norm)
     else:
         transform = create_transform(
             img_size,
@@ -38,6 +42,26 @@ def build_transform(config, img_size: int, is_training: bool, in_chans: int = 3)
             **norm,
         )
     return T.Compose([T.Grayscale(num_output_channels=1), transform]) if in_chans == 1 else transform
+
+
+def normalisation(config, in_chans: int) -> dict:
+    """{"mean", "std"} per channel: --mean / --std (one value, or one per channel), else ImageNet's
+    (their average for a grey model)."""
+    out = {}
+    for key, default in (("mean", IMAGENET_DEFAULT_MEAN), ("std", IMAGENET_DEFAULT_STD)):
+        text = str(config[key]).strip()
+        if not text:
+            out[key] = tuple(default) if in_chans == 3 else (sum(default) / 3,) * in_chans
+            continue
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) not in (1, in_chans) or (key == "std" and min(values) <= 0):
+            raise DataError(f"--{key} {text!r}: give {in_chans} comma-separated {'positive ' if key == 'std' else ''}"
+                            f"numbers (one per channel of the model) or one for all")
+        out[key] = values * (in_chans // len(values))
+    return out
 
 
 def check_posterize() -> None:

@@ -6,17 +6,20 @@ against DeiT's, on the MNIST benchmark.
 The recipes (configs.common.RECIPES) differ in photo augmentations (RandAugment,
 random erasing, colour jitter) that the in-memory grey sets cannot apply, so MNIST
 is written once as grey PNG files in ImageFolder layout (data.mnist.write_image_folder)
-and read with `--dataset imagenet`: both recipes then train through timm's
-transforms (RandomResizedCrop + flip, and what the recipe adds) and evaluate at
-resize 32 + centre crop 28, the ImageNet geometry scaled to 28 pixels.
+and read with `--dataset imagenet`, normalised with MNIST's statistics and evaluated
+without a crop (`--mean 0.1311 --std 0.3083 --crop_pct 1`): the validation images are
+then exactly those of `--dataset mnist` (tests/test_mnist.py), so the teacher, the
+stage-1 files and the top-1 are those of the MNIST benchmark, while both recipes
+train through timm's transforms (RandomResizedCrop + flip, and what the recipe adds).
 
 For every budget the stage-1 file is the MNIST sweep's UVC search at that budget
 (scripts/sweep.py, seed 730; run here with the sweep's command if absent, reused if
 complete), fine-tuned by post_train.py with the MNIST config's stage 2, once per
-recipe and stage-2 seed. The dense teacher (cached, as the sweep's) distils both and
-is evaluated at the same geometry for reference. Writes <out>.md (table: every run,
-then the mean per budget and recipe) and <out>.json, and the runs' logs under
-<log_dir>/recipe_compare/.
+recipe and stage-2 seed. The dense teacher (cached, as the sweep's) distils both.
+--in_memory adds the benchmark's own stage 2 as a third arm (--dataset mnist: a random
+shift of up to 2 pixels, no mixup), for scale.
+Writes <out>.md (table: every run, then the mean per budget and recipe) and
+<out>.json, and the runs' logs under <log_dir>/recipe_compare/.
 """
 import argparse
 import json
@@ -30,7 +33,9 @@ from pipeline import Bench, copy_logs, markdown_table, stage1_ratio
 import torch  # noqa: E402
 
 RECIPES = ("reference", "deit")
+IN_MEMORY = "none (--dataset mnist)"  # the benchmark's own training: a random shift of up to 2 pixels, no mixup
 RUN_LOGS = ("log.jsonl", "stdout.log")
+MNIST_FILES = ["--dataset", "imagenet", "--mean", "0.1311", "--std", "0.3083", "--crop_pct", "1"]  # data.mnist's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="log/recipe_compare", help="<out>.md and <out>.json")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (2 cores: 2 jobs of 1 thread)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run")
+    p.add_argument("--in_memory", action="store_true",
+                   help=f"a third arm: the MNIST config's own stage 2 on --dataset mnist (recipe {IN_MEMORY!r})")
     p.add_argument("--smoke", action="store_true", help="a few steps per run (checks the plumbing)")
     return p.parse_args(argv)
 
@@ -58,20 +65,19 @@ def records(run_dir: str) -> list:
 def finetune(bench: Bench, teacher: str, stage1: str, folder: str, out: str, recipe: str, seed: int,
              epochs: int) -> dict:
     """One stage-2 run; its top-1 after the last epoch and its best."""
-    bench.stage2(teacher, stage1, out, seed, ["--dataset", "imagenet", "--data_dir", folder, "--recipe", recipe,
-                                              "--epochs", str(epochs)])
+    data = [] if recipe == IN_MEMORY else [*MNIST_FILES, "--data_dir", folder, "--recipe", recipe]
+    bench.stage2(teacher, stage1, out, seed, data + ["--epochs", str(epochs)])
     epochs_done = [r for r in records(out) if "val_top1" in r]
     return {"top1_last": epochs_done[-1]["val_top1"], "top1_best": max(r["val_top1"] for r in epochs_done),
             "epochs": len(epochs_done)}
 
 
-def top1_at_folder_geometry(bench: Bench, model: torch.nn.Module, folder: str) -> float:
-    """Top-1 on the ImageFolder's validation split (resize 32, centre crop 28)."""
+def top1_on_files(bench: Bench, model: torch.nn.Module, folder: str) -> float:
+    """Top-1 on the ImageFolder's validation split, read as the runs read it."""
     from data import build_eval_dataset, build_eval_loader
     from utils.config import parse_config
     from uvc.engine import evaluate
-    config = parse_config("post", ["--config", f"{bench.config_file}:post", "--dataset", "imagenet",
-                                   "--data_dir", folder])
+    config = parse_config("post", ["--config", f"{bench.config_file}:post", *MNIST_FILES, "--data_dir", folder])
     val, _ = build_eval_dataset(config, bench.input_shape[1], bench.input_shape[0])
     return evaluate(model.eval(), build_eval_loader(config, val, 1, 0), torch.device("cpu"))["top1"]
 
@@ -79,7 +85,7 @@ def top1_at_folder_geometry(bench: Bench, model: torch.nn.Module, folder: str) -
 def mean_rows(rows: list) -> list:
     out = []
     for budget in sorted({r["budget"] for r in rows}):
-        for recipe in RECIPES:
+        for recipe in RECIPES + (IN_MEMORY,):
             mine = [r for r in rows if r["budget"] == budget and r["recipe"] == recipe]
             if mine:
                 out.append({"budget": budget, "recipe": recipe, "runs": len(mine),
@@ -111,23 +117,25 @@ def main(argv=None) -> int:
     folder = write_image_folder(os.path.join(args.run_dir, "mnist_folder"))
     stage1 = {b: bench.stage1(teacher, os.path.join(args.sweep_dir, f"budget{b}_seed730", "uvc", "stage1"), b)
               for b in args.budgets}
-    plan = [(b, recipe, seed) for b in args.budgets for seed in args.seeds for recipe in RECIPES]
-    outs = {c: os.path.join(args.run_dir, f"budget{c[0]}_{c[1]}_seed{c[2]}") for c in plan}
+    arms = RECIPES + ((IN_MEMORY,) if args.in_memory else ())
+    plan = [(b, recipe, seed) for b in args.budgets for seed in args.seeds for recipe in arms]
+    outs = {c: os.path.join(args.run_dir, f"budget{c[0]}_{c[1].split()[0]}_seed{c[2]}") for c in plan}
     epochs = 1 if args.smoke else args.epochs
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         done = list(pool.map(lambda c: finetune(bench, teacher, stage1[c[0]], folder, outs[c], c[1], c[2], epochs),
                              plan))
-    before = {b: top1_at_folder_geometry(bench, compact_of_stage1(f), folder) for b, f in stage1.items()}
+    before = {b: top1_on_files(bench, compact_of_stage1(f), folder) for b, f in stage1.items()}
     rows = [dict(budget=b, recipe=recipe, seed=seed, macs_ratio=stage1_ratio(stage1[b]), top1_before=before[b], **d)
             for (b, recipe, seed), d in zip(plan, done)]
     command = "python scripts/recipe_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "epochs": epochs, "rows": rows, "means": mean_rows(rows),
-              "teacher_top1": top1_at_folder_geometry(bench, bench.dense_model(teacher), folder)}
+              "teacher_top1": top1_on_files(bench, bench.dense_model(teacher), folder)}
     copy_logs([{"name": os.path.basename(o), "logs": [o]} for o in outs.values()],
               os.path.join(os.path.dirname(args.out) or ".", "recipe_compare"), RUN_LOGS)
-    text = (f"Stage 2 on MNIST (grey ImageFolder, `--dataset imagenet`), {epochs} epochs per run, both recipes "
-            f"from the sweep's stage-1 file at each budget; produced by `{command}`. Dense teacher at the same "
-            f"evaluation geometry: {result['teacher_top1']:.2f}%. MACs ratio by UVC's formula.\n\n{table(result)}\n")
+    text = (f"Stage 2 on MNIST read as image files (`{' '.join(MNIST_FILES)}`: the validation images of "
+            f"`--dataset mnist`), {epochs} epochs per run, both recipes from the sweep's stage-1 file at each "
+            f"budget; produced by `{command}`. Dense teacher: {result['teacher_top1']:.2f}%. MACs ratio by UVC's "
+            f"formula.\n\n{table(result)}\n")
     atomic_write_text(text, args.out + ".md")
     atomic_write_text(json.dumps(result, indent=1), args.out + ".json")
     print("\n" + text)

@@ -140,6 +140,29 @@ def test_randaugment_refused_in_one_line_where_pillow_cannot_posterize_to_zero_b
     assert "\n" not in str(info.value)
     transforms.build_transform(parse_config("post", []), 32, True)  # the reference recipe has no RandAugment
 
+
+def test_mean_std_and_crop_pct_replace_imagenets():
+    """--mean/--std (one value per channel, or one for all) and --crop_pct, as timm's flags of the same names."""
+    from data.transforms import DEFAULT_CROP_PCT, build_transform
+
+    def pipeline(*argv, training=False, in_chans=3):
+        return build_transform(parse_config("post", list(argv)), 28, training, in_chans).transforms
+
+    assert parse_config("post", []).crop_pct == DEFAULT_CROP_PCT
+    resize, crop, _, norm = pipeline()
+    assert resize.size == 32 and norm.mean.tolist() == pytest.approx([0.485, 0.456, 0.406])
+    resize, crop, _, norm = pipeline("--crop_pct", "1", "--mean", "0.5", "--std", "0.1,0.2,0.3")
+    assert resize.size == 28 and norm.mean.tolist() == [0.5] * 3 and norm.std.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    grey = pipeline("--mean", "0.1311", "--std", "0.3083", in_chans=1)[1].transforms
+    assert grey[-1].mean.tolist() == pytest.approx([0.1311]) and grey[-1].std.tolist() == pytest.approx([0.3083])
+    assert pipeline("--mean", "0.2", training=True)[-1].mean.tolist() == pytest.approx([0.2] * 3)
+    for argv, match in ((["--mean", "0.1,0.2"], "--mean '0.1,0.2': give 3 comma-separated"),
+                        (["--std", "0"], "--std '0': give 3 comma-separated positive"),
+                        (["--mean", "x"], "--mean 'x'"), (["--crop_pct", "1.5"], "--crop_pct 1.5 must lie in")):
+        with pytest.raises(DataError, match=match) as info:
+            pipeline(*argv)
+        assert "\n" not in str(info.value)
+
 def test_train_order_depends_on_seed_and_epoch():
     config = make_config("--dataset", "synthetic", "--synthetic_size", 32, "--train_batch_size", 32)
     train, val, _ = build_datasets(config, 4, 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import build_datasets
+from data import build_datasets, build_eval_dataset
 from data import mnist
 from models import create_model, set_fused_attn
 from uvc.flops import ViTDims, dense_macs
@@ -128,3 +128,19 @@ def test_image_folder_holds_the_split_as_grey_files(cache_dir, tmp_path):
     index = int(path.split("/")[-1].split(".")[0])
     assert label == ty[index] and np.array_equal(np.array(Image.open(path)), (tx[index, 0] * 255).round().byte().numpy())
     assert mnist.write_image_folder(root, cache_dir) == root and not (tmp_path / "mnist.tmp").exists()
+    # with MNIST's statistics and no crop, the files evaluate exactly as the in-memory split does
+    same = ("--mean", str(mnist.MEAN), "--std", str(mnist.STD), "--crop_pct", "1")
+    files = build_datasets(config(cache_dir, "--dataset", "imagenet", "--data_dir", root, *same), 28, 1)[1]
+    memory = build_datasets(config(cache_dir), 28, 1)[1]
+    for path, label in files.samples[::250]:
+        i = int(path.split("/")[-1].split(".")[0])
+        assert label == memory[i][1] and torch.allclose(files[files.samples.index((path, label))][0], memory[i][0],
+                                                        atol=1e-6)
+
+
+def test_mnist_refuses_photo_normalisation(cache_dir):
+    from data.errors import DataError
+    with pytest.raises(DataError, match="--mean, --crop_pct apply to image files"):
+        build_datasets(config(cache_dir, "--mean", "0.5", "--crop_pct", "1"), 28, 1)
+    with pytest.raises(DataError, match="--std apply to image files"):  # evaluation alone (python -m uvc.evaluate)
+        build_eval_dataset(config(cache_dir, "--std", "0.5"), 28, 1)
