@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_report import TINY, make_files
@@ -112,3 +113,20 @@ def test_benchmark_step_with_gate_updates_every_step(capsys):
                         "--gating_interval", "1", "--threads", "1", "--clock", "process"]) == 0
     text = capsys.readouterr().out
     assert "plain distillation step" in text and "UVC search step" in text and "ratio" in text
+
+
+def test_speed_table_times_each_file_in_separate_sessions(tmp_path):
+    """scripts/speed_table.py: every file timed --sessions times (separate processes); the row holds each
+    session's speedup, their median and the MACs ratio of the file."""
+    files = make_files(tmp_path)
+    script = load_script("speed_table")
+    out = tmp_path / "speed"
+    argv = ["--no_search", "--files", f"tiny={files['compact']}", "--sessions", "2", "--repeats", "1",
+            "--batch_size", "2", "--out", str(out)]
+    assert script.main(argv) == 0
+    row = json.loads((tmp_path / "speed.json").read_text())["rows"][0]
+    assert row["name"] == "tiny" and row["sessions"] == 2 and len(row["speedups"]) == 2
+    assert min(row["speedups"]) <= row["speedup"] <= max(row["speedups"]) and 0 < row["macs_ratio"] < 1
+    assert "| tiny |" in (tmp_path / "speed.md").read_text()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--files", f"x={tmp_path / 'missing.pth'}"])

@@ -186,6 +186,13 @@ def test_measurement_runs_and_gives_a_table_of_the_right_shape(tiny):
     assert dense_cost(LatencyCost(dims, table)) > 0
 
 
+def test_a_measured_table_loads_weights_only(tmp_path, tiny):
+    """A stage-1 file carries its table: every value must be a plain type (torch.__version__ is not)."""
+    table = latency_table.measure_table(tiny[0], 2, "cpu", repeats=1, warmup=0, min_round_s=0.0)
+    torch.save({"latency_table": table}, tmp_path / "t.pth")
+    assert torch.load(tmp_path / "t.pth", weights_only=True)["latency_table"] == table
+
+
 def test_budget_metric_flags():
     assert parse_config("joint", ["--model_type", TINY_MODEL]).budget_metric == "macs"
     with pytest.raises(ConfigError, match="--budget_metric 'flops' is not supported"):

@@ -121,7 +121,7 @@ def device_record(device: torch.device) -> dict:
         except OSError:
             pass
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": str(torch.__version__)}  # a TorchVersion would not load weights_only
 
 
 def default_cache_dir() -> str:
