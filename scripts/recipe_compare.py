@@ -13,9 +13,9 @@ stage-1 files and the top-1 are those of the MNIST benchmark, while both recipes
 train through timm's transforms (RandomResizedCrop + flip, and what the recipe adds).
 
 For every budget the stage-1 file is the MNIST sweep's UVC search at that budget
-(scripts/sweep.py, seed 730; run here with the sweep's command if absent, reused if
-complete), fine-tuned by post_train.py with the MNIST config's stage 2, once per
-recipe and stage-2 seed. The dense teacher (cached, as the sweep's) distils both.
+(scripts/sweep.py, seed 730; reused if that run completed, else run here with the
+sweep's command), fine-tuned by post_train.py with the MNIST config's stage 2, once per
+recipe and stage-2 seed. The teacher the stage-1 files were searched with distils every run.
 --in_memory adds the benchmark's own stage 2 as a third arm (--dataset mnist: a random
 shift of up to 2 pixels, no mixup), for scale.
 Writes <out>.md (table: every run, then the mean per budget and recipe) and
@@ -55,6 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"a third arm: the MNIST config's own stage 2 on --dataset mnist (recipe {IN_MEMORY!r})")
     p.add_argument("--smoke", action="store_true", help="a few steps per run (checks the plumbing)")
     return p.parse_args(argv)
+
+
+def sweep_stage1(bench: Bench, sweep_dir: str, budget: float) -> str:
+    """The sweep's UVC stage-1 file at `budget` (seed 730): reused if that run completed, else run here
+    with the sweep's command. Its teacher is the one the stage-2 runs distil from."""
+    out = os.path.join(sweep_dir, f"budget{budget}_seed730", "uvc", "stage1")
+    path = os.path.join(out, f"{bench.model_type}_uvc.pth")
+    if os.path.exists(os.path.join(out, "done.cmd")) and os.path.exists(path):
+        print(f"stage 1 at budget {budget}: reusing {path}")
+        return path
+    return bench.stage1(bench.teacher(), out, budget)
 
 
 def records(run_dir: str) -> list:
@@ -113,10 +124,12 @@ def main(argv=None) -> int:
     from utils.checkpoint import atomic_write_text
     bench = Bench("mnist", args.cache_dir, 730, args.smoke, reuse=True, threads=args.threads,
                   joint_extra=[] if args.smoke else ["--epochs", str(args.search_epochs)])
-    teacher = bench.teacher()
     folder = write_image_folder(os.path.join(args.run_dir, "mnist_folder"))
-    stage1 = {b: bench.stage1(teacher, os.path.join(args.sweep_dir, f"budget{b}_seed730", "uvc", "stage1"), b)
-              for b in args.budgets}
+    stage1 = {b: sweep_stage1(bench, args.sweep_dir, b) for b in args.budgets}
+    teachers = {torch.load(f, map_location="cpu", weights_only=True)["config"]["model_path"] for f in stage1.values()}
+    if len(teachers) != 1:
+        raise SystemExit(f"the stage-1 files in {args.sweep_dir} were searched from different teachers: {teachers}")
+    teacher = teachers.pop()
     arms = RECIPES + ((IN_MEMORY,) if args.in_memory else ())
     plan = [(b, recipe, seed) for b in args.budgets for seed in args.seeds for recipe in arms]
     outs = {c: os.path.join(args.run_dir, f"budget{c[0]}_{c[1].split()[0]}_seed{c[2]}") for c in plan}
