@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 RECIPES = ("reference", "deit")
 IN_MEMORY = "none (--dataset mnist)"  # the benchmark's own training: a random shift of up to 2 pixels, no mixup
-RUN_LOGS = ("log.jsonl", "stdout.log")
+RUN_LOGS = ("log.jsonl",)  # stdout.log holds progress bars: left in --run_dir
 MNIST_FILES = ["--dataset", "imagenet", "--mean", "0.1311", "--std", "0.3083", "--crop_pct", "1"]  # data.mnist's
 
 
