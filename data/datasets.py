@@ -114,7 +114,9 @@ def _check_grey_augmentation(config) -> None:
 
 def _check_grey_normalisation(config) -> None:
     """They normalise with their own statistics and never crop: --mean, --std, --crop_pct are refused."""
-    given = [k for k in ("mean", "std") if str(config[k]).strip()] + (["crop_pct"] if config.crop_pct != DEFAULT_CROP_PCT else [])
+    given = [k for k in ("mean", "std") if str(config[k]).strip()]
+    if config.crop_pct != DEFAULT_CROP_PCT:
+        given.append("crop_pct")
     if given:
         raise DataError(f"--dataset {config.dataset} normalises with its own statistics and does not crop: "
                         f"{', '.join('--' + k for k in given)} apply to image files (--dataset imagenet, cifar)")

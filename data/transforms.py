@@ -15,11 +15,10 @@ from data.errors import DataError
 DEFAULT_CROP_PCT = 0.875  # configs/common.py's crop_pct: ImageNet's resize 256, centre crop 224
 
 
-
 def build_transform(config, img_size: int, is_training: bool, in_chans: int = 3):
     """Training: timm's RandomResizedCrop + flip, then whatever the recipe adds (colour jitter,
-    RandAugment, random erasing); evaluation: resize + centre crop. Bicubic throughout; grey
-    models (in_chans 1) get grey images, normalised with grey statistics."""
+    RandAugment, random erasing); evaluation: resize + centre crop (--crop_pct). Bicubic throughout;
+    grey models (in_chans 1) get grey images. Normalised as `normalisation` says."""
     norm = normalisation(config, in_chans)
     if is_training and config.aa:
         check_posterize()

@@ -19,7 +19,7 @@ recipe and stage-2 seed. The teacher the stage-1 files were searched with distil
 --in_memory adds the benchmark's own stage 2 as a third arm (--dataset mnist: a random
 shift of up to 2 pixels, no mixup), for scale.
 Writes <out>.md (table: every run, then the mean per budget and recipe) and
-<out>.json, and the runs' logs under <log_dir>/recipe_compare/.
+<out>.json, and the runs' logs under <out>/.
 """
 import argparse
 import json
@@ -32,10 +32,12 @@ from pipeline import Bench, copy_logs, markdown_table, stage1_ratio
 
 import torch  # noqa: E402
 
+from data import mnist  # noqa: E402
+
 RECIPES = ("reference", "deit")
 IN_MEMORY = "none (--dataset mnist)"  # the benchmark's own training: a random shift of up to 2 pixels, no mixup
 RUN_LOGS = ("log.jsonl",)  # stdout.log holds progress bars: left in --run_dir
-MNIST_FILES = ["--dataset", "imagenet", "--mean", "0.1311", "--std", "0.3083", "--crop_pct", "1"]  # data.mnist's
+MNIST_FILES = ["--dataset", "imagenet", "--mean", str(mnist.MEAN), "--std", str(mnist.STD), "--crop_pct", "1"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--search_epochs", type=int, default=6, help="the sweep's, for a stage 1 run here")
     p.add_argument("--run_dir", default="runs/recipe_compare")
     p.add_argument("--cache_dir", default="runs/cache", help="the trained teachers, by config")
-    p.add_argument("--out", default="log/recipe_compare", help="<out>.md and <out>.json")
+    p.add_argument("--out", default="log/recipe_compare", help="<out>.md, <out>.json and the logs in <out>/")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (2 cores: 2 jobs of 1 thread)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run")
     p.add_argument("--in_memory", action="store_true",
@@ -83,16 +85,6 @@ def finetune(bench: Bench, teacher: str, stage1: str, folder: str, out: str, rec
             "epochs": len(epochs_done)}
 
 
-def top1_on_files(bench: Bench, model: torch.nn.Module, folder: str) -> float:
-    """Top-1 on the ImageFolder's validation split, read as the runs read it."""
-    from data import build_eval_dataset, build_eval_loader
-    from utils.config import parse_config
-    from uvc.engine import evaluate
-    config = parse_config("post", ["--config", f"{bench.config_file}:post", *MNIST_FILES, "--data_dir", folder])
-    val, _ = build_eval_dataset(config, bench.input_shape[1], bench.input_shape[0])
-    return evaluate(model.eval(), build_eval_loader(config, val, 1, 0), torch.device("cpu"))["top1"]
-
-
 def mean_rows(rows: list) -> list:
     out = []
     for budget in sorted({r["budget"] for r in rows}):
@@ -119,12 +111,11 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from data.mnist import write_image_folder
     from pipeline import compact_of_stage1
     from utils.checkpoint import atomic_write_text
     bench = Bench("mnist", args.cache_dir, 730, args.smoke, reuse=True, threads=args.threads,
                   joint_extra=[] if args.smoke else ["--epochs", str(args.search_epochs)])
-    folder = write_image_folder(os.path.join(args.run_dir, "mnist_folder"))
+    folder = mnist.write_image_folder(os.path.join(args.run_dir, "mnist_folder"))
     stage1 = {b: sweep_stage1(bench, args.sweep_dir, b) for b in args.budgets}
     teachers = {torch.load(f, map_location="cpu", weights_only=True)["config"]["model_path"] for f in stage1.values()}
     if len(teachers) != 1:
@@ -137,14 +128,14 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         done = list(pool.map(lambda c: finetune(bench, teacher, stage1[c[0]], folder, outs[c], c[1], c[2], epochs),
                              plan))
-    before = {b: top1_on_files(bench, compact_of_stage1(f), folder) for b, f in stage1.items()}
+    # the files' validation images are --dataset mnist's (tests/test_mnist.py): the benchmark's own top-1
+    before = {b: bench.top1(compact_of_stage1(f)) for b, f in stage1.items()}
     rows = [dict(budget=b, recipe=recipe, seed=seed, macs_ratio=stage1_ratio(stage1[b]), top1_before=before[b], **d)
             for (b, recipe, seed), d in zip(plan, done)]
     command = "python scripts/recipe_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "epochs": epochs, "rows": rows, "means": mean_rows(rows),
-              "teacher_top1": top1_on_files(bench, bench.dense_model(teacher), folder)}
-    copy_logs([{"name": os.path.basename(o), "logs": [o]} for o in outs.values()],
-              os.path.join(os.path.dirname(args.out) or ".", "recipe_compare"), RUN_LOGS)
+              "teacher_top1": bench.top1(bench.dense_model(teacher))}
+    copy_logs([{"name": os.path.basename(o), "logs": [o]} for o in outs.values()], args.out, RUN_LOGS)
     text = (f"Stage 2 on MNIST read as image files (`{' '.join(MNIST_FILES)}`: the validation images of "
             f"`--dataset mnist`), {epochs} epochs per run, both recipes from the sweep's stage-1 file at each "
             f"budget; produced by `{command}`. Dense teacher: {result['teacher_top1']:.2f}%. MACs ratio by UVC's "

@@ -28,11 +28,13 @@ Writes <out>.md and <out>.json.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pipeline import ROOT, markdown_table
+
 MODELS = {"DeiT-Tiny": "deit_tiny_patch16_224", "DeiT-Small": "deit_small_patch16_224"}
 # (model, budget metric, round_to) of the random-weight searches at budget 0.5
 CASES = [(m, "macs", 8) for m in MODELS] + [(m, "macs", 1) for m in MODELS] + [(m, "latency", 8) for m in MODELS]
@@ -88,7 +90,7 @@ def search(args, model: str, metric: str, round_to: int) -> dict:
     os.makedirs(out, exist_ok=True)
     python(["joint_train.py", *flags], os.path.join(out, "stdout.log"))
     return {"name": f"{model}, {metric}, round_to {round_to}", "file": os.path.join(out, f"{MODELS[model]}_uvc.pth"),
-            "metric": metric, "command": "python joint_train.py " + " ".join(f or '""' for f in flags)}
+            "metric": metric, "command": shlex.join(["python", "joint_train.py", *flags])}
 
 
 def sessions(args, case: dict) -> dict:
@@ -111,15 +113,13 @@ def sessions(args, case: dict) -> dict:
 
 
 def table(rows: list, batch_size: int) -> str:
-    head = ["model", "MACs ratio", f"speedup b{batch_size} (median)", "range over sessions", "ideal (1/MACs)",
-            "compact time / dense", "estimated time ratio", "masked speedup", "dense img/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        est = f"{r['estimated_time_ratio']:.3f}" if "estimated_time_ratio" in r else ""
-        lines.append(f"| {r['name']} | {r['macs_ratio']:.3f} | {r['speedup']:.2f}x | "
-                     f"{min(r['speedups']):.2f}-{max(r['speedups']):.2f}x | {r['ideal']:.2f}x | "
-                     f"{r['time_ratio']:.3f} | {est} | {r['masked_speedup']:.2f}x | {r['dense_images_per_s']:.1f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "MACs ratio", f"speedup b{batch_size} (median)", "range over sessions", "ideal (1/MACs)",
+         "compact time / dense", "estimated time ratio", "masked speedup", "dense img/s"],
+        [[r["name"], f"{r['macs_ratio']:.3f}", f"{r['speedup']:.2f}x",
+          f"{min(r['speedups']):.2f}-{max(r['speedups']):.2f}x", f"{r['ideal']:.2f}x", f"{r['time_ratio']:.3f}",
+          f"{r['estimated_time_ratio']:.3f}" if "estimated_time_ratio" in r else "",
+          f"{r['masked_speedup']:.2f}x", f"{r['dense_images_per_s']:.1f}"] for r in rows])
 
 
 def main(argv=None) -> int:
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     cases = [] if args.no_search else [search(args, m, metric, r) for m, metric, r in CASES if m in args.models]
     cases += [{"name": name, "file": path} for name, path in (f.split("=", 1) for f in args.files)]
     rows = [sessions(args, c) for c in cases]
-    command = "python scripts/speed_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "scripts/speed_table.py", *(sys.argv[1:] if argv is None else argv)])
     text = (f"Produced by `{command}` on {torch.get_num_threads()} CPU threads: every file timed in "
             f"{args.sessions} separate sessions of `benchmark_speed.py --batch_sizes {args.batch_size} --repeats "
             f"{args.repeats}` (dense, masked and compact side by side, interleaved rounds, median); speedup and "
@@ -138,7 +138,6 @@ def main(argv=None) -> int:
         text += "\nThe random-weight searches:\n\n" + "\n".join(searches) + "\n"
     print("\n" + text)
     if args.out:
-        sys.path.insert(0, ROOT)
         from utils.checkpoint import atomic_write_text
         atomic_write_text(text, args.out + ".md")
         atomic_write_text(json.dumps({"command": command, "rows": rows}, indent=1), args.out + ".json")
