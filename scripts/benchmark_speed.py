@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from models.compact import FORMAT as COMPACT_FORMAT  # noqa: E402
-from uvc.cost import compact_cost, dense_cost  # noqa: E402
+from uvc.cost import compact_cost, dense_cost, full_cost  # noqa: E402
 from uvc.export import compact_macs, export_compact, spec_dims  # noqa: E402
 from uvc.latency import LatencyCost  # noqa: E402
 from uvc.latency_table import load_or_measure  # noqa: E402
@@ -128,8 +128,9 @@ def precisions(device: torch.device) -> list:
 
 
 def latency_estimates(args, subject, models: dict, model_type: str, device, out: dict) -> dict:
-    """Per batch size: the cost model's estimated seconds per batch of the dense and compact models
-    against the measured ones (float32), and the two ratios."""
+    """Per batch size: the cost model's seconds per batch of the dense model (R's denominator: the table's
+    measurement of it, or for a first-format table its sum of parts), of the compact model and of the
+    unpruned model as parts, against the measured ones (float32), and the two ratios."""
     rows = {}
     dims = spec_dims(subject.dense_spec)
     for bs in args.batch_sizes:
@@ -138,6 +139,7 @@ def latency_estimates(args, subject, models: dict, model_type: str, device, out:
         cost = LatencyCost(dims, table)
         est = {"dense": dense_cost(cost), "compact": compact_cost(cost, subject.compact_spec)}
         real = {name: bs / out["images_per_s"][name][f"b{bs}"] for name in est}
+        est["full_width"] = full_cost(cost)  # the cost model's own estimate of the unpruned model
         rows[f"b{bs}"] = {"table": path, "estimated_s": est, "measured_s": real,
                           "estimated_ratio": est["compact"] / est["dense"],
                           "measured_ratio": real["compact"] / real["dense"]}
@@ -202,15 +204,18 @@ def format_table(r: dict) -> str:
                  + ("; onnx: the compact model under onnxruntime" if "onnx" in r["models"] else ""))
     if "latency_estimate" in r:
         lines += ["[latency cost model, fp32: estimated against measured time per batch]",
-                  f"{'batch':>5} {'dense est ms':>12} {'measured':>9} {'compact est ms':>14} {'measured':>9} "
-                  f"{'est ratio':>9} {'measured':>9}"]
+                  f"{'batch':>5} {'dense table ms':>14} {'measured':>9} {'compact est ms':>14} {'measured':>9} "
+                  f"{'est ratio':>9} {'measured':>9} {'full-width est ms':>17}"]
         for bs in r["batch_sizes"]:
             e = r["latency_estimate"][f"b{bs}"]
             est, real = e["estimated_s"], e["measured_s"]
-            lines.append(f"{bs:>5} {1e3 * est['dense']:>12.3f} {1e3 * real['dense']:>9.3f} "
+            lines.append(f"{bs:>5} {1e3 * est['dense']:>14.3f} {1e3 * real['dense']:>9.3f} "
                          f"{1e3 * est['compact']:>14.3f} {1e3 * real['compact']:>9.3f} "
-                         f"{e['estimated_ratio']:>9.3f} {e['measured_ratio']:>9.3f}")
-        lines.append("tables: " + ", ".join(sorted({e["table"] for e in r["latency_estimate"].values()})))
+                         f"{e['estimated_ratio']:>9.3f} {e['measured_ratio']:>9.3f} "
+                         f"{1e3 * est['full_width']:>17.3f}")
+        lines += ["dense table: the table's own measurement of the dense model (R's denominator); full-width est: "
+                  "the cost model's sum at full width",
+                  "tables: " + ", ".join(sorted({e["table"] for e in r["latency_estimate"].values()}))]
     return "\n".join(lines)
 
 

@@ -2,17 +2,21 @@
 
 R(s, r, g, a) = C(compressed) / C(dense), with C the sum over blocks of
 keep[l] x block(N, H'_l, V'_l, M'_l), plus the patch embedding and the
-classifier. A cost model supplies those three parts; everything else (the
+classifier. A cost model supplies those three parts (and may
+supply the dense model's cost as measured); everything else (the
 budget's expected and hard ratio, the cost of one group, the greedy fit) is
 written once here against that interface:
 
     block(tokens, heads, value_dims, neurons)   one kept block (V' = all kept value dims)
     embed(patches)                              the patch embedding of the kept patches
     head()                                      the classifier(s)
+    dense_measured                              C(dense) as measured whole, or None
 
 `MacsCost` is UVC_SPEC section 3 (uvc.flops); `uvc.latency.LatencyCost` is a cost
 model measured on the target device. Both accept Python numbers (the fit, the
-report) and tensors (the search: differentiable in the counts).
+report) and tensors (the search: differentiable in the counts). R's denominator
+is `dense_measured` where the cost model has it (the dense model timed on the
+device), else the model's own cost at full width.
 """
 import torch
 
@@ -23,6 +27,7 @@ from uvc.masks import Scores
 class MacsCost:
     """Multiply-accumulates (uvc.flops); `with_attn` False leaves out the N^2 terms."""
     name = "macs"
+    dense_measured = None  # C(dense) is the formula at full width
 
     def __init__(self, dims: ViTDims, with_attn: bool = True):
         self.dims, self.with_attn = dims, with_attn
@@ -49,7 +54,13 @@ def model_cost(cost, heads, value_dims, neurons, block_keep, patches):
 
 
 def dense_cost(cost) -> float:
-    """Cost of the uncompressed model."""
+    """Cost of the uncompressed model, R's denominator: as measured whole if the cost model
+    measured it, else `full_cost`."""
+    return float(cost.dense_measured) if cost.dense_measured is not None else full_cost(cost)
+
+
+def full_cost(cost) -> float:
+    """The cost model's estimate of the model at full width (every group, block and patch kept)."""
     d = cost.dims
     full = torch.ones(d.depth, dtype=torch.float64)
     return float(model_cost(cost, full * d.num_heads, full * d.num_heads * d.head_dim, full * d.mlp_hidden,

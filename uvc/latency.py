@@ -17,11 +17,30 @@ residual adds. Linear parts scale with the token count, attention with its
 square (a search that drops patches moves N away from N0). Outside the blocks
 (patch embedding, final norm, classifier) one measured time, scaled by f.
 
+Parts timed alone add up to less than a whole block in a model: in a block
+the activations come from and go to memory that the isolated loop keeps
+warm, and the shortfall grows with the width (on a 2-core EPYC, 16% for a
+whole DeiT-Tiny block, 4% at a quarter of its widths). So whole blocks are
+timed too, on a ladder of widths (all heads; value dims per head and MLP
+width at k/8 of full, k = 1..8), and the sum of parts P is mapped onto the
+whole-block time by the piecewise-linear g through (0, 0) and the ladder's
+(P, measured):
+
+    T_block = g(P),   P = the sum above
+
+R's denominator is the dense model itself, timed as a whole on the device
+(timm's model, what the compact model is compared against), not the sum of
+its estimated parts: R = T(compressed) / T_dense measured.
+
 Tables are made non-decreasing in every width (a narrower layer is never
 modelled slower) and piecewise linear between grid points, so T is
 differentiable in the counts, as the MACs model is: the budget keeps ceil(s)
 with a straight-through gradient, gate and patch keep probabilities. Numbers
 or tensors both work (the greedy fit calls it with integers).
+
+Tables of the first format (uvc-latency-v1, before the ladder) are still
+read, as they were searched with: no g, and the sum of parts at full width
+as the denominator.
 """
 import bisect
 from typing import Dict, List, Sequence
@@ -30,7 +49,8 @@ import torch
 
 from uvc.flops import ViTDims
 
-FORMAT = "uvc-latency-v1"
+FORMAT = "uvc-latency-v2"
+FORMATS = ("uvc-latency-v1", FORMAT)  # what is read (v1: no block ladder, R over the sum of parts)
 PARTS = ("qkv", "proj", "mlp")
 
 
@@ -96,22 +116,45 @@ class LatencyCost:
         self.attention = [list(row) for row in zip(*cols)]  # (heads, value dims)
         self.norms, self.outside = float(s["block_overhead"]), float(s["outside_blocks"])
         self._tensors = {}
+        self.calibration = self._calibration(s.get("blocks")) if table["format"] == FORMAT else None
+        self.dense_measured = float(s["dense_model"]) if table["format"] == FORMAT else None
+
+    def _calibration(self, ladder: dict):
+        """g's points: (0, 0) and each ladder block's (sum of parts, measured time), made increasing."""
+        parts = [self._parts(self.tokens, h, h * v, m)
+                 for h, v, m in zip(ladder["heads"], ladder["value_dim"], ladder["mlp"])]
+        xs, ys = [0.0], [0.0]
+        for x, y in sorted(zip(parts, _monotone(ladder["time"]))):
+            if x > xs[-1]:
+                xs.append(x)
+                ys.append(y)
+        return xs, _monotone(ys)
 
     def _t(self, like: torch.Tensor):
         """The tables as tensors of `like`'s dtype and device (cached)."""
         key = (like.dtype, like.device)
         if key not in self._tensors:
             as_t = lambda v: torch.tensor(v, dtype=like.dtype, device=like.device)  # noqa: E731
+            g = tuple(as_t(v) for v in self.calibration) if self.calibration is not None else None
             self._tensors[key] = ({p: (as_t(xs), as_t(ys)) for p, (xs, ys) in self.lines.items()},
-                                  as_t(self.heads_grid), as_t(self.dims_grid), as_t(self.attention))
+                                  as_t(self.heads_grid), as_t(self.dims_grid), as_t(self.attention), g)
         return self._tensors[key]
 
     def block(self, tokens, heads, value_dims, neurons):
         """Seconds of one kept block with `heads` heads, `value_dims` value dims in all, `neurons` neurons
-        (numbers, or tensors of any broadcastable shapes)."""
+        (numbers, or tensors of any broadcastable shapes): g of the sum of its parts."""
         args = (tokens, heads, value_dims, neurons)
         if any(isinstance(v, torch.Tensor) for v in args):
-            return self._block_tensors(*args)
+            parts = self._parts_tensors(*args)
+            if self.calibration is None:
+                return parts
+            xs, ys = self._t(parts)[4]
+            return interp_t(parts, xs, ys)
+        parts = self._parts(*args)
+        return parts if self.calibration is None else interp(parts, *self.calibration)
+
+    def _parts(self, tokens, heads, value_dims, neurons) -> float:
+        """The sum of the block's parts, timed alone (numbers)."""
         f = tokens / self.tokens
         width = value_dims / max(heads, 1)
         linear = sum(interp(x, *self.lines[p]) for p, x in zip(PARTS, self._widths(heads, value_dims, neurons)))
@@ -122,12 +165,12 @@ class LatencyCost:
         """The widths of qkv (q, k rows of every kept head and the value rows), proj and the MLP."""
         return 2 * heads * self.dims.head_dim + value_dims, value_dims, neurons
 
-    def _block_tensors(self, tokens, heads, value_dims, neurons) -> torch.Tensor:
+    def _parts_tensors(self, tokens, heads, value_dims, neurons) -> torch.Tensor:
         tensors = [v for v in (heads, value_dims, neurons, tokens) if isinstance(v, torch.Tensor)]
         ref = next((v for v in tensors if v.is_floating_point()), None)
         dtype, device = (ref.dtype, ref.device) if ref is not None else (torch.float64, tensors[0].device)
         as_t = lambda v: torch.as_tensor(v, dtype=dtype, device=device)  # noqa: E731
-        lines, hs, vs, att = self._t(as_t(0.0))
+        lines, hs, vs, att, _ = self._t(as_t(0.0))
         heads, value_dims, neurons = torch.broadcast_tensors(as_t(heads), as_t(value_dims), as_t(neurons))
         f = as_t(tokens) / self.tokens
         width = value_dims / heads.clamp_min(1)
@@ -153,12 +196,16 @@ def _rows(width: torch.Tensor, vs: torch.Tensor, att: torch.Tensor) -> torch.Ten
 
 def check_table(table: dict, dims: ViTDims) -> None:
     """One line if `table` is not a latency table of a model of `dims`' sizes."""
-    if not isinstance(table, dict) or table.get("format") != FORMAT:
-        raise LatencyTableError(f"not a latency table ({FORMAT}): measure one with python -m uvc.latency_table")
+    if not isinstance(table, dict) or table.get("format") not in FORMATS:
+        raise LatencyTableError(f"not a latency table ({' or '.join(FORMATS)}): measure one (python -m uvc.report "
+                                f"<model> --latency) or point --latency_cache elsewhere")
+    if table["format"] == FORMAT and "blocks" not in table.get("seconds", {}):
+        raise LatencyTableError(f"the latency table has no block ladder, which {FORMAT} needs: delete it to "
+                                f"measure it again (python -m uvc.report <model> --latency)")
     want, have = table_sizes(dims), table.get("sizes", {})
     wrong = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if wrong:
         k, (got, expected) = next(iter(wrong.items()))
         raise LatencyTableError(f"the latency table is of another model ({k} {got}, this model has {expected}): "
-                                f"measure this model's (python -m uvc.latency_table) or point --latency_cache "
-                                f"elsewhere")
+                                f"measure this model's (python -m uvc.report <model> --latency) or point "
+                                f"--latency_cache elsewhere")

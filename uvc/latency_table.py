@@ -12,7 +12,9 @@ token count N0 and a batch of `batch_size` images:
                x value dims per head; 0 where either is 0 (nothing is computed)
     block_overhead   both LayerNorms, layer scales and residual adds of a block
     outside_blocks   patch embedding, position embedding, final norm, classifier
-    dense_model      the whole dense model (a check of the table's sum, not used by R)
+    blocks           whole CompactBlocks on a ladder: all heads, value dims per head and
+                     MLP width at k/8 of full (k = 1..8); g maps the sum of parts onto them
+    dense_model      the whole dense model: R's denominator
 
 in float32, or under torch.amp with `amp`. The table is a JSON file, cached per
 device, model sizes, batch size, precision, thread count and torch version under
@@ -29,7 +31,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from models.compact import CompactAttention, CompactMlp, _linear
+from models.compact import CompactAttention, CompactBlock, CompactMlp, _linear
 from models.vit import vit_structure
 from uvc.flops import ViTDims
 from uvc.latency import FORMAT, LatencyTableError, check_table, table_sizes
@@ -46,6 +48,11 @@ def width_grid(full: int, points: int = 8) -> List[int]:
 def heads_grid(full: int, points: int = 6) -> List[int]:
     """Every head count up to `points` heads, else 0, 1 and `points` even steps."""
     return list(range(full + 1)) if full <= points else width_grid(full, points)
+
+
+def ladder(full: int, points: int = 8) -> List[int]:
+    """k/points of `full` (at least 1) for k = 1..points."""
+    return [max(1, round(full * k / points)) for k in range(1, points + 1)]
 
 
 def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: bool) -> Dict[Tuple, Callable]:
@@ -71,6 +78,9 @@ def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: boo
         for dv in width_grid(hd)[1:]:
             v = qkv[..., 2 * H * hd:2 * H * hd + h * dv].view(batch_size, n, h, dv).transpose(1, 2)
             fns["attention", h, dv] = (lambda q, k, v: lambda: attn.attend(q, k, v))(q, k, v)
+    for dv, m in dict.fromkeys(zip(ladder(hd), ladder(d.mlp_hidden))):
+        whole = CompactBlock(D, H, hd, dv, m, bias, s["norm_eps"], 0.0, s["layer_scale"], s["qk_norm"], s["act"])
+        fns["block", dv, m] = (lambda b: lambda: b(x))(whole.to(device).eval())
     blk = vit.blocks[0]
 
     def overhead():
@@ -86,7 +96,7 @@ def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: boo
     return fns
 
 
-def measure_table(vit: nn.Module, batch_size: int, device, amp: bool = False, repeats: int = 3,
+def measure_table(vit: nn.Module, batch_size: int, device, amp: bool = False, repeats: int = 5,
                   warmup: int = 1, min_round_s: float = 0.02, model_type: str = "") -> dict:
     """The latency table of `vit` on `device` (see the module docstring): seconds per batch."""
     device = torch.device(device)
@@ -101,10 +111,13 @@ def measure_table(vit: nn.Module, batch_size: int, device, amp: bool = False, re
     line = lambda part: {"width": [k[1] for k in fns if k[0] == part],  # noqa: E731
                          "time": [seconds[k] for k in fns if k[0] == part]}
     attention = [[seconds["attention", h, v] if h and v else 0.0 for v in dvs] for h in hs]
+    ladder_keys = [k for k in fns if k[0] == "block"]
+    blocks = {"heads": [dims.num_heads] * len(ladder_keys), "value_dim": [k[1] for k in ladder_keys], "mlp": [k[2] for k in ladder_keys],
+              "time": [seconds[k] for k in ladder_keys]}
     return {"format": FORMAT, **device_record(device), "batch_size": batch_size, "amp": amp, "repeats": repeats,
             "model_type": model_type, "sizes": table_sizes(dims),
             "seconds": {"qkv": line("qkv"), "proj": line("proj"), "mlp": line("mlp"),
-                        "attention": {"heads": hs, "value_dim": dvs, "time": attention},
+                        "attention": {"heads": hs, "value_dim": dvs, "time": attention}, "blocks": blocks,
                         "block_overhead": seconds["block_overhead"], "outside_blocks": seconds["outside_blocks"],
                         "dense_model": seconds["dense_model"]}}
 
@@ -135,7 +148,7 @@ def cache_file(cache: str, vit: nn.Module, model_type: str, device, batch_size: 
     if cache.endswith(".json"):
         return cache
     device = torch.device(device)
-    key = {"sizes": table_sizes(ViTDims.of(vit)), "structure": vit_structure(vit), **device_record(device),
+    key = {"format": FORMAT, "sizes": table_sizes(ViTDims.of(vit)), "structure": vit_structure(vit), **device_record(device),
            "batch_size": batch_size, "amp": amp}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model_type or "vit")
@@ -144,7 +157,7 @@ def cache_file(cache: str, vit: nn.Module, model_type: str, device, batch_size: 
 
 
 def load_or_measure(vit: nn.Module, model_type: str, device, cache: str = "", batch_size: int = 64,
-                    amp: bool = False, repeats: int = 3, log: Callable[[str], None] = print,
+                    amp: bool = False, repeats: int = 5, log: Callable[[str], None] = print,
                     **measure_kwargs) -> Tuple[dict, str]:
     """(table, its file): read from the cache, or measured now and written there."""
     path = cache_file(cache, vit, model_type, device, batch_size, amp)
