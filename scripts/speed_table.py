@@ -109,7 +109,18 @@ def sessions(args, case: dict) -> dict:
                dense_images_per_s=statistics.median(r["images_per_s"]["dense"][b] for r in runs))
     if case.get("metric") == "latency":
         row["estimated_time_ratio"] = runs[0]["latency_estimate"][b]["estimated_ratio"]
+        row["latency_ms"] = latency_ms([r["latency_estimate"][b] for r in runs])
     return row
+
+
+def latency_ms(estimates: list) -> dict:
+    """The cost model's milliseconds per batch (one table: the same in every session) and the measured
+    ones (median over the sessions)."""
+    est = estimates[0]["estimated_s"]
+    measured = lambda name: 1e3 * statistics.median(e["measured_s"][name] for e in estimates)  # noqa: E731
+    return {"dense_table": 1e3 * est["dense"], "full_width_est": 1e3 * est["full_width"],
+            "compact_est": 1e3 * est["compact"], "dense_measured": measured("dense"),
+            "compact_measured": measured("compact")}
 
 
 def table(rows: list, batch_size: int) -> str:
@@ -122,6 +133,22 @@ def table(rows: list, batch_size: int) -> str:
           f"{r['masked_speedup']:.2f}x", f"{r['dense_images_per_s']:.1f}"] for r in rows])
 
 
+def latency_table_md(rows: list, batch_size: int) -> str:
+    """The latency cost model against the measurement, for the rows searched in latency."""
+    rows = [r for r in rows if "latency_ms" in r]
+    if not rows:
+        return ""
+    head = ["model", "dense, table ms", "dense, measured ms", "full width, est. ms", "compact, est. ms",
+            "compact, measured ms", "compact est. / measured"]
+    body = [[r["name"]] + [f"{r['latency_ms'][k]:.1f}" for k in ("dense_table", "dense_measured", "full_width_est",
+                                                                "compact_est", "compact_measured")]
+            + [f"{r['latency_ms']['compact_est'] / r['latency_ms']['compact_measured']:.3f}"] for r in rows]
+    return (f"\nThe latency cost model against the measurement, per batch of {batch_size} (dense, table: the "
+            f"table's own timing of the dense model, R's denominator; full width, est.: the cost model's "
+            f"estimate of the unpruned model; measured: median over the sessions):\n\n"
+            + markdown_table(head, body) + "\n")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -132,7 +159,8 @@ def main(argv=None) -> int:
     text = (f"Produced by `{command}` on {torch.get_num_threads()} CPU threads: every file timed in "
             f"{args.sessions} separate sessions of `benchmark_speed.py --batch_sizes {args.batch_size} --repeats "
             f"{args.repeats}` (dense, masked and compact side by side, interleaved rounds, median); speedup and "
-            f"time ratio: medians over the sessions.\n\n{table(rows, args.batch_size)}\n")
+            f"time ratio: medians over the sessions.\n\n{table(rows, args.batch_size)}\n"
+            + latency_table_md(rows, args.batch_size))
     searches = [f"- {c['name']}: `{c['command']}`" for c in cases if "command" in c]
     if searches:
         text += "\nThe random-weight searches:\n\n" + "\n".join(searches) + "\n"

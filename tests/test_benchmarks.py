@@ -132,3 +132,16 @@ def test_speed_table_times_each_file_in_separate_sessions(tmp_path):
     assert "| tiny |" in (tmp_path / "speed.md").read_text()
     with pytest.raises(SystemExit):
         script.parse_args(["--files", f"x={tmp_path / 'missing.pth'}"])
+
+
+def test_speed_table_sets_the_latency_estimate_against_the_sessions_median():
+    script = load_script("speed_table")
+    est = {"dense": 1.0, "compact": 0.5, "full_width": 0.9}
+    sessions = [{"estimated_s": est, "measured_s": {"dense": d, "compact": c}}
+                for d, c in ((1.2, 0.6), (1.1, 0.4), (1.3, 0.55))]
+    ms = script.latency_ms(sessions)
+    assert ms == pytest.approx({"dense_table": 1000, "full_width_est": 900, "compact_est": 500,
+                                "dense_measured": 1200, "compact_measured": 550})
+    text = script.latency_table_md([{"name": "a"}, {"name": "b", "latency_ms": ms}], 64)
+    assert "| b | 1000.0 | 1200.0 | 900.0 | 500.0 | 550.0 | 0.909 |" in text and "| a |" not in text
+    assert script.latency_table_md([{"name": "a"}], 64) == ""
