@@ -19,8 +19,8 @@ square (a search that drops patches moves N away from N0). Outside the blocks
 
 Parts timed alone add up to less than a whole block in a model: in a block
 the activations come from and go to memory that the isolated loop keeps
-warm, and the shortfall grows with the width (on a 2-core EPYC, 16% for a
-whole DeiT-Tiny block, 4% at a quarter of its widths). So whole blocks are
+warm, and on a CPU whose cache holds the narrow activations but not the
+wide ones the shortfall grows with the width. So whole blocks are
 timed too, on a ladder of widths (all heads; value dims per head and MLP
 width at k/8 of full, k = 1..8), and the sum of parts P is mapped onto the
 whole-block time by the piecewise-linear g through (0, 0) and the ladder's
