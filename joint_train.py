@@ -58,6 +58,21 @@ def warn_if_collapsed(logger: RunLogger, top1: float, teacher_top1) -> None:
     logger.warning(text)
 
 
+def log_latency_check(logger: RunLogger, fit: dict, budget: float) -> None:
+    """The frozen model timed whole against the dense one (uvc.latency_check); loud if still off."""
+    checks = fit.get("latency_checks")
+    if not checks:
+        return
+    logger.info("latency check, compact time / dense time, timed whole: " + "; ".join(
+        f"fit to {c['target']:.3f} -> estimated {c['estimated']:.3f}, measured {c['measured']:.3f}"
+        + (" (kept)" if c["kept"] else "") for c in checks))
+    measured = fit["measured_latency_ratio"]
+    if abs(measured - budget) > 0.1 * budget:
+        logger.warning(f"WARNING: the frozen model takes {measured:.3f} of the dense model's time, more than 10% "
+                       f"off budget {budget} after {len(checks)} fits: timings on this device are unsteady, or the "
+                       f"fit cannot reach it; a higher --latency_check allows more fits")
+
+
 def main(argv=None) -> None:
     config = parse_config("joint", argv, prog="joint_train.py")
     check_output_dir(config.output_dir)
@@ -157,6 +172,7 @@ def main(argv=None) -> None:
     if metric != "macs":
         logger.info(f"frozen {metric} ratio {fit[metric + '_ratio']:.4f} (search ended at "
                     f"{fit['searched_' + metric + '_ratio']:.4f})")
+    log_latency_check(logger, fit, float(config.budget))
     if fit["fit_window"] == "missed" and (fit["round_to"] > 1 or metric != "macs"):
         logger.warning(f"WARNING: the frozen architecture's {metric} ratio {fit[metric + '_ratio']:.4f} is outside "
                        f"[budget - 0.03, budget + 0.01] of budget {config.budget}: the greedy fit (MLP widths and "

@@ -11,7 +11,8 @@ Two kinds of rows:
   the budget by the greedy fit, then exported (the README's recipe). Cases: DeiT-Tiny
   and DeiT-Small at budget 0.5 counted in MACs with aligned widths (--round_to 8) and
   with any width (--round_to 1), and counted in estimated latency (--budget_metric
-  latency, aligned). The latency tables are measured once into <run_dir>/latency by
+  latency, aligned), with the freeze's timing of the fit (--latency_check 4, the
+  default) and without it (the cost model alone). The latency tables are measured once into <run_dir>/latency by
   the first latency search, on this machine, in this run.
 - --files name=path: the architectures that real searches produced (stage-1, stage-2
   or compact files), timed at their own input size.
@@ -36,8 +37,9 @@ import sys
 from pipeline import ROOT, markdown_table
 
 MODELS = {"DeiT-Tiny": "deit_tiny_patch16_224", "DeiT-Small": "deit_small_patch16_224"}
-# (model, budget metric, round_to) of the random-weight searches at budget 0.5
-CASES = [(m, "macs", 8) for m in MODELS] + [(m, "macs", 1) for m in MODELS] + [(m, "latency", 8) for m in MODELS]
+# (model, budget metric, round_to, --latency_check) of the random-weight searches at budget 0.5
+CASES = ([(m, "macs", 8, 0) for m in MODELS] + [(m, "macs", 1, 0) for m in MODELS]
+         + [(m, "latency", 8, 4) for m in MODELS] + [(m, "latency", 8, 0) for m in MODELS])
 SEARCH = ["--model_path", "", "--pretrained", "0", "--dataset", "synthetic", "--synthetic_size", "32",
           "--epochs", "1", "--max_steps_per_epoch", "2", "--train_batch_size", "8", "--eval_batch_size", "16",
           "--warmup_epochs", "0", "--distillation_type", "none", "--num_workers", "0", "--pin_mem", "0"]
@@ -78,18 +80,20 @@ def python(cmd: list, log_path: str = "") -> str:
     return proc.stdout
 
 
-def search(args, model: str, metric: str, round_to: int) -> dict:
+def search(args, model: str, metric: str, round_to: int, check: int) -> dict:
     """The random-weight search of one case; its stage-1 file and the flags that made it."""
-    out = os.path.join(args.run_dir, f"{model}-{metric}-r{round_to}")
+    name = f"{model}, {metric}, round_to {round_to}" + (", no check" if metric == "latency" and not check else "")
+    out = os.path.join(args.run_dir, f"{model}-{metric}-r{round_to}" + ("-check0" if "no check" in name else ""))
     flags = ["--model_type", MODELS[model], "--budget", str(args.budget), "--budget_metric", metric,
              "--round_to", str(round_to), *SEARCH, "--output_dir", out]
     if metric == "latency":
-        flags += ["--latency_cache", os.path.join(args.run_dir, "latency"), "--latency_batch", str(args.batch_size)]
+        flags += ["--latency_cache", os.path.join(args.run_dir, "latency"), "--latency_batch", str(args.batch_size),
+                  "--latency_check", str(check)]
     if args.smoke:
         flags += ["--embed_dim", "32", "--depth", "2", "--num_heads", "2", "--input_size", "32"]
     os.makedirs(out, exist_ok=True)
     python(["joint_train.py", *flags], os.path.join(out, "stdout.log"))
-    return {"name": f"{model}, {metric}, round_to {round_to}", "file": os.path.join(out, f"{MODELS[model]}_uvc.pth"),
+    return {"name": name, "file": os.path.join(out, f"{MODELS[model]}_uvc.pth"),
             "metric": metric, "command": shlex.join(["python", "joint_train.py", *flags])}
 
 
@@ -152,7 +156,7 @@ def latency_table_md(rows: list, batch_size: int) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
-    cases = [] if args.no_search else [search(args, m, metric, r) for m, metric, r in CASES if m in args.models]
+    cases = [] if args.no_search else [search(args, *case) for case in CASES if case[0] in args.models]
     cases += [{"name": name, "file": path} for name, path in (f.split("=", 1) for f in args.files)]
     rows = [sessions(args, c) for c in cases]
     command = shlex.join(["python", "scripts/speed_table.py", *(sys.argv[1:] if argv is None else argv)])

@@ -180,7 +180,7 @@ def _latency_config(tmp_path, dims, **overrides):
 def test_search_budget_gradient_moves_s_and_r_and_freeze_fits_the_latency(tmp_path, tiny):
     vit, dims, _ = tiny
     model = MaskedViT(vit)
-    search = UVCSearch(vit, _latency_config(tmp_path, dims), torch.device("cpu"), search_steps=100)
+    search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=0), torch.device("cpu"), search_steps=100)
     search.set_epoch(0)
     pd, arch = search.pd, search.arch
     assert search.budget.cost.name == "latency" and search.latency_table["device_name"] == "synthetic"
@@ -199,6 +199,56 @@ def test_search_budget_gradient_moves_s_and_r_and_freeze_fits_the_latency(tmp_pa
     spec, fit = search.freeze(model, TINY_MODEL)
     assert fit["budget_metric"] == "latency" and 0.49 <= fit["latency_ratio"] <= 0.5
     assert fit["latency_ratio"] == pytest.approx(spec_cost(search.budget.cost, spec) / search.budget.dense)
+
+
+def test_the_freeze_times_the_fit_and_refits_until_it_meets_the_budget(tmp_path, monkeypatch, tiny):
+    """--latency_check: the fitted model is timed whole (here a device on which every architecture takes
+    1.2 x its estimate); the freeze refits to the corrected target and keeps the fit closest to the budget."""
+    import uvc.search as search_module
+    vit, dims, _ = tiny
+    search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=3), torch.device("cpu"), search_steps=100)
+    cost, dense = search.budget.cost, search.budget.dense
+    timed = []
+
+    def device(spec, device_, batch_size):
+        timed.append(batch_size)
+        return 1.2 * spec_cost(cost, spec) / dense
+
+    monkeypatch.setattr(search_module, "measured_ratio", device)
+    spec, fit = search.freeze(MaskedViT(vit), TINY_MODEL)
+    checks = fit["latency_checks"]
+    assert len(checks) == 2 and timed == [64, 64]  # the second fit lands: 1.2 x 0.5 / 1.2
+    assert checks[0]["target"] == 0.5 and checks[1]["target"] == pytest.approx(0.5 / 1.2)
+    assert checks[1]["kept"] and not checks[0]["kept"]
+    assert fit["measured_latency_ratio"] == pytest.approx(1.2 * spec_cost(cost, spec) / dense)
+    assert abs(fit["measured_latency_ratio"] - 0.5) <= 0.02
+
+
+def test_the_check_brackets_a_jump_and_keeps_the_closest():
+    """Measured time that jumps at a threshold: the secant between the fits under and over the budget."""
+    from uvc.latency_check import checked_fit, next_target
+    device = lambda est: est if est < 0.52 else est + 0.15  # noqa: E731  (a cliff at 0.52)
+    fit = lambda target: ({"t": target}, {}, target)  # noqa: E731  (the fit lands on its target)
+    spec, _, checks = checked_fit(fit, lambda spec: device(spec["t"]), 0.6, rounds=6)
+    measured = [c["measured"] for c in checks]
+    assert measured[0] == pytest.approx(0.75) and checks[1]["target"] == pytest.approx(0.6 * 0.6 / 0.75)
+    assert abs(device(spec["t"]) - 0.6) == min(abs(m - 0.6) for m in measured)
+    assert sum(c["kept"] for c in checks) == 1 and len(checks) <= 6
+    bracket = [{"target": 0.5, "estimated": 0.5, "measured": 0.45}, {"target": 0.6, "estimated": 0.6,
+                                                                    "measured": 0.65}]
+    assert next_target(bracket, 0.5) == pytest.approx(0.525)
+    assert next_target(bracket[:1], 0.5) == pytest.approx(0.5 * 0.5 / 0.45)
+    one, _, only = checked_fit(fit, lambda spec: 0.5, 0.5, rounds=4)  # on the budget at once: one fit
+    assert len(only) == 1 and only[0]["kept"]
+
+
+def test_the_compact_model_is_timed_against_the_dense(tiny):
+    from uvc.latency_check import measured_ratio
+    vit, dims, cost = tiny
+    spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5, cost=cost)
+    assert measured_ratio(spec, "cpu", 2, repeats=1) > 0
+    with pytest.raises(ConfigError, match="--latency_check must be 0"):
+        parse_config("joint", ["--model_type", TINY_MODEL, "--latency_check", "-1"])
 
 
 def test_cache_is_written_once_and_reused(tmp_path, monkeypatch, tiny):

@@ -237,7 +237,7 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
 STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
-               "budget_metric", "latency_cache", "latency_batch", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
+               "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning", "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "zlr", "zlr_schedule_list", "z_grad_clip",
                "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
                "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
@@ -306,6 +306,9 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
                           f"got {config.round_to}")
     if int(config.patch_probe) < 0:
         raise ConfigError(f"--patch_probe must be 0 (no trial of patch drops) or more, got {config.patch_probe}")
+    if int(config.latency_check) < 0:
+        raise ConfigError(f"--latency_check must be 0 (no timing of the frozen model) or more, got "
+                          f"{config.latency_check}")
     if not 0.0 <= float(config.distillation_alpha) <= 1.0:
         raise ConfigError(f"--distillation-alpha {config.distillation_alpha} must lie in [0, 1]")
     for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "gating_interval",

@@ -15,6 +15,7 @@ from uvc.flops import ViTDims
 from uvc.fit import fit_to_budget
 from uvc.freeze import apply_spec, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
 from uvc.latency import LatencyCost
+from uvc.latency_check import checked_fit, measured_ratio
 from uvc.latency_table import load_or_measure
 from uvc.masked_model import MaskedViT
 from uvc.primal_dual import PrimalDual, PrimalDualConfig
@@ -62,6 +63,7 @@ class UVCSearch:
         self.space = search_space(config)
         self.arch = ArchState(self.dims).to(device)
         self.round_to, self.target_budget = int(config.round_to), float(config.budget)
+        self.device, self.latency_batch, self.latency_check = device, int(config.latency_batch), int(config.latency_check)
         self.rates = SearchRates.for_search(config, search_steps)
         self.pd_config = PrimalDualConfig.from_config(config, self.dims.depth)
         cost, table = budget_cost(vit, config, device)
@@ -124,19 +126,37 @@ class UVCSearch:
         """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs
         (uvc.fit; without pruning only skipped blocks can be put back), with MLP widths and
         value dims per head at multiples of `round_to` (then in [budget - 0.03, budget + 0.01]
-        when the aligned steps cannot fill the narrow window)."""
+        when the aligned steps cannot fill the narrow window). With the latency metric the fit
+        is timed whole on the device and refitted while off the budget (uvc.latency_check;
+        rank 0 times, every rank takes its architecture)."""
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
         cost, dense = self.budget.cost, self.budget.dense
         searched_cost = spec_cost(cost, spec) / dense
-        spec, fit = fit_to_budget(spec, self.pd.scores_now(model.vit), self.budget.budget, self.space.with_attn,
-                                  groups=self.space.pruning, round_to=self.round_to, cost=cost)
+        scores = self.pd.scores_now(model.vit)
+
+        def fit_to(target: float):
+            fitted, info = fit_to_budget(spec, scores, target, self.space.with_attn, groups=self.space.pruning,
+                                         round_to=self.round_to, cost=cost)
+            return fitted, info, spec_cost(cost, fitted) / dense
+
+        checks = None
+        if self.metric == "latency" and self.latency_check > 0:
+            timed = None
+            if is_main_process():
+                measure = lambda s: measured_ratio(s, self.device, self.latency_batch)  # noqa: E731
+                timed = checked_fit(fit_to, measure, self.budget.budget, self.latency_check)
+            spec, fit, checks = broadcast_object(timed)
+        else:
+            spec, fit, _ = fit_to(self.budget.budget)
         fit = dict(fit, budget_metric=self.metric, searched_macs_ratio=searched,
                    macs_ratio=spec_ratio(spec, True, self.space.with_attn),
                    greedy_changed_frac=greedy_changed_frac(fit, self.dims))
         if self.metric != "macs":
             fit.update({f"searched_{self.metric}_ratio": searched_cost,
                         f"{self.metric}_ratio": spec_cost(cost, spec) / dense})
+        if checks:
+            fit.update(latency_checks=checks, measured_latency_ratio=next(c["measured"] for c in checks if c["kept"]))
         return spec, fit
 
     # --- checkpointing -----------------------------------------------------------------
