@@ -145,3 +145,20 @@ def test_speed_table_sets_the_latency_estimate_against_the_sessions_median():
     text = script.latency_table_md([{"name": "a"}, {"name": "b", "latency_ms": ms}], 64)
     assert "| b | 1000.0 | 1200.0 | 900.0 | 500.0 | 550.0 | 0.909 |" in text and "| a |" not in text
     assert script.latency_table_md([{"name": "a"}], 64) == ""
+
+
+def test_latency_stability_times_parts_and_wholes_in_separate_sessions(tmp_path):
+    """scripts/latency_stability.py: per allocator setting, every session a process of its own; the
+    summary holds each session's value, the median and the spread."""
+    script = load_script("latency_stability")
+    out = tmp_path / "stability"
+    assert script.main(["--model_type", "vit_digits_patch2_8", "--sessions", "2", "--repeats", "1",
+                        "--batch_size", "2", "--out", str(out)]) == 0
+    results = json.loads((tmp_path / "stability.json").read_text())["results"]
+    assert set(results) == {"allocator as is", "mmap threshold 4 GiB"}
+    for summary in results.values():
+        assert "half / dense" in summary and sum(k.startswith("mlp ") for k in summary) == 4
+        for value in summary.values():
+            assert len(value["sessions"]) == 2 and value["spread"] >= 0
+            assert min(value["sessions"]) <= value["median"] <= max(value["sessions"])
+    assert "| half / dense |" in (tmp_path / "stability.md").read_text()
