@@ -2,10 +2,10 @@
 
 The latency cost model (uvc.latency) adds up parts timed alone, and on a CPU
 the time of a part depends on more than its shape (which memory the allocator
-hands out, what the cache holds): from one measuring session to the next the
-same part was seen to move by a fifth. The time of a whole model against the
-dense one, side by side, moves far less. So with `--budget_metric latency` the
-freeze times the fitted architecture (random weights, `--latency_batch`
+hands out, what the cache holds), and from one session to the next the same
+part moves far more than the time of a whole model against the dense one,
+side by side (scripts/latency_stability.py, log/latency_stability.md). So
+with `--budget_metric latency` the freeze times the fitted architecture (random weights, `--latency_batch`
 images, interleaved rounds) against the dense model, and while the measured
 ratio m is more than `LATENCY_CHECK_TOLERANCE` (relative) off the budget B,
 fits again to a corrected target: once a fit under B and one over B were
