@@ -14,7 +14,6 @@ search) this evaluates both on the run's validation set and writes a table
 (<out>.md) and the numbers (<out>.json).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -24,11 +23,11 @@ import torch  # noqa: E402
 
 from configs.common import base_config  # noqa: E402
 from data import build_eval_dataset, build_eval_loader  # noqa: E402
+from pipeline import write_result  # noqa: E402
 from uvc.engine import evaluate  # noqa: E402
 from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.search import UVCSearch  # noqa: E402
-from utils.checkpoint import atomic_write_text  # noqa: E402
 from utils.training import build_student, model_input  # noqa: E402
 
 
@@ -117,9 +116,7 @@ def main(argv=None) -> int:
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("top1_restore", "top1_zero_pad")}
     lines += ["", f"Mean top-1: restore {mean['top1_restore']:.2f}, zero-pad {mean['top1_zero_pad']:.2f}."]
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    atomic_write_text(text, args.out + ".md")
-    atomic_write_text(json.dumps({"command": command, "rows": rows, "mean": mean}, indent=1), args.out + ".json")
+    write_result(args.out, text, {"command": command, "rows": rows, "mean": mean})
     print(text)
     return 0
 

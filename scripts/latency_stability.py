@@ -15,11 +15,12 @@ the median over the sessions and the spread (max / min - 1).
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 
-from pipeline import ROOT, markdown_table
+from pipeline import ROOT, markdown_table, write_result
 
 HEAP = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30)}
 
@@ -95,14 +96,12 @@ def main(argv=None) -> int:
     rows = [[k] + [f"{r[k]['median']:.3f}" if k.startswith("half") else f"{r[k]['median']:.1f}" for r in
                    results.values()] + [f"{100 * r[k]['spread']:.0f}%" for r in results.values()] for k in keys]
     head = ["quantity (ms, or ratio)"] + [f"median, {n}" for n in results] + [f"spread, {n}" for n in results]
-    command = " ".join(["python", "scripts/latency_stability.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "scripts/latency_stability.py", *(sys.argv[1:] if argv is None else argv)])
     text = (f"Produced by `{command}`: {args.sessions} sessions each, batch {args.batch_size}, "
             f"{args.model_type}; spread = max / min - 1 over the sessions.\n\n{markdown_table(head, rows)}\n")
     print(text)
     if args.out:
-        from utils.checkpoint import atomic_write_text
-        atomic_write_text(text, args.out + ".md")
-        atomic_write_text(json.dumps({"command": command, "results": results}, indent=1), args.out + ".json")
+        write_result(args.out, text, {"command": command, "results": results})
     return 0
 
 

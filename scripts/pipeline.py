@@ -134,6 +134,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def write_result(out: str, text: str, record: dict) -> None:
+    """A benchmark's result: the table as <out>.md, the numbers (with the command) as <out>.json, both
+    written atomically."""
+    from utils.checkpoint import atomic_write_text
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    atomic_write_text(text, out + ".md")
+    atomic_write_text(json.dumps(record, indent=1), out + ".json")
+
+
 def copy_logs(runs: Sequence[dict], log_dir: str, names: Sequence[str] = LOG_FILES) -> None:
     """The logs of every run (the files `names` of its folders), one folder per run under log_dir,
     named by the run's "log_name" (default: its method name)."""

@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 
-from pipeline import ROOT, markdown_table
+from pipeline import ROOT, markdown_table, write_result
 
 MODELS = {"DeiT-Tiny": "deit_tiny_patch16_224", "DeiT-Small": "deit_small_patch16_224"}
 # (model, budget metric, round_to, --latency_check) of the random-weight searches at budget 0.5
@@ -170,9 +170,7 @@ def main(argv=None) -> int:
         text += "\nThe random-weight searches:\n\n" + "\n".join(searches) + "\n"
     print("\n" + text)
     if args.out:
-        from utils.checkpoint import atomic_write_text
-        atomic_write_text(text, args.out + ".md")
-        atomic_write_text(json.dumps({"command": command, "rows": rows}, indent=1), args.out + ".json")
+        write_result(args.out, text, {"command": command, "rows": rows})
     return 0
 
 

@@ -1,15 +1,10 @@
 """scripts/freeze_padding.py: which groups the fit put back, and zeroing exactly those."""
-import importlib.util
-import os
-
 import torch
 
 from tests.helpers import noisy_tiny_vit
+from tests.test_benchmarks import load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("freeze_padding", os.path.join(ROOT, "scripts", "freeze_padding.py"))
-freeze_padding = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(freeze_padding)
+freeze_padding = load_script("freeze_padding")
 
 
 def _block(skipped, heads, dims, neurons):
