@@ -248,7 +248,7 @@ def test_the_compact_model_is_timed_against_the_dense(tiny):
     spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5, cost=cost)
     assert measured_ratio(spec, "cpu", 2, repeats=1) > 0
     with pytest.raises(ConfigError, match="--latency_check must be 0"):
-        parse_config("joint", ["--model_type", TINY_MODEL, "--latency_check", "-1"])
+        parse_config("joint", ["--model_type", TINY_MODEL, "--budget_metric", "latency", "--latency_check", "-1"])
 
 
 def test_cache_is_written_once_and_reused(tmp_path, monkeypatch, tiny):
@@ -302,7 +302,10 @@ def test_budget_metric_flags():
     with pytest.raises(ConfigError, match="--budget_metric 'flops' is not supported"):
         parse_config("joint", ["--model_type", TINY_MODEL, "--budget_metric", "flops"])
     with pytest.raises(ConfigError, match="--latency_batch must be at least 1"):
-        parse_config("joint", ["--model_type", TINY_MODEL, "--latency_batch", "0"])
+        parse_config("joint", ["--model_type", TINY_MODEL, "--budget_metric", "latency", "--latency_batch", "0"])
+    for flag, value in (("--latency_check", "2"), ("--latency_cache", "t.json"), ("--latency_batch", "8")):
+        with pytest.raises(ConfigError, match=f"{flag} applies only with --budget_metric latency"):
+            parse_config("joint", ["--model_type", TINY_MODEL, flag, value])  # a MACs search would ignore it
     with pytest.raises(ConfigError, match="stage-1"):
         parse_config("post", ["--model_type", TINY_MODEL, "--budget_metric", "latency"])
 

@@ -185,6 +185,7 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
         except (TypeError, KeyError) as e:
             raise ConfigError(f"--{key}: {e}") from None
     check_stage_flags(overrides, stage)
+    check_latency_flags(overrides, config)
     validate(config, stage)
     config.lock()
     if args.print_config:
@@ -257,6 +258,17 @@ def check_stage_flags(overrides: dict, stage: str) -> None:
         if wrong:
             raise ConfigError(f"--{wrong[0]} is a stage-2 (post_train.py) flag: joint_train.py starts from "
                               f"--model_path; to continue a stopped search use --resume")
+
+
+LATENCY_ONLY = ("latency_cache", "latency_batch", "latency_check")
+
+
+def check_latency_flags(overrides: dict, config) -> None:
+    """One line for a latency-budget flag given to a search that counts MACs (it would be ignored)."""
+    wrong = [k for k in overrides if k in LATENCY_ONLY]
+    if wrong and config.get("budget_metric") != "latency":
+        raise ConfigError(f"--{wrong[0]} applies only with --budget_metric latency (this search counts "
+                          f"{config.get('budget_metric')}): add --budget_metric latency or drop it")
 
 
 _CHOICES = {
