@@ -21,26 +21,19 @@ kept, and every (target, estimated, measured) is recorded in the stage-1 file.
 """
 from typing import Callable, List, Tuple
 
-import torch
-
 from models.compact import CompactViT
 from uvc.export import compact_spec_from_arch, dense_model_of
-from utils.amp import autocast_context
-from utils.benchmark import interleaved_medians
+from utils.benchmark import compare_throughput
 
 LATENCY_CHECK_TOLERANCE = 0.04  # relative: a measured ratio within 4% of the budget ends the check
 
 
 def measured_ratio(spec: dict, device, batch_size: int, amp: bool = False, repeats: int = 5) -> float:
     """Time of the compact model of `spec` over the dense model's, side by side on `device` (random weights)."""
-    device = torch.device(device)
-    dense = dense_model_of(spec, device).eval()
-    compact = CompactViT(compact_spec_from_arch(spec)).to(device).eval()
-    images = torch.randn(batch_size, spec["in_chans"], spec["img_size"], spec["img_size"], device=device)
-    with torch.inference_mode(), autocast_context(device, amp):
-        seconds = interleaved_medians({"dense": lambda: dense(images), "compact": lambda: compact(images)},
-                                      device, warmup=1, repeats=repeats, min_round_s=0.05)
-    return seconds["compact"] / seconds["dense"]
+    models = {"dense": dense_model_of(spec, device), "compact": CompactViT(compact_spec_from_arch(spec))}
+    shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
+    images_per_s = compare_throughput(models, shape, batch_size, device, amp, warmup=1, repeats=repeats)
+    return images_per_s["dense"] / images_per_s["compact"]
 
 
 def checked_fit(fit: Callable[[float], Tuple[dict, dict, float]], measure: Callable[[dict], float],

@@ -112,8 +112,8 @@ def measure_table(vit: nn.Module, batch_size: int, device, amp: bool = False, re
                          "time": [seconds[k] for k in fns if k[0] == part]}
     attention = [[seconds["attention", h, v] if h and v else 0.0 for v in dvs] for h in hs]
     ladder_keys = [k for k in fns if k[0] == "block"]
-    blocks = {"heads": [dims.num_heads] * len(ladder_keys), "value_dim": [k[1] for k in ladder_keys], "mlp": [k[2] for k in ladder_keys],
-              "time": [seconds[k] for k in ladder_keys]}
+    blocks = {"heads": [dims.num_heads] * len(ladder_keys), "value_dim": [k[1] for k in ladder_keys],
+              "mlp": [k[2] for k in ladder_keys], "time": [seconds[k] for k in ladder_keys]}
     return {"format": FORMAT, **device_record(device), "batch_size": batch_size, "amp": amp, "repeats": repeats,
             "model_type": model_type, "sizes": table_sizes(dims),
             "seconds": {"qkv": line("qkv"), "proj": line("proj"), "mlp": line("mlp"),
@@ -148,8 +148,8 @@ def cache_file(cache: str, vit: nn.Module, model_type: str, device, batch_size: 
     if cache.endswith(".json"):
         return cache
     device = torch.device(device)
-    key = {"format": FORMAT, "sizes": table_sizes(ViTDims.of(vit)), "structure": vit_structure(vit), **device_record(device),
-           "batch_size": batch_size, "amp": amp}
+    key = {"format": FORMAT, "sizes": table_sizes(ViTDims.of(vit)), "structure": vit_structure(vit),
+           **device_record(device), "batch_size": batch_size, "amp": amp}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model_type or "vit")
     precision = "amp" if amp else "fp32"
