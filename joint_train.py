@@ -19,13 +19,13 @@ from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
+from utils.dist import cleanup, init_distributed, is_main_process
 from utils.entry import run_entry
 from utils.logger import RunLogger
 from utils.run_state import RunState, StopSignal
 from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                             check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                            teacher_record, wrap_ddp)
+                            step_hook, teacher_record, wrap_ddp)
 
 
 def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, step: int) -> dict:
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
     data = build_data(config, env)
-    vit, model_type = build_student(config, data.num_classes, env.device, load_weights=bool(config.pretrained))
+    vit, model_type = build_student(config, data.num_classes, env.device, load_weights=config.pretrained)
     teacher = build_teacher(config, data.num_classes, env.device)
     criterion = build_loss(config, data.base_criterion, teacher)
 
@@ -92,13 +92,13 @@ def main(argv=None) -> None:
     ddp_model = wrap_ddp(model, env)
     plan = batch_plan(config, "joint", env.world_size)  # --learning_rate unscaled in stage 1
     optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps, plan.peak_lr)
-    scaler = make_scaler(env.device, bool(config.fp16))
+    scaler = make_scaler(env.device, config.fp16)
     yardstick = teacher if teacher is not None else (vit if config.pretrained and config.model_path else None)
     # the dense model's top-1, what the end of the search is checked against; before a resume restores
     # the RNG (a loader's iterator draws from it)
     teacher_top1 = None
     if yardstick is not None:
-        teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, bool(config.fp16))["top1"]
+        teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, config.fp16)["top1"]
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
     resumed = run.maybe_resume(config.resume, config.output_dir)
     prepare_output_dir(config.output_dir)  # every check has passed: the first write
@@ -109,14 +109,7 @@ def main(argv=None) -> None:
     logger.info(f"dense top-1 {teacher_top1}; search: {search.rates.steps} steps, the target reaches budget "
                 f"{config.budget} after {config.target_ramp:.0%} of them")
 
-    def on_step(step: int, scalars: dict) -> None:
-        crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
-        if config.log_interval and step % config.log_interval == 0:
-            logger.scalars("train", scalars, step)
-        if config.eval_every and step % config.eval_every == 0:
-            logger.scalars("eval_step", evaluate(ddp_model, data.val_loader, env.device, search, config.fp16), step)
-            ddp_model.train()
-
+    on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)
     stop = StopSignal()  # SIGTERM: save between two steps and exit
     warmup_steps = search.warmup_epochs * steps
     for epoch in range(run.epoch, config.epochs):
@@ -132,13 +125,13 @@ def main(argv=None) -> None:
         stats = train_one_epoch(
             ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
             lr_scheduler=scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=data.mixup, arch_step=search,
-            amp=bool(config.fp16), clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
+            amp=config.fp16, clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
             max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
             skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
         run.global_step = stats.pop("global_step")
         if "stopped_at" in stats:
             run.exit_preempted(config.output_dir, logger, stats)  # saves mid-epoch, exits 143
-        metrics = evaluate(ddp_model, data.val_loader, env.device, search, bool(config.fp16))
+        metrics = evaluate(ddp_model, data.val_loader, env.device, search, config.fp16)
         ratios = search.ratios(model)
         kept = log_architecture(logger, search, model, run.global_step)
         record = {"epoch": epoch, "step": run.global_step, "searching": search.active,
@@ -159,7 +152,7 @@ def main(argv=None) -> None:
     keep = param_keep_masks(vit, spec)
     zero_removed_weights(vit, keep)
     apply_spec(model, spec)
-    final = evaluate(ddp_model, data.val_loader, env.device, None, bool(config.fp16))
+    final = evaluate(ddp_model, data.val_loader, env.device, None, config.fp16)
     fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
     fit.update(search.pd.trial.state_dict() if search.pd.trial is not None else {})  # flip trials, refused
     logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "

@@ -27,13 +27,13 @@ from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import cleanup, crash_for_test, init_distributed, is_main_process
+from utils.dist import cleanup, init_distributed, is_main_process
 from utils.entry import run_entry
 from utils.logger import RunLogger
 from utils.run_state import RunState, StopSignal
 from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                             check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                            wrap_ddp)
+                            step_hook, wrap_ddp)
 
 
 def read_stage1(path: str, model_type: str) -> dict:
@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     arch = stage1["arch"] if stage1 else None  # the stage-1 file fixes the model: its type, shape and resolution
     data = build_data(config, env, arch)
     vit, model_type = build_student(config, data.num_classes, env.device,
-                                    load_weights=bool(config.pretrained) and not compress, record=arch)
+                                    load_weights=config.pretrained and not compress, record=arch)
     if stage1 is not None:
         vit.load_state_dict(stage1["model"])
     teacher = build_teacher(config, data.num_classes, env.device, fallback=stage1["teacher"] if stage1 else None)
@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     plan = batch_plan(config, "post", env.world_size)  # --learning_rate x global batch / 512
     optimizer, scheduler = build_optimizer(config, vit, config.epochs, steps_per_epoch(config, data.train_loader),
                                            plan.peak_lr)
-    scaler = make_scaler(env.device, bool(config.fp16))
+    scaler = make_scaler(env.device, config.fp16)
     run = RunState("post", vit, optimizer, scheduler, scaler, config)
     resumed = run.maybe_resume(config.resume, config.output_dir)
     prepare_output_dir(config.output_dir)  # every check has passed: the first write
@@ -89,14 +89,7 @@ def main(argv=None) -> None:
         return {"format": STAGE2_FORMAT, "model_type": model_type, "arch": stage1["arch"],
                 "model": vit.state_dict(), "config": config.to_dict(), "teacher": stage1["teacher"]}
 
-    def on_step(step: int, scalars: dict) -> None:
-        crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
-        if config.log_interval and step % config.log_interval == 0:
-            logger.scalars("train", scalars, step)
-        if config.eval_every and step % config.eval_every == 0:
-            logger.scalars("eval_step", evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16), step)
-            ddp_model.train()
-
+    on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, frozen)
     stop = StopSignal()  # SIGTERM: save between two steps and exit
     for epoch in range(run.epoch, config.epochs):
         skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
@@ -104,14 +97,14 @@ def main(argv=None) -> None:
                                      * data.train_loader.batch_size)
         stats = train_one_epoch(
             ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
-            lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=bool(config.fp16),
+            lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=config.fp16,
             clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
             max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
             skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
         run.global_step = stats.pop("global_step")
         if "stopped_at" in stats:
             run.exit_preempted(config.output_dir, logger, stats)  # saves mid-epoch, exits 143
-        metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, bool(config.fp16))
+        metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16)
         is_best = metrics["top1"] > run.best_top1
         run.best_top1 = max(run.best_top1, metrics["top1"])
         record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},

@@ -54,7 +54,7 @@ def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], 
     plan = batch_plan(config, "post", env.world_size)  # the learning-rate rule of stage 2
     optimizer, scheduler = build_optimizer(config, model, config.epochs, steps_per_epoch(config, data.train_loader),
                                            plan.peak_lr)
-    scaler = make_scaler(env.device, bool(config.fp16))
+    scaler = make_scaler(env.device, config.fp16)
     logger = RunLogger(output_dir)
     logger.start(plan.line(), plan.record())
     best_file = os.path.join(output_dir, best_name)
@@ -64,11 +64,11 @@ def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], 
             data.train_sampler.set_epoch(epoch)
         stats = train_one_epoch(
             model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
-            lr_scheduler=scheduler, mixup=data.mixup, arch_step=None, amp=bool(config.fp16),
+            lr_scheduler=scheduler, mixup=data.mixup, arch_step=None, amp=config.fp16,
             clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
             max_steps=config.max_steps_per_epoch, global_step=global_step)
         global_step = stats.pop("global_step")
-        metrics = evaluate(model, data.val_loader, env.device, None, bool(config.fp16))
+        metrics = evaluate(model, data.val_loader, env.device, None, config.fp16)
         if metrics["top1"] > best_top1:
             best_top1 = metrics["top1"]
             save_pruned(model, best_file, {"epoch": epoch, "top1": best_top1})

@@ -329,13 +329,13 @@ def main(argv=None) -> None:
     teacher = build_teacher(config, data.num_classes, env.device)
     prepare_output_dir(config.output_dir)
 
-    dense = evaluate(vit, data.val_loader, env.device, None, bool(config.fp16))
+    dense = evaluate(vit, data.val_loader, env.device, None, config.fp16)
     setting = own.setting
     if setting.importance == "taylor":
         accumulate_taylor_gradients(vit, islice(data.train_loader, setting.taylor_batches), env.device)
     pruned, info = prune_to_macs(vit, own.target_ratio, own.tolerance, own.heads_removed, setting=setting)
     vit.zero_grad(set_to_none=True)
-    before = evaluate(pruned, data.val_loader, env.device, None, bool(config.fp16))
+    before = evaluate(pruned, data.val_loader, env.device, None, config.fp16)
     print(f"{setting.name}: {info['heads_removed']} heads removed per block, pruning ratio {info['pruning_ratio']:.4f} "
           f"(neurons {info['mlp_pruning_ratio']:.4f}); fvcore MACs ratio {info['macs_ratio']:.4f} (target "
           f"{own.target_ratio}); params {info['params']} of {info['dense_params']}; top-1 {before['top1']:.2f} "

@@ -29,8 +29,8 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     # --- model -----------------------------------------------------------
     c.model_type = "deit_tiny_patch16_224"  # any timm VisionTransformer (DeiT, DeiT III, ViT, registers, ...)
     c.model_path = ""  # https URL (torch.hub cache) or local file of the dense weights
-    c.pretrained = 1  # 1: the student starts from --model_path; 0: from scratch (the teacher still loads it)
-    c.enable_deit = 0  # 1: use the distillation-token variant of model_type
+    c.pretrained = True  # 1: the student starts from --model_path; 0: from scratch (the teacher still loads it)
+    c.enable_deit = False  # 1: use the distillation-token variant of model_type
     c.drop_path = 0.0  # stochastic depth of the student
     c.teacher_model = ""  # teacher architecture (default: the dense starting model)
     c.teacher_path = ""  # teacher weights (default: --model_path)
@@ -46,9 +46,9 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     # --- data ------------------------------------------------------------
     c.dataset = "imagenet"  # imagenet | cifar10 | cifar100 | digits | mnist | synthetic
     c.data_dir = "data/imagenet"  # ImageFolder root with train/ and val/ (mnist: where its split is cached)
-    c.download = 0  # cifar only: allow torchvision to download
+    c.download = False  # cifar only: allow torchvision to download
     c.num_workers = 10  # data-loading processes per rank
-    c.pin_mem = 1  # pinned host memory for faster host-to-GPU copies
+    c.pin_mem = True  # pinned host memory for faster host-to-GPU copies
     c.input_size = 0  # image side (--img_size); 0: the model's own
     c.mean = ""  # normalisation mean, one value per channel, comma-separated ("": ImageNet's; timm's --mean)
     c.std = ""  # normalisation std, likewise ("": ImageNet's; timm's --std)
@@ -82,7 +82,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.lr_warmup_lr = 1e-6  # learning rate the schedule's warm-up starts from (DeiT's --warmup-lr)
     c.clip_grad = 1.0  # gradient-norm clipping of the weights (0 disables)
     c.gradient_accumulation_steps = 1  # micro-batches per optimizer step
-    c.fp16 = 0  # torch.amp: float16 + GradScaler on CUDA, bfloat16 on CPU
+    c.fp16 = False  # torch.amp: float16 + GradScaler on CUDA, bfloat16 on CPU
     c.max_steps_per_epoch = 0  # 0: the whole epoch (smoke tests shrink it)
 
     # --- distillation ------------------------------------------------------
@@ -91,12 +91,12 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.distillation_tau = 1.0  # distillation temperature
 
     # --- UVC search (stage 1) ---------------------------------------------
-    c.uvc_train = 1 if stage == "joint" else 0  # the seed's flag: 1 in stage 1 (the search), 0 in stage 2
+    c.uvc_train = stage == "joint"  # the seed's flag: 1 in stage 1 (the search), 0 in stage 2
     c.budget = 0.5  # target fraction of the dense MACs
-    c.flops_with_mhsa = 1  # count the N^2 attention terms in R
-    c.enable_pruning = 1  # search heads, head dims and MLP neurons
-    c.enable_block_gating = 1  # search whole-block skips (gates)
-    c.enable_patch_gating = 1  # search patch positions to drop (0 or 1; the reference's dynamic mode 2 is not supported)
+    c.flops_with_mhsa = True  # count the N^2 attention terms in R
+    c.enable_pruning = True  # search heads, head dims and MLP neurons
+    c.enable_block_gating = True  # search whole-block skips (gates)
+    c.enable_patch_gating = True  # search patch positions to drop (0 or 1; the reference's dynamic mode 2 is not supported)
     c.target_ramp = 0.5  # fraction of the search over which the target MACs ratio falls to the budget
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
     c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)
@@ -116,7 +116,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.zlr = 0.01  # integral gain of the budget controller z, relative to the seed's 0.01
     c.zlr_schedule_list = ""  # epochs at which the integral gain of z doubles (the seed passes "1,5,9,13,17")
     c.z_grad_clip = 0.5  # clip of the ratio error R - T fed to the controller
-    c.use_gumbel = 1  # 0: SoftL0 gates with --eps / --eps_decay
+    c.use_gumbel = True  # 0: SoftL0 gates with --eps / --eps_decay
     c.gumbel_tau = 1.0  # Gumbel-softmax temperature of the block gates
     c.gumbel_tau_decay = 0.95  # per epoch, floored at 0.1
     c.eps = 0.1  # SoftL0 stretch when --use_gumbel 0
@@ -128,7 +128,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.patch_weight = 5.0  # weight of z dR/da in the patch-logit gradient, relative to the seed's 5
     c.patch_l1_weight = 0.01  # L1 pull on the patch keep probabilities, relative to the seed's 0.01
     c.patchloss = "l1"  # patch sparsity loss (l1)
-    c.enable_warmup = 1  # train the weights alone for --warmup_epochs first
+    c.enable_warmup = True  # train the weights alone for --warmup_epochs first
     c.warmup_epochs = 5  # warm-up epochs (architecture frozen)
     c.warmup_lr = 1e-4  # weight learning rate during warm-up
 
@@ -142,6 +142,6 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.eval_every = 1000  # steps; evaluation also runs at every epoch end
     c.log_interval = 1000  # steps between tensorboard training scalars
     c.gpu_num = ""  # "0,1": visible CUDA devices; ignored on CPU
-    c.deterministic = 0  # 1: deterministic kernels (exact resume on CPU)
+    c.deterministic = False  # 1: deterministic kernels (exact resume on CPU)
     c.local_rank = 0  # filled by torch.distributed.launch
     return c

@@ -5,7 +5,7 @@ from configs.common import base_config
 def get_config(stage: str = "joint"):
     c = base_config(stage)
     c.model_type = "deit_small_patch16_224"
-    c.enable_deit = 0
+    c.enable_deit = False
     c.model_path = "https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth"
     c.lock()
     return c

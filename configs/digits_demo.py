@@ -18,7 +18,7 @@ def get_config(stage: str = "joint"):
     c.dataset = "digits"
     c.data_dir = ""
     c.num_workers = 0
-    c.pin_mem = 0
+    c.pin_mem = False
     c.drop_path = 0.0
     # digits are 8x8 grey images: light augmentation, no RandAugment / erasing
     c.aa = ""
@@ -38,7 +38,7 @@ def get_config(stage: str = "joint"):
     c.round_to = 1  # any width: heads of 16 dims would only have widths 8 and 16 at round_to 8
     c.output_dir = "runs/digits"
     if stage == "dense":
-        c.pretrained = 0
+        c.pretrained = False
         c.distillation_type = "none"
         c.epochs = 100
         c.learning_rate = 1.6e-2  # peak 1.6e-2 x 64 / 512 = 2e-3

@@ -36,6 +36,11 @@ def comments() -> list:
     return rows
 
 
+def shown(value) -> str:
+    """A default as it is typed on the command line: on/off keys as 0/1."""
+    return str(int(value)) if isinstance(value, bool) else repr(value)
+
+
 def table() -> str:
     joint, post = base_config("joint"), base_config("post")
     aliases = {}
@@ -47,8 +52,8 @@ def table() -> str:
             current = section
             out += ["", f"**{section}**", "", "| flag | stage 1 | stage 2 | meaning |", "|---|---|---|---|"]
         flag = f"`--{key}`" + (f" ({', '.join(aliases[key])})" if key in aliases else "")
-        post_default = "same" if joint[key] == post[key] else f"`{post[key]!r}`"
-        out.append(f"| {flag} | `{joint[key]!r}` | {post_default} | {text.replace('|', '/')} |")
+        post_default = "same" if joint[key] == post[key] else f"`{shown(post[key])}`"
+        out.append(f"| {flag} | `{shown(joint[key])}` | {post_default} | {text.replace('|', '/')} |")
     return "\n".join(out[1:])
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from models import create_model
+from utils.config import set_key
 
 TINY_MODEL = "vit_digits_tiny_patch2_8"  # D=32, L=4, H=2, d=16, M=128, 16 patches
 
@@ -25,9 +26,9 @@ def demo_search_config(**overrides):
     """The digits demo's stage-1 config, search active from the first step (no warm-up)."""
     from configs.digits_demo import get_config
     c = get_config("joint")
-    c.enable_warmup = 0
+    c.enable_warmup = False
     for k, v in overrides.items():
-        c[k] = v
+        set_key(c, k, v)  # 0/1 of an on/off key become a bool, as on a command line
     return c
 
 

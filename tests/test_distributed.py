@@ -111,66 +111,88 @@ def test_rank_consistency_check_catches_one_differing_value():
 # --------------------------------------------------------------------------- the seed's flags
 
 SEED_STAGE1 = ["--gpu_num", "0,1", "--uvc_train", "--model_type", DEMO, "--distillation-type", "soft",
-               "--distillation-alpha", "0.1", "--train_batch_size", "32", "--num_epochs", "2", "--eval_every", "1000",
+               "--distillation-alpha", "0.1", "--train_batch_size", "32", "--num_epochs", "3", "--eval_every", "2",
                "--flops_with_mhsa", "1", "--zlr_schedule_list", "1,5,9,13,17", "--learning_rate", "1e-4",
                "--enable_deit", "0", "--budget", "0.5", "--enable_pruning", "1", "--enable_block_gating", "1",
                "--enable_patch_gating", "1", "--gating_weight", "5e-4", "--patch_weight", "5",
                "--patch_l1_weight", "0.01", "--patchloss", "l1", "--use_gumbel", "1", "--glr", "0.1",
-               "--patchlr", "0.01", "--num_workers", "2", "--seed", "730", "--log_interval", "1000",
+               "--patchlr", "0.01", "--num_workers", "2", "--seed", "730", "--log_interval", "2",
                "--eps", "0.1", "--eps_decay", "0.92", "--enable_warmup", "1", "--warmup_epochs", "1",
                "--warmup_lr", "1e-4", "--z_grad_clip", "0.5", "--gating_interval", "2",
-               "--max_steps_per_epoch", "2"]
+               "--max_steps_per_epoch", "4"]
+# the seed's intervals (--eval_every 1000, --log_interval 1000, --gating_interval 50) scaled down to
+# 2 steps over 3 epochs of 4 steps (1 of warm-up): each fires at least twice
+
+
+def launch(script: str, args) -> list:
+    return [sys.executable, "-W", "ignore", "-m", "torch.distributed.launch", "--nproc_per_node=2",
+            "--master_port", str(free_port()), script, *map(str, args)]
+
+
+LAUNCHERS = {"launch": launch, "torchrun": lambda script, args: torchrun(script, args)}
+
+
+def eval_steps(out_dir: Path) -> list:
+    lines = (out_dir / "log.jsonl").read_text().splitlines()
+    return [r["eval_step"] for r in map(json.loads, lines) if "eval_step" in r]
 
 
 def test_seed_flags_are_accepted_and_mean_what_they_say():
     c = parse_config("joint", SEED_STAGE1 + ["--model_path", "t.pth", "--output_dir", "o", "--local-rank=1"])
     assert (c.uvc_train, c.epochs, c.learning_rate, c.flops_with_mhsa, c.gpu_num, c.local_rank) == \
-        (1, 2, 1e-4, 1, "0,1", 1)
+        (True, 3, 1e-4, True, "0,1", 1)
+    assert all(type(c[k]) is bool for k in ("uvc_train", "flops_with_mhsa", "enable_deit", "enable_pruning",
+                                            "use_gumbel", "enable_warmup", "fp16", "pin_mem"))
     assert c.dataset == "digits"  # --model_type vit_digits_patch2_8 picks configs/digits_demo.py
     assert search_space(c).with_attn and not search_space(parse_config(
         "joint", ["--model_type", DEMO, "--flops_with_mhsa", "0"])).with_attn
     post = parse_config("post", ["--pretrained", "0", "--model_type", DEMO, "--checkpoint_dir", "s1.pth",
                                  "--distillation-type", "soft", "--train_batch_size", "256", "--gpu_num", "2,3",
                                  "--epochs", "120", "--eval_every", "1000", "--num_workers", "64"])
-    assert (post.pretrained, post.epochs, post.train_batch_size, post.uvc_train) == (0, 120, 256, 0)
+    assert (post.pretrained, post.epochs, post.train_batch_size, post.uvc_train) == (False, 120, 256, False)
 
 
 # --------------------------------------------------------------------------- launchers
 
-@pytest.fixture(scope="module")
-def seed_stage1(tmp_path_factory, teachers):
-    """The seed README's stage-1 command, shrunk: python -m torch.distributed.launch, 2 processes."""
-    out = tmp_path_factory.mktemp("seed_stage1")
-    cmd = [sys.executable, "-W", "ignore", "-m", "torch.distributed.launch", "--nproc_per_node=2",
-           "--master_port", str(free_port()), "joint_train.py", *SEED_STAGE1,
-           "--model_path", str(teachers[DEMO]), "--output_dir", str(out)]
-    return out, run(cmd)
+@pytest.fixture(scope="module", params=list(LAUNCHERS))
+def seed_stage1(request, tmp_path_factory, teachers):
+    """The seed README's stage-1 command, shrunk, under python -m torch.distributed.launch and torchrun
+    (2 processes)."""
+    out = tmp_path_factory.mktemp(f"seed_stage1_{request.param}")
+    args = SEED_STAGE1 + ["--model_path", teachers[DEMO], "--output_dir", out]
+    return out, run(LAUNCHERS[request.param]("joint_train.py", args))
 
 
 @pytest.mark.slow
-def test_launch_seed_stage1_command(seed_stage1):
+def test_seed_stage1_command(seed_stage1):
     out, log = seed_stage1
-    assert log.count(AGREE) == 2  # checked at both epoch ends
+    assert log.count(AGREE) == 3  # checked at every epoch end
     records = epoch_records(out)
-    assert [r["epoch"] for r in records] == [0, 1]  # --num_epochs 2
+    assert [r["epoch"] for r in records] == [0, 1, 2]  # --num_epochs 3
     assert records[0]["train_lr"] == pytest.approx(1e-4) and not records[0]["searching"]  # --warmup_lr
     assert records[1]["searching"] and records[1]["train_lr"] <= 1e-4  # cosine from --learning_rate
+    assert eval_steps(out) == [2, 4, 6, 8, 10, 12]  # --eval_every
+    state = torch.load(out / RESUME_NAME, map_location="cpu", weights_only=False)
+    # --gating_interval: an update every 2 of the 8 search steps, until the gates settle at the search's end
+    assert state["search"]["primal_dual"]["gate_opt"]["state"][0]["step"] >= 2
     stage1 = torch.load(out / f"{DEMO}_uvc.pth", map_location="cpu", weights_only=False)
-    assert stage1["config"]["flops_with_mhsa"] == 1 and stage1["config"]["epochs"] == 2
+    assert stage1["config"]["flops_with_mhsa"] is True and stage1["config"]["epochs"] == 3
     assert abs(stage1["fit"]["macs_ratio"] - 0.5) <= 0.01
 
 
 @pytest.mark.slow
-def test_torchrun_seed_stage2_command(seed_stage1, teachers, tmp_path):
-    """The seed README's stage-2 command, shrunk, under torchrun."""
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_seed_stage2_command(seed_stage1, teachers, tmp_path, launcher):
+    """The seed README's stage-2 command, shrunk, under both launchers."""
     stage1_dir, _ = seed_stage1
     args = ["--pretrained", "0", "--model_type", DEMO, "--model_path", teachers[DEMO],
             "--checkpoint_dir", stage1_dir / f"{DEMO}_uvc.pth", "--distillation-type", "soft",
             "--distillation-alpha", "0.1", "--train_batch_size", "32", "--gpu_num", "2,3", "--epochs", "2",
-            "--eval_every", "1000", "--output_dir", tmp_path, "--num_workers", "0", "--max_steps_per_epoch", "2"]
-    log = run(torchrun("post_train.py", args))
+            "--eval_every", "2", "--output_dir", tmp_path, "--num_workers", "0", "--max_steps_per_epoch", "2"]
+    log = run(LAUNCHERS[launcher]("post_train.py", args))
     assert log.count(AGREE) == 2
     assert (tmp_path / "compact.pth").is_file() and len(epoch_records(tmp_path)) == 2
+    assert eval_steps(tmp_path) == [2, 4]  # --eval_every: 2 epochs of 2 steps
 
 
 def first_record(out_dir: Path) -> dict:

@@ -155,8 +155,8 @@ def test_evaluation_uses_the_argmax_gates_without_noise():
     vit = tiny_vit()
     model = MaskedViT(vit)
     config = get_config("joint")
-    config.enable_warmup = 0
-    config.enable_pruning = 0
+    config.enable_warmup = False
+    config.enable_pruning = False
     search = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
     with torch.no_grad():
         search.arch.gate_logits[2] = torch.tensor([0.5, 0.2])  # skip wins, but only slightly

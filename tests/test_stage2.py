@@ -58,6 +58,18 @@ def test_removed_weights_stay_exactly_zero_after_every_step():
     assert any(s["exp_avg"].abs().sum() > 0 for s in opt.state.values())  # the optimizer did move weights
 
 
+def test_skipped_blocks_are_frozen_so_ddp_sees_no_unused_parameter():
+    """A skipped block gets no gradient in stage 2; DDP refuses such parameters, so they are frozen
+    before the optimizer and DDP are built. Kept blocks still train."""
+    torch.manual_seed(0)
+    vit = create_model(TINY, num_classes=10)
+    spec = base_spec(vit, TINY)
+    spec["blocks"][1]["skipped"] = True
+    FrozenArchitecture(MaskedViT(vit), spec)
+    assert not any(p.requires_grad for p in vit.blocks[1].parameters())
+    assert all(p.requires_grad for l in (0, 2, 3) for p in vit.blocks[l].parameters())
+
+
 def test_stage1_stage2_export_with_amp(tmp_path):
     """joint_train -> post_train (--fp16 1: bfloat16 autocast on CPU) -> compact.pth equal to the masked model."""
     s1, s2 = tmp_path / "s1", tmp_path / "s2"

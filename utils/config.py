@@ -90,7 +90,10 @@ def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location(f"_uvc_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(stage)
+    try:
+        config = module.get_config(stage)
+    except TypeError as e:  # ml_collections refuses a value of another type, e.g. c.fp16 = 1 on a bool key
+        raise ConfigError(f"config file {path}: {e} (on/off keys are True/False)") from None
     config.lock()
     return config
 
@@ -104,9 +107,20 @@ def _str2bool_int(value: str) -> int:
     raise argparse.ArgumentTypeError(f"expected 0/1 or true/false, got {value!r}")
 
 
+def _switch(value: str) -> int:
+    """An on/off flag as given: 0/1/true/false, or any other integer for set_key to refuse by name."""
+    try:
+        return _str2bool_int(value)
+    except argparse.ArgumentTypeError:
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 0/1 or true/false, got {value!r}") from None
+
+
 def _typed(default):
     if isinstance(default, bool):
-        return lambda v: bool(_str2bool_int(v))
+        return _switch
     if isinstance(default, int):
         def to_int(v):
             try:
@@ -144,9 +158,9 @@ def build_parser(config: ml_collections.ConfigDict, prog: str,
         if keys is not None and key not in keys:
             continue
         kwargs = dict(dest=key, default=argparse.SUPPRESS, type=_typed(default),
-                      help=f"(default: {default!r})")
-        if isinstance(default, (bool, int)) and not isinstance(default, float):
-            kwargs.update(nargs="?", const=1 if not isinstance(default, bool) else True)
+                      help=f"(default: {int(default) if isinstance(default, bool) else default!r})")
+        if isinstance(default, int):  # bool too: a bare --fp16 means 1
+            kwargs.update(nargs="?", const=1)
         parser.add_argument(*_option_strings(key), **kwargs)
     return parser
 
@@ -180,10 +194,7 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
     if "recipe" in overrides:  # the recipe first, so that explicit flags override it
         apply_recipe(config, overrides["recipe"])
     for key, value in overrides.items():
-        try:
-            config[key] = value
-        except (TypeError, KeyError) as e:
-            raise ConfigError(f"--{key}: {e}") from None
+        set_key(config, key, value)
     check_stage_flags(overrides, stage)
     check_latency_flags(overrides, config)
     validate(config, stage)
@@ -193,6 +204,22 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
             print(json.dumps(config.to_dict(), indent=1), flush=True)
         raise SystemExit(0)
     return config
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value) -> None:
+    """config[key] = value, with an on/off key resolved to a bool here, once: 0/1 and true/false
+    from a command line or an older file's saved config all become False/True, so no caller ever
+    passes an int where torch wants a bool (torch.amp's `enabled`)."""
+    if isinstance(config.get(key), bool):
+        if value not in (0, 1):  # also True/False
+            hint = (" (the reference's dynamic patch mode 2 is not implemented: patches are gated "
+                    "per position, the same for every image)") if key == "enable_patch_gating" else ""
+            raise ConfigError(f"--{key} must be 0 or 1, got {value}{hint}")
+        value = bool(value)
+    try:
+        config[key] = value
+    except (TypeError, KeyError) as e:
+        raise ConfigError(f"--{key}: {e}") from None
 
 
 def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
@@ -220,12 +247,8 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
     """The config with `defaults` (e.g. a training file's own config), then the flags given, for `keys`."""
     given = {k: v for k, v in vars(args).items() if k in keys}
     for key, value in list((defaults or {}).items()) + list(given.items()):
-        if key not in keys:
-            continue
-        try:
-            config[key] = value
-        except (TypeError, KeyError) as e:
-            raise ConfigError(f"--{key}: {e}") from None
+        if key in keys:
+            set_key(config, key, value)
     for key, choices in _CHOICES.items():
         if key in keys and config[key] not in choices:
             raise ConfigError(f"--{key} {config[key]!r} is not supported; choose one of {', '.join(choices)}")
@@ -296,14 +319,13 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
         if key in config and config[key] not in choices:
             raise ConfigError(f"--{key} {config[key]!r} is not supported; choose one of {', '.join(choices)}")
     for key in _FLAGS_01:
-        if key in config and int(config[key]) not in (0, 1):
-            hint = (" (the reference's dynamic patch mode 2 is not implemented: patches are gated "
-                    "per position, the same for every image)") if key == "enable_patch_gating" else ""
-            raise ConfigError(f"--{key} must be 0 or 1, got {config[key]}{hint}")
-    if stage == "joint" and not int(config.uvc_train):
+        if key in config and not isinstance(config[key], bool):
+            raise ConfigError(f"config key {key} must be True or False, got {config[key]!r}: on/off keys "
+                              f"are bools (configs/common.py)")
+    if stage == "joint" and not config.uvc_train:
         raise ConfigError("--uvc_train 0: joint_train.py is the UVC search and has nothing else to do; to train "
                           "or fine-tune the dense model use post_train.py without --checkpoint_dir")
-    if stage == "post" and int(config.uvc_train):
+    if stage == "post" and config.uvc_train:
         raise ConfigError("--uvc_train is a stage-1 flag: post_train.py fine-tunes the architecture in "
                           "--checkpoint_dir; run the search with joint_train.py")
     if not 0.0 < float(config.budget) <= 1.0:

@@ -7,6 +7,7 @@ from typing import Dict, Optional
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from utils.dist import is_main_process
 
@@ -51,6 +52,15 @@ class RunLogger:
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                           if not isinstance(v, (list, dict)))
         print(shown, flush=True)
+
+    def step_eval(self, step: int, metrics: Dict[str, float]) -> None:
+        """A mid-epoch evaluation (--eval_every): tensorboard eval_step/*, and a log.jsonl line
+        {"eval_step": step, "top1", "top5", "loss"} (no "epoch" or "val_*" key: epoch tables skip it)."""
+        if not self.enabled:
+            return
+        self.scalars("eval_step", metrics, step)
+        self._append({"eval_step": step, **metrics})
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def info(self, text: str) -> None:
         if self.enabled:

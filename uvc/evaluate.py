@@ -116,7 +116,7 @@ def run(config, args) -> dict:
                         f"{loaded.num_classes}; evaluate it on its own data set")
     loader = build_eval_loader(config, val_set, env.world_size, env.rank)
     model = loaded.model.to(env.device)
-    metrics = evaluate(model, loader, env.device, None, bool(config.fp16))
+    metrics = evaluate(model, loader, env.device, None, config.fp16)
     r = loaded.report
     out = {"file": args.file, "kind": r["kind"], "model_type": r["model_type"], "img_size": loaded.img_size,
            "dataset": config.dataset, "data_dir": config.data_dir, "images": len(val_set), **metrics,
@@ -125,7 +125,7 @@ def run(config, args) -> dict:
     if args.repeats and is_main_process():
         out.update(throughput_batch=args.throughput_batch, images_per_s=images_per_second(
             model, (loaded.in_chans, loaded.img_size, loaded.img_size), args.throughput_batch, env.device,
-            amp=bool(config.fp16), repeats=args.repeats))
+            amp=config.fp16, repeats=args.repeats))
     main_process = is_main_process()
     if env.distributed:
         torch.distributed.barrier()  # the other ranks wait for rank 0's timing
