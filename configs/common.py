@@ -106,27 +106,29 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
     c.latency_batch = 64  # batch size the latency table is measured at
     c.latency_check = 4  # with --budget_metric latency: fits timed whole against the dense model at the freeze, refitted while off the budget (0: none)
-    # Rates below: the seed's values are the unit; each scales a rule set per search length (uvc/schedule.py)
-    c.slr = 0.01  # speed of s (heads, neurons removed), relative to the seed's 0.01
-    c.rlr = 0.01  # speed of r (dims removed per head), relative to the seed's 0.01
+    # Rates below: each default is 1x of a rule set per search length (uvc/schedule.py); the flag scales it.
+    # The names are the reference's, the meaning is not: there slr = rlr = 0.02 and ylr = plr = 1e-4 are
+    # per-step SGD rates, and the seed's command sets none of them.
+    c.slr = 0.01  # speed of s (heads, neurons removed); 0.01 is the rule's 1x, 0.02 twice as fast
+    c.rlr = 0.01  # speed of r (dims removed per head); 0.01 is the rule's 1x
     c.soptim = "sgd"  # optimizer of s: sgd (allocates by importance per MAC) / adam (per entry: lockstep)
     c.roptim = "sgd"  # optimizer of r: sgd / adam
-    c.ylr = 0.01  # dual ascent rate of y (heads, neurons), relative to the seed's 0.01
-    c.plr = 0.01  # dual ascent rate of p (head dims), relative to the seed's 0.01
-    c.zlr = 0.01  # integral gain of the budget controller z, relative to the seed's 0.01
-    c.zlr_schedule_list = ""  # epochs at which the integral gain of z doubles (the seed passes "1,5,9,13,17")
+    c.ylr = 0.01  # dual ascent rate of y (heads, neurons); 0.01 is the rule's 1x
+    c.plr = 0.01  # dual ascent rate of p (head dims); 0.01 is the rule's 1x
+    c.zlr = 0.01  # integral gain of the budget controller z; 0.01 is the rule's 1x (the reference has no --zlr)
+    c.zlr_schedule_list = ""  # epochs at which z's integral gain doubles (in the reference: z learning rates, of which only the first is used)
     c.z_grad_clip = 0.5  # clip of the ratio error R - T fed to the controller
     c.use_gumbel = True  # 0: SoftL0 gates with --eps / --eps_decay
     c.gumbel_tau = 1.0  # Gumbel-softmax temperature of the block gates
     c.gumbel_tau_decay = 0.95  # per epoch, floored at 0.1
     c.eps = 0.1  # SoftL0 stretch when --use_gumbel 0
     c.eps_decay = 0.92  # per-epoch decay of --eps
-    c.glr = 0.1  # speed of the block gate logits, relative to the seed's 0.1
-    c.gating_weight = 5e-4  # weight of z dR/dg in the gate gradient, relative to the seed's 5e-4
+    c.glr = 0.1  # speed of the block gate logits; 0.1 (the seed's value) is the rule's 1x
+    c.gating_weight = 5e-4  # weight of z dR/dg in the gate gradient; 5e-4 (the seed's value) is the rule's 1x
     c.gating_interval = 50  # steps between gate and patch-logit updates, at most (100 updates per search at least)
-    c.patchlr = 0.01  # speed of the patch logits, relative to the seed's 0.01
-    c.patch_weight = 5.0  # weight of z dR/da in the patch-logit gradient, relative to the seed's 5
-    c.patch_l1_weight = 0.01  # L1 pull on the patch keep probabilities, relative to the seed's 0.01
+    c.patchlr = 0.01  # speed of the patch logits; 0.01 (the seed's value) is the rule's 1x
+    c.patch_weight = 5.0  # weight of z dR/da in the patch-logit gradient; 5 (the seed's value) is the rule's 1x
+    c.patch_l1_weight = 0.01  # L1 pull on the patch keep probabilities; 0.01 (the seed's value) is the rule's 1x
     c.patchloss = "l1"  # patch sparsity loss (l1)
     c.enable_warmup = True  # train the weights alone for --warmup_epochs first
     c.warmup_epochs = 5  # warm-up epochs (architecture frozen)
@@ -135,13 +137,17 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     # --- stage 2 ------------------------------------------------------------
     c.checkpoint_dir = ""  # stage-1 file (<model_type>_uvc.pth) to fine-tune
 
-    # --- run ----------------------------------------------------------------
+    # --- logging ------------------------------------------------------------
+    c.eval_every = 1000  # steps between mid-epoch evaluations (0: none); evaluation also runs at every epoch end
+    c.log_interval = 1000  # steps between tensorboard training scalars
+
+    # --- distributed ----------------------------------------------------------
+    c.gpu_num = ""  # "0,1": visible CUDA devices; ignored on CPU
+    c.local_rank = 0  # filled by torch.distributed.launch
+
+    # --- output -------------------------------------------------------------
     c.output_dir = "output"  # run folder: log.jsonl, tensorboard, checkpoints
     c.resume = ""  # path, or "auto" for the latest checkpoint in output_dir
     c.seed = 730  # random seed
-    c.eval_every = 1000  # steps; evaluation also runs at every epoch end
-    c.log_interval = 1000  # steps between tensorboard training scalars
-    c.gpu_num = ""  # "0,1": visible CUDA devices; ignored on CPU
     c.deterministic = False  # 1: deterministic kernels (exact resume on CPU)
-    c.local_rank = 0  # filled by torch.distributed.launch
     return c

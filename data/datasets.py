@@ -62,10 +62,19 @@ def _imagenet(config, img_size: int, in_chans: int):
     train = _image_folder(config, "train", build_transform(config, img_size, True, in_chans))
     val = _image_folder(config, "val", build_transform(config, img_size, False, in_chans))
     if val.classes != train.classes:
-        raise DataError(f"the class folders of {os.path.join(config.data_dir, 'val')} ({len(val.classes)}) "
-                        f"differ from those of {os.path.join(config.data_dir, 'train')} ({len(train.classes)}); "
-                        f"both need the same <class> folders")
+        only_val, only_train = sorted(set(val.classes) - set(train.classes)), sorted(set(train.classes) - set(val.classes))
+        raise DataError(f"the class folders of {os.path.join(config.data_dir, 'val')} differ from those of "
+                        f"{os.path.join(config.data_dir, 'train')}: only in val/ {_few(only_val)}, only in train/ "
+                        f"{_few(only_train)}; both need the same <class> folders")
     return train, val, len(train.classes)
+
+
+def _few(names, at_most: int = 5) -> str:
+    """['a', 'b', ...] named in a message, at most `at_most` of them."""
+    if not names:
+        return "none"
+    shown = ", ".join(names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
 def _image_folder(config, split: str, transform) -> tv_datasets.ImageFolder:

@@ -207,6 +207,15 @@ def test_empty_image_folder(tmp_path):
         build_datasets(config, 32, 3)
 
 
+def test_differing_class_folders_are_named(image_folder):
+    (image_folder / "val" / "class1").rename(image_folder / "val" / "clas1")
+    config = make_config("--dataset", "imagenet", "--data_dir", image_folder)
+    with pytest.raises(DataError) as info:
+        build_datasets(config, 32, 3)
+    message = str(info.value)
+    assert "only in val/ clas1, only in train/ class1" in message and "\n" not in message
+
+
 def test_grey_model_gets_one_channel_from_colour_images(image_folder):
     """in_chans 1: the ImageFolder/CIFAR pipeline converts PIL images to grey first, train and eval alike;
     a model of another channel count is refused in one line."""

@@ -47,6 +47,9 @@ def files(tmp_path_factory):
     f["random.pth"].write_bytes(os.urandom(4096))
     f["text.pth"].write_text("hello, a text file\n")  # the unpickler fails with KeyError on this one
     f["a_file"].write_text("x")
+    f["int_switch_config.py"] = root / "int_switch_config.py"  # a user's config setting 1 on an on/off key
+    f["int_switch_config.py"].write_text("from configs.common import base_config\n\n\ndef get_config(stage):\n"
+                                         "    c = base_config(stage)\n    c.fp16 = 1\n    return c\n")
     torch.save({"model": create_model("vit_digits_tiny_patch2_8").state_dict()}, f["dense.pth"])
     whole = f["dense.pth"].read_bytes()
     f["truncated.pth"].write_bytes(whole[: len(whole) // 2])
@@ -126,6 +129,10 @@ CASES = {
     "accumulation_leaves_no_step": ("joint post", lambda f: TINY_SET + ["--batch_size", "8",
                                                                         "--gradient_accumulation_steps", "2"],
                                     ["an epoch has no optimizer step", "--gradient_accumulation_steps"]),
+    "config_file_typo": ("joint post", lambda f: ["--config", "configs/deit_tiyn.py"],
+                         ["configs/deit_tiyn.py not found (did you mean configs/deit_tiny.py?)", "digits_demo.py"]),
+    "config_file_int_on_switch": ("joint post", lambda f: ["--config", f["int_switch_config.py"]],
+                                  ["int_switch_config.py", "on/off keys are True/False"]),
     "patch_gating_dynamic_mode": ("joint", lambda f: ["--enable_patch_gating", "2"],
                                   ["--enable_patch_gating must be 0 or 1, got 2", "not implemented"]),
     "pruning_flag_3": ("joint", lambda f: ["--enable_pruning", "3"], ["--enable_pruning must be 0 or 1"]),

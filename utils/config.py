@@ -16,9 +16,11 @@ flag. `--print_config` prints the result as JSON and exits. An unknown key or a
 value of the wrong type ends the program with one line on stderr.
 """
 import argparse
+import difflib
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import List, Optional, Sequence
 
@@ -82,8 +84,8 @@ def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
         if os.path.isfile(alt):
             path = alt
         else:
-            raise ConfigError(f"config file {path} not found; pass one of {sorted(os.listdir(CONFIG_DIR))} "
-                              f"from {CONFIG_DIR}")
+            raise ConfigError(f"config file {path} not found{_did_you_mean(path)}; the configs are "
+                              f"{', '.join(config_files())} in {_shown_path(CONFIG_DIR)}/")
     root = os.path.dirname(CONFIG_DIR)
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -96,6 +98,17 @@ def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path}: {e} (on/off keys are True/False)") from None
     config.lock()
     return config
+
+
+def config_files() -> List[str]:
+    """The config files a user can pass: configs/*.py with a get_config (not common.py or __init__.py)."""
+    return sorted(name for name in os.listdir(CONFIG_DIR)
+                  if name.endswith(".py") and name not in ("common.py", "__init__.py"))
+
+
+def _did_you_mean(path: str) -> str:
+    close = difflib.get_close_matches(os.path.basename(path), config_files(), n=1, cutoff=0.6)
+    return f" (did you mean configs/{close[0]}?)" if close else ""
 
 
 def _str2bool_int(value: str) -> int:
@@ -137,31 +150,84 @@ def _typed(default):
     return str
 
 
-def _option_strings(key: str) -> List[str]:
+def _spellings(key: str) -> List[str]:
+    """Every spelling of the flag of `key` but --key itself: dashes, the seed's aliases, --config.key."""
     names = {key, key.replace("_", "-")}
     names |= {alias for alias, target in ALIASES.items() if target == key}
     names |= {a.replace("-", "_") for a in list(names)}
-    opts = [f"--{n}" for n in sorted(names)]
-    opts.append(f"--config.{key}")
-    return opts
+    return [f"--{n}" for n in sorted(names - {key})] + [f"--config.{key}"]
 
 
-def build_parser(config: ml_collections.ConfigDict, prog: str,
-                 keys: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
-    """A parser with one flag per config key (or per key of `keys`), defaults left to the config."""
-    parser = _Parser(prog=prog, description="UVC; every key of the config file is a flag.",
-                     allow_abbrev=False)
-    parser.add_argument("--config", default=None, help="config file (configs/*.py)")
+_COMMENTED_KEY = re.compile(r"^\s+c\.(\w+) = .*?(?:#\s*(.*))?$")
+_SECTION = re.compile(r"^\s+# --- (.*?) -+$")
+
+
+def config_comments() -> List[tuple]:
+    """[(section, key, meaning)] of configs/common.py in file order: each key's comment is its meaning,
+    in --help and in docs/flags.md alike."""
+    rows, section = [], ""
+    with open(os.path.join(CONFIG_DIR, "common.py")) as f:
+        for line in f:
+            if _SECTION.match(line):
+                section = _SECTION.match(line).group(1)
+            elif _COMMENTED_KEY.match(line):
+                key, text = _COMMENTED_KEY.match(line).groups()
+                rows.append((section, key, (text or "").strip()))
+    return rows
+
+
+def _shown_path(path: str) -> str:
+    """A config file as the user would type it: relative to the repository when inside it."""
+    root = os.path.dirname(CONFIG_DIR)
+    return os.path.relpath(path, root) if os.path.abspath(path).startswith(root + os.sep) else path
+
+
+_METAVARS = {bool: "0|1", int: "INT", float: "FLOAT", str: "TEXT"}
+STAGE_TEXT = {
+    "joint": "Stage 1 of UVC: search heads, head dims, MLP neurons, block skips and patches under a MACs (or "
+             "latency) budget while the weights train under distillation; writes <output_dir>/<model_type>_uvc.pth.",
+    "post": "Stage 2 of UVC: fine-tune the architecture fixed in --checkpoint_dir and export compact.pth; "
+            "without --checkpoint_dir, train or fine-tune the dense model (a teacher).",
+}
+
+
+def build_parser(config: ml_collections.ConfigDict, prog: str, keys: Optional[Sequence[str]] = None,
+                 stage: Optional[str] = None, config_file: str = "the config file") -> argparse.ArgumentParser:
+    """A parser with one flag per config key (or per key of `keys`), defaults left to the config.
+
+    --help groups the flags by the sections of configs/common.py and gives each its comment there.
+    A flag of the other stage is parsed (to be refused in one line by check_stage_flags) but not shown;
+    nor are the other spellings of a flag (--key-with-dashes, --config.key, the seed's aliases)."""
+    parser = _Parser(prog=prog, allow_abbrev=False, usage="%(prog)s [--config FILE] [--flag VALUE ...]",
+                     description=(STAGE_TEXT.get(stage, "UVC") + f" Every key of the config is a flag; "
+                                  f"--key-with-dashes and --config.key are the same flag. Defaults: {_shown_path(config_file)} "
+                                  f"(chosen by --config, or by --model_type)."))
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config file (configs/*.py), or FILE.py:variant (e.g. configs/digits_demo.py:dense)")
     parser.add_argument("--print_config", "--print-config", action="store_true",
                         help="print the resolved config as one JSON object and exit")
-    for key, default in config.items():
+    other_stage = {"joint": STAGE2_ONLY, "post": STAGE1_ONLY + ("uvc_train",)}.get(stage, ())
+    meanings = {key: (section, text) for section, key, text in config_comments()}
+    order = {key: i for i, key in enumerate(meanings)}  # the file's order, section by section
+    groups = {}
+    for key, default in sorted(config.items(), key=lambda kv: order.get(kv[0], len(order))):
         if keys is not None and key not in keys:
             continue
+        section, text = meanings.get(key, ("other", ""))
+        shown = int(default) if isinstance(default, bool) else default
         kwargs = dict(dest=key, default=argparse.SUPPRESS, type=_typed(default),
-                      help=f"(default: {int(default) if isinstance(default, bool) else default!r})")
+                      metavar=_METAVARS.get(type(default), "VALUE"))
         if isinstance(default, int):  # bool too: a bare --fp16 means 1
             kwargs.update(nargs="?", const=1)
-        parser.add_argument(*_option_strings(key), **kwargs)
+        if key in other_stage:
+            parser.add_argument(f"--{key}", *_spellings(key), help=argparse.SUPPRESS, **kwargs)
+            continue
+        aliases = [a for a in _spellings(key) if a.replace("-", "_") != f"--{key}" and not a.startswith("--config.")
+                   and "-" not in a[2:]]
+        group = groups.get(section) or groups.setdefault(section, parser.add_argument_group(section))
+        group.add_argument(f"--{key}", *aliases, help=f"{text} (default: {shown!r})".replace("%", "%%"), **kwargs)
+        hidden = [a for a in _spellings(key) if a not in aliases]
+        parser.add_argument(*hidden, help=argparse.SUPPRESS, **kwargs)
     return parser
 
 
@@ -186,7 +252,7 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _pick_config_file(argv)
     config = load_config_file(path, stage)
-    parser = build_parser(config, prog or os.path.basename(sys.argv[0]))
+    parser = build_parser(config, prog or os.path.basename(sys.argv[0]), stage=stage, config_file=path)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "print_config")}
     with config.unlocked():

@@ -1,0 +1,54 @@
+"""--help of both entry scripts: flags grouped by the sections of configs/common.py, each with its
+one-line meaning (the comment next to its key), and only the script's own flags."""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.config import STAGE1_ONLY, STAGE2_ONLY, build_parser, config_comments, load_config_file
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = ["model", "data", "optimisation of the weights", "distillation", "UVC search (stage 1)", "stage 2",
+          "logging", "distributed", "output"]
+
+
+def shown_actions(stage: str):
+    config = load_config_file(str(REPO / "configs" / "deit_tiny.py"), stage)
+    parser = build_parser(config, "x", stage=stage)
+    return {group.title: [a for a in group._group_actions if a.help != argparse.SUPPRESS]
+            for group in parser._action_groups}
+
+
+def test_every_config_key_has_a_meaning():
+    missing = [key for _, key, text in config_comments() if not text]
+    assert not missing, f"keys of configs/common.py without a comment: {missing}"
+
+
+@pytest.mark.parametrize("stage", ["joint", "post"])
+def test_help_groups_flags_and_describes_each(stage):
+    groups = shown_actions(stage)
+    expected = [g for g in GROUPS if not (stage == "joint" and g == "stage 2")
+                and not (stage == "post" and g.startswith("UVC search"))]
+    assert [t for t in groups if t not in ("positional arguments", "options")] == expected
+    meanings = {key: text for _, key, text in config_comments()}
+    for title in expected:
+        for action in groups[title]:
+            assert action.help.startswith(meanings[action.dest]) and meanings[action.dest], action.dest
+            assert action.option_strings[0] == f"--{action.dest}"
+
+
+def test_each_script_shows_only_its_own_flags():
+    joint = {a.dest for actions in shown_actions("joint").values() for a in actions}
+    post = {a.dest for actions in shown_actions("post").values() for a in actions}
+    assert not joint & set(STAGE2_ONLY) and not post & set(STAGE1_ONLY + ("uvc_train",))
+    assert "budget" in joint and "checkpoint_dir" in post
+
+
+@pytest.mark.parametrize("script", ["joint_train.py", "post_train.py"])
+def test_help_runs_and_names_its_defaults_file(script):
+    out = subprocess.run([sys.executable, script, "--model_type", "vit_digits_patch2_8", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "Defaults: configs/digits_demo.py" in " ".join(out.split())
+    assert "\ndata:\n" in out and "--budget" in out if script == "joint_train.py" else "--budget" not in out
