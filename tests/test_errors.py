@@ -32,8 +32,8 @@ from utils.training import build_data
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"joint": joint_train, "post": post_train}
 DIGITS = ["--config", os.path.join(CONFIG_DIR, "digits_demo.py"), "--model_type", "vit_digits_tiny_patch2_8",
-          "--distillation_type", "none", "--pretrained", "0", "--epochs", "1", "--max_steps_per_epoch", "1",
-          "--num_workers", "0"]
+          "--distillation_type", "none", "--pretrained", "0", "--epochs", "3", "--max_steps_per_epoch", "1",
+          "--num_workers", "0"]  # stage 1: 2 warm-up epochs (the demo's), then 1 of search
 RGB = ["--model_type", "deit_tiny_patch16_224", "--input_size", "32"]  # a 3-channel model for the image sets
 TINY_SET = ["--dataset", "synthetic", "--synthetic_size", "8", "--batch_size", "4"]
 
@@ -129,6 +129,8 @@ CASES = {
     "accumulation_leaves_no_step": ("joint post", lambda f: TINY_SET + ["--batch_size", "8",
                                                                         "--gradient_accumulation_steps", "2"],
                                     ["an epoch has no optimizer step", "--gradient_accumulation_steps"]),
+    "epochs_within_warmup": ("joint", lambda f: ["--epochs", "2", "--warmup_epochs", "2"],
+                             ["--epochs 2 leaves no search epoch after --warmup_epochs 2", "greedy fit"]),
     "config_file_typo": ("joint post", lambda f: ["--config", "configs/deit_tiyn.py"],
                          ["configs/deit_tiyn.py not found (did you mean configs/deit_tiny.py?)", "digits_demo.py"]),
     "config_file_int_on_switch": ("joint post", lambda f: ["--config", f["int_switch_config.py"]],
@@ -276,7 +278,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(script, tmp_path, capsys, monk
         return train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch, **kwargs)
 
     monkeypatch.setattr(module, "train_one_epoch", poisoned)
-    argv = DIGITS + TINY_SET + ["--epochs", "2", "--output_dir", output_dir]
+    argv = DIGITS + TINY_SET + ["--epochs", "2", "--output_dir", output_dir] + (
+        ["--warmup_epochs", "1"] if script == "joint" else [])
     with pytest.raises(SystemExit) as info:
         run_entry(module.main, argv)
     err = capsys.readouterr().err

@@ -418,6 +418,11 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
             raise ConfigError(f"--{key} must be at least 1, got {config[key]}")
     if int(config.epochs) < 1:
         raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
+    if stage == "joint" and config.enable_warmup and int(config.epochs) <= int(config.warmup_epochs):
+        raise ConfigError(f"--epochs {config.epochs} leaves no search epoch after --warmup_epochs "
+                          f"{config.warmup_epochs}: the search would never run and the freeze's greedy fit would "
+                          f"do all the compression; raise --epochs or lower --warmup_epochs (0: search from the "
+                          f"first step)")
     for key in SHAPE_KEYS + ("num_classes",):
         if config[key] < 0:
             raise ConfigError(f"--{key} must be positive (or 0 for the model type's own), got {config[key]}")
