@@ -1,6 +1,6 @@
 """MACs and parameter counts of physically pruned timm ViTs, for the peers of the demo
 and the benchmarks: fvcore's count (fused attention off, so the attention matmuls are
-seen), and the UVC_SPEC section 3 terms read off a pruned model's layer sizes.
+seen), and the docs/method.md section 3 terms read off a pruned model's layer sizes.
 """
 import warnings
 from typing import Optional
@@ -42,7 +42,7 @@ def fvcore_macs(model: nn.Module, inputs: Optional[torch.Tensor] = None) -> int:
 
 
 def formula_macs(model: nn.Module, with_attn: bool = True) -> float:
-    """The UVC_SPEC section 3 terms of a (pruned) timm ViT, read off its layer sizes; q, k and v
+    """The docs/method.md section 3 terms of a (pruned) timm ViT, read off its layer sizes; q, k and v
     all use the block's (pruned) head size."""
     dims = ViTDims.of(model)
     tokens = dims.num_patches + dims.num_prefix_tokens

@@ -6,7 +6,7 @@ MLP neurons, chosen by the scores UVC itself ranks groups by (uvc.masks:
 head = squared norm of its attn.proj columns, neuron = squared norm of its
 fc2 column), lowest first. No block is skipped, no patch is dropped, value
 dims inside kept heads are untouched. The counts are picked so that the hard
-MACs ratio (UVC_SPEC section 3, the same formula UVC's budget uses) lands
+MACs ratio (docs/method.md section 3, the same formula UVC's budget uses) lands
 within 1% (relative) of the target.
 
 Heads are coarse (4 per block in the demo model), so the kept head count h is

@@ -270,7 +270,7 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
         "macs_ratio": ratio, "macs_fvcore": macs_fv, "dense_macs_fvcore": dense_fv,
         "macs_formula": macs_formula, "dense_macs_formula": dense_formula,
         "macs_ratio_formula": macs_formula / dense_formula,
-        "counter": "fvcore, fused attention off (formula_macs: UVC_SPEC terms with pruned q/k/v head size)",
+        "counter": "fvcore, fused attention off (formula_macs: docs/method.md section 3 terms with pruned q/k/v head size)",
         "pruning_ratio": r, "mlp_pruning_ratio": r if mlp is None else mlp, "heads_removed": k,
         "blocks": [{"heads": b.attn.num_heads, "head_dim": b.attn.head_dim, "neurons": b.mlp.fc1.out_features}
                    for b in model.blocks],

@@ -1,4 +1,4 @@
-"""The compact ViT: what `python -m uvc.export` deploys (UVC_SPEC section 7).
+"""The compact ViT: what `python -m uvc.export` deploys (docs/method.md section 7).
 
 A physically smaller ViT in which every block has its own number of heads,
 value size per head and MLP width, skipped blocks are gone and only the kept

@@ -22,7 +22,7 @@ fine-tuning and distillation: uniform one-shot magnitude pruning, the greedy fit
 alone (no search), Torch-Pruning (Taylor, global) and Torch-Pruning (local
 magnitude), and the ablations "UVC without block gates", "UVC without
 distillation" and "UVC without the patch trial" (--patch_probe 0: every patch drop the
-gradients propose stands, uvc/trial.py); it writes a markdown table and the full logs to --log_dir and a
+gradients propose stands, uvc/trial.py); it writes a markdown table to --log_dir (each run's logs stay under --run_dir) and a
 top-1 vs MACs plot to --figs_dir. The budget sweep and the ablations on MNIST are
 scripts/sweep.py.
 """
@@ -33,7 +33,7 @@ import sys
 import time
 from typing import List
 
-from pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, params,
+from pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, params,
                       removed_text, stage1_ratio, stage1_run)
 
 
@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=0.5, help="target fraction of the dense MACs")
     p.add_argument("--cache_dir", default="runs/cache", help="where trained teachers are kept, by config")
     p.add_argument("--compare", action="store_true", help="also run the peers and ablations")
-    p.add_argument("--log_dir", default="log", help="where <dataset>_demo.md (and with --compare the table and full "
-                                                    "logs of every method) go")
+    p.add_argument("--log_dir", default="log", help="where <dataset>_demo.md (and with --compare its table) go; the "
+                                                    "runs' own logs stay under --run_dir")
     p.add_argument("--figs_dir", default="Figs", help="--compare: where the plots go")
     p.add_argument("--smoke", action="store_true",
                    help="a few steps per stage (CI): checks the plumbing, not the accuracy")
@@ -156,7 +156,6 @@ def write_compare(args, rows: List[dict], methods: List[dict]) -> None:
             f"fvcore on the physically pruned models; throughput measured side by side on this CPU at batch 64."
             f"\n\n{table}\n")
     atomic_write_text(text, os.path.join(args.log_dir, f"{args.dataset}_compare.md"))
-    copy_logs(methods, os.path.join(args.log_dir, f"{args.dataset}_compare"))
     plot_compare(rows, os.path.join(args.figs_dir, f"{args.dataset}_top1_vs_macs.png"), command, args.dataset)
     print(text)
 

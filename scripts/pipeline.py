@@ -17,7 +17,6 @@ timed side by side with the dense one, interleaved rounds, median).
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,6 @@ DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
             "mnist": ("configs/mnist_demo.py", "vit_mnist_patch4_28")}
 SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
 SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0"]  # and stage 1 searches from its first step
-LOG_FILES = ("log.jsonl", "stdout.log", "result.json")  # what copy_logs keeps of a run folder
 AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, counted per axis (`removed`)
 # baselines.torch_pruning flags of its "Torch-Pruning (local magnitude)" setting (default: Taylor, global)
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
@@ -141,19 +139,6 @@ def write_result(out: str, text: str, record: dict) -> None:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     atomic_write_text(text, out + ".md")
     atomic_write_text(json.dumps(record, indent=1), out + ".json")
-
-
-def copy_logs(runs: Sequence[dict], log_dir: str, names: Sequence[str] = LOG_FILES) -> None:
-    """The logs of every run (the files `names` of its folders), one folder per run under log_dir,
-    named by the run's "log_name" (default: its method name)."""
-    for r in runs:
-        folder = re.sub(r"[^\w.-]+", "_", r.get("log_name", r["name"]).replace("/", "")).strip("_")
-        dst = os.path.join(log_dir, folder)
-        for src in r["logs"]:
-            for name in names:
-                if os.path.exists(os.path.join(src, name)):
-                    os.makedirs(dst, exist_ok=True)
-                    shutil.copy(os.path.join(src, name), os.path.join(dst, f"{os.path.basename(src)}_{name}"))
 
 
 @dataclass

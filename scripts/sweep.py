@@ -13,9 +13,9 @@ formula, `Torch-Pruning` (Taylor importance, global isomorphic ranking) at UVC's
 MACs by fvcore. Writes log/mnist_sweep.md (table), log/mnist_sweep.json
 ({"teacher_top1", "rows": [{"method", "budget", "macs_ratio", "top1",
 "top1_before_ft", "params", "images_per_s_b64", "speedup_b64", "removed"}]}; removed:
-the blocks, heads, value dims, neurons and patches the method removed), the logs of
-every run under log/mnist_sweep/ and Figs/mnist_sweep_top1_vs_macs.png (one line per
-method).
+the blocks, heads, value dims, neurons and patches the method removed) and
+Figs/mnist_sweep_top1_vs_macs.png (one line per method); each run's own logs stay
+in its folder under --run_dir.
 
 Ablations (--ablations), at budget 0.4 with two seeds per row (search and
 fine-tuning seeds; one teacher): UVC; UVC without block gates, without patch gates,
@@ -42,7 +42,7 @@ import sys
 import textwrap
 from typing import Dict, List
 
-from pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, copy_logs, macs_ratio_of, markdown_table, removed_text,
+from pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, removed_text,
                       stage1_ratio)
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
@@ -58,7 +58,6 @@ ABLATIONS = {
 }
 NO_SEARCH = "no search (greedy fit)"
 REMOVED = "removed: blocks/heads/dims/neurons/patches"
-RUN_LOGS = ("log.jsonl", "result.json")  # stdout.log holds progress bars: left in --run_dir
 
 
 def _floats(text: str) -> List[float]:
@@ -236,8 +235,7 @@ def main(argv=None) -> int:
     name = f"{args.dataset}_{'ablations' if args.ablations else 'sweep'}"
     result = (ablations if args.ablations else sweep)(args, bench, teacher, dense)
     table = (ablation_table if args.ablations else sweep_table)(result)
-    runs = result.pop("runs")
-    copy_logs(runs, os.path.join(args.log_dir, name), RUN_LOGS)
+    result.pop("runs")  # run folders stay under --run_dir
     epochs = f"{args.search_epochs} search epochs (1 of warm-up), {args.finetune_epochs} fine-tuning epochs"
     what = (f"budget {args.ablation_budget}, seeds {', '.join(map(str, args.seeds))}" if args.ablations
             else f"budgets {', '.join(map(str, args.budgets))}, seed {args.seed}")

@@ -1,4 +1,4 @@
-"""The MACs model and the budget R(s, r, g, a) (UVC_SPEC section 3): values by hand, gradients by differences."""
+"""The MACs model and the budget R(s, r, g, a) (docs/method.md section 3): values by hand, gradients by differences."""
 import pytest
 import torch
 
@@ -89,7 +89,7 @@ def test_hard_ratio_by_hand():
     dense = 4 * block(17, 2, 32, M) + 16 * 1 * 2 * 2 * D + D * 10
     assert dense == 911936
     n = 12 + 1
-    # block 2: its heads keep 12 and 10 value dims, deployed padded to 2 x 12 (UVC_SPEC section 7)
+    # block 2: its heads keep 12 and 10 value dims, deployed padded to 2 x 12 (docs/method.md section 7)
     macs = (block(n, 1, 16, M) + block(n, 2, 32, 64) + block(n, 2, 2 * (16 - 4), M)
             + 12 * 1 * 2 * 2 * D + D * 10)
     budget = Budget(TINY, 0.5, SearchSpace())

@@ -1,4 +1,4 @@
-"""Export: the compact model reproduces the masked model (UVC_SPEC section 7)."""
+"""Export: the compact model reproduces the masked model (docs/method.md section 7)."""
 import json
 import random
 import subprocess

@@ -1,4 +1,4 @@
-"""The mask rule and LeastSum (UVC_SPEC sections 2 and 4), checked by hand on small tensors."""
+"""The mask rule and LeastSum (docs/method.md sections 2 and 4), checked by hand on small tensors."""
 import pytest
 import torch
 

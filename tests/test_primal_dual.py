@@ -1,4 +1,4 @@
-"""The primal-dual step (UVC_SPEC sections 4-5): proximal step, update directions, toggles, a short search."""
+"""The primal-dual step (docs/method.md sections 4-5): proximal step, update directions, toggles, a short search."""
 import copy
 
 import pytest

@@ -1,4 +1,4 @@
-"""Batch and learning rate as the seed means them (UVC_SPEC.md section 7b).
+"""Batch and learning rate as the seed means them (docs/method.md section 7b).
 
 `--train_batch_size` is the batch of one process, as in the seed, DeiT and timm:
 one optimizer step sees per-process batch x processes x accumulation steps

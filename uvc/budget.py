@@ -1,6 +1,6 @@
 """The resource function R(s, r, g, a) = C(compressed) / C(dense).
 
-C is the cost model (uvc.cost): MACs by default (UVC_SPEC section 3), or the
+C is the cost model (uvc.cost): MACs by default (docs/method.md section 3), or the
 latency measured on the target device (`--budget_metric latency`, uvc.latency).
 
 Expected value during search: kept counts come from ceil(s), ceil(r) with a
@@ -10,7 +10,7 @@ is the same formula at the argmax architecture (what the frozen model costs).
 
 Value dims are counted as the deployed model computes them: every kept head of
 a block padded to the block's widest kept head, V' = H' x max_h (d - ceil r[l,h])
-(UVC_SPEC section 7). So the budget's gradient in r reaches only a block's widest
+(docs/method.md section 7). So the budget's gradient in r reaches only a block's widest
 head (trimming a narrower one saves nothing), and removing one more head saves
 that width, the gradient of V' in s[l, 0].
 """

@@ -12,7 +12,7 @@ written once here against that interface:
     head()                                      the classifier(s)
     dense_measured                              C(dense) as measured whole, or None
 
-`MacsCost` is UVC_SPEC section 3 (uvc.flops); `uvc.latency.LatencyCost` is a cost
+`MacsCost` is docs/method.md section 3 (uvc.flops); `uvc.latency.LatencyCost` is a cost
 model measured on the target device. Both accept Python numbers (the fit, the
 report) and tensors (the search: differentiable in the counts). R's denominator
 is `dense_measured` where the cost model has it (the dense model timed on the

@@ -1,4 +1,4 @@
-"""Knowledge distillation loss (DeiT-style), UVC_SPEC.md section 8.
+"""Knowledge distillation loss (DeiT-style), docs/method.md section 8.
 
 loss = (1 - alpha) * base + alpha * KD, where
   soft: KD = KL(teacher/tau || student/tau) * tau^2, summed and divided by the

@@ -1,6 +1,6 @@
 """Export: turn a masked timm ViT plus its architecture spec into a CompactViT.
 
-UVC_SPEC section 7. The architecture spec `arch` (shared with the search code)
+docs/method.md section 7. The architecture spec `arch` (shared with the search code)
 names, per block, whether it is skipped, its kept heads, each kept head's kept
 value dims and its kept MLP neurons, and the kept patch positions. The MASKED
 model is the timm model in which everything else contributes nothing; the

@@ -1,4 +1,4 @@
-"""The MACs model of a (compressed) ViT: UVC_SPEC section 3, as pure functions.
+"""The MACs model of a (compressed) ViT: docs/method.md section 3, as pure functions.
 
 Every count may be a Python number or a torch tensor; with tensors the result
 is differentiable in the counts, which is how the budget R(s, r, g, a) gets its

@@ -8,7 +8,7 @@ the argmax (deterministic). The block output is x + gate * (block(x) - x).
 
 Patch gates: a patch position i is kept with probability pi_i = sigmoid(a_i),
 which enters attention as the additive bias log(pi_i) on that key's logits
-(UVC_SPEC section 6): pi = 1 changes nothing, pi -> 0 is exactly dropping the
+(docs/method.md section 6): pi = 1 changes nothing, pi -> 0 is exactly dropping the
 token, so the searched model is the deployed one.
 """
 import torch

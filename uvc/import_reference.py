@@ -28,7 +28,7 @@ evaluates). A file without masks but with `s`, `r` (dict layout) loses the ceil(
 lowest-score groups, the reference's rule. A file whose part gates left their initial
 (-1, 1), or whose args say --enable_patch_gating 2, is refused. One difference stays: the
 reference multiplies a dropped patch token by zero but keeps it in attention; here it is
-removed (UVC_SPEC section 6), so with dropped patches the logits differ from the reference's.
+removed (docs/method.md section 6), so with dropped patches the logits differ from the reference's.
 """
 import argparse
 import math

@@ -6,7 +6,7 @@ the removed groups' weights, keeps the checkpoint keys unchanged and keeps the
 fused attention path. Block gates and patch gates are applied in `forward`,
 which otherwise follows timm's `forward_features` + `forward_head`. A model
 that averages its tokens (`global_pool="avg"`) averages the patch tokens with
-their keep probabilities pi during the search (UVC_SPEC section 6), so that a
+their keep probabilities pi during the search (docs/method.md section 6), so that a
 patch at pi -> 0 leaves the pooled features exactly as if it were dropped.
 
 The wrapper is what DDP wraps; the ViT inside keeps timm's state-dict layout.

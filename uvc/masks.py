@@ -1,6 +1,6 @@
 """Group scores, the mask rule and LeastSum, for all blocks at once.
 
-The mask rule (UVC_SPEC section 2): in every block the ceil(s) groups with the
+The mask rule (docs/method.md section 2): in every block the ceil(s) groups with the
 smallest scores are removed, re-ranked at every step. Scores are squared
 column norms of the output projections:
 
@@ -35,7 +35,7 @@ class Masks(NamedTuple):
 
     def value_dims(self) -> torch.Tensor:
         """(L,) value dims the deployed block computes: every kept head padded to the
-        block's widest kept head (UVC_SPEC section 7), V' = H' x max_h d'_h."""
+        block's widest kept head (docs/method.md section 7), V' = H' x max_h d'_h."""
         return self.heads.sum(-1) * self.dims.sum(-1).amax(-1)
 
 
@@ -83,7 +83,7 @@ def least_sum(scores: torch.Tensor, k: torch.Tensor):
     """LeastSum(scores, k) = sum of the k smallest scores, and its derivative in k.
 
     The derivative is the (k+1)-th smallest score: the marginal cost of
-    removing one more group (UVC_SPEC section 4). Returns (value (...), slope (...)).
+    removing one more group (docs/method.md section 4). Returns (value (...), slope (...)).
     """
     ordered = scores.sort(dim=-1).values
     csum = torch.nn.functional.pad(ordered.cumsum(-1), (1, 0))  # csum[..., k] = sum of k smallest

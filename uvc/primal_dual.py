@@ -1,4 +1,4 @@
-"""The primal-dual algorithm of UVC (UVC_SPEC sections 4 and 5).
+"""The primal-dual algorithm of UVC (docs/method.md sections 4 and 5).
 
     min_{W, s, r, g, a} max_{y, p >= 0, z}
         L_distill(W, g, a)
@@ -191,7 +191,7 @@ class PrimalDual:
 
     # --- after the weight update -----------------------------------------------
     def step(self, model: MaskedViT, weight_lr: float) -> Dict[str, float]:
-        """Steps 2-5 of UVC_SPEC section 5; returns scalars for logging."""
+        """Steps 2-5 of docs/method.md section 5; returns scalars for logging."""
         a = self.arch
         self.t += 1
         if self.space.pruning:

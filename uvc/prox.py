@@ -1,4 +1,4 @@
-"""The proximal step of UVC (UVC_SPEC section 5, step 2), for all blocks at once.
+"""The proximal step of UVC (docs/method.md section 5, step 2), for all blocks at once.
 
 The closed form of the prox of y ||W_G||^2 on a removed group G is a shrink,
 W_G <- W_G / (1 + 2 lr y). Here it is applied per unit of the layer's mean group

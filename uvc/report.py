@@ -8,7 +8,7 @@ architecture block by block.
     python -m uvc.report out/compact.pth --json --fvcore --plot arch.png
 
 MACs are multiply-accumulates (what the DeiT/UVC papers call "FLOPs"), by the
-formula of uvc.flops (UVC_SPEC section 3). For a compressed model they are the
+formula of uvc.flops (docs/method.md section 3). For a compressed model they are the
 deployed count: the exported compact model's, value dims padded per block to
 the largest kept head. `--fvcore` counts the physically built model (the dense
 timm model, or the compact model a stage-1/2 file exports to) with fvcore, fused
