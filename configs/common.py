@@ -67,6 +67,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.mixup_mode = "batch"  # batch / pair / elem
     c.smoothing = 0.1  # label smoothing
     c.synthetic_size = 256  # images in the synthetic set (smoke tests)
+    c.skip_bad_images = False  # 1: an unreadable image of an ImageFolder is skipped (and named on stderr) instead of stopping the run
 
     # --- optimisation of the weights --------------------------------------
     c.train_batch_size = 512 if stage == "joint" else 256  # per process (global batch: x processes x accumulation)

@@ -1,6 +1,7 @@
 """`build_datasets`: the config's data set as (train_set, val_set, num_classes);
 `build_eval_dataset`: its validation split alone (python -m uvc.evaluate)."""
 import os
+import sys
 from typing import Tuple
 
 from torch.utils.data import Dataset
@@ -84,9 +85,38 @@ def _image_folder(config, split: str, transform) -> tv_datasets.ImageFolder:
     if not os.path.isdir(root):
         raise DataError(f"data dir {root} not found: {layout}")
     try:
-        return tv_datasets.ImageFolder(root, transform=transform)
+        return CheckedImageFolder(root, transform=transform, skip_bad=bool(config.skip_bad_images))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"data dir {root} has no images ({e}): {layout}") from None
+
+
+class CheckedImageFolder(tv_datasets.ImageFolder):
+    """An ImageFolder whose unreadable image (corrupt, truncated, not an image) is named in one
+    line, or with `skip_bad` skipped: the next readable image of the folder stands in for it, and
+    each skip is printed once per process."""
+
+    def __init__(self, root: str, transform=None, skip_bad: bool = False):
+        super().__init__(root, transform=transform)
+        self.skip_bad = skip_bad
+        self.skipped = set()
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            path, target = self.samples[(index + offset) % len(self.samples)]
+            try:
+                image = self.loader(path)  # PIL decodes here: convert("RGB") loads the whole file
+            except (OSError, SyntaxError) as e:  # UnidentifiedImageError, truncated or corrupt files
+                if not self.skip_bad:
+                    raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace "
+                                    f"it, or pass --skip_bad_images 1 to skip unreadable images") from None
+                if path not in self.skipped:
+                    self.skipped.add(path)
+                    print(f"skipped unreadable image {path} ({type(e).__name__}: {e}); "
+                          f"{len(self.skipped)} skipped in this process", file=sys.stderr, flush=True)
+                continue
+            image = self.transform(image) if self.transform is not None else image
+            return image, (self.target_transform(target) if self.target_transform is not None else target)
+        raise DataError(f"no image of {self.root} can be read")
 
 
 def _cifar(config, img_size: int, in_chans: int):

@@ -276,3 +276,33 @@ def test_build_criterion():
     assert isinstance(build_criterion(make_config("--smoothing", 0.1), False), LabelSmoothingCrossEntropy)
     criterion = build_criterion(make_config("--smoothing", 0.0), False)
     assert type(criterion) is nn.CrossEntropyLoss
+
+
+def _break_images(folder):
+    """One file that is not an image and one truncated PNG in the training set."""
+    (folder / "train" / "class0" / "0.png").write_bytes(b"not an image at all")
+    whole = (folder / "train" / "class1" / "1.png").read_bytes()
+    (folder / "train" / "class1" / "1.png").write_bytes(whole[: len(whole) // 2])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_is_named_in_one_line(image_folder, workers):
+    _break_images(image_folder)
+    config = make_config("--dataset", "imagenet", "--data_dir", image_folder, "--num_workers", workers)
+    train, _, _ = build_datasets(config, 32, 3)
+    loader = torch.utils.data.DataLoader(train, batch_size=8, num_workers=workers)
+    with pytest.raises(DataError) as info:
+        list(loader)
+    message = str(info.value)
+    assert "\n" not in message and "cannot read image" in message and "--skip_bad_images 1" in message
+    assert str(image_folder / "train" / "class0" / "0.png") in message
+
+
+def test_skip_bad_images_skips_and_names_each_once(image_folder, capsys):
+    _break_images(image_folder)
+    config = make_config("--dataset", "imagenet", "--data_dir", image_folder, "--skip_bad_images", "1")
+    train, _, _ = build_datasets(config, 32, 3)
+    items = [train[i] for i in range(len(train))] + [train[0]]
+    assert len(items) == 9 and all(image.shape == (3, 32, 32) for image, _ in items)
+    err = capsys.readouterr().err
+    assert err.count("skipped unreadable image") == 2 and "0.png" in err and "1.png" in err

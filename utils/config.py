@@ -376,7 +376,7 @@ _CHOICES = {
 }
 _FLAGS_01 = ("enable_pruning", "enable_block_gating", "enable_patch_gating", "use_gumbel",
              "enable_warmup", "enable_deit", "pretrained", "uvc_train", "fp16", "flops_with_mhsa",
-             "download", "deterministic", "pin_mem")
+             "download", "deterministic", "pin_mem", "skip_bad_images")
 
 
 def validate(config: ml_collections.ConfigDict, stage: str) -> None:
