@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from configs.common import base_config  # noqa: E402
 from data import build_eval_dataset, build_eval_loader  # noqa: E402
 from pipeline import write_result  # noqa: E402
-from uvc.engine import evaluate  # noqa: E402
+from engine import evaluate  # noqa: E402
 from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights  # noqa: E402
 from uvc.masked_model import MaskedViT  # noqa: E402
 from uvc.search import UVCSearch  # noqa: E402
-from utils.training import build_student, model_input  # noqa: E402
+from engine.build import build_student, model_input  # noqa: E402
 
 
 def put_back(searched: dict, fitted: dict):

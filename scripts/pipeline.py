@@ -279,7 +279,7 @@ class Bench:
         return torch.utils.data.DataLoader(val, batch_size=512, shuffle=False)
 
     def top1(self, model: torch.nn.Module) -> float:
-        from uvc.engine import evaluate
+        from engine import evaluate
         return evaluate(model.eval(), self._val_loader, torch.device("cpu"))["top1"]
 
     def dense_model(self, path: str = "") -> torch.nn.Module:

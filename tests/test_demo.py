@@ -20,7 +20,7 @@ def test_demo_stages_run_at_the_rates_of_their_readme_table(stage):
     from models import create_model
     from utils.batch import batch_plan
     from utils.config import parse_config
-    from utils.training import build_optimizer
+    from engine.build import build_optimizer
     script = "joint" if stage == "joint" else "post"
     c = parse_config(script, ["--config", f"configs/digits_demo.py:{stage}"])
     plan = batch_plan(c, script, world_size=1)
