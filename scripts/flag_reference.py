@@ -11,13 +11,11 @@ stage-1 and stage-2 values of base_config. The README's tables are this output
 import argparse
 import os
 import re
-import sys
+
+from configs.common import RECIPES, base_config
+from utils.config import ALIASES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from configs.common import RECIPES, base_config  # noqa: E402
-from utils.config import ALIASES  # noqa: E402
 
 _LINE = re.compile(r"^\s+c\.(\w+) = .*?(?:#\s*(.*))?$")
 _SECTION = re.compile(r"^\s+# --- (.*?) -+$")

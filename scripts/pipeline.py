@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Dict, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --dataset -> (config file with dense/joint/post stages, model type)
 DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),

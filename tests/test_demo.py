@@ -58,9 +58,7 @@ def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path, monkeypatch):
     assert "$ " + "post_train.py --config configs/digits_demo.py:dense" in out  # the real interface, shown
     assert "| UVC @ budget 0.5 |" in out
     # the same config again reuses the cached teacher (no training command runs)
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import demo
-    import pipeline
+    from scripts import demo, pipeline
     args = demo.parse_args(["--smoke", "--cache_dir", str(tmp_path / "cache")])
     calls = []
     monkeypatch.setattr(pipeline, "run", lambda cmd, log, *_, **__: calls.append(cmd)

@@ -90,8 +90,7 @@ def test_atomic_save_killed_midway_keeps_the_previous_file(tmp_path):
     """SIGKILL in the middle of a save: the previous file stays the latest and intact; the stale
     temporary file is never taken for a checkpoint."""
     script = f"""
-import os, signal, sys, torch
-sys.path.insert(0, {str(REPO)!r})
+import os, signal, torch
 from utils import checkpoint as ckpt
 path = {str(tmp_path / ckpt.RESUME_NAME)!r}
 ckpt.atomic_save({{"epoch": 1, "w": torch.arange(4.0)}}, path)
