@@ -9,9 +9,7 @@ distillation from the dense model. Ends by freezing the architecture into
 import os
 import sys
 
-
 from data import probe_batch
-from uvc.engine import evaluate, train_one_epoch
 from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch, stage1_record
@@ -20,12 +18,14 @@ from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
 from utils.dist import cleanup, init_distributed, is_main_process
-from utils.entry import run_entry
 from utils.logger import RunLogger
-from utils.run_state import RunState, StopSignal
-from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                            check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                            step_hook, teacher_record, wrap_ddp)
+from engine import evaluate, train_one_epoch
+from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
+                          check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
+                          teacher_record, wrap_ddp)
+from engine.entry import run_entry
+from engine.loop import step_hook
+from engine.run_state import RunState, StopSignal
 
 
 def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, step: int) -> dict:

@@ -15,10 +15,8 @@ teacher is made for a new dataset.
 import os
 import sys
 
-
 from models import model_kwargs_of, resolve_model_type
 from models.compact import save_compact
-from uvc.engine import evaluate, train_one_epoch
 from uvc.export import export_compact, read_training_checkpoint
 from uvc.freeze import spec_ratio
 from uvc.masked_model import MaskedViT
@@ -28,12 +26,14 @@ from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
 from utils.dist import cleanup, init_distributed, is_main_process
-from utils.entry import run_entry
 from utils.logger import RunLogger
-from utils.run_state import RunState, StopSignal
-from utils.training import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                            check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                            step_hook, wrap_ddp)
+from engine import evaluate, train_one_epoch
+from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
+                          check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
+                          wrap_ddp)
+from engine.entry import run_entry
+from engine.loop import step_hook
+from engine.run_state import RunState, StopSignal
 
 
 def read_stage1(path: str, model_type: str) -> dict:

@@ -1,7 +1,7 @@
 """Fine-tuning a physically pruned model (the Torch-Pruning baseline) exactly as
 post_train.py's stage 2 fine-tunes UVC's: same epochs, optimizer, per-step
 schedule, clipping and distillation (teacher = the dense starting model),
-through the same uvc.engine.train_one_epoch / evaluate. The model is already
+through the same engine.loop.train_one_epoch / evaluate. The model is already
 small, so there is no architecture step (arch_step None). No resume.
 
 The best epoch's model is saved as a whole pickled module
@@ -14,12 +14,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from uvc.engine import evaluate, train_one_epoch
+from engine import evaluate, train_one_epoch
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.logger import RunLogger
 from utils.checkpoint import atomic_save
-from utils.training import build_loss, build_optimizer, steps_per_epoch
+from engine.build import build_loss, build_optimizer, steps_per_epoch
 
 PRUNED_FORMAT = "tp-pruned-v1"
 
@@ -45,7 +45,7 @@ def finetune(model: nn.Module, config, data, env, teacher: Optional[nn.Module], 
     Args:
         model: the pruned timm ViT (on env.device).
         config: the stage-2 ("post") config of post_train.py.
-        data: utils.training.build_data(config, env).
+        data: engine.build.build_data(config, env).
         env: utils.dist.DistInfo (single process).
         teacher: the frozen dense model, or None with --distillation-type none.
         output_dir: where log.jsonl, tensorboard events and the best model go.

@@ -160,7 +160,7 @@ def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_d
 @torch.no_grad()
 def evaluate_spec(vit, spec: dict, loader, device, amp: bool = False) -> Dict[str, float]:
     """Top-1/top-5/loss of the pruned model before fine-tuning (exactly what stage 2 starts from)."""
-    from uvc.engine import evaluate
+    from engine import evaluate
     from uvc.masked_model import MaskedViT
     from uvc.search import FrozenArchitecture
 
@@ -204,7 +204,7 @@ def main(argv=None) -> None:
     if args.eval_config:
         from utils.config import load_config_file
         from utils.dist import init_distributed
-        from utils.training import build_data
+        from engine.build import build_data
 
         config = load_config_file(args.eval_config, "post")
         env = init_distributed()
@@ -227,6 +227,6 @@ def _summary(spec: dict) -> str:
 
 
 if __name__ == "__main__":
-    from utils.entry import run_entry
+    from engine.entry import run_entry
 
     run_entry(main, sys.argv[1:])

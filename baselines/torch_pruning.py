@@ -310,11 +310,11 @@ def _own_flags(argv) -> Tuple[argparse.Namespace, list]:
 def main(argv=None) -> None:
     from itertools import islice
 
-    from uvc.engine import evaluate
+    from engine import evaluate
     from utils.checkpoint import atomic_write_text
     from utils.config import parse_config
     from utils.dist import init_distributed
-    from utils.training import build_data, build_student, build_teacher, prepare_output_dir, seed_everything
+    from engine.build import build_data, build_student, build_teacher, prepare_output_dir, seed_everything
 
     own, rest = _own_flags(list(sys.argv[1:] if argv is None else argv))
     config = parse_config("post", rest, prog="python -m baselines.torch_pruning")
@@ -353,6 +353,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from utils.entry import run_entry
+    from engine.entry import run_entry
 
     run_entry(main, sys.argv[1:])

@@ -51,17 +51,28 @@ def _read_cache(path: str):
     return split if ok and len(split["train_y"]) + len(split["val_y"]) == 5000 else None
 
 
+def _write_cache(split: dict, path: str) -> None:
+    """torch.save through a temporary file and a rename: readers see the old file or the whole
+    new one (a torn file would only be rebuilt, so no fsync)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(split, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @lru_cache(maxsize=4)
 def mnist_split(cache_dir: str = "") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train_x, train_y, val_x, val_y); x in [0, 1] of shape (n, 1, 28, 28), y int64."""
-    from utils.checkpoint import atomic_save
-
     path = os.path.join(cache_dir or default_cache_dir(), CACHE_NAME)
     split = _read_cache(path)
     if split is None:
         split = _build_split()
         try:
-            atomic_save(split, path)
+            _write_cache(split, path)
         except OSError as e:
             raise DataError(f"cannot cache the MNIST split at {path} ({e.strerror}); pass a writable "
                             f"--data_dir") from None

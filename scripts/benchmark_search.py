@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 BUDGETS = (0.3, 0.5, 0.7)
 DIGITS_DATA = ["--num_workers", "0", "--pin_mem", "0"]

@@ -35,20 +35,19 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
+from models.compact import FORMAT as COMPACT_FORMAT
+from uvc.cost import compact_cost, dense_cost, full_cost
+from uvc.export import compact_macs, export_compact, spec_dims
+from uvc.latency import LatencyCost
+from uvc.latency_table import load_or_measure
+from uvc.flops import dense_macs, vit_macs
+from uvc.freeze import apply_spec
+from uvc.masked_model import MaskedViT
+from uvc.report import KINDS, ReportError, arch_of_compact_spec, built_model, dense_vit, read_subject
+from utils.benchmark import compare_throughput, run_cli, add_common_args
 
-from models.compact import FORMAT as COMPACT_FORMAT  # noqa: E402
-from uvc.cost import compact_cost, dense_cost, full_cost  # noqa: E402
-from uvc.export import compact_macs, export_compact, spec_dims  # noqa: E402
-from uvc.latency import LatencyCost  # noqa: E402
-from uvc.latency_table import load_or_measure  # noqa: E402
-from uvc.flops import dense_macs, vit_macs  # noqa: E402
-from uvc.freeze import apply_spec  # noqa: E402
-from uvc.masked_model import MaskedViT  # noqa: E402
-from uvc.report import KINDS, ReportError, arch_of_compact_spec, built_model, dense_vit, read_subject  # noqa: E402
-from utils.benchmark import compare_throughput, run_cli, add_common_args  # noqa: E402
 
 def build_models(subject, device):
     """(models {dense, masked, compact}, arch) of a stage-1/2 or compact subject."""

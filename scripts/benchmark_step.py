@@ -3,7 +3,7 @@
     python scripts/benchmark_step.py                               # deit_tiny, batch 32
     python scripts/benchmark_step.py --model_type vit_digits_patch2_8 --batch_size 64 --steps 10 --json
 
-Both steps run through uvc.engine.train_one_epoch on the same fixed batch, with
+Both steps run through engine.loop.train_one_epoch on the same fixed batch, with
 the same student initialisation, frozen teacher, DistillationLoss (soft, the
 config's alpha and tau), AdamW and gradient clipping:
 
@@ -25,23 +25,20 @@ import argparse
 import contextlib
 import copy
 import io
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from models import create_model  # noqa: E402
-from uvc.distill import DistillationLoss  # noqa: E402
-from uvc.engine import train_one_epoch  # noqa: E402
-from uvc.masked_model import MaskedViT  # noqa: E402
-from uvc.search import UVCSearch  # noqa: E402
-from utils.amp import make_scaler  # noqa: E402
-from utils.benchmark import interleaved_medians, run_cli, add_common_args  # noqa: E402
-from utils.config import parse_config  # noqa: E402
-from utils.training import build_optimizer  # noqa: E402
+from models import create_model
+from uvc.masked_model import MaskedViT
+from uvc.search import UVCSearch
+from utils.amp import make_scaler
+from utils.benchmark import interleaved_medians, run_cli, add_common_args
+from utils.config import parse_config
+from engine import train_one_epoch
+from engine.build import build_optimizer
+from engine.distill import DistillationLoss
 
 
 def build_steps(args, device):

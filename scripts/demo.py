@@ -33,8 +33,8 @@ import sys
 import time
 from typing import List
 
-from pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, params,
-                      removed_text, stage1_ratio, stage1_run)
+from scripts.pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, params,
+                              removed_text, stage1_ratio, stage1_run)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -10,14 +10,9 @@ docs/flags.md is this output and docs/usage.md holds the recipe table
 (tests/test_docs.py checks both).
 """
 import argparse
-import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from configs.common import RECIPES, base_config  # noqa: E402
-from utils.config import ALIASES, config_comments  # noqa: E402
+from configs.common import RECIPES, base_config
+from utils.config import ALIASES, config_comments
 
 HEADER = """# Flag reference
 

@@ -17,18 +17,17 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from configs.common import base_config  # noqa: E402
-from data import build_eval_dataset, build_eval_loader  # noqa: E402
-from pipeline import write_result  # noqa: E402
-from uvc.engine import evaluate  # noqa: E402
-from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights  # noqa: E402
-from uvc.masked_model import MaskedViT  # noqa: E402
-from uvc.search import UVCSearch  # noqa: E402
-from utils.training import build_student, model_input  # noqa: E402
+from configs.common import base_config
+from data import build_eval_dataset, build_eval_loader
+from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
+from uvc.masked_model import MaskedViT
+from uvc.search import UVCSearch
+from engine import evaluate
+from engine.build import build_student, model_input
+from scripts.pipeline import write_result
 
 
 def put_back(searched: dict, fitted: dict):

@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 
-from pipeline import ROOT, markdown_table, write_result
+from scripts.pipeline import ROOT, markdown_table, write_result
 
 HEAP = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30)}
 

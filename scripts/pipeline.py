@@ -24,11 +24,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Dict, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --dataset -> (config file with dense/joint/post stages, model type)
 DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
@@ -264,7 +262,7 @@ class Bench:
         return torch.utils.data.DataLoader(val, batch_size=512, shuffle=False)
 
     def top1(self, model: torch.nn.Module) -> float:
-        from uvc.engine import evaluate
+        from engine import evaluate
         return evaluate(model.eval(), self._val_loader, torch.device("cpu"))["top1"]
 
     def dense_model(self, path: str = "") -> torch.nn.Module:

@@ -28,11 +28,10 @@ import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline import Bench, markdown_table, stage1_ratio
+import torch
 
-import torch  # noqa: E402
-
-from data import mnist  # noqa: E402
+from data import mnist
+from scripts.pipeline import Bench, markdown_table, stage1_ratio
 
 RECIPES = ("reference", "deit")
 IN_MEMORY = "none (--dataset mnist)"  # the benchmark's own training: a random shift of up to 2 pixels, no mixup
@@ -110,7 +109,7 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pipeline import compact_of_stage1
+    from scripts.pipeline import compact_of_stage1
     from utils.checkpoint import atomic_write_text
     bench = Bench("mnist", args.cache_dir, 730, args.smoke, reuse=True, threads=args.threads,
                   joint_extra=[] if args.smoke else ["--epochs", str(args.search_epochs)])

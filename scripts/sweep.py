@@ -42,8 +42,8 @@ import sys
 import textwrap
 from typing import Dict, List
 
-from pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, removed_text,
-                      stage1_ratio)
+from scripts.pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, removed_text,
+                              stage1_ratio)
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
 DEFAULT_METHODS = METHODS[:4]

@@ -1,12 +1,8 @@
 """scripts/benchmark_search.py: what a cell reports, from a run's log.jsonl, and the acceptance window."""
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import benchmark_search as bs  # noqa: E402
+from scripts import benchmark_search as bs
 
 KEYS = ("budget", "model", "config", "search_steps", "searched_ratio", "exported_ratio", "greedy_changed_frac",
         "max_undershoot", "teacher_top1", "top1_after_freeze")

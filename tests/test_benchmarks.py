@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    if str(REPO / "scripts") not in sys.path:  # as when run as a script: its folder's modules import
-        sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -20,7 +20,7 @@ def test_demo_stages_run_at_the_rates_of_their_readme_table(stage):
     from models import create_model
     from utils.batch import batch_plan
     from utils.config import parse_config
-    from utils.training import build_optimizer
+    from engine.build import build_optimizer
     script = "joint" if stage == "joint" else "post"
     c = parse_config(script, ["--config", f"configs/digits_demo.py:{stage}"])
     plan = batch_plan(c, script, world_size=1)
@@ -58,9 +58,7 @@ def test_demo_smoke_writes_summary_and_reuses_teacher(tmp_path, monkeypatch):
     assert "$ " + "post_train.py --config configs/digits_demo.py:dense" in out  # the real interface, shown
     assert "| UVC @ budget 0.5 |" in out
     # the same config again reuses the cached teacher (no training command runs)
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import demo
-    import pipeline
+    from scripts import demo, pipeline
     args = demo.parse_args(["--smoke", "--cache_dir", str(tmp_path / "cache")])
     calls = []
     monkeypatch.setattr(pipeline, "run", lambda cmd, log, *_, **__: calls.append(cmd)

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from timm.models.deit import VisionTransformerDistilled
 
-from uvc.distill import DistillationLoss
+from engine.distill import DistillationLoss
 
 B, D, C = 4, 6, 5
 

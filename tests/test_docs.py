@@ -34,7 +34,6 @@ def test_flag_table_matches_configs():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "flag_reference.py")],
                          capture_output=True, text=True, check=True).stdout
     assert out == text_of("docs/flags.md"), "docs/flags.md is stale: python scripts/flag_reference.py > docs/flags.md"
-    sys.path.insert(0, ROOT)
     from configs.common import base_config
     for key in base_config("joint").keys():
         assert f"`--{key}`" in out

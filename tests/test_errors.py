@@ -3,7 +3,7 @@ on stderr (what is wrong, what to do), exit code 2, no traceback, and nothing
 written to --output_dir (not even the directory). A NaN loss stops the run with
 one line naming the step and keeps the previous epoch's checkpoint.
 
-Most cases run in-process through utils.entry.run_entry (the code path of the
+Most cases run in-process through engine.entry.run_entry (the code path of the
 scripts' __main__); a few run the scripts as real subprocesses.
 """
 import hashlib
@@ -21,13 +21,13 @@ import joint_train
 import post_train
 from data import DataError
 from models import create_model
-from uvc.engine import train_one_epoch
+from engine import train_one_epoch
 from uvc.masked_model import MaskedViT
 from uvc.search import UVCSearch, stage1_record
 from utils.config import CONFIG_DIR, ConfigError, parse_config
 from utils.dist import DistInfo
-from utils.entry import run_entry
-from utils.training import build_data
+from engine.entry import run_entry
+from engine.build import build_data
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"joint": joint_train, "post": post_train}

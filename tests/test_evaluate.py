@@ -12,7 +12,7 @@ from data import build_eval_dataset
 from models import create_model
 from models.compact import load_compact, save_compact
 from utils.config import parse_config
-from utils.entry import run_entry
+from engine.entry import run_entry
 from uvc.evaluate import main
 from uvc.export import export_compact
 from uvc.search import STAGE2_FORMAT, stage1_record

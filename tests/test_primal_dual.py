@@ -244,7 +244,7 @@ def test_each_toggle_changes_only_its_variables(name):
 def test_gradient_accumulation_in_the_engine():
     """train_one_epoch with 2 micro-batches per step prepares a fresh gate/patch graph per micro-batch,
     so both backward, and the search steps once per optimizer step."""
-    from uvc.engine import train_one_epoch
+    from engine import train_one_epoch
     from utils.amp import make_scaler
 
     class CE(torch.nn.Module):

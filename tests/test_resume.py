@@ -22,7 +22,7 @@ import torch.nn as nn
 from data.loaders import EpochDistributedSampler, EpochRandomSampler
 from utils import checkpoint as ckpt
 from utils.amp import make_scaler
-from utils.run_state import EXIT_PREEMPTED, RunState, StopSignal
+from engine.run_state import EXIT_PREEMPTED, RunState, StopSignal
 from helpers import assert_same_files, clean_env, load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +90,7 @@ def test_atomic_save_killed_midway_keeps_the_previous_file(tmp_path):
     """SIGKILL in the middle of a save: the previous file stays the latest and intact; the stale
     temporary file is never taken for a checkpoint."""
     script = f"""
-import os, signal, sys, torch
-sys.path.insert(0, {str(REPO)!r})
+import os, signal, torch
 from utils import checkpoint as ckpt
 path = {str(tmp_path / ckpt.RESUME_NAME)!r}
 ckpt.atomic_save({{"epoch": 1, "w": torch.arange(4.0)}}, path)
@@ -145,7 +144,7 @@ def test_samplers_depend_on_seed_and_epoch_and_skip_consumed_samples():
 
 def test_engine_refuses_a_skip_the_sampler_does_not_do():
     from torch.utils.data import DataLoader
-    from uvc.engine import train_one_epoch
+    from engine import train_one_epoch
     data = [(torch.zeros(2), 0)] * 8
     sampler = EpochRandomSampler(data, seed=0)
     sampler.set_epoch(0)  # skips nothing

@@ -11,7 +11,7 @@ import joint_train
 import post_train
 from models.compact import load_compact
 from models.vit import create_model
-from uvc.engine import train_one_epoch
+from engine import train_one_epoch
 from uvc.export import build_masked_source, masked_forward_reference, read_training_checkpoint
 from uvc.fit import fit_to_budget
 from uvc.freeze import base_spec, param_keep_masks

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from scripts import sweep
 
-import sweep  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SWEEP_KEYS = {"method", "budget", "macs_ratio", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}
 

@@ -12,7 +12,7 @@ import post_train
 from models.compact import load_compact
 from utils.config import ConfigError, parse_config
 from data import DataError
-from utils.training import check_record_shape, head_classes
+from engine.build import check_record_shape, head_classes
 from uvc.export import build_masked_source, masked_forward_reference, read_training_checkpoint
 
 MODEL = "vit_little_patch16_reg4_gap_256"  # registers, average pooling, LayerScale: reshaped below

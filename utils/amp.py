@@ -1,7 +1,7 @@
 """Mixed precision with torch.amp (--fp16): autocast and the grad scaler.
 
 float16 with a GradScaler on CUDA; bfloat16 on CPU, where no scaling is needed
-(the scaler is then disabled and its calls are pass-throughs). uvc/engine.py
+(the scaler is then disabled and its calls are pass-throughs). engine/loop.py
 does the scaled backward, unscale, clip, step and update.
 """
 import torch

@@ -75,7 +75,8 @@ def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
     """Import `path` and call its get_config(stage).
 
     As with ml_collections' config_flags, `file.py:arg` calls get_config(arg)
-    instead (e.g. `configs/digits_demo.py:dense` for the dense teacher run).
+    instead (e.g. `configs/digits_demo.py:dense` for the dense teacher run). The file
+    imports `configs.common` as a module of the installed project.
     """
     if ":" in os.path.basename(path):
         path, stage = path.rsplit(":", 1)
@@ -86,9 +87,6 @@ def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
         else:
             raise ConfigError(f"config file {path} not found{_did_you_mean(path)}; the configs are "
                               f"{', '.join(config_files())} in {_shown_path(CONFIG_DIR)}/")
-    root = os.path.dirname(CONFIG_DIR)
-    if root not in sys.path:
-        sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_uvc_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

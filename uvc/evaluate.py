@@ -30,8 +30,8 @@ from models.compact import FORMAT as COMPACT_FORMAT
 from utils.benchmark import images_per_second
 from utils.config import apply_overrides, subset_parser
 from utils.dist import cleanup, init_distributed, is_main_process
-from utils.entry import run_entry
-from uvc.engine import evaluate
+from engine import evaluate
+from engine.entry import run_entry
 from uvc.export import TRAINING_FORMATS, build_masked_source, export_compact
 from uvc.report import KINDS, ReportError, build_report, built_model, read_subject
 

@@ -85,7 +85,7 @@ class RunState:
         self.global_step = 0
         self.best_top1 = -1.0
         self.step_in_epoch = 0  # > 0: stopped after this many steps of epoch `self.epoch`
-        self.progress: Optional[dict] = None  # that epoch's partial averages on this rank (uvc.engine.Averages)
+        self.progress: Optional[dict] = None  # that epoch's partial averages on this rank (engine.loop.Averages)
 
     # --- what is saved -----------------------------------------------------------
     def shared_state_dict(self) -> dict:

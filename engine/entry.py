@@ -5,10 +5,10 @@ import sys
 
 from data import DataError
 from models.checkpoint import CheckpointError
-from uvc.engine import NonFiniteLossError
 from utils.checkpoint import ResumeError
 from utils.config import ConfigError
-from utils.training import OutputDirError
+from engine.build import OutputDirError
+from engine.loop import NonFiniteLossError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ResumeError, OutputDirError, NonFiniteLossError,
                ValueError)

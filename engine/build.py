@@ -13,11 +13,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data import DataError, build_criterion, build_datasets, build_loaders, build_mixup
 from models import create_model, load_pretrained, model_kwargs_of, rebuild, resolve_model_type
-from uvc.distill import DistillationLoss
-from uvc.engine import evaluate
+from engine.distill import DistillationLoss
 from utils.config import model_overrides
-from utils.dist import DistInfo, crash_for_test
-from utils.logger import RunLogger
+from utils.dist import DistInfo
 
 
 class OutputDirError(ValueError):
@@ -212,15 +210,3 @@ def steps_per_epoch(config, loader) -> int:
     n = len(loader) // config.gradient_accumulation_steps
     return min(n, config.max_steps_per_epoch) if config.max_steps_per_epoch else n
 
-
-def step_hook(config, logger: RunLogger, model: torch.nn.Module, val_loader, device, arch_step=None):
-    """The periodic work after each optimizer step of either stage: the training scalars every
-    --log_interval steps, an evaluation every --eval_every steps (then back to training mode)."""
-    def on_step(step: int, scalars: dict) -> None:
-        crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
-        if config.log_interval and step % config.log_interval == 0:
-            logger.scalars("train", scalars, step)
-        if config.eval_every and step % config.eval_every == 0:
-            logger.step_eval(step, evaluate(model, val_loader, device, arch_step, config.fp16))
-            model.train()
-    return on_step

@@ -1,13 +1,13 @@
 """train_one_epoch and evaluate, DeiT-style; each returns a dict of averages.
 
-The architecture side of a step is one explicit object, `arch_step`, with two
-calls: `prepare(model, training)` before the forward pass and
-`step(model, lr) -> dict` after the weight update. Stage 1 passes the
-primal-dual search (uvc.primal_dual.PrimalDual), stage 2 the frozen
-architecture (uvc.search.FrozenArchitecture), the dense path None.
+The architecture side of a step is one explicit object of the `ArchStep`
+protocol, with two calls: `prepare(model, training)` before the forward pass
+and `step(model, lr) -> dict` after the weight update. Stage 1 passes the
+search (`UVCSearch`, whose step is the primal-dual update), stage 2 the fixed
+architecture (`FrozenArchitecture`), the dense path None.
 """
 from contextlib import nullcontext
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,18 @@ from timm.utils import accuracy
 from tqdm import tqdm
 
 from utils.amp import autocast_context
-from utils.dist import all_reduce_mean, any_rank, get_world_size, is_main_process
+from utils.dist import all_reduce_mean, any_rank, crash_for_test, get_world_size, is_main_process
+from utils.logger import RunLogger
+
+
+class ArchStep(Protocol):
+    """What the loop asks of the architecture: masks/gates in place, then its own update."""
+
+    def prepare(self, model: torch.nn.Module, training: bool) -> None:
+        """Set the architecture for the next forward pass (sampled if training, argmax if not)."""
+
+    def step(self, model: torch.nn.Module, lr: float) -> Dict[str, float]:
+        """Update the architecture variables after the weight step; returns scalars to log."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,7 +59,8 @@ def _unwrap(model):
 
 
 def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: int, *,
-                    lr_scheduler=None, lr_step_offset: int = 0, mixup=None, arch_step=None, amp: bool = False,
+                    lr_scheduler=None, lr_step_offset: int = 0, mixup=None,
+                    arch_step: Optional[ArchStep] = None, amp: bool = False,
                     clip_grad: float = 0.0, accumulation: int = 1, max_steps: int = 0,
                     global_step: int = 0, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
                     skip_steps: int = 0, progress: Optional[dict] = None,
@@ -155,7 +167,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, arch_step=None, amp: bool = False) -> Dict[str, float]:
+def evaluate(model, loader, device, arch_step: Optional[ArchStep] = None, amp: bool = False) -> Dict[str, float]:
     """Top-1 / top-5 / loss over `loader`, averaged over all ranks (deterministic:
     the search is evaluated at its argmax architecture, no Gumbel noise)."""
     model.eval()
@@ -184,3 +196,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     world = get_world_size()
     return all_reduce_mean(t) * world if world > 1 else t
 
+
+def step_hook(config, logger: RunLogger, model: torch.nn.Module, val_loader, device,
+              arch_step: Optional[ArchStep] = None):
+    """The periodic work after each optimizer step of either stage: the training scalars every
+    --log_interval steps, an evaluation every --eval_every steps (then back to training mode)."""
+    def on_step(step: int, scalars: dict) -> None:
+        crash_for_test(step)  # inert unless UVC_TEST_CRASH_AT_STEP is set
+        if config.log_interval and step % config.log_interval == 0:
+            logger.scalars("train", scalars, step)
+        if config.eval_every and step % config.eval_every == 0:
+            logger.step_eval(step, evaluate(model, val_loader, device, arch_step, config.fp16))
+            model.train()
+    return on_step
