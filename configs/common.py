@@ -106,7 +106,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
     c.latency_batch = 64  # batch size the latency table is measured at
     c.latency_check = 4  # with --budget_metric latency: fits timed whole against the dense model at the freeze, refitted while off the budget (0: none)
-    # Rates below: the seed's values are the unit; each scales a rule set per search length (uvc/schedule.py)
+    # Rates below: the seed's values are the unit; each scales a rule set per search length (uvc/search/schedule.py)
     c.slr = 0.01  # speed of s (heads, neurons removed), relative to the seed's 0.01
     c.rlr = 0.01  # speed of r (dims removed per head), relative to the seed's 0.01
     c.soptim = "sgd"  # optimizer of s: sgd (allocates by importance per MAC) / adam (per entry: lockstep)

@@ -24,7 +24,7 @@ The model is built from a plain, JSON-able `compact_spec`:
 Prefix tokens come first, in timm's order: class token, distillation token,
 register tokens. Average pooling averages the kept patch tokens (the prefix
 tokens too with `pool_include_prefix`). Its weights come from
-`uvc.export.export_compact` (or `load_compact`); the constructor only allocates them.
+`uvc.deploy.export.export_compact` (or `load_compact`); the constructor only allocates them.
 """
 import os
 import pickle
@@ -100,7 +100,7 @@ class CompactAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(B, H', N, d) q, k and (B, H', N, dv) v -> (B, N, H'*dv): qk-norm, softmax(q k^T / sqrt(d)) v,
-        heads concatenated (what uvc.latency_table times as the attention of a block)."""
+        heads concatenated (what uvc.cost.latency_table times as the attention of a block)."""
         B, h, N, dv = v.shape
         d = self.head_dim
         q, k = self.q_norm(q), self.k_norm(k)

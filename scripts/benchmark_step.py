@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from models import create_model  # noqa: E402
 from uvc.distill import DistillationLoss  # noqa: E402
 from uvc.engine import train_one_epoch  # noqa: E402
-from uvc.masked_model import MaskedViT  # noqa: E402
+from uvc.search.masked_model import MaskedViT  # noqa: E402
 from uvc.search import UVCSearch  # noqa: E402
 from utils.amp import make_scaler  # noqa: E402
 from utils.benchmark import interleaved_medians, run_cli, add_common_args  # noqa: E402
@@ -63,7 +63,7 @@ def build_steps(args, device):
     criterion = DistillationLoss(base, teacher, "soft", config.distillation_alpha, config.distillation_tau)
     scaler = make_scaler(device, bool(args.amp))
 
-    # a search long enough that the gates update every --gating_interval steps (uvc.schedule)
+    # a search long enough that the gates update every --gating_interval steps (uvc.search.schedule)
     search = UVCSearch(students["uvc"], config, device, search_steps=100 * int(config.gating_interval))
     search.set_epoch(0)
     models = {"plain": students["plain"], "uvc": MaskedViT(students["uvc"])}

@@ -2,7 +2,7 @@
 
     python scripts/freeze_padding.py runs/benchmark_search/*/ --out log/freeze_padding
 
-Stage 1 ends by fitting the searched architecture to the budget (uvc.fit): every
+Stage 1 ends by fitting the searched architecture to the budget (uvc.deploy.fit): every
 kept head of a block is widened to the block's widest (the compact model pads to
 that width anyway), and groups are put back or removed until the ratio is in the
 window. The groups put back carry the weights the search left them, which the
@@ -25,8 +25,8 @@ from configs.common import base_config  # noqa: E402
 from data import build_eval_dataset, build_eval_loader  # noqa: E402
 from pipeline import write_result  # noqa: E402
 from uvc.engine import evaluate  # noqa: E402
-from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights  # noqa: E402
-from uvc.masked_model import MaskedViT  # noqa: E402
+from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights  # noqa: E402
+from uvc.search.masked_model import MaskedViT  # noqa: E402
 from uvc.search import UVCSearch  # noqa: E402
 from utils.training import build_student, model_input  # noqa: E402
 

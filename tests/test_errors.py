@@ -22,8 +22,9 @@ import post_train
 from data import DataError
 from models import create_model
 from uvc.engine import train_one_epoch
-from uvc.masked_model import MaskedViT
-from uvc.search import UVCSearch, stage1_record
+from uvc.search.masked_model import MaskedViT
+from uvc.deploy.stagefile import stage1_record
+from uvc.search import UVCSearch
 from utils.config import CONFIG_DIR, ConfigError, parse_config
 from utils.dist import DistInfo
 from utils.entry import run_entry

@@ -1,4 +1,4 @@
-"""Measuring a ViT's latency table on a device, once, and caching it (the cost model: uvc.latency).
+"""Measuring a ViT's latency table on a device, once, and caching it (the cost model: uvc.cost.latency).
 
 The parts of a compact block (models/compact.py) are timed side by side in
 interleaved rounds (utils.benchmark), on random inputs of the model's dense
@@ -33,8 +33,8 @@ import torch.nn as nn
 
 from models.compact import CompactAttention, CompactBlock, CompactMlp, _linear
 from models.vit import vit_structure
-from uvc.flops import ViTDims
-from uvc.latency import FORMAT, LatencyTableError, check_table, table_sizes
+from uvc.cost.flops import ViTDims
+from uvc.cost.latency import FORMAT, LatencyTableError, check_table, table_sizes
 from utils.amp import autocast_context, autocast_dtype
 from utils.benchmark import interleaved_medians
 from utils.checkpoint import atomic_write_text

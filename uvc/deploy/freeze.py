@@ -1,5 +1,5 @@
 """Freezing a search state into a hard architecture spec, and applying a frozen
-architecture to a model (fitting it to the budget: uvc.fit).
+architecture to a model (fitting it to the budget: uvc.deploy.fit).
 
 The architecture spec is a plain JSON-able dict shared with export and the
 compact model (models/compact.py):
@@ -19,8 +19,8 @@ from typing import Dict
 import torch
 
 from models.vit import model_kwargs_of, vit_structure
-from uvc.flops import ViTDims, arch_macs, dense_macs
-from uvc.masks import Masks
+from uvc.cost.flops import ViTDims, arch_macs, dense_macs
+from uvc.search.masks import Masks
 
 
 def base_spec(vit, model_type: str) -> dict:

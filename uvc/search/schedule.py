@@ -8,7 +8,7 @@ function of the search progress u = step / S in [0, 1], never of the raw step:
 
 the cubic schedule of gradual magnitude pruning (Zhu & Gupta 2017): from the
 dense model to the budget B over the first `ramp` of the search, fast at first
-and gently at the end, then held at B. The dual z tracks T(u) (uvc.controller),
+and gently at the end, then held at B. The dual z tracks T(u) (uvc.search.controller),
 so a 300-step run and a 75,000-step ImageNet run reach the budget at the same
 fraction of their search.
 
@@ -26,7 +26,7 @@ and `--slr 0.02` still means "twice as fast as the seed". The rules:
            every --gating_interval steps, or more often in a search too short
            for MIN_GATE_UPDATES updates)
     patch  Adam, PATCH_TRAVEL / U logits per update
-    budget weight of the gates and patches: 1 (unit-free, see uvc.primal_dual)
+    budget weight of the gates and patches: 1 (unit-free, see uvc.search.primal_dual)
 """
 from dataclasses import dataclass
 

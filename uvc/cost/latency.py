@@ -1,5 +1,5 @@
 """A latency cost model: R(s, r, g, a) = T(compressed) / T(dense), T from a table
-measured once on the target device (uvc.latency_table).
+measured once on the target device (uvc.cost.latency_table).
 
 MACs do not say what a block costs on a device: the softmax over N^2 scores
 is paid per head whatever its value dims, a fused attention kernel pads value
@@ -47,7 +47,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from uvc.flops import ViTDims
+from uvc.cost.flops import ViTDims
 
 FORMAT = "uvc-latency-v2"
 FORMATS = ("uvc-latency-v1", FORMAT)  # what is read (v1: no block ladder, R over the sum of parts)
@@ -99,7 +99,7 @@ def interp_t(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tenso
 
 
 class LatencyCost:
-    """The cost model of uvc.cost from a measured table (seconds per batch)."""
+    """The cost model of uvc.cost.cost from a measured table (seconds per batch)."""
     name = "latency"
 
     def __init__(self, dims: ViTDims, table: dict):
