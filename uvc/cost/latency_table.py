@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from models.compact import CompactAttention, CompactBlock, CompactMlp, _linear
+from models.compact import CompactAttention, CompactBlock, CompactMlp, linear
 from models.vit import vit_structure
 from uvc.cost.flops import ViTDims
 from uvc.cost.latency import FORMAT, LatencyTableError, check_table, table_sizes
@@ -64,9 +64,9 @@ def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: boo
     x = torch.randn(batch_size, n, D, device=device)
     fns = {}
     for w in width_grid(3 * H * hd):
-        fns["qkv", w] = (lambda lin: lambda: lin(x))(_linear(D, w, bias).to(device))
+        fns["qkv", w] = (lambda lin: lambda: lin(x))(linear(D, w, bias).to(device))
     for w in width_grid(H * hd):
-        fns["proj", w] = (lambda lin, xin: lambda: lin(xin))(_linear(w, D).to(device),
+        fns["proj", w] = (lambda lin, xin: lambda: lin(xin))(linear(w, D).to(device),
                                                              torch.randn(batch_size, n, w, device=device))
     for m in width_grid(d.mlp_hidden):
         fns["mlp", m] = (lambda mlp: lambda: mlp(x))(CompactMlp(D, m, s["act"]).to(device))
