@@ -10,16 +10,17 @@ import argparse
 import sys
 
 from utils.checkpoint import atomic_save
+from uvc.deploy.architecture import Architecture
 from uvc.deploy.reference import convert
 
 
 def summary(record: dict) -> str:
-    arch = record["arch"]
-    kept = [b for b in arch["blocks"] if not b["skipped"]]
-    return (f"{arch['model_type']}, {len(kept)}/{arch['depth']} blocks, heads kept "
-            f"{sum(len(b['heads']) for b in kept)}/{arch['num_heads'] * arch['depth']}, neurons kept "
-            f"{sum(len(b['neurons']) for b in kept)}/{arch['mlp_hidden'] * arch['depth']}, patches "
-            f"{len(arch['patches_kept'])}/{(arch['img_size'] // arch['patch_size']) ** 2}, MACs ratio "
+    arch = Architecture.from_dict(record["arch"])
+    d = arch.dims
+    return (f"{arch.sizes['model_type']}, {len(arch.kept_blocks)}/{d.depth} blocks, heads kept "
+            f"{arch.heads_kept}/{d.num_heads * d.depth}, neurons kept "
+            f"{arch.neurons_kept}/{d.mlp_hidden * d.depth}, patches "
+            f"{len(arch.patches_kept)}/{arch.num_patches}, MACs ratio "
             f"{record['fit']['macs_ratio']:.4f} (deployed, value dims padded)")
 
 

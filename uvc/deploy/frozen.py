@@ -2,6 +2,7 @@
 exactly zero."""
 from typing import Dict
 
+from uvc.deploy.architecture import Architecture
 from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.search.masked_model import MaskedViT
 
@@ -13,11 +14,11 @@ class FrozenArchitecture:
     built, which DDP needs (it refuses parameters that get no gradient)."""
 
     def __init__(self, model: MaskedViT, spec: dict):
-        self.spec = spec
+        self.spec, self.arch = spec, Architecture.from_dict(spec)
         self.keep = param_keep_masks(model.vit, spec)
         zero_removed_weights(model.vit, self.keep)
-        for block, b in zip(model.vit.blocks, spec["blocks"]):
-            if b["skipped"]:
+        for block, b in zip(model.vit.blocks, self.arch.blocks):
+            if b.skipped:
                 block.requires_grad_(False)
 
     def prepare(self, model: MaskedViT, training: bool = True) -> None:
