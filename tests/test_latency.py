@@ -8,7 +8,7 @@ import torch
 
 from helpers import TINY_MODEL, demo_search_config, noisy_tiny_vit
 from models import create_model
-from uvc import latency_table
+from uvc.cost import latency_table
 from uvc.cost.budget import Budget, SearchSpace
 from uvc.cost.cost import MacsCost, compact_cost, dense_cost, full_cost, group_costs, spec_cost
 from uvc.deploy.export import compact_macs, compact_spec_from_arch

@@ -14,9 +14,9 @@ fraction of their search.
 
 Rates. Each search rate flag of the seed (--slr, --rlr, --ylr, --plr, --zlr,
 --glr, --patchlr, --gating_weight, --patch_weight, --patch_l1_weight) keeps its
-seed value as default and now means a multiple of a rule: the rate used is
-rule(S) x (flag / seed value). The seed's command therefore runs the rule as is,
-and `--slr 0.02` still means "twice as fast as the seed". The rules:
+seed value as default and means a multiple of a rule: the rate used is
+rule(S) x (flag / seed value). The seed's command runs the rule as is, and
+`--slr 0.02` means "twice as fast as the seed". The rules:
 
     s, r   SGD on the gradient in units of the layer's MAC share, lr SPEED_S / S: at
            z = 1 and no importance, s travels SPEED_S ranges over the search

@@ -4,9 +4,8 @@ the same MACs from the cheapest groups.
 The patch update sees gradients, and a patch's loss gradient through log(pi)
 vanishes as pi -> 1 while the gradient terms are normalised to one scale
 (uvc.search.primal_dual): it ranks the patches but does not say what dropping one
-costs. On the 8x8 digits the gradients alone dropped two of the 16 patches and
-top-1 during the search fell from 95.6 to 85.6. So each drop the gradients
-propose is first tried on a fixed probe of training images:
+costs. So each drop the gradients propose is first tried on a fixed probe of
+training images:
 
     flip     the argmax architecture with the patch dropped
     instead  the argmax architecture without the drop, with the lowest-score groups
@@ -16,9 +15,7 @@ Both are evaluated deterministically (eval mode, hard masks) on the same probe;
 the drop stands when its cross-entropy is not higher. Block skips are not tried
 this way: a dropped patch takes information that no training can bring back,
 so its immediate cost is its cost, while the blocks after a skipped one re-learn
-(measured: with block skips tried too, DeiT-Tiny at 32 px refused every skip and
-ended lower after freeze, log/search_benchmark_gate_trial.md against
-log/search_benchmark.md). Without pruning (gates or
+(log/search_benchmark_gate_trial.md against log/search_benchmark.md). Without pruning (gates or
 patches only) there is nothing to compare with and every drop stands.
 """
 from typing import Dict
