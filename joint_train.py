@@ -10,9 +10,10 @@ import os
 import sys
 
 from data import probe_batch
-from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
-from uvc.masked_model import MaskedViT
-from uvc.search import UVCSearch, stage1_record
+from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
+from uvc.search.masked_model import MaskedViT
+from uvc.deploy.stagefile import stage1_record
+from uvc.search import UVCSearch
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
@@ -59,7 +60,7 @@ def warn_if_collapsed(logger: RunLogger, top1: float, teacher_top1) -> None:
 
 
 def log_latency_check(logger: RunLogger, fit: dict, budget: float) -> None:
-    """The frozen model timed whole against the dense one (uvc.latency_check); loud if still off."""
+    """The frozen model timed whole against the dense one (uvc.cost.latency_check); loud if still off."""
     checks = fit.get("latency_checks")
     if not checks:
         return
@@ -138,8 +139,7 @@ def main(argv=None) -> None:
                   **{f"train_{k}": v for k, v in stats.items()}, **{f"val_{k}": v for k, v in metrics.items()},
                   **ratios, "z": float(search.arch.z), "y_mean": float(search.arch.y.mean()),
                   "p_mean": float(search.arch.p.mean()), "z_integral": float(search.arch.z_integral),
-                  "z_gain_scale": search.pd.ki_scale, "max_undershoot": search.pd.max_undershoot,
-                  "search_progress": search.pd.t / search.rates.steps, **kept}
+                  **search.record(), **kept}
         logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
         logger.epoch(record)
         run.epoch = epoch + 1
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     apply_spec(model, spec)
     final = evaluate(ddp_model, data.val_loader, env.device, None, config.fp16)
     fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
-    fit.update(search.pd.trial.state_dict() if search.pd.trial is not None else {})  # flip trials, refused
+    fit.update(search.trial_state())  # flip trials, refused
     logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
                 f"{fit['searched_macs_ratio']:.4f}; to fit budget {config.budget} the greedy pass removed "
                 f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "

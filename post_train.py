@@ -17,10 +17,11 @@ import sys
 
 from models import model_kwargs_of, resolve_model_type
 from models.compact import save_compact
-from uvc.export import export_compact, read_training_checkpoint
-from uvc.freeze import spec_ratio
-from uvc.masked_model import MaskedViT
-from uvc.search import STAGE2_FORMAT, FrozenArchitecture
+from uvc.deploy.export import export_compact
+from uvc.deploy.freeze import spec_ratio
+from uvc.search.masked_model import MaskedViT
+from uvc.deploy.frozen import FrozenArchitecture
+from uvc.deploy.stagefile import read_stage1, read_stage_file, stage2_record
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
@@ -34,18 +35,6 @@ from engine.build import (build_data, build_loss, build_optimizer, build_student
 from engine.entry import run_entry
 from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
-
-
-def read_stage1(path: str, model_type: str) -> dict:
-    """The stage-1 file, refused in one line if it is not one or is of another model."""
-    try:
-        record = read_training_checkpoint(path)
-    except ValueError as e:
-        raise ValueError(f"--checkpoint_dir: {e}") from None
-    if record["model_type"] != model_type:
-        raise ValueError(f"--checkpoint_dir {path} holds a {record['model_type']} search, but --model_type "
-                         f"resolves to {model_type}; pass the matching --model_type/--enable_deit")
-    return record
 
 
 def main(argv=None) -> None:
@@ -86,8 +75,7 @@ def main(argv=None) -> None:
         if not compress:  # DeiT's layout, plus what rebuilds the model (python -m uvc.evaluate, uvc.report)
             return {"model": vit.state_dict(), "model_type": model_type, "model_kwargs": model_kwargs_of(vit),
                     "config": config.to_dict()}
-        return {"format": STAGE2_FORMAT, "model_type": model_type, "arch": stage1["arch"],
-                "model": vit.state_dict(), "config": config.to_dict(), "teacher": stage1["teacher"]}
+        return stage2_record(stage1, model_type, vit.state_dict(), config.to_dict())
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, frozen)
     stop = StopSignal()  # SIGTERM: save between two steps and exit
@@ -120,7 +108,7 @@ def main(argv=None) -> None:
     stop.close()
 
     if compress and is_main_process():
-        best = read_training_checkpoint(best_path)
+        best = read_stage_file(best_path)
         vit.load_state_dict(best["model"])
         compact = export_compact(vit.eval(), best["arch"])
         compact_path = os.path.join(config.output_dir, "compact.pth")

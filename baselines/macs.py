@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from uvc.flops import ViTDims, block_macs, dense_macs, head_macs, patch_embed_macs
+from uvc.cost.flops import ViTDims, block_macs, dense_macs, head_macs, patch_embed_macs
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:

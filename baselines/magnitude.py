@@ -2,7 +2,7 @@
 structured baselines for UVC. Two methods (`--method`):
 
 `uniform-magnitude`. Every block loses the same number of attention heads and the same number of
-MLP neurons, chosen by the scores UVC itself ranks groups by (uvc.masks:
+MLP neurons, chosen by the scores UVC itself ranks groups by (uvc.search.masks:
 head = squared norm of its attn.proj columns, neuron = squared norm of its
 fc2 column), lowest first. No block is skipped, no patch is dropped, value
 dims inside kept heads are untouched. The counts are picked so that the hard
@@ -14,14 +14,14 @@ chosen first and the kept neuron count m then hits the target; among the
 (h, m) pairs that land, the one whose head fraction h/H is closest to its
 neuron fraction m/M is taken (the most uniform split).
 
-`greedy-fit`. The freeze's own greedy global fit (uvc.fit.fit_to_budget) applied
+`greedy-fit`. The freeze's own greedy global fit (uvc.deploy.fit.fit_to_budget) applied
 to the dense architecture with the dense weights' scores: value dims (one from
 every head of a block at a time) and MLP neurons of any block are removed in order
 of score per MAC saved until the ratio is within the tolerance below the target.
 This is what UVC's freeze would do if the search had changed nothing, so UVC
 against it measures what the search is worth. No head, block or patch is removed.
 
-The result is a stage-1 file (uvc.search.stage1_record), so post_train.py
+The result is a stage-1 file (uvc.deploy.stagefile.stage1_record), so post_train.py
 fine-tunes it exactly like UVC's own output (same epochs, same distillation)
 and exports compact.pth:
 
@@ -38,9 +38,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from uvc.fit import fit_to_budget
-from uvc.freeze import base_spec, param_keep_masks, spec_ratio, zero_removed_weights
-from uvc.masks import group_scores, stacked_weights
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import base_spec, param_keep_masks, spec_ratio, zero_removed_weights
+from uvc.search.masks import group_scores, stacked_weights
 
 METHOD = "uniform-magnitude"
 GREEDY_FIT = "greedy-fit"
@@ -83,7 +83,7 @@ def uniform_magnitude_spec(vit, model_type: str, target_ratio: float, tolerance:
         with_attn: count the N^2 attention terms (as UVC's --flops_with_mhsa 1).
 
     Returns:
-        (spec, info): an architecture spec (uvc.freeze format) and
+        (spec, info): an architecture spec (uvc.deploy.freeze format) and
         {"method", "target_ratio", "macs_ratio", "heads_kept", "neurons_kept", ...}.
     Raises:
         ValueError: no uniform (heads, neurons) pair lands within the tolerance.
@@ -113,7 +113,7 @@ def uniform_magnitude_spec(vit, model_type: str, target_ratio: float, tolerance:
 
 def greedy_fit_spec(vit, model_type: str, target_ratio: float, tolerance: float = 0.01,
                     with_attn: bool = True) -> Tuple[dict, Dict]:
-    """The dense architecture of `vit` fitted to `target_ratio` by uvc.fit.fit_to_budget with
+    """The dense architecture of `vit` fitted to `target_ratio` by uvc.deploy.fit.fit_to_budget with
     the dense weights' scores: the ratio lands in [target * (1 - tolerance), target].
 
     Returns (spec, info) as uniform_magnitude_spec does."""
@@ -146,7 +146,7 @@ def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_d
     """The stage-1 file content (the input of post_train.py --checkpoint_dir).
 
     The teacher recorded is the dense model at `model_path`, as for UVC."""
-    from uvc.search import stage1_record
+    from uvc.deploy.stagefile import stage1_record
 
     fit = dict(info)
     if top1 is not None:
@@ -160,9 +160,9 @@ def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_d
 @torch.no_grad()
 def evaluate_spec(vit, spec: dict, loader, device, amp: bool = False) -> Dict[str, float]:
     """Top-1/top-5/loss of the pruned model before fine-tuning (exactly what stage 2 starts from)."""
-    from engine import evaluate
-    from uvc.masked_model import MaskedViT
-    from uvc.search import FrozenArchitecture
+    from engine.loop import evaluate
+    from uvc.search.masked_model import MaskedViT
+    from uvc.deploy.frozen import FrozenArchitecture
 
     model = MaskedViT(copy.deepcopy(vit)).to(device)
     frozen = FrozenArchitecture(model, spec)
@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="python -m baselines.magnitude", description=__doc__.split("\n\n")[0])
     p.add_argument("--method", choices=tuple(SPECS), default=METHOD,
-                   help="uniform-magnitude: the same per block; greedy-fit: uvc.fit.fit_to_budget")
+                   help="uniform-magnitude: the same per block; greedy-fit: uvc.deploy.fit.fit_to_budget")
     p.add_argument("--model_type", required=True, help="e.g. vit_digits_patch2_8, deit_small_patch16_224")
     p.add_argument("--enable_deit", type=int, default=0, help="1: the distillation-token variant")
     p.add_argument("--model_path", required=True, help="dense weights (local file or URL)")

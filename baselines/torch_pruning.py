@@ -30,7 +30,7 @@ bisected (fc1 in `pruning_ratio_dict`), whose steps are finer.
 
 Counting. Unlike UVC, Torch-Pruning shrinks q and k with the head dims, which
 the UVC formula (q/k at the full head size) cannot express; the heads of one
-block all keep the same size, so the same six terms (uvc.flops.block_macs) with
+block all keep the same size, so the same six terms (uvc.cost.flops.block_macs) with
 each block's pruned head size for q, k and v give the count
 (`baselines.macs.formula_macs`). The MACs ratio that is matched and reported is
 fvcore's (fused attention off) on the pruned model over fvcore on the dense model;
@@ -68,7 +68,7 @@ import torch_pruning as tp
 from baselines.finetune import finetune, save_pruned
 from baselines.macs import (choose_heads_removed, example_input, formula_macs, fvcore_macs, param_count,
                             predicted_pruning_ratio)
-from uvc.flops import ViTDims
+from uvc.cost.flops import ViTDims
 
 METHOD = "torch-pruning"
 

@@ -107,7 +107,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
     c.latency_batch = 64  # batch size the latency table is measured at
     c.latency_check = 4  # with --budget_metric latency: fits timed whole against the dense model at the freeze, refitted while off the budget (0: none)
-    # Rates below: each default is 1x of a rule set per search length (uvc/schedule.py); the flag scales it.
+    # Rates below: each default is 1x of a rule set per search length (uvc/search/schedule.py); the flag scales it.
     # The names are the reference's, the meaning is not: there slr = rlr = 0.02 and ylr = plr = 1e-4 are
     # per-step SGD rates, and the seed's command sets none of them.
     c.slr = 0.01  # speed of s (heads, neurons removed); 0.01 is the rule's 1x, 0.02 twice as fast

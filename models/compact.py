@@ -24,7 +24,7 @@ The model is built from a plain, JSON-able `compact_spec`:
 Prefix tokens come first, in timm's order: class token, distillation token,
 register tokens. Average pooling averages the kept patch tokens (the prefix
 tokens too with `pool_include_prefix`). Its weights come from
-`uvc.export.export_compact` (or `load_compact`); the constructor only allocates them.
+`uvc.deploy.export.export_compact` (or `load_compact`); the constructor only allocates them.
 """
 import os
 import pickle
@@ -59,7 +59,8 @@ def _norm(enabled: bool, dim: int, eps: float) -> nn.Module:
     return LayerNorm(dim, eps=eps) if enabled else nn.Identity()
 
 
-def _linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """nn.Linear that may have zero inputs or outputs (a block with no head or neuron left)."""
     with warnings.catch_warnings():  # a block with no head or no neuron left has zero-element weights
         warnings.filterwarnings("ignore", "Initializing zero-element tensors")
         return nn.Linear(in_features, out_features, bias=bias)
@@ -82,10 +83,10 @@ class CompactAttention(nn.Module):
         self.value_dim = value_dim  # dv: kept value dims per head (zero-padded to the block's largest)
         self.scale = head_dim ** -0.5
         self.fused_attn = use_fused_attn()  # False: explicit softmax(q k^T) v, which fvcore can count
-        self.qkv = _linear(dim, num_heads * (2 * head_dim + value_dim), bias=qkv_bias)
+        self.qkv = linear(dim, num_heads * (2 * head_dim + value_dim), bias=qkv_bias)
         self.q_norm = _norm(qk_norm, head_dim, norm_eps)  # per head over d, as timm's qk-norm
         self.k_norm = _norm(qk_norm, head_dim, norm_eps)
-        self.proj = _linear(num_heads * value_dim, dim)
+        self.proj = linear(num_heads * value_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -100,7 +101,7 @@ class CompactAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(B, H', N, d) q, k and (B, H', N, dv) v -> (B, N, H'*dv): qk-norm, softmax(q k^T / sqrt(d)) v,
-        heads concatenated (what uvc.latency_table times as the attention of a block)."""
+        heads concatenated (what uvc.cost.latency_table times as the attention of a block)."""
         B, h, N, dv = v.shape
         d = self.head_dim
         q, k = self.q_norm(q), self.k_norm(k)
@@ -123,9 +124,9 @@ class CompactMlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
-        self.fc1 = _linear(dim, hidden)
+        self.fc1 = linear(dim, hidden)
         self.act = get_act_layer(act)()
-        self.fc2 = _linear(hidden, dim)
+        self.fc2 = linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))

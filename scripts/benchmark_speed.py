@@ -9,7 +9,7 @@ side by side, in interleaved rounds (utils/benchmark.py), on the same batch:
 
   dense    the uncompressed timm model
   masked   the timm model with the frozen masks, skipped blocks and kept patches
-           (uvc.masked_model.MaskedViT): what the reference implementation deploys
+           (uvc.search.masked_model.MaskedViT): what the reference implementation deploys
   compact  the physically smaller model (models/compact.py)
 
 For a compact file the dense and masked models get random weights (throughput
@@ -19,11 +19,11 @@ MACs (multiply-accumulates, "FLOPs" in the papers; for the masked model what it
 actually executes), images/s per batch size, the measured speedup over dense and
 the ideal one, 1 / MACs ratio. On CUDA the time is taken between CUDA events, in
 float32 and under torch.amp in float16 and (where the GPU has it) bfloat16.
-`--latency` adds the latency cost model's estimate (uvc/latency.py: the table of
+`--latency` adds the latency cost model's estimate (uvc/cost/latency.py: the table of
 this device at each batch size, measured once and cached, as `--budget_metric
 latency` uses it) of the dense and compact models' time per batch beside the
 measured one (float32).
-`--onnx` (CPU) adds a fourth: the compact model exported to ONNX (uvc/onnx_export.py,
+`--onnx` (CPU) adds a fourth: the compact model exported to ONNX (uvc/deploy/onnx_export.py,
 a temporary file) run by onnxruntime with as many threads as torch.
 --json prints one object: macs_ratio, speedup_{masked,compact,onnx}_b{N}, ideal_speedup,
 images_per_s and the rest.
@@ -38,14 +38,16 @@ import time
 import torch
 
 from models.compact import FORMAT as COMPACT_FORMAT
-from uvc.cost import compact_cost, dense_cost, full_cost
-from uvc.export import compact_macs, export_compact, spec_dims
-from uvc.latency import LatencyCost
-from uvc.latency_table import load_or_measure
-from uvc.flops import dense_macs, vit_macs
-from uvc.freeze import apply_spec
-from uvc.masked_model import MaskedViT
-from uvc.report import KINDS, ReportError, arch_of_compact_spec, built_model, dense_vit, read_subject
+from uvc.cost.cost import compact_cost, dense_cost, full_cost
+from uvc.deploy.export import compact_macs, export_compact, spec_dims
+from uvc.cost.latency import LatencyCost
+from uvc.cost.latency_table import load_or_measure
+from uvc.cost.flops import dense_macs, vit_macs
+from uvc.deploy.freeze import apply_spec
+from uvc.search.masked_model import MaskedViT
+from uvc.report.kinds import KINDS, ReportError
+from uvc.report.models import arch_of_compact_spec, built_model, dense_vit
+from uvc.report.reading import read_subject
 from utils.benchmark import compare_throughput, run_cli, add_common_args
 
 
@@ -75,7 +77,7 @@ def build_models(subject, device):
 def add_onnx(models: dict, directory: str) -> float:
     """Export the compact model to ONNX in `directory` and time its onnxruntime session as "onnx";
     returns max |onnxruntime - compact| logits."""
-    from uvc.onnx_export import OnnxModel, check_onnx, export_onnx
+    from uvc.deploy.onnx_export import OnnxModel, check_onnx, export_onnx
 
     path = os.path.join(directory, "compact.onnx")
     export_onnx(models["compact"], path)

@@ -31,14 +31,14 @@ import time
 import torch
 
 from models import create_model
-from uvc.masked_model import MaskedViT
+from engine.distill import DistillationLoss
+from engine.loop import train_one_epoch
+from uvc.search.masked_model import MaskedViT
 from uvc.search import UVCSearch
 from utils.amp import make_scaler
 from utils.benchmark import interleaved_medians, run_cli, add_common_args
 from utils.config import parse_config
-from engine import train_one_epoch
 from engine.build import build_optimizer
-from engine.distill import DistillationLoss
 
 
 def build_steps(args, device):
@@ -60,7 +60,7 @@ def build_steps(args, device):
     criterion = DistillationLoss(base, teacher, "soft", config.distillation_alpha, config.distillation_tau)
     scaler = make_scaler(device, bool(args.amp))
 
-    # a search long enough that the gates update every --gating_interval steps (uvc.schedule)
+    # a search long enough that the gates update every --gating_interval steps (uvc.search.schedule)
     search = UVCSearch(students["uvc"], config, device, search_steps=100 * int(config.gating_interval))
     search.set_epoch(0)
     models = {"plain": students["plain"], "uvc": MaskedViT(students["uvc"])}

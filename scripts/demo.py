@@ -22,7 +22,7 @@ fine-tuning and distillation: uniform one-shot magnitude pruning, the greedy fit
 alone (no search), Torch-Pruning (Taylor, global) and Torch-Pruning (local
 magnitude), and the ablations "UVC without block gates", "UVC without
 distillation" and "UVC without the patch trial" (--patch_probe 0: every patch drop the
-gradients propose stands, uvc/trial.py); it writes a markdown table to --log_dir (each run's logs stay under --run_dir) and a
+gradients propose stands, uvc/search/trial.py); it writes a markdown table and the full logs to --log_dir and a
 top-1 vs MACs plot to --figs_dir. The budget sweep and the ablations on MNIST are
 scripts/sweep.py.
 """

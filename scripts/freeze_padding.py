@@ -2,7 +2,7 @@
 
     python scripts/freeze_padding.py runs/benchmark_search/*/ --out log/freeze_padding
 
-Stage 1 ends by fitting the searched architecture to the budget (uvc.fit): every
+Stage 1 ends by fitting the searched architecture to the budget (uvc.deploy.fit): every
 kept head of a block is widened to the block's widest (the compact model pads to
 that width anyway), and groups are put back or removed until the ratio is in the
 window. The groups put back carry the weights the search left them, which the
@@ -17,17 +17,16 @@ import argparse
 import os
 import sys
 
-
 import torch
 
 from configs.common import base_config
 from data import build_eval_dataset, build_eval_loader
-from uvc.freeze import apply_spec, param_keep_masks, zero_removed_weights
-from uvc.masked_model import MaskedViT
-from uvc.search import UVCSearch
-from engine import evaluate
-from engine.build import build_student, model_input
 from scripts.pipeline import write_result
+from engine.loop import evaluate
+from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
+from uvc.search.masked_model import MaskedViT
+from uvc.search import UVCSearch
+from engine.build import build_student, model_input
 
 
 def put_back(searched: dict, fitted: dict):

@@ -45,9 +45,9 @@ def one_session(args) -> dict:
     import torch
     from models import create_model
     from models.compact import CompactMlp
-    from uvc.export import export_compact
-    from uvc.flops import ViTDims
-    from uvc.freeze import base_spec
+    from uvc.deploy.export import export_compact
+    from uvc.cost.flops import ViTDims
+    from uvc.deploy.freeze import base_spec
     from utils.benchmark import interleaved_medians
 
     vit = create_model(args.model_type).eval()

@@ -76,8 +76,9 @@ def params(model: torch.nn.Module) -> int:
 
 def compact_of_stage1(stage1_file: str) -> torch.nn.Module:
     """The stage-1 result exported as is (before fine-tuning)."""
-    from uvc.export import build_masked_source, export_compact, read_training_checkpoint
-    ckpt = read_training_checkpoint(stage1_file)
+    from uvc.deploy.export import build_masked_source, export_compact
+    from uvc.deploy.stagefile import read_stage_file
+    ckpt = read_stage_file(stage1_file)
     return export_compact(build_masked_source(ckpt), ckpt["arch"]).eval()
 
 
@@ -121,7 +122,7 @@ def removed_text(removed: Dict[str, int]) -> str:
 
 def stage1_ratio(stage1_file: str) -> float:
     """The MACs ratio of a stage-1 file's architecture by UVC's formula (what the budget counts)."""
-    from uvc.freeze import spec_ratio
+    from uvc.deploy.freeze import spec_ratio
     return spec_ratio(torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"])
 
 

@@ -7,7 +7,7 @@ isolate each axis of the search.
 Sweep: for every budget (0.3, 0.4, 0.5, 0.7) UVC runs stage 1 and stage 2 from the
 cached dense teacher (configs/mnist_demo.py), then every peer is pruned from the same
 teacher to the UVC model's MACs and fine-tuned with the same epochs and
-distillation: `uniform magnitude` and `greedy fit` (uvc.fit.fit_to_budget on the
+distillation: `uniform magnitude` and `greedy fit` (uvc.deploy.fit.fit_to_budget on the
 dense architecture with the teacher's scores, no search) at UVC's MACs by its
 formula, `Torch-Pruning` (Taylor importance, global isomorphic ranking) at UVC's
 MACs by fvcore. Writes log/mnist_sweep.md (table), log/mnist_sweep.json

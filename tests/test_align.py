@@ -3,9 +3,9 @@ multiples of N and lands in the budget window; N = 1 is the fit as it was before
 import pytest
 import torch
 
-from uvc.fit import allowed_widths, fit_to_budget
-from uvc.freeze import base_spec, spec_ratio
-from uvc.masks import Scores, group_scores, stacked_weights
+from uvc.deploy.fit import allowed_widths, fit_to_budget
+from uvc.deploy.freeze import base_spec, spec_ratio
+from uvc.search.masks import Scores, group_scores, stacked_weights
 from utils.config import ConfigError, parse_config
 from helpers import TINY_MODEL, noisy_tiny_vit
 

@@ -12,12 +12,12 @@ from baselines.torch_pruning import (LOCAL_MAGNITUDE, TAYLOR_GLOBAL, TPSetting, 
                                      main as tp_main, prune_to_macs)
 from helpers import noisy_tiny_vit
 from models import create_model, set_fused_attn
-from uvc.export import read_training_checkpoint
-from uvc.fit import fit_to_budget
-from uvc.freeze import base_spec, spec_ratio
-from uvc.masks import group_scores, stacked_weights
-from uvc.masked_model import MaskedViT
-from uvc.search import FrozenArchitecture
+from uvc.deploy.stagefile import read_stage_file
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import base_spec, spec_ratio
+from uvc.search.masks import group_scores, stacked_weights
+from uvc.search.masked_model import MaskedViT
+from uvc.deploy.frozen import FrozenArchitecture
 
 MODEL = "vit_digits_patch2_8"
 TARGET = 0.5
@@ -147,7 +147,7 @@ def test_magnitude_cli_writes_a_stage1_file(dense, dense_file, tmp_path):
     out = tmp_path / f"{MODEL}_uvc.pth"
     magnitude_main(["--model_type", MODEL, "--model_path", dense_file, "--target_ratio", "0.4",
                     "--output", str(out)])
-    record = read_training_checkpoint(str(out))  # what post_train.py reads
+    record = read_stage_file(str(out))  # what post_train.py reads
     assert record["fit"]["method"] == "uniform-magnitude" and record["teacher"]["path"] == dense_file
     assert abs(spec_ratio(record["arch"]) / 0.4 - 1) <= 0.01
     vit = create_model(MODEL)
@@ -158,7 +158,7 @@ def test_magnitude_cli_writes_a_stage1_file(dense, dense_file, tmp_path):
                         "--output", str(out)])
     magnitude_main(["--method", "greedy-fit", "--model_type", MODEL, "--model_path", dense_file,
                     "--target_ratio", "0.4", "--output", str(out)])
-    record = read_training_checkpoint(str(out))
+    record = read_stage_file(str(out))
     assert record["fit"]["method"] == "greedy-fit" and record["config"]["method"] == "greedy-fit"
     assert 0.4 * 0.99 <= spec_ratio(record["arch"]) <= 0.4
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from models import create_model
-from uvc.budget import Budget, SearchSpace
-from uvc.flops import ViTDims, dense_macs, vit_macs
-from uvc.masks import Scores, compute_masks
-from uvc.structure import ArchState
+from uvc.cost.budget import Budget, SearchSpace
+from uvc.cost.flops import ViTDims, dense_macs, vit_macs
+from uvc.search.masks import Scores, compute_masks
+from uvc.search.structure import ArchState
 
 # a small ViT with 3 heads so that "the head removed next" matters: D=24, L=3, H=3, d=8, M=16, 9 patches
 SMALL = ViTDims(embed_dim=24, depth=3, num_heads=3, head_dim=8, mlp_hidden=16, num_patches=9,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from uvc.search import search_space
+from uvc.search.driver import search_space
 from utils.checkpoint import RESUME_NAME
 from utils.config import parse_config
 from helpers import assert_same_files, clean_env  # tests/ is on sys.path under pytest

@@ -21,9 +21,10 @@ import joint_train
 import post_train
 from data import DataError
 from models import create_model
-from engine import train_one_epoch
-from uvc.masked_model import MaskedViT
-from uvc.search import UVCSearch, stage1_record
+from engine.loop import train_one_epoch
+from uvc.search.masked_model import MaskedViT
+from uvc.deploy.stagefile import stage1_record
+from uvc.search import UVCSearch
 from utils.config import CONFIG_DIR, ConfigError, parse_config
 from utils.dist import DistInfo
 from engine.entry import run_entry

@@ -14,8 +14,8 @@ from models.compact import load_compact, save_compact
 from utils.config import parse_config
 from engine.entry import run_entry
 from uvc.evaluate import main
-from uvc.export import export_compact
-from uvc.search import STAGE2_FORMAT, stage1_record
+from uvc.deploy.export import export_compact
+from uvc.deploy.stagefile import STAGE2_FORMAT, stage1_record
 from tests.test_report import random_arch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ from timm.models.deit import VisionTransformerDistilled
 
 from models import create_model, model_kwargs_of, set_fused_attn, vit_structure
 from models.compact import CompactViT, load_compact, save_compact
-from uvc.export import (compact_macs, compact_spec_from_arch, export_compact, main,
-                        masked_forward_reference, spec_dims)
-from uvc.flops import ViTDims, arch_macs
+from uvc.deploy.export import compact_macs, compact_spec_from_arch, export_compact, masked_forward_reference, spec_dims
+from uvc.export import main
+from uvc.cost.flops import ViTDims, arch_macs
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-4
@@ -158,7 +158,7 @@ def test_full_arch_equals_original_model(build):
 
 
 def test_arch_format_matches_the_search_code():
-    from uvc.freeze import base_spec
+    from uvc.deploy.freeze import base_spec
 
     for model, name in (digits_model(), distilled_model()):
         assert base_spec(model, name) == dense_arch(model, name)

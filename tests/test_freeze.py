@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from models.vit import create_model
-from uvc.fit import fit_to_budget
-from uvc.freeze import base_spec, spec_ratio
-from uvc.masks import group_scores, stacked_weights
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import base_spec, spec_ratio
+from uvc.search.masks import group_scores, stacked_weights
 
 
 def scores_of(vit):

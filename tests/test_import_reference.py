@@ -10,9 +10,9 @@ import post_train
 from models import create_model
 from models.compact import load_compact
 from uvc import export
-from uvc.freeze import base_spec
+from uvc.deploy.freeze import base_spec
 from uvc.import_reference import convert, main
-from uvc.masks import group_scores, stacked_weights
+from uvc.search.masks import group_scores, stacked_weights
 
 MODEL = "deit_tiny_patch16_224"
 SHAPE = dict(num_classes=10, embed_dim=32, depth=3, num_heads=2, img_size=32, patch_size=8)  # 16 patches

@@ -8,18 +8,19 @@ import torch
 
 from helpers import TINY_MODEL, demo_search_config, noisy_tiny_vit
 from models import create_model
-from uvc import latency_table
-from uvc.budget import Budget, SearchSpace
-from uvc.cost import MacsCost, compact_cost, dense_cost, full_cost, group_costs, spec_cost
-from uvc.export import compact_macs, compact_spec_from_arch
-from uvc.fit import fit_to_budget
-from uvc.flops import ViTDims
-from uvc.freeze import base_spec
-from uvc.latency import FORMAT, LatencyCost, LatencyTableError, table_sizes
-from uvc.masked_model import MaskedViT
-from uvc.masks import full_masks, group_scores, stacked_weights
-from uvc.search import UVCSearch, stage1_record
-from uvc.structure import ArchState
+from uvc.cost import latency_table
+from uvc.cost.budget import Budget, SearchSpace
+from uvc.cost.cost import MacsCost, compact_cost, dense_cost, full_cost, group_costs, spec_cost
+from uvc.deploy.export import compact_macs, compact_spec_from_arch
+from uvc.deploy.fit import fit_to_budget
+from uvc.cost.flops import ViTDims
+from uvc.deploy.freeze import base_spec
+from uvc.cost.latency import FORMAT, LatencyCost, LatencyTableError, table_sizes
+from uvc.search.masked_model import MaskedViT
+from uvc.search.masks import full_masks, group_scores, stacked_weights
+from uvc.deploy.stagefile import stage1_record
+from uvc.search import UVCSearch
+from uvc.search.structure import ArchState
 from utils.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +31,7 @@ QK, AV, SOFTMAX = 1e-6, 1e-6, 1e-5
 
 
 def fake_table(dims: ViTDims, noisy: bool = False, glue: float = 1.0, dense: float = None) -> dict:
-    """A table as uvc.latency_table writes it, from the coefficients above (widths on its grids); its
+    """A table as uvc.cost.latency_table writes it, from the coefficients above (widths on its grids); its
     whole blocks take `glue` times the sum of their parts; the dense model `dense` (default: its parts
     and the outside, so that R(dense) = 1 with glue 1)."""
     H, d, n = dims.num_heads, dims.head_dim, dims.num_patches + dims.num_prefix_tokens
@@ -204,7 +205,7 @@ def test_search_budget_gradient_moves_s_and_r_and_freeze_fits_the_latency(tmp_pa
 def test_the_freeze_times_the_fit_and_refits_until_it_meets_the_budget(tmp_path, monkeypatch, tiny):
     """--latency_check: the fitted model is timed whole (here a device on which every architecture takes
     1.2 x its estimate); the freeze refits to the corrected target and keeps the fit closest to the budget."""
-    import uvc.search as search_module
+    import uvc.search.driver as search_module
     vit, dims, _ = tiny
     search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=3), torch.device("cpu"), search_steps=100)
     cost, dense = search.budget.cost, search.budget.dense
@@ -226,7 +227,7 @@ def test_the_freeze_times_the_fit_and_refits_until_it_meets_the_budget(tmp_path,
 
 def test_the_check_brackets_a_jump_and_keeps_the_closest():
     """Measured time that jumps at a threshold: the secant between the fits under and over the budget."""
-    from uvc.latency_check import checked_fit, next_target
+    from uvc.cost.latency_check import checked_fit, next_target
     device = lambda est: est if est < 0.52 else est + 0.15  # noqa: E731  (a cliff at 0.52)
     fit = lambda target: ({"t": target}, {}, target)  # noqa: E731  (the fit lands on its target)
     spec, _, checks = checked_fit(fit, lambda spec: device(spec["t"]), 0.6, rounds=6)
@@ -243,7 +244,7 @@ def test_the_check_brackets_a_jump_and_keeps_the_closest():
 
 
 def test_the_compact_model_is_timed_against_the_dense(tiny):
-    from uvc.latency_check import measured_ratio
+    from uvc.cost.latency_check import measured_ratio
     vit, dims, cost = tiny
     spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5, cost=cost)
     assert measured_ratio(spec, "cpu", 2, repeats=1) > 0
@@ -355,7 +356,7 @@ def test_benchmark_speed_prints_estimated_against_measured(tmp_path, capsys, tin
 
 
 def test_only_rank_0_measures_and_every_rank_uses_its_table(monkeypatch, tiny):
-    import uvc.search as search_module
+    import uvc.search.driver as search_module
     vit, dims, _ = tiny
     sent = fake_table(dims)
     monkeypatch.setattr(search_module, "is_main_process", lambda: False)

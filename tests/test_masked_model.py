@@ -7,9 +7,9 @@ from helpers import noisy_tiny_vit
 
 from configs.digits_demo import get_config
 from models import create_model, set_fused_attn
-from uvc.gates import patch_attn_bias
-from uvc.masked_model import MaskedViT
-from uvc.masks import compute_masks, group_scores, stacked_weights
+from uvc.search.gates import patch_attn_bias
+from uvc.search.masked_model import MaskedViT
+from uvc.search.masks import compute_masks, group_scores, stacked_weights
 from uvc.search import UVCSearch
 
 ATOL = 1e-5

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from uvc.flops import ViTDims
-from uvc.masks import Scores, compute_masks, group_scores, least_sum, lowest_k_mask
-from uvc.structure import LOWEST, ArchState
+from uvc.cost.flops import ViTDims
+from uvc.search.masks import Scores, compute_masks, group_scores, least_sum, lowest_k_mask
+from uvc.search.structure import LOWEST, ArchState
 
 L, H, D_HEAD, M = 2, 3, 4, 5  # blocks, heads, dims per head, neurons
 

@@ -10,7 +10,7 @@ from PIL import Image
 from data import build_datasets, build_eval_dataset
 from data import mnist
 from models import create_model, set_fused_attn
-from uvc.flops import ViTDims, dense_macs
+from uvc.cost.flops import ViTDims, dense_macs
 from utils.config import parse_config
 
 MODEL = "vit_mnist_patch4_28"

@@ -8,13 +8,13 @@ import torch
 
 from models import UnsupportedModelError, create_model, set_fused_attn
 from models.compact import load_compact, save_compact
-from uvc.export import compact_macs, export_compact, masked_forward_reference
-from uvc.flops import ViTDims, dense_macs
-from uvc.freeze import apply_spec, base_spec
-from uvc.gates import patch_attn_bias
-from uvc.masked_model import MaskedViT
+from uvc.deploy.export import compact_macs, export_compact, masked_forward_reference
+from uvc.cost.flops import ViTDims, dense_macs
+from uvc.deploy.freeze import apply_spec, base_spec
+from uvc.search.gates import patch_attn_bias
+from uvc.search.masked_model import MaskedViT
 from uvc.report import build_report, read_subject
-from uvc.search import stage1_record
+from uvc.deploy.stagefile import stage1_record
 
 SMALL = dict(num_classes=10, embed_dim=32, depth=3, num_heads=2, img_size=32, patch_size=8)  # 16 patches
 KINDS = {  # kind -> (timm model type, arguments on top of SMALL)

@@ -8,8 +8,8 @@ import torch
 
 from models.compact import load_compact
 from uvc.export import main
-from uvc.onnx_export import run_onnx, session
-from uvc.search import stage1_record
+from uvc.deploy.onnx_export import run_onnx, session
+from uvc.deploy.stagefile import stage1_record
 from test_model_kinds import build, random_arch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,9 +6,9 @@ import torch
 from helpers import demo_search_config, noisy_tiny_vit
 import torch.nn.functional as F
 
-from uvc.masked_model import MaskedViT
+from uvc.search.masked_model import MaskedViT
 from uvc.search import UVCSearch
-from uvc.structure import LOWEST
+from uvc.search.structure import LOWEST
 
 MODEL = "vit_digits_tiny_patch2_8"  # D=32, L=4, H=2, d=16, M=128, 16 patches
 CPU = torch.device("cpu")
@@ -60,7 +60,7 @@ def train(model, search, steps: int, lr: float, seed: int = 0, on_step=None):
 # ----------------------------------------------------------------------------- proximal step
 
 def shrink(lr: float, dual: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """The prox factor of uvc/primal_dual.py: dual * ||W_G||^2 per unit of the mean group score of
+    """The prox factor of uvc/search/primal_dual.py: dual * ||W_G||^2 per unit of the mean group score of
     the layer (of the head, for dims): W_G <- W_G / (1 + 2 lr dual / mean(scores))."""
     return 1.0 / (1.0 + 2.0 * lr * dual / scores.mean())
 
@@ -270,7 +270,7 @@ SEARCH_STEPS = 300
 @pytest.fixture(scope="module")
 def short_search():
     """300 steps of the full search (pruning, block and patch gates) on synthetic batches, with the
-    demo config's rates as they are: the pace is set per search length (uvc.schedule)."""
+    demo config's rates as they are: the pace is set per search length (uvc.search.schedule)."""
     torch.set_num_threads(1)
     model, search = build(steps=SEARCH_STEPS, budget=BUDGET)
     hard, target = [search.ratios(model)["hard_macs_ratio"]], [1.0]

@@ -10,10 +10,10 @@ import torch
 
 from models import create_model
 from models.compact import save_compact
-from uvc.export import compact_macs, export_compact
-from uvc.freeze import base_spec
+from uvc.deploy.export import compact_macs, export_compact
+from uvc.deploy.freeze import base_spec
 from uvc.report import build_report, main, read_subject
-from uvc.search import STAGE2_FORMAT, stage1_record
+from uvc.deploy.stagefile import STAGE2_FORMAT, stage1_record
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_digits_tiny_patch2_8"

@@ -5,15 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from helpers import demo_search_config, noisy_tiny_vit
-from uvc.controller import BudgetController
-from uvc.fit import fit_to_budget
-from uvc.freeze import base_spec, spec_ratio
-from uvc.gates import HYSTERESIS, limit_gate_flips
-from uvc.masked_model import MaskedViT
-from uvc.masks import group_scores, stacked_weights
-from uvc.schedule import SPEED_S, SearchRates, target_ratio
+from uvc.search.controller import BudgetController
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import base_spec, spec_ratio
+from uvc.search.gates import HYSTERESIS, limit_gate_flips
+from uvc.search.masked_model import MaskedViT
+from uvc.search.masks import group_scores, stacked_weights
+from uvc.search.schedule import SPEED_S, SearchRates, target_ratio
 from uvc.search import UVCSearch
-from uvc.structure import ArchState
+from uvc.search.structure import ArchState
 
 CPU = torch.device("cpu")
 MODEL = "vit_digits_tiny_patch2_8"
@@ -66,7 +66,7 @@ def test_controller_pushes_back_at_once_and_does_not_wind_up():
 # ----------------------------------------------------------------------------- gate safety
 
 def _arch_with_gates(keep_logit: float = 4.0) -> ArchState:
-    from uvc.flops import ViTDims
+    from uvc.cost.flops import ViTDims
     dims = ViTDims(embed_dim=8, depth=6, num_heads=2, head_dim=4, mlp_hidden=16, num_patches=4,
                    num_prefix_tokens=1, patch_size=2, in_chans=1, num_classes=10)
     return ArchState(dims, gate_init=keep_logit)
@@ -87,7 +87,7 @@ def test_one_update_flips_at_most_one_block():
 
 def test_a_flip_that_barely_crosses_is_settled_past_the_boundary():
     """Both ways: a skip and a re-open that cross by a hair end HYSTERESIS logits past the boundary."""
-    from uvc.gates import settle_flips
+    from uvc.search.gates import settle_flips
     before = torch.tensor([[0.0, 0.1], [0.1, 0.0]])
     logits = torch.tensor([[0.0, -0.05], [0.0, 0.05]])  # block 0 now skips, block 1 now keeps
     settle_flips(logits, before)
@@ -194,7 +194,7 @@ def trained_tiny():
 
 def _search(state, xs, ys, steps: int, **overrides):
     """A search of `steps` steps from the trained model; the hard ratio, target and top-1 after freeze."""
-    from uvc.freeze import apply_spec
+    from uvc.deploy.freeze import apply_spec
     vit = noisy_tiny_vit(0, scale=0.0)
     vit.load_state_dict(state)
     model = MaskedViT(vit)

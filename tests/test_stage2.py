@@ -11,13 +11,14 @@ import joint_train
 import post_train
 from models.compact import load_compact
 from models.vit import create_model
-from engine import train_one_epoch
-from uvc.export import build_masked_source, masked_forward_reference, read_training_checkpoint
-from uvc.fit import fit_to_budget
-from uvc.freeze import base_spec, param_keep_masks
-from uvc.masked_model import MaskedViT
-from uvc.masks import group_scores, stacked_weights
-from uvc.search import FrozenArchitecture
+from engine.loop import train_one_epoch
+from uvc.deploy.export import build_masked_source, masked_forward_reference
+from uvc.deploy.stagefile import read_stage_file
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import base_spec, param_keep_masks
+from uvc.search.masked_model import MaskedViT
+from uvc.search.masks import group_scores, stacked_weights
+from uvc.deploy.frozen import FrozenArchitecture
 from utils.amp import make_scaler
 
 TINY = "vit_digits_tiny_patch2_8"
@@ -80,7 +81,7 @@ def test_stage1_stage2_export_with_amp(tmp_path):
     assert 0.47 <= record["fit"]["macs_ratio"] <= 0.51
     post_train.main(DIGITS + ["--checkpoint_dir", str(stage1), "--distillation-type", "none", "--epochs", "2",
                               "--fp16", "1", "--output_dir", str(s2)])
-    best = read_training_checkpoint(str(s2 / f"{TINY}_uvc_post_best.pth"))
+    best = read_stage_file(str(s2 / f"{TINY}_uvc_post_best.pth"))
     source = build_masked_source(best)
     keep = param_keep_masks(source, best["arch"])
     assert torch.count_nonzero(removed_values(source, keep)) == 0

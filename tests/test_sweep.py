@@ -43,7 +43,7 @@ def test_sweep_table_orders_by_budget_with_the_teacher_first():
 def test_removed_counts_per_axis():
     import pipeline
     from helpers import noisy_tiny_vit
-    from uvc.freeze import base_spec
+    from uvc.deploy.freeze import base_spec
 
     vit = noisy_tiny_vit()
     spec = base_spec(vit, "vit_digits_tiny_patch2_8")  # D=32, L=4, H=2, d=16, M=128, 16 patches

@@ -1,16 +1,16 @@
-"""The trial of coarse moves (uvc.trial) and its fixed probe (data.probe)."""
+"""The trial of coarse moves (uvc.search.trial) and its fixed probe (data.probe)."""
 import random
 
 import numpy as np
 import torch
 
 from data.probe import probe_batch
-from uvc.freeze import base_spec
-from uvc.masked_model import MaskedViT
-from uvc.masks import group_scores, stacked_weights
-from uvc.primal_dual import PrimalDual
+from uvc.deploy.freeze import base_spec
+from uvc.search.masked_model import MaskedViT
+from uvc.search.masks import group_scores, stacked_weights
+from uvc.search.primal_dual import PrimalDual
 from uvc.search import UVCSearch
-from uvc.trial import FlipTrial
+from uvc.search.trial import FlipTrial
 from tests.helpers import demo_search_config, noisy_tiny_vit
 
 CPU = torch.device("cpu")

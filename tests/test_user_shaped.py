@@ -13,7 +13,8 @@ from models.compact import load_compact
 from utils.config import ConfigError, parse_config
 from data import DataError
 from engine.build import check_record_shape, head_classes
-from uvc.export import build_masked_source, masked_forward_reference, read_training_checkpoint
+from uvc.deploy.export import build_masked_source, masked_forward_reference
+from uvc.deploy.stagefile import read_stage_file
 
 MODEL = "vit_little_patch16_reg4_gap_256"  # registers, average pooling, LayerScale: reshaped below
 SHAPE = ["--embed_dim", "32", "--depth", "3", "--num_heads", "2", "--mlp_ratio", "2", "--patch_size", "4",
@@ -53,13 +54,13 @@ def test_user_shaped_grey_vit_runs_both_stages(tmp_path):
     joint_train.main(data + SHAPE + ["--model_path", str(teacher), "--epochs", "2", "--warmup_epochs", "1",
                                      "--budget", "0.6", "--gating_interval", "1", "--output_dir", str(s1)])
     stage1 = s1 / f"{MODEL}_uvc.pth"
-    arch = read_training_checkpoint(str(stage1))["arch"]
+    arch = read_stage_file(str(stage1))["arch"]
     assert arch["model_kwargs"] == record["model_kwargs"] and arch["num_reg_tokens"] == 4
     assert arch["global_pool"] == "avg" and arch["in_chans"] == 1
 
     # stage 2 without the shape flags: the stage-1 file fixes the model (and names the teacher)
     post_train.main(data + ["--checkpoint_dir", str(stage1), "--epochs", "1", "--output_dir", str(s2)])
-    best = read_training_checkpoint(str(s2 / f"{MODEL}_uvc_post_best.pth"))
+    best = read_stage_file(str(s2 / f"{MODEL}_uvc_post_best.pth"))
     compact = load_compact(str(s2 / "compact.pth")).eval()
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():

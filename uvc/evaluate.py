@@ -13,7 +13,7 @@ dense file written by this project evaluates, unless told otherwise, on the data
 that wrote it. Under torchrun every rank evaluates its own shard of the validation set, each
 image once, and the numbers are sums over the ranks, equal to a single process's. Throughput is
 the median of --repeats timed forward passes of --throughput_batch random images on rank 0
-(utils/benchmark.py). MACs are multiply-accumulates (the papers' "FLOPs"), by uvc.flops.
+(utils/benchmark.py). MACs are multiply-accumulates (the papers' "FLOPs"), by uvc.cost.flops.
 Bad input: one line on stderr, exit code 2.
 """
 import json
@@ -30,10 +30,14 @@ from models.compact import FORMAT as COMPACT_FORMAT
 from utils.benchmark import images_per_second
 from utils.config import apply_overrides, subset_parser
 from utils.dist import cleanup, init_distributed, is_main_process
-from engine import evaluate
 from engine.entry import run_entry
-from uvc.export import TRAINING_FORMATS, build_masked_source, export_compact
-from uvc.report import KINDS, ReportError, build_report, built_model, read_subject
+from engine.loop import evaluate
+from uvc.deploy.export import build_masked_source, export_compact
+from uvc.deploy.stagefile import TRAINING_FORMATS
+from uvc.report.counting import build_report
+from uvc.report.kinds import KINDS, ReportError
+from uvc.report.models import built_model
+from uvc.report.reading import read_subject
 
 # the config keys this tool reads (each is a flag, as in the entry scripts)
 EVAL_KEYS = ("dataset", "data_dir", "download", "num_workers", "pin_mem", "input_size", "synthetic_size",

@@ -14,29 +14,29 @@ the optimizer has updated W. `step()` runs, in this order:
   2. proximal step on the removed groups: W_G <- W_G / (1 + 2 lr y)
   .  z from the budget controller: the hard ratio against the target T(u)
   3. s, r: gradient y dLeastSum/ds + z dR/ds (in MAC-share units), SGD, projection
-  4. gates and patch logits, every `gate_interval` steps (uvc.schedule), from the averaged
+  4. gates and patch logits, every `gate_interval` steps (uvc.search.schedule), from the averaged
      loss gradient and z dR/d(logits) (+ the L1 pull on patches), each term
-     normalised; at most one block flips and one patch drops per update (uvc.gates);
+     normalised; at most one block flips and one patch drops per update (uvc.search.gates);
      a skip or a patch drop only while z > 0, a patch drop only if it costs the
-     probe loss no more than taking its MACs from the cheapest groups (uvc.trial),
+     probe loss no more than taking its MACs from the cheapest groups (uvc.search.trial),
      and none in the last quarter of the search (halfway from the end of the
      ramp), which s and r settle
   5. dual ascent on y, p (LeastSum of the removed groups)
 
 Scale (what makes one set of rates fit every model, data set and run length):
-- LeastSum is taken over scores in MAC-share units (`uvc.masks.as_importance`):
+- LeastSum is taken over scores in MAC-share units (`uvc.search.masks.as_importance`):
   an average group is worth its share of the MACs, so y dLeastSum/ds and
   z dR/ds are numbers of one kind and s grows in a layer exactly while the
   importance per MAC of its next group is under z / y. y and p start at 1.
-- z tracks the moving target T(u) as a PI controller (uvc.controller), and its
+- z tracks the moving target T(u) as a PI controller (uvc.search.controller), and its
   sign follows the gap: under the target the search is pushed back at once.
 - s and r take SGD steps on their gradient in units of the layer's MAC share, of
-  a size set per search length (uvc.schedule); Adam (`--soptim adam`) would
+  a size set per search length (uvc.search.schedule); Adam (`--soptim adam`) would
   normalise per entry and move every layer at the same speed whatever its scores.
 - The gates' and patches' loss and budget gradients are each divided by their
   mean magnitude over blocks (patches), so `gating_weight` and `patch_weight`
   are exchange rates without units.
-The prox (uvc.prox) is applied per unit of the layer's mean group score S_l / G,
+The prox (uvc.search.prox) is applied per unit of the layer's mean group score S_l / G,
 W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
 rate in every layer and model.
 """
@@ -45,16 +45,16 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from uvc.budget import Budget
-from uvc.controller import BudgetController
-from uvc.freeze import spec_from_search
-from uvc.gates import block_gate_sample, limit_gate_flips, limit_patch_drops, patch_attn_bias
-from uvc.masked_model import MaskedViT
-from uvc.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
-from uvc.prox import proximal_step
-from uvc.schedule import SearchRates, target_ratio
-from uvc.structure import ArchState
-from uvc.trial import FlipTrial
+from uvc.cost.budget import Budget
+from uvc.search.controller import BudgetController
+from uvc.deploy.freeze import spec_from_search
+from uvc.search.gates import block_gate_sample, limit_gate_flips, limit_patch_drops, patch_attn_bias
+from uvc.search.masked_model import MaskedViT
+from uvc.search.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
+from uvc.search.prox import proximal_step
+from uvc.search.schedule import SearchRates, target_ratio
+from uvc.search.structure import ArchState
+from uvc.search.trial import FlipTrial
 from utils.dist import all_reduce_mean
 
 
@@ -99,7 +99,8 @@ def _normalised(t: torch.Tensor) -> torch.Tensor:
 class PrimalDual:
     """Owns the updates of s, r, gates, patch logits and the duals y, p, z."""
 
-    def __init__(self, arch: ArchState, budget: Budget, cfg: PrimalDualConfig, rates: SearchRates):
+    def __init__(self, arch: ArchState, budget: Budget, cfg: PrimalDualConfig, rates: SearchRates,
+                 trial: Optional[FlipTrial] = None):
         self.arch, self.budget, self.cfg, self.rates, self.space = arch, budget, cfg, rates, budget.space
         self.s_opt = _optimizer(cfg.soptim, [arch.s_frac], rates.s_step)
         self.r_opt = _optimizer(cfg.roptim, [arch.r_frac], rates.r_step)
@@ -125,7 +126,7 @@ class PrimalDual:
         self.scores: Scores = None
         self._scores_fresh = False  # scores of the current weights, from step()
         self._importance_cache, self._importance_of = None, None
-        self.trial: Optional[FlipTrial] = None  # set by UVCSearch: patch drops are tried on a probe (uvc.trial)
+        self.trial = trial  # None: no trial; else patch drops are tried on a probe (uvc.search.trial)
 
     # --- schedules -----------------------------------------------------------
     def set_epoch(self, epoch: int, search_epoch: int) -> None:
@@ -225,7 +226,7 @@ class PrimalDual:
                 for name, p, g in zip(("s", "r", "gate", "patch"), params, grads)}
 
     def proximal_step(self, vit, lr: float) -> None:
-        """Step 2: the prox of y ||W_G||^2 on the removed groups (uvc.prox)."""
+        """Step 2: the prox of y ||W_G||^2 on the removed groups (uvc.search.prox)."""
         proximal_step(vit, self.masks, self.scores, self.arch.y, self.arch.p, lr,
                       columns_only=self.cfg.masking == "soft")
 
@@ -267,8 +268,8 @@ class PrimalDual:
         averaged over `gating_interval` steps (and over ranks) before the update.
         Each term is normalised; the update may flip at most one block and drop at most
         one patch, never skip a protected block, no flip may take the hard ratio more than
-        `margin` under the target, a patch drop must pass its trial (uvc.trial), and a flip
-        is settled past the boundary (uvc.gates)."""
+        `margin` under the target, a patch drop must pass its trial (uvc.search.trial), and a flip
+        is settled past the boundary (uvc.search.gates)."""
         a, r, sp = self.arch, self.rates, self.space
         self.grad_steps += 1
         if self.grad_steps < self.rates.gate_interval:
@@ -298,7 +299,7 @@ class PrimalDual:
 
     def _patch_check(self, target: float, model: Optional[MaskedViT], before: torch.Tensor):
         """A callable: may the proposed patch drop stand? The floor check, then (with pruning and
-        a probe) its trial against the same MACs taken from the groups (uvc.trial).
+        a probe) its trial against the same MACs taken from the groups (uvc.search.trial).
         `before`: the patch logits before the update (the architecture without the drop)."""
         floor = self._floor_check(target)
 

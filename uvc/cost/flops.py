@@ -95,7 +95,7 @@ def dense_macs(dims: ViTDims, with_attn: bool = True) -> float:
 
 
 def arch_macs(dims: ViTDims, arch: dict, pad_value_dims: bool = False, with_attn: bool = True) -> float:
-    """MACs of a hard architecture spec (see uvc.arch_spec): removed groups and
+    """MACs of a hard architecture spec (uvc.deploy.architecture): removed groups and
     skipped blocks cost nothing. `pad_value_dims` counts every kept head at the
     block's largest kept value dim, as the exported compact model computes it."""
     heads, values, neurons, keep = [], [], [], []

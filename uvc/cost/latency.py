@@ -1,53 +1,28 @@
-"""A latency cost model: R(s, r, g, a) = T(compressed) / T(dense), T from a table
-measured once on the target device (uvc.latency_table).
+"""A latency cost model: R(s, r, g, a) = T(compressed) / T_dense, from a table measured once
+on the target device (uvc.cost.latency_table).
 
-MACs do not say what a block costs on a device: the softmax over N^2 scores
-is paid per head whatever its value dims, a fused attention kernel pads value
-heads to the q/k size, and narrow matmuls run at a fraction of peak. So the
-time of each part of a compact block (models/compact.py) is measured at the
-model's dense token count N0, over a grid of widths, and interpolated:
+MACs miss what a device pays: the softmax over N^2 scores per head whatever its value dims,
+value heads padded to the q/k size, narrow matmuls far from peak. Each part of a compact
+block (models/compact.py) is timed at the dense token count N0 over a grid of widths and
+interpolated, f = N / N0:
 
-    T_block(N, H', V', M') = f   * (qkv(2 H' d + V') + proj(V') + mlp(M') + norms)
-                           + f^2 * attention(H', V' / H'),      f = N / N0
+    P(N, H', V', M') = f   * (qkv(2 H' d + V') + proj(V') + mlp(M') + norms)
+                     + f^2 * attention(H', V' / H')
+    T_block = g(P)
 
-qkv, proj, mlp: 1-D tables over the layer's width (the qkv rows, proj's input,
-the MLP width); attention: a 2-D table over kept heads and value dims per head
-(q.k^T, the softmax over N^2 per head, a.v); norms: the block's LayerNorms and
-residual adds. Linear parts scale with the token count, attention with its
-square (a search that drops patches moves N away from N0). Outside the blocks
-(patch embedding, final norm, classifier) one measured time, scaled by f.
-
-Parts timed alone add up to less than a whole block in a model: in a block
-the activations come from and go to memory that the isolated loop keeps
-warm, and on a CPU whose cache holds the narrow activations but not the
-wide ones the shortfall grows with the width. So whole blocks are
-timed too, on a ladder of widths (all heads; value dims per head and MLP
-width at k/8 of full, k = 1..8), and the sum of parts P is mapped onto the
-whole-block time by the piecewise-linear g through (0, 0) and the ladder's
-(P, measured):
-
-    T_block = g(P),   P = the sum above
-
-R's denominator is the dense model itself, timed as a whole on the device
-(timm's model, what the compact model is compared against), not the sum of
-its estimated parts: R = T(compressed) / T_dense measured.
-
-Tables are made non-decreasing in every width (a narrower layer is never
-modelled slower) and piecewise linear between grid points, so T is
-differentiable in the counts, as the MACs model is: the budget keeps ceil(s)
-with a straight-through gradient, gate and patch keep probabilities. Numbers
-or tensors both work (the greedy fit calls it with integers).
-
-Tables of the first format (uvc-latency-v1, before the ladder) are still
-read, as they were searched with: no g, and the sum of parts at full width
-as the denominator.
+g is piecewise linear through (0, 0) and whole blocks timed on a ladder of widths (parts
+timed alone miss the memory traffic of a block in a model). Outside the blocks one time,
+scaled by f. T_dense is the dense model timed whole. Tables are non-decreasing and piecewise
+linear in every width, so T is differentiable in the counts like the MACs model (numbers or
+tensors). A uvc-latency-v1 table (no ladder) is read as it was searched: no g, and the sum
+of parts at full width as T_dense.
 """
 import bisect
 from typing import Dict, List, Sequence
 
 import torch
 
-from uvc.flops import ViTDims
+from uvc.cost.flops import ViTDims
 
 FORMAT = "uvc-latency-v2"
 FORMATS = ("uvc-latency-v1", FORMAT)  # what is read (v1: no block ladder, R over the sum of parts)
@@ -99,7 +74,7 @@ def interp_t(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tenso
 
 
 class LatencyCost:
-    """The cost model of uvc.cost from a measured table (seconds per batch)."""
+    """The cost model of uvc.cost.cost from a measured table (seconds per batch)."""
     name = "latency"
 
     def __init__(self, dims: ViTDims, table: dict):

@@ -1,6 +1,6 @@
 """Checking a latency fit on the device: the frozen architecture timed whole against the dense model.
 
-The latency cost model (uvc.latency) adds up parts timed alone, and on a CPU
+The latency cost model (uvc.cost.latency) adds up parts timed alone, and on a CPU
 the time of a part depends on more than its shape (which memory the allocator
 hands out, what the cache holds), and from one session to the next the same
 part moves far more than the time of a whole model against the dense one,
@@ -22,7 +22,7 @@ kept, and every (target, estimated, measured) is recorded in the stage-1 file.
 from typing import Callable, List, Tuple
 
 from models.compact import CompactViT
-from uvc.export import compact_spec_from_arch, dense_model_of
+from uvc.deploy.export import compact_spec_from_arch, dense_model_of
 from utils.benchmark import compare_throughput
 
 LATENCY_CHECK_TOLERANCE = 0.04  # relative: a measured ratio within 4% of the budget ends the check

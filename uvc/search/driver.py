@@ -1,32 +1,27 @@
-"""Assembling the stage-1 search and the stage-2 frozen architecture from a config.
+"""Assembling the stage-1 search from a config.
 
 `UVCSearch` bundles the architecture variables, the budget and the primal-dual
 updates behind the two calls the engine makes (prepare / step), and freezes
-the result into a stage-1 file. `FrozenArchitecture` is the stage-2 side: the
-architecture is fixed and removed weights stay exactly zero.
+the result into the architecture a stage-1 file records (uvc.deploy.stagefile).
 """
 from typing import Dict, Optional
 
 import torch
 
-from uvc.budget import Budget, SearchSpace
-from uvc.cost import MacsCost, spec_cost
-from uvc.flops import ViTDims
-from uvc.fit import fit_to_budget
-from uvc.freeze import apply_spec, param_keep_masks, spec_from_search, spec_ratio, zero_removed_weights
-from uvc.latency import LatencyCost
-from uvc.latency_check import checked_fit, measured_ratio
-from uvc.latency_table import load_or_measure
-from uvc.masked_model import MaskedViT
-from uvc.primal_dual import PrimalDual, PrimalDualConfig
-from uvc.schedule import SearchRates
-from uvc.structure import ArchState
-from uvc.trial import FlipTrial
+from uvc.cost.budget import Budget, SearchSpace
+from uvc.cost.cost import MacsCost, spec_cost
+from uvc.cost.flops import ViTDims
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import spec_from_search, spec_ratio
+from uvc.cost.latency import LatencyCost
+from uvc.cost.latency_check import checked_fit, measured_ratio
+from uvc.cost.latency_table import load_or_measure
+from uvc.search.masked_model import MaskedViT
+from uvc.search.primal_dual import PrimalDual, PrimalDualConfig
+from uvc.search.schedule import SearchRates
+from uvc.search.structure import ArchState
+from uvc.search.trial import FlipTrial
 from utils.dist import broadcast_object, is_main_process
-
-STAGE1_FORMAT = "uvc-stage1-v1"
-STAGE2_FORMAT = "uvc-stage2-v1"
-
 
 def search_space(config) -> SearchSpace:
     return SearchSpace(pruning=bool(config.enable_pruning), block_gating=bool(config.enable_block_gating),
@@ -36,7 +31,7 @@ def search_space(config) -> SearchSpace:
 
 def budget_cost(vit, config, device):
     """(cost model, latency table or None) of `--budget_metric`: MACs, or the latency of the model's
-    parts measured on `device` once (rank 0; every rank uses its table) and cached (uvc.latency_table)."""
+    parts measured on `device` once (rank 0; every rank uses its table) and cached (uvc.cost.latency_table)."""
     dims = ViTDims.of(vit)
     if config.budget_metric == "macs":
         return MacsCost(dims, bool(config.flops_with_mhsa)), None
@@ -54,8 +49,8 @@ class UVCSearch:
     During warm-up (`active` False) the architecture is frozen at "keep
     everything" and only the weights train. `search_steps` (optimizer steps after
     warm-up) sets the pace: the target reaches the budget at the same fraction of
-    any search (uvc.schedule). `probe`: (images, targets) of training images on
-    which each proposed patch drop is tried (uvc.trial); None: no trial.
+    any search (uvc.search.schedule). `probe`: (images, targets) of training images on
+    which each proposed patch drop is tried (uvc.search.trial); None: no trial.
     """
 
     def __init__(self, vit, config, device, search_steps: int, probe=None):
@@ -67,22 +62,21 @@ class UVCSearch:
         self.latency_check = int(config.latency_check)  # fits timed whole at the freeze (latency metric)
         self.rates = SearchRates.for_search(config, search_steps)
         self.pd_config = PrimalDualConfig.from_config(config, self.dims.depth)
+        self.trial = None  # (images, targets) of `probe`: the trial of every patch drop
+        if probe is not None and len(probe[0]):
+            self.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn)
         cost, table = budget_cost(vit, config, device)
         self.set_cost(cost, table)
-        if probe is not None and len(probe[0]):  # (images, targets): the trial of every patch drop
-            self.pd.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn, cost)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
 
     def set_cost(self, cost, latency_table: Optional[dict] = None) -> None:
-        """The budget in units of `cost` (uvc.cost) and the primal-dual updates that depend on it."""
-        trial = getattr(getattr(self, "pd", None), "trial", None)
+        """The budget in units of `cost` (uvc.cost.cost) and the primal-dual updates that depend on it."""
         self.budget = Budget(self.dims, self.target_budget, self.space, cost)
         self.metric, self.latency_table = cost.name, latency_table  # macs | latency
-        self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates)
-        if trial is not None:
-            trial.cost = cost
-            self.pd.trial = trial
+        if self.trial is not None:
+            self.trial.cost = cost
+        self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates, self.trial)
 
     def set_epoch(self, epoch: int) -> None:
         self.active = epoch >= self.warmup_epochs
@@ -114,6 +108,21 @@ class UVCSearch:
             out["hard_macs_ratio"] = Budget(self.dims, 1.0, self.space).hard_ratio(self.arch, masks)
         return out
 
+    @property
+    def progress(self) -> float:
+        """Search steps done over the search's length (1 at its end)."""
+        return self.pd.t / self.rates.steps
+
+    def record(self) -> Dict[str, float]:
+        """The controller's scalars logged each epoch: the integral gain's scale, the deepest dip of the
+        hard ratio under the target, and the search's progress."""
+        return {"z_gain_scale": self.pd.ki_scale, "max_undershoot": self.pd.max_undershoot,
+                "search_progress": self.progress}
+
+    def trial_state(self) -> Dict[str, int]:
+        """The counts of the patch-drop trials (empty without a probe)."""
+        return self.trial.state_dict() if self.trial is not None else {}
+
     @torch.no_grad()
     def spec(self, model: MaskedViT, model_type: str) -> dict:
         """The argmax architecture now, as an architecture spec."""
@@ -125,10 +134,10 @@ class UVCSearch:
 
     def freeze(self, model: MaskedViT, model_type: str):
         """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs
-        (uvc.fit; without pruning only skipped blocks can be put back), with MLP widths and
+        (uvc.deploy.fit; without pruning only skipped blocks can be put back), with MLP widths and
         value dims per head at multiples of `round_to` (then in [budget - 0.03, budget + 0.01]
         when the aligned steps cannot fill the narrow window). With the latency metric the fit
-        is timed whole on the device and refitted while off the budget (uvc.latency_check;
+        is timed whole on the device and refitted while off the budget (uvc.cost.latency_check;
         rank 0 times, every rank takes its architecture)."""
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
@@ -186,42 +195,9 @@ class UVCSearch:
             p.grad = None if g is None else g.to(p.device, p.dtype).clone()
 
 
-class FrozenArchitecture:
-    """Stage 2: a fixed spec; removed weights are zeroed and re-zeroed after every step,
-    so neither momentum nor weight decay can bring them back. A skipped block takes no part in
-    the forward: its parameters are frozen (requires_grad False) before the optimizer and DDP are
-    built, which DDP needs (it refuses parameters that get no gradient)."""
-
-    def __init__(self, model: MaskedViT, spec: dict):
-        self.spec = spec
-        self.keep = param_keep_masks(model.vit, spec)
-        zero_removed_weights(model.vit, self.keep)
-        for block, b in zip(model.vit.blocks, spec["blocks"]):
-            if b["skipped"]:
-                block.requires_grad_(False)
-
-    def prepare(self, model: MaskedViT, training: bool = True) -> None:
-        apply_spec(model, self.spec)
-
-    def step(self, model: MaskedViT, lr: float) -> Dict[str, float]:
-        zero_removed_weights(model.vit, self.keep)
-        return {}
-
-
 def greedy_changed_frac(fit: dict, dims: ViTDims) -> float:
     """Groups the greedy fit removed, restored or rounded, over all groups (heads, value dims,
     neurons, blocks)."""
     total = dims.depth * (1 + dims.num_heads * (1 + dims.head_dim) + dims.mlp_hidden)
     changed = fit["groups_removed_to_fit"] + fit["groups_restored_to_fit"]
     return (changed + fit.get("rounded_up", 0) + fit.get("rounded_down", 0)) / total
-
-
-def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,
-                  teacher: Optional[dict] = None, latency_table: Optional[dict] = None) -> dict:
-    """The content of <output_dir>/<model_type>_uvc.pth: the input of post_train.py (with the latency
-    table the budget was counted in, for a `--budget_metric latency` search)."""
-    record = {"format": STAGE1_FORMAT, "model_type": spec["model_type"], "arch": spec, "model": vit_state,
-              "config": config_dict, "fit": fit, "teacher": teacher or {}}
-    if latency_table is not None:
-        record["latency_table"] = latency_table
-    return record

@@ -9,7 +9,7 @@ feed them (q, k, v and fc1, and their biases).
 """
 import torch
 
-from uvc.masks import Masks, Scores
+from uvc.search.masks import Masks, Scores
 
 
 @torch.no_grad()

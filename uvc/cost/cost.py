@@ -12,7 +12,7 @@ written once here against that interface:
     head()                                      the classifier(s)
     dense_measured                              C(dense) as measured whole, or None
 
-`MacsCost` is docs/method.md section 3 (uvc.flops); `uvc.latency.LatencyCost` is a cost
+`MacsCost` is docs/method.md section 3 (uvc.cost.flops); `uvc.cost.latency.LatencyCost` is a cost
 model measured on the target device. Both accept Python numbers (the fit, the
 report) and tensors (the search: differentiable in the counts). R's denominator
 is `dense_measured` where the cost model has it (the dense model timed on the
@@ -20,12 +20,12 @@ device), else the model's own cost at full width.
 """
 import torch
 
-from uvc.flops import ViTDims, block_macs, head_macs, patch_embed_macs
-from uvc.masks import Scores
+from uvc.cost.flops import ViTDims, block_macs, head_macs, patch_embed_macs
+from uvc.search.masks import Scores
 
 
 class MacsCost:
-    """Multiply-accumulates (uvc.flops); `with_attn` False leaves out the N^2 terms."""
+    """Multiply-accumulates (uvc.cost.flops); `with_attn` False leaves out the N^2 terms."""
     name = "macs"
     dense_measured = None  # C(dense) is the formula at full width
 
@@ -68,7 +68,7 @@ def full_cost(cost) -> float:
 
 
 def spec_cost(cost, spec: dict) -> float:
-    """Cost of a hard architecture spec (uvc.freeze) as deployed: every kept head padded to its
+    """Cost of a hard architecture spec (uvc.deploy.freeze) as deployed: every kept head padded to its
     block's widest; removed groups and skipped blocks cost nothing."""
     heads, values, neurons, keep = [], [], [], []
     for block in spec["blocks"]:

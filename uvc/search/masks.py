@@ -63,7 +63,7 @@ def as_importance(scores: Scores, costs: Scores) -> Scores:
     and z dR/ds are comparable numbers, the search removes groups whose importance
     per MAC is under z / y, and layers are pruned by different amounts from their
     different scores and costs. `costs` holds each kind's MACs per group over the
-    dense MACs (uvc.budget.Budget.group_costs), broadcastable to the scores.
+    dense MACs (uvc.cost.budget.Budget.group_costs), broadcastable to the scores.
     """
     unit = lambda t, c: t / t.mean().clamp_min(1e-30) * c  # noqa: E731
     return Scores(heads=unit(scores.heads, costs.heads), dims=unit(scores.dims, costs.dims),

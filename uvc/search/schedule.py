@@ -8,15 +8,15 @@ function of the search progress u = step / S in [0, 1], never of the raw step:
 
 the cubic schedule of gradual magnitude pruning (Zhu & Gupta 2017): from the
 dense model to the budget B over the first `ramp` of the search, fast at first
-and gently at the end, then held at B. The dual z tracks T(u) (uvc.controller),
+and gently at the end, then held at B. The dual z tracks T(u) (uvc.search.controller),
 so a 300-step run and a 75,000-step ImageNet run reach the budget at the same
 fraction of their search.
 
 Rates. Each search rate flag of the seed (--slr, --rlr, --ylr, --plr, --zlr,
 --glr, --patchlr, --gating_weight, --patch_weight, --patch_l1_weight) keeps its
-seed value as default and now means a multiple of a rule: the rate used is
-rule(S) x (flag / seed value). The seed's command therefore runs the rule as is,
-and `--slr 0.02` still means "twice as fast as the seed". The rules:
+seed value as default and means a multiple of a rule: the rate used is
+rule(S) x (flag / seed value). The seed's command runs the rule as is, and
+`--slr 0.02` means "twice as fast as the seed". The rules:
 
     s, r   SGD on the gradient in units of the layer's MAC share, lr SPEED_S / S: at
            z = 1 and no importance, s travels SPEED_S ranges over the search
@@ -26,7 +26,7 @@ and `--slr 0.02` still means "twice as fast as the seed". The rules:
            every --gating_interval steps, or more often in a search too short
            for MIN_GATE_UPDATES updates)
     patch  Adam, PATCH_TRAVEL / U logits per update
-    budget weight of the gates and patches: 1 (unit-free, see uvc.primal_dual)
+    budget weight of the gates and patches: 1 (unit-free, see uvc.search.primal_dual)
 """
 from dataclasses import dataclass
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from uvc.masks import Masks
+from uvc.search.masks import Masks
 
 
 class MaskedViT(nn.Module):

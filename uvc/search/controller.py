@@ -14,7 +14,7 @@ PID Lagrangian Methods"):
 Above the target z grows at once with the gap; under it the proportional part
 turns z negative at once, so the search is pushed back up (groups regrow, gates
 re-open) instead of pushed further down. At equilibrium e ~ 0 and z = I, the
-price of one MAC-share in importance units (uvc.primal_dual).
+price of one MAC-share in importance units (uvc.search.primal_dual).
 """
 import torch
 

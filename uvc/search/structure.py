@@ -9,7 +9,7 @@ Per block l of a ViT with H heads of size d and M MLP neurons:
     a[i]      patch keep logit of patch position i
     y[l, :]   duals of the head / neuron LeastSum terms
     p[l, h]   duals of the head-dim LeastSum terms
-    z         dual of the budget constraint R <= B (a PI controller: uvc.controller)
+    z         dual of the budget constraint R <= B (a PI controller: uvc.search.controller)
 
 s and r are stored as fractions of their group counts (s_frac = s / [H, M],
 r_frac = r / d) so that one learning rate suits 3 heads and 768 neurons alike;
@@ -21,7 +21,7 @@ checkpoint and kept out of DDP: its gradients are averaged by hand.
 import torch
 import torch.nn as nn
 
-from uvc.flops import ViTDims
+from uvc.cost.flops import ViTDims
 
 
 LOWEST = -1.0 + 1e-3  # s and r (in groups) never go under this: ceil gives 0 removed
@@ -47,7 +47,7 @@ class ArchState(nn.Module):
         self.gate_logits = nn.Parameter(torch.tensor([0.0, gate_init]).repeat(L, 1))
         self.patch_logits = nn.Parameter(torch.full((dims.num_patches,), patch_init))
         # y, p start at 1: the price of importance is there from the first step, so the search
-        # allocates by importance per MAC from the start (uvc.primal_dual); they only grow
+        # allocates by importance per MAC from the start (uvc.search.primal_dual); they only grow
         self.register_buffer("y", torch.ones(L, 2))
         self.register_buffer("p", torch.ones(L, H))
         self.register_buffer("z", torch.zeros(()))

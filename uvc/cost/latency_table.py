@@ -1,4 +1,4 @@
-"""Measuring a ViT's latency table on a device, once, and caching it (the cost model: uvc.latency).
+"""Measuring a ViT's latency table on a device, once, and caching it (the cost model: uvc.cost.latency).
 
 The parts of a compact block (models/compact.py) are timed side by side in
 interleaved rounds (utils.benchmark), on random inputs of the model's dense
@@ -31,10 +31,10 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from models.compact import CompactAttention, CompactBlock, CompactMlp, _linear
+from models.compact import CompactAttention, CompactBlock, CompactMlp, linear
 from models.vit import vit_structure
-from uvc.flops import ViTDims
-from uvc.latency import FORMAT, LatencyTableError, check_table, table_sizes
+from uvc.cost.flops import ViTDims
+from uvc.cost.latency import FORMAT, LatencyTableError, check_table, table_sizes
 from utils.amp import autocast_context, autocast_dtype
 from utils.benchmark import interleaved_medians
 from utils.checkpoint import atomic_write_text
@@ -64,9 +64,9 @@ def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: boo
     x = torch.randn(batch_size, n, D, device=device)
     fns = {}
     for w in width_grid(3 * H * hd):
-        fns["qkv", w] = (lambda lin: lambda: lin(x))(_linear(D, w, bias).to(device))
+        fns["qkv", w] = (lambda lin: lambda: lin(x))(linear(D, w, bias).to(device))
     for w in width_grid(H * hd):
-        fns["proj", w] = (lambda lin, xin: lambda: lin(xin))(_linear(w, D).to(device),
+        fns["proj", w] = (lambda lin, xin: lambda: lin(xin))(linear(w, D).to(device),
                                                              torch.randn(batch_size, n, w, device=device))
     for m in width_grid(d.mlp_hidden):
         fns["mlp", m] = (lambda mlp: lambda: mlp(x))(CompactMlp(D, m, s["act"]).to(device))

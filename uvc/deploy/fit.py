@@ -1,11 +1,11 @@
 """Fitting a frozen architecture into the budget window, greedily by score per unit of cost.
 
-The search should end on the budget by itself (uvc.schedule, uvc.controller);
+The search should end on the budget by itself (uvc.search.schedule, uvc.search.controller);
 this pass takes up the rest: the granularity of whole groups, and any search that
 ended off target. Above the budget it removes the lowest-score groups per cost
 saved; under `budget - tolerance` it puts back the best removed neurons, value
 dims, heads and skipped blocks per cost while the budget allows. The cost is the
-budget's (uvc.cost: MACs, or the measured latency). What it changed is returned
+budget's (uvc.cost.cost: MACs, or the measured latency). What it changed is returned
 for the log (`groups_*_to_fit`, `restored_*`, `rounded_*`).
 
 Aligned shapes (`round_to` N > 1): MLP widths and value dims per head are kept
@@ -17,9 +17,9 @@ budget]; when steps of N cannot fill that, it may end anywhere in
 """
 from typing import Dict, List, Optional, Tuple
 
-from uvc.cost import MacsCost, dense_cost, spec_cost
-from uvc.freeze import dims_of_spec
-from uvc.masks import Scores
+from uvc.cost.cost import MacsCost, dense_cost, spec_cost
+from uvc.deploy.freeze import dims_of_spec
+from uvc.search.masks import Scores
 
 WIDE_WINDOW = (0.03, 0.01)  # under, over the budget: where an aligned fit may land when steps are too coarse
 
@@ -254,7 +254,7 @@ def fit_to_budget(spec: dict, scores: Scores, budget: float, with_attn: bool = T
     put back the best removed neurons, value dims, heads and skipped blocks (score
     per cost) while the budget allows. `groups` False (a search without pruning)
     restores only blocks. `round_to`: aligned widths (module docstring). `cost`: a
-    cost model of uvc.cost (default MACs, `with_attn` as given). Returns the new spec
+    cost model of uvc.cost.cost (default MACs, `with_attn` as given). Returns the new spec
     and what changed, for the log: groups removed and restored (a value dim counts
     once per head), by kind, and by the rounding.
     """

@@ -3,22 +3,19 @@ the same MACs from the cheapest groups.
 
 The patch update sees gradients, and a patch's loss gradient through log(pi)
 vanishes as pi -> 1 while the gradient terms are normalised to one scale
-(uvc.primal_dual): it ranks the patches but does not say what dropping one
-costs. On the 8x8 digits the gradients alone dropped two of the 16 patches and
-top-1 during the search fell from 95.6 to 85.6. So each drop the gradients
-propose is first tried on a fixed probe of training images:
+(uvc.search.primal_dual): it ranks the patches but does not say what dropping one
+costs. So each drop the gradients propose is first tried on a fixed probe of
+training images:
 
     flip     the argmax architecture with the patch dropped
     instead  the argmax architecture without the drop, with the lowest-score groups
-             per MAC removed (uvc.fit) until it costs no more than the flip
+             per MAC removed (uvc.deploy.fit) until it costs no more than the flip
 
 Both are evaluated deterministically (eval mode, hard masks) on the same probe;
 the drop stands when its cross-entropy is not higher. Block skips are not tried
 this way: a dropped patch takes information that no training can bring back,
 so its immediate cost is its cost, while the blocks after a skipped one re-learn
-(measured: with block skips tried too, DeiT-Tiny at 32 px refused every skip and
-ended lower after freeze, log/search_benchmark_gate_trial.md against
-log/search_benchmark.md). Without pruning (gates or
+(log/search_benchmark_gate_trial.md against log/search_benchmark.md). Without pruning (gates or
 patches only) there is nothing to compare with and every drop stands.
 """
 from typing import Dict
@@ -26,10 +23,10 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-from uvc.cost import MacsCost, dense_cost, spec_cost
-from uvc.fit import fit_to_budget
-from uvc.freeze import apply_spec, dims_of_spec
-from uvc.masks import Scores
+from uvc.cost.cost import MacsCost, dense_cost, spec_cost
+from uvc.deploy.fit import fit_to_budget
+from uvc.deploy.freeze import apply_spec, dims_of_spec
+from uvc.search.masks import Scores
 from utils.dist import all_reduce_mean
 
 
@@ -40,7 +37,7 @@ class FlipTrial:
                  cost=None):
         self.images, self.targets = images, targets
         self.batch_size, self.with_attn = max(int(batch_size), 1), with_attn
-        self.cost = cost  # the budget's cost model (uvc.cost); None: MACs
+        self.cost = cost  # the budget's cost model (uvc.cost.cost); None: MACs
         self.trials, self.rejected = 0, 0
         self.last: Dict[str, float] = {}
 

@@ -1,7 +1,7 @@
 """The resource function R(s, r, g, a) = C(compressed) / C(dense).
 
-C is the cost model (uvc.cost): MACs by default (docs/method.md section 3), or the
-latency measured on the target device (`--budget_metric latency`, uvc.latency).
+C is the cost model (uvc.cost.cost): MACs by default (docs/method.md section 3), or the
+latency measured on the target device (`--budget_metric latency`, uvc.cost.latency).
 
 Expected value during search: kept counts come from ceil(s), ceil(r) with a
 straight-through gradient; each block counts with its gate's keep probability
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from uvc.cost import MacsCost, block_share, dense_cost, group_costs, model_cost
-from uvc.flops import ViTDims
-from uvc.gates import block_keep_prob
-from uvc.masks import Masks, Scores
-from uvc.structure import ArchState
+from uvc.cost.cost import MacsCost, block_share, dense_cost, group_costs, model_cost
+from uvc.cost.flops import ViTDims
+from uvc.search.gates import block_keep_prob
+from uvc.search.masks import Masks, Scores
+from uvc.search.structure import ArchState
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SearchSpace:
 
 
 class Budget:
-    """R and the constraint R <= budget for one model, in the units of `cost` (uvc.cost;
+    """R and the constraint R <= budget for one model, in the units of `cost` (uvc.cost.cost;
     default MACs, with or without the attention terms as `space.with_attn` says)."""
 
     def __init__(self, dims: ViTDims, budget: float, space: SearchSpace, cost=None):
