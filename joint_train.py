@@ -14,6 +14,7 @@ from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.search.masked_model import MaskedViT
 from uvc.deploy.stagefile import stage1_record
 from uvc.search import UVCSearch
+from uvc.search.schedule import MIN_STEERING_STEPS
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
@@ -48,6 +49,16 @@ def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, ste
     logger.histogram("arch/y", a.y, step)
     logger.histogram("arch/p", a.p, step)
     return kept
+
+
+def warn_if_too_short(logger: RunLogger, search_steps: int, steps_per_epoch: int) -> None:
+    """A search under MIN_STEERING_STEPS cannot steer to its budget: the greedy fit would do the work."""
+    if search_steps >= MIN_STEERING_STEPS:
+        return
+    epochs = -(-MIN_STEERING_STEPS // max(steps_per_epoch, 1))
+    logger.warning(f"WARNING: the search has {search_steps} steps, fewer than the {MIN_STEERING_STEPS} it needs to "
+                   f"steer itself to the budget: the freeze's greedy fit will do most of the compression; give it "
+                   f"at least {epochs} search epoch(s) of {steps_per_epoch} steps (--epochs beyond --warmup_epochs)")
 
 
 def warn_if_collapsed(logger: RunLogger, top1: float, teacher_top1) -> None:
@@ -107,11 +118,13 @@ def main(argv=None) -> None:
     logger.start(plan.line(), plan.record())
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
-    logger.info(f"dense top-1 {teacher_top1}; search: {search.rates.steps} steps, the target reaches budget "
+    dense = f"{teacher_top1:.2f}" if teacher_top1 is not None else "not measured (no dense weights)"
+    logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps, the target reaches budget "
                 f"{config.budget} after {config.target_ramp:.0%} of them")
+    warn_if_too_short(logger, search.rates.steps, steps)
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)
-    stop = StopSignal()  # SIGTERM: save between two steps and exit
+    stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
     warmup_steps = search.warmup_epochs * steps
     for epoch in range(run.epoch, config.epochs):
         skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
@@ -131,7 +144,7 @@ def main(argv=None) -> None:
             skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
         run.global_step = stats.pop("global_step")
         if "stopped_at" in stats:
-            run.exit_preempted(config.output_dir, logger, stats)  # saves mid-epoch, exits 143
+            run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
         metrics = evaluate(ddp_model, data.val_loader, env.device, search, config.fp16)
         ratios = search.ratios(model)
         kept = log_architecture(logger, search, model, run.global_step)
@@ -144,7 +157,7 @@ def main(argv=None) -> None:
         logger.epoch(record)
         run.epoch = epoch + 1
         if stop.requested():
-            run.exit_preempted(config.output_dir, logger)  # saves, exits 143
+            run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
         run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
     stop.close()
 

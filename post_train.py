@@ -78,7 +78,7 @@ def main(argv=None) -> None:
         return stage2_record(stage1, model_type, vit.state_dict(), config.to_dict())
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, frozen)
-    stop = StopSignal()  # SIGTERM: save between two steps and exit
+    stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
     for epoch in range(run.epoch, config.epochs):
         skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
         data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
             skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
         run.global_step = stats.pop("global_step")
         if "stopped_at" in stats:
-            run.exit_preempted(config.output_dir, logger, stats)  # saves mid-epoch, exits 143
+            run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
         metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16)
         is_best = metrics["top1"] > run.best_top1
         run.best_top1 = max(run.best_top1, metrics["top1"])
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
         if is_main_process() and is_best:
             atomic_save(record_of_model(), best_path)
         if stop.requested():
-            run.exit_preempted(config.output_dir, logger)  # saves, exits 143
+            run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
         run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
     stop.close()
 

@@ -28,20 +28,22 @@ from utils.dist import any_rank, barrier, check_rank_consistency, cleanup, get_r
 
 RUN_FORMAT = "uvc-run-v1"
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143, the code of a process ended by SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
 
 
 class StopSignal:
-    """SIGTERM -> a flag; the training loop asks `requested()` between steps.
+    """SIGTERM or SIGINT (Ctrl-C) -> a flag; the training loop asks `requested()` between steps,
+    then saves and exits with 128 + the signal (143, 130).
 
     Nothing is saved inside the handler (it may interrupt anything, a save
     included). Repeated SIGTERMs change nothing (Slurm signals every process of
-    a job and torchrun forwards the signal as well); SIGKILL or Ctrl-C end the
-    run at once. `requested()` is a collective in distributed runs: every rank
+    a job and torchrun forwards the signal as well); a second Ctrl-C, or SIGKILL,
+    ends the run at once. `requested()` is a collective in distributed runs: every rank
     stops at the same step even when the signal reaches the ranks at different
     moments.
     """
 
-    def __init__(self, signals=(signal.SIGTERM,)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.received: Optional[int] = None
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -50,9 +52,15 @@ class StopSignal:
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+        if signum == signal.SIGINT and signum in self._previous:  # a second Ctrl-C interrupts at once
+            signal.signal(signum, self._previous.pop(signum))
 
     def requested(self) -> bool:
         return any_rank(self.received is not None)
+
+    def exit_code(self) -> int:
+        """128 + the signal this process received (130 for Ctrl-C), 143 when only another rank did."""
+        return 128 + (self.received or signal.SIGTERM)
 
     def close(self) -> None:
         """Put the previous handlers back."""
@@ -189,16 +197,19 @@ class RunState:
         return point
 
     # --- stopping ----------------------------------------------------------------
-    def exit_preempted(self, output_dir: str, logger, stats: Optional[dict] = None) -> None:
-        """After SIGTERM: save a resumable checkpoint (mid-epoch when `stats`, the result of a
-        stopped train_one_epoch, is given), log it, and exit with EXIT_PREEMPTED. Every rank calls it."""
+    def exit_preempted(self, output_dir: str, logger, stats: Optional[dict] = None,
+                       code: int = EXIT_PREEMPTED) -> None:
+        """After SIGTERM or SIGINT: save a resumable checkpoint (mid-epoch when `stats`, the result of a
+        stopped train_one_epoch, is given), log it, and exit with `code` (128 + the signal). Every rank
+        calls it."""
         if stats is not None:
             self.step_in_epoch, self.progress = stats["stopped_at"], stats["progress"]
         path = self.save(output_dir)
         where = f"epoch {self.epoch} step {self.step_in_epoch}" if self.step_in_epoch else f"the end of epoch " \
                                                                                           f"{self.epoch - 1}"
-        logger.info(f"SIGTERM received: saved {path} at {where} (global step {self.global_step}); exiting with "
-                    f"code {EXIT_PREEMPTED}. Continue with --resume auto (same --output_dir)")
+        name = signal.Signals(code - 128).name if 0 < code - 128 < signal.NSIG else "a stop signal"
+        logger.info(f"{name} received: saved {path} at {where} (global step {self.global_step}); exiting with "
+                    f"code {code}. Continue with --resume auto (same --output_dir)")
         logger.close()
         cleanup()
-        sys.exit(EXIT_PREEMPTED)
+        sys.exit(code)

@@ -22,7 +22,7 @@ import torch.nn as nn
 from data.loaders import EpochDistributedSampler, EpochRandomSampler
 from utils import checkpoint as ckpt
 from utils.amp import make_scaler
-from engine.run_state import EXIT_PREEMPTED, RunState, StopSignal
+from engine.run_state import EXIT_INTERRUPTED, EXIT_PREEMPTED, RunState, StopSignal
 from helpers import assert_same_files, clean_env, load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +217,30 @@ def test_stage1_sigterm_mid_epoch_resumes_exactly(stage1_ref, teacher, tmp_path)
     out = run_script("joint_train.py", args + ["--resume", "auto"])
     assert "resumed from" in out and "at epoch 1, step 6" in out
     assert_same_files(stage1_ref, tmp_path, [ckpt.RESUME_NAME, STAGE1_FILE])
+
+
+def test_stage1_ctrl_c_saves_like_sigterm_and_exits_130(stage1_ref, teacher, tmp_path):
+    """SIGINT (Ctrl-C) mid-epoch: saved like SIGTERM, exit code 130, no traceback; the resumed run
+    ends bitwise equal to the uninterrupted one."""
+    args = STAGE1 + ["--model_path", teacher, "--output_dir", tmp_path]
+    out = run_script("joint_train.py", args, expect=EXIT_INTERRUPTED, UVC_TEST_CRASH_AT_STEP=6,
+                     UVC_TEST_CRASH_RANK=0, UVC_TEST_CRASH_SIGNAL="INT")
+    assert "SIGINT received: saved" in out and "Traceback" not in out and "KeyboardInterrupt" not in out
+    run_script("joint_train.py", args + ["--resume", "auto"])
+    assert_same_files(stage1_ref, tmp_path, [ckpt.RESUME_NAME, STAGE1_FILE])
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    stop = StopSignal()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.requested() and stop.exit_code() == EXIT_INTERRUPTED
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    finally:
+        stop.close()
 
 
 def test_stage1_soft_masking_resumes_exactly(teacher, tmp_path):

@@ -45,6 +45,7 @@ Z_KI = 300.0  # integral of the ratio error over the search fraction -> z
 GATE_TRAVEL = 40.0  # gate logits over the search at full push (a flip from keep 0.98 needs 4)
 PATCH_TRAVEL = 40.0
 MIN_GATE_UPDATES = 100
+MIN_STEERING_STEPS = 60  # under this the per-step proportional loop is not stable (above): too short to steer
 PATCH_L1 = 0.1  # the L1 pull on patch keep probabilities, in units of the mean loss gradient
 
 
