@@ -2,6 +2,7 @@
 loss, optimizer and scheduler, DDP, and the run-state checkpoint."""
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -12,9 +13,10 @@ from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 
 from data import DataError, build_criterion, build_datasets, build_loaders, build_mixup
-from models import create_model, load_pretrained, model_kwargs_of, rebuild, resolve_model_type
+from models import (CheckpointError, CheckpointWarning, create_model, load_pretrained, model_kwargs_of, rebuild,
+                    resolve_model_type)
 from engine.distill import DistillationLoss
-from utils.config import model_overrides
+from utils.config import ConfigError, model_overrides
 from utils.dist import DistInfo
 
 
@@ -81,7 +83,12 @@ def model_input(config, record: Optional[dict] = None):
         vit = create_model(config.model_type, enable_deit=config.enable_deit, img_size=config.input_size or None,
                            **model_overrides(config))
     img = vit.patch_embed.img_size
-    return int(img[0] if isinstance(img, (tuple, list)) else img), vit.patch_embed.proj.in_channels
+    img, patch = (int(v[0] if isinstance(v, (tuple, list)) else v) for v in (img, vit.patch_embed.patch_size))
+    if img % patch:
+        lower, upper = img - img % patch, img - img % patch + patch
+        raise ConfigError(f"--input_size {img} is not a multiple of the patch size {patch}: the last {img % patch} "
+                          f"pixel rows and columns would be dropped; use {lower or upper} or {upper}")
+    return img, vit.patch_embed.proj.in_channels
 
 
 def build_data(config, env: DistInfo, record: Optional[dict] = None) -> Data:
@@ -168,7 +175,16 @@ def build_teacher(config, num_classes: int, device, fallback: Optional[dict] = N
         model_type = student_type
         teacher = create_model(model_type, num_classes=num_classes, img_size=config.input_size or None,
                                **model_overrides(config))
-    load_pretrained(teacher, path, model_type=model_type)
+    with warnings.catch_warnings():  # a head that does not fit is refused below, not warned about
+        warnings.simplefilter("ignore", CheckpointWarning)
+        loaded = load_pretrained(teacher, path, model_type=model_type)
+    if loaded["reinitialized_head"]:
+        raise CheckpointError(
+            f"the teacher {path} has no classifier head for this data's {num_classes} classes (its head is of "
+            f"another class count, or missing): distilling from a random head teaches nothing; fine-tune it on "
+            f"this data first (python post_train.py --config <your config> --model_path {path} "
+            f"--distillation-type none --output_dir <dir>) and pass <dir>/{model_type}_dense_best.pth as "
+            f"--teacher-path, or use --distillation-type none")
     teacher.requires_grad_(False)
     return teacher.to(device).eval()
 

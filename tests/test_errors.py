@@ -48,6 +48,8 @@ def files(tmp_path_factory):
     f["random.pth"].write_bytes(os.urandom(4096))
     f["text.pth"].write_text("hello, a text file\n")  # the unpickler fails with KeyError on this one
     f["a_file"].write_text("x")
+    f["head_1000.pth"] = root / "head_1000.pth"  # an ImageNet-style head on the 10-class digits data
+    torch.save({"model": create_model("vit_digits_tiny_patch2_8", num_classes=1000).state_dict()}, f["head_1000.pth"])
     f["int_switch_config.py"] = root / "int_switch_config.py"  # a user's config setting 1 on an on/off key
     f["int_switch_config.py"].write_text("from configs.common import base_config\n\n\ndef get_config(stage):\n"
                                          "    c = base_config(stage)\n    c.fp16 = 1\n    return c\n")
@@ -132,6 +134,13 @@ CASES = {
                                     ["an epoch has no optimizer step", "--gradient_accumulation_steps"]),
     "epochs_within_warmup": ("joint", lambda f: ["--epochs", "2", "--warmup_epochs", "2"],
                              ["--epochs 2 leaves no search epoch after --warmup_epochs 2", "greedy fit"]),
+    "teacher_head_of_other_classes": ("joint post", lambda f: ["--model_path", f["head_1000.pth"],
+                                                               "--distillation-type", "soft"],
+                                      ["has no classifier head for this data's 10 classes",
+                                       "fine-tune it on this data first", "--distillation-type none"]),
+    "input_size_not_a_patch_multiple": ("joint post", lambda f: ["--input_size", "9"],
+                                        ["--input_size 9 is not a multiple of the patch size 2",
+                                         "use 8 or 10"]),
     "config_file_typo": ("joint post", lambda f: ["--config", "configs/deit_tiyn.py"],
                          ["configs/deit_tiyn.py not found (did you mean configs/deit_tiny.py?)", "digits_demo.py"]),
     "config_file_int_on_switch": ("joint post", lambda f: ["--config", f["int_switch_config.py"]],

@@ -241,7 +241,7 @@ def test_cli_exports_a_stage1_file(tmp_path):
     torch.manual_seed(9)
     model, name = perturbed(create_model("vit_digits_tiny_patch2_8"), 9), "vit_digits_tiny_patch2_8"
     arch = random_arch(model, name, 9, skipped={2}, one_head={0}, patches_kept=0.5)
-    checkpoint, output = tmp_path / "stage1.pth", tmp_path / "compact.pth"
+    checkpoint, output = tmp_path / "stage1.pth", tmp_path / "newdir" / "compact.pth"  # a folder not made yet
     torch.save({"format": "uvc-stage1-v1", "model_type": name, "arch": arch,
                 "model": model.state_dict(), "config": {"budget": 0.5}}, checkpoint)
     run = subprocess.run([sys.executable, "-m", "uvc.export", "--checkpoint", str(checkpoint),

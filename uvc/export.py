@@ -4,6 +4,7 @@
     python -m uvc.export --checkpoint stage2.pth --onnx compact.onnx      # ONNX (uvc/deploy/onnx_export.py)
 """
 import argparse
+import os
 import sys
 
 import torch
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
     with torch.no_grad():
         max_diff = (compact(x) - masked_forward_reference(source, arch, x)).abs().max().item()
     line = summary(compact, source, max_diff)
+    for path in (args.output, args.onnx):  # a new folder for the outputs is made, as training runs make theirs
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.output:
         save_compact(compact, args.output)
         print(f"wrote {args.output}: {line}")
