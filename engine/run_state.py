@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +28,12 @@ from utils.dist import any_rank, barrier, check_rank_consistency, cleanup, get_r
 RUN_FORMAT = "uvc-run-v1"
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143, the code of a process ended by SIGTERM
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
+# what a resumed run must share with the run it continues: the model's shape, and what sets the
+# number of steps, the search length and the schedules derived from it
+RESUME_KEYS = ("model_type", "enable_deit", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size",
+               "in_chans", "num_classes", "model_kwargs", "input_size", "dataset", "train_batch_size",
+               "gradient_accumulation_steps", "epochs", "max_steps_per_epoch", "enable_warmup", "warmup_epochs",
+               "budget", "budget_metric", "target_ramp", "gating_interval", "round_to")
 
 
 class StopSignal:
@@ -154,6 +159,7 @@ class RunState:
         if state["model_type"] != self.config.model_type:
             raise ResumeError(f"the --resume file is a run of {state['model_type']}, not "
                               f"{self.config.model_type}; pass --model_type {state['model_type']} or another file")
+        self._check_same_run(state)
         self.vit.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -164,15 +170,28 @@ class RunState:
         self.epoch, self.global_step, self.best_top1 = state["epoch"], state["global_step"], state["best_top1"]
         self.step_in_epoch = state.get("step_in_epoch", 0)
         ranks = state.get("ranks") or [{"rng": state["rng"]}]
-        if len(ranks) != get_world_size():
-            warnings.warn(f"resuming a {len(ranks)}-process run on {get_world_size()} processes: every rank "
-                          f"takes rank 0's RNG state, so the run does not continue exactly as it would have")
         local = ranks[get_rank()] if len(ranks) == get_world_size() else ranks[0]
         for name, obj in self.extra.items():
             if hasattr(obj, "load_local_state_dict") and name in local:
                 obj.load_local_state_dict(local[name])
         self.progress = local.get("progress")
         set_rng_state(local["rng"])
+
+    def _check_same_run(self, state: dict) -> None:
+        """A resume continues the same run: the keys that shape the model or set the length of the
+        run (the search length, the target schedule and its gains follow from them) must not change,
+        nor may the number of processes."""
+        saved = state.get("config") or {}
+        for key in RESUME_KEYS:
+            if key in saved and key in self.config and saved[key] != self.config[key]:
+                raise ResumeError(f"--{key} is {self.config[key]!r} but the --resume run used {saved[key]!r}: a "
+                                  f"resumed run must keep the model's shape and the run's length and schedule; pass "
+                                  f"--{key} {saved[key]} or start a new run in another --output_dir")
+        ranks = state.get("ranks") or []
+        if ranks and len(ranks) != get_world_size():
+            raise ResumeError(f"the --resume run ran on {len(ranks)} process(es), this one on {get_world_size()}: "
+                              f"the steps per epoch and so the search's schedule would change; resume with "
+                              f"--nproc_per_node {len(ranks)} or start a new run in another --output_dir")
 
     def maybe_resume(self, resume: str, output_dir: str) -> Optional[str]:
         """Restore from --resume (a path or "auto"); returns the file used, if any.

@@ -71,6 +71,9 @@ def files(tmp_path_factory):
     torch.save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit), f["stage1_other.pth"])
     for split in ("train", "val"):
         (f["empty"] / split / "class0").mkdir(parents=True)
+    # a finished stage-1 run of the digits defaults below, to resume with changed keys
+    joint_train.main(DIGITS + ["--output_dir", str(root / "run")])
+    f["run_checkpoint"] = root / "run" / "checkpoint.pth"
     return {k: str(v) for k, v in f.items()}
 
 
@@ -141,6 +144,10 @@ CASES = {
     "input_size_not_a_patch_multiple": ("joint post", lambda f: ["--input_size", "9"],
                                         ["--input_size 9 is not a multiple of the patch size 2",
                                          "use 8 or 10"]),
+    "resume_with_other_epochs": ("joint", lambda f: ["--resume", f["run_checkpoint"], "--epochs", "4"],
+                                 ["--epochs is 4 but the --resume run used 3", "--epochs 3"]),
+    "resume_with_other_shape": ("joint", lambda f: ["--resume", f["run_checkpoint"], "--embed_dim", "48"],
+                                ["--embed_dim is 48 but the --resume run used 0", "model's shape"]),
     "config_file_typo": ("joint post", lambda f: ["--config", "configs/deit_tiyn.py"],
                          ["configs/deit_tiyn.py not found (did you mean configs/deit_tiny.py?)", "digits_demo.py"]),
     "config_file_int_on_switch": ("joint post", lambda f: ["--config", f["int_switch_config.py"]],
