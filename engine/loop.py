@@ -1,8 +1,9 @@
 """train_one_epoch and evaluate, DeiT-style; each returns a dict of averages.
 
 The architecture side of a step is one explicit object of the `ArchStep`
-protocol, with two calls: `prepare(model, training)` before the forward pass
-and `step(model, lr) -> dict` after the weight update. Stage 1 passes the
+protocol: `prepare(model, training)` before the forward pass, then `step(model,
+lr) -> dict` after the weight update, or `skip_step(model)` when AMP's scaler
+skipped it (inf/nan gradients). Stage 1 passes the
 search (`UVCSearch`, whose step is the primal-dual update), stage 2 the fixed
 architecture (`FrozenArchitecture`), the dense path None.
 """
@@ -27,6 +28,9 @@ class ArchStep(Protocol):
 
     def step(self, model: torch.nn.Module, lr: float) -> Dict[str, float]:
         """Update the architecture variables after the weight step; returns scalars to log."""
+
+    def skip_step(self, model: torch.nn.Module) -> None:
+        """The weight step was skipped: leave the architecture as it is."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -140,11 +144,13 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
             scalars.update({f"loss_{k}": float(v) for k, v in last_parts.items()})
         if grad_norm is not None:
             scalars["grad_norm"] = grad_norm
+        skipped = scale_before is not None and scaler.get_scale() < scale_before
         if scale_before is not None:
-            skipped = scaler.get_scale() < scale_before
             amp_skipped += int(skipped)
             scalars["amp_skipped"] = float(skipped)
-        if arch_step is not None:
+        if arch_step is not None and skipped:  # inf/nan gradients: the architecture does not move either
+            arch_step.skip_step(inner)
+        elif arch_step is not None:
             scalars.update(arch_step.step(inner, lr))
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=global_step - lr_step_offset)

@@ -330,7 +330,23 @@ def test_amp_skipped_steps_are_counted_not_fatal():
     loader = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(3)]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, enabled=True)
-    stats = train_one_epoch(model, criterion, loader, optimizer, scaler, torch.device("cpu"), 0)
+
+    class ArchStep:  # records which architecture calls follow each weight step
+        seen = []
+
+        def prepare(self, model, training=True):
+            pass
+
+        def step(self, model, lr):
+            self.seen.append("step")
+            return {}
+
+        def skip_step(self, model):
+            self.seen.append("skip")
+
+    arch = ArchStep()
+    stats = train_one_epoch(model, criterion, loader, optimizer, scaler, torch.device("cpu"), 0, arch_step=arch)
+    assert arch.seen == ["skip", "step", "step"]  # no architecture step after the skipped weight step
     assert stats["amp_skipped_steps"] == 1 and stats["global_step"] == 3
     assert stats["amp_skipped"] == pytest.approx(1 / 3)
     assert torch.isfinite(model.weight).all()

@@ -335,3 +335,17 @@ def test_prox_shrinks_the_selected_groups_in_both_modes(masking):
     assert (fc2[:, removed].abs() < before_fc2[:, removed].abs()).all()
     assert torch.equal(fc2[:, ~removed], before_fc2[:, ~removed])
     assert torch.equal(fc1, before_fc1) == (masking == "soft")
+
+
+def test_a_skipped_amp_step_drops_the_gathered_gate_gradients():
+    """After AMP skips a weight step (inf gradients), the search does not step and the gate and patch
+    loss gradients gathered since the last gate update are dropped, so no inf reaches the gates."""
+    model, search = build(steps=400, gating_interval=4)  # 400 steps: 100 gate updates at the flag's 4
+    train(model, search, steps=2, lr=1e-3)
+    assert search.pd.grad_steps == 2 and search.arch.gate_logits.grad is not None
+    search.arch.gate_logits.grad.fill_(float("inf"))
+    before = {k: v.detach().clone() for k, v in search.arch.named_parameters()}
+    search.skip_step(model)
+    assert search.pd.grad_steps == 0 and search.arch.gate_logits.grad is None
+    assert search.arch.patch_logits.grad is None
+    assert all(torch.equal(before[k], v) for k, v in search.arch.named_parameters())

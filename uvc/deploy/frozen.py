@@ -27,3 +27,6 @@ class FrozenArchitecture:
     def step(self, model: MaskedViT, lr: float) -> Dict[str, float]:
         zero_removed_weights(model.vit, self.keep)
         return {}
+
+    def skip_step(self, model: MaskedViT) -> None:
+        """The weights' step was skipped (AMP): they did not move, so the removed ones are still zero."""

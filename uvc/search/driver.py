@@ -94,6 +94,12 @@ class UVCSearch:
     def step(self, model: MaskedViT, lr: float) -> Dict[str, float]:
         return self.pd.step(model, lr) if self.active else {}
 
+    def skip_step(self, model: MaskedViT) -> None:
+        """The weights' step was skipped (AMP found inf/nan gradients): no architecture step either, and
+        the gate and patch loss gradients gathered since the last gate update are dropped."""
+        if self.active:
+            self.pd.discard_loss_grads()
+
     # --- reporting -------------------------------------------------------------------
     @torch.no_grad()
     def ratios(self, model: MaskedViT) -> Dict[str, float]:

@@ -262,6 +262,13 @@ class PrimalDual:
             opt.zero_grad(set_to_none=True)
         a.project_()
 
+    def discard_loss_grads(self) -> None:
+        """Drop the gate and patch loss gradients summed since the last gate update (a skipped AMP step
+        left inf or nan in them)."""
+        self.arch.gate_logits.grad = None
+        self.arch.patch_logits.grad = None
+        self.grad_steps = 0
+
     @torch.no_grad()
     def gate_step(self, grads: Dict[str, torch.Tensor], target: float, model: MaskedViT = None) -> None:
         """Gates and patch logits: loss gradients are summed in .grad by backward and
