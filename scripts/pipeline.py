@@ -36,7 +36,7 @@ DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
             "mnist": ("configs/mnist_demo.py", "vit_mnist_patch4_28")}
 SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
 SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0"]  # and stage 1 searches from its first step
-LOG_FILES = ("log.jsonl", "stdout.log", "result.json")  # what copy_logs keeps of a run folder
+LOG_FILES = ("result.json",)  # what copy_logs keeps of a run folder: its result, not its stdout or per-epoch log
 AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, counted per axis (`removed`)
 # baselines.torch_pruning flags of its "Torch-Pruning (local magnitude)" setting (default: Taylor, global)
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")

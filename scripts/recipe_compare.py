@@ -28,7 +28,7 @@ import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline import Bench, copy_logs, markdown_table, stage1_ratio
+from pipeline import Bench, markdown_table, stage1_ratio
 
 import torch  # noqa: E402
 
@@ -36,7 +36,6 @@ from data import mnist  # noqa: E402
 
 RECIPES = ("reference", "deit")
 IN_MEMORY = "none (--dataset mnist)"  # the benchmark's own training: a random shift of up to 2 pixels, no mixup
-RUN_LOGS = ("log.jsonl",)  # stdout.log holds progress bars: left in --run_dir
 MNIST_FILES = ["--dataset", "imagenet", "--mean", str(mnist.MEAN), "--std", str(mnist.STD), "--crop_pct", "1"]
 
 
@@ -135,7 +134,6 @@ def main(argv=None) -> int:
     command = "python scripts/recipe_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "epochs": epochs, "rows": rows, "means": mean_rows(rows),
               "teacher_top1": bench.top1(bench.dense_model(teacher))}
-    copy_logs([{"name": os.path.basename(o), "logs": [o]} for o in outs.values()], args.out, RUN_LOGS)
     text = (f"Stage 2 on MNIST read as image files (`{' '.join(MNIST_FILES)}`: the validation images of "
             f"`--dataset mnist`), {epochs} epochs per run, both recipes from the sweep's stage-1 file at each "
             f"budget; produced by `{command}`. Dense teacher: {result['teacher_top1']:.2f}%. MACs ratio by UVC's "

@@ -13,16 +13,16 @@ formula, `Torch-Pruning` (Taylor importance, global isomorphic ranking) at UVC's
 MACs by fvcore. Writes log/mnist_sweep.md (table), log/mnist_sweep.json
 ({"teacher_top1", "rows": [{"method", "budget", "macs_ratio", "top1",
 "top1_before_ft", "params", "images_per_s_b64", "speedup_b64", "removed"}]}; removed:
-the blocks, heads, value dims, neurons and patches the method removed), the logs of
-every run under log/mnist_sweep/ and Figs/mnist_sweep_top1_vs_macs.png (one line per
-method).
+the blocks, heads, value dims, neurons and patches the method removed), the
+result.json of every run that writes one (Torch-Pruning) under log/mnist_sweep/, and
+Figs/mnist_sweep_top1_vs_macs.png (one line per method). Run logs stay in --run_dir.
 
 Ablations (--ablations), at budget 0.4 with two seeds per row (search and
 fine-tuning seeds; one teacher): UVC; UVC without block gates, without patch gates,
 without head/dim/neuron pruning (gates and patches only), without distillation, without the
 patch trial (--patch_probe 0: every patch drop the gradients propose stands); and
 no search at all (the greedy fit at the MACs of that seed's UVC model). Writes
-log/mnist_ablations.md (both seeds shown), log/mnist_ablations.json and the logs.
+log/mnist_ablations.md (both seeds shown) and log/mnist_ablations.json.
 
 Every command run is printed. All models are timed side by side at the end (batch
 64, interleaved rounds, median). --resume reuses the runs of the same command that
@@ -58,7 +58,7 @@ ABLATIONS = {
 }
 NO_SEARCH = "no search (greedy fit)"
 REMOVED = "removed: blocks/heads/dims/neurons/patches"
-RUN_LOGS = ("log.jsonl", "result.json")  # stdout.log holds progress bars: left in --run_dir
+RUN_LOGS = ("result.json",)  # a run's result; its stdout.log and log.jsonl stay in --run_dir
 
 
 def _floats(text: str) -> List[float]:
