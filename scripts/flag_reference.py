@@ -1,12 +1,12 @@
-"""Print the flag reference of joint_train.py / post_train.py as a markdown table.
+"""Print the flag reference of joint_train.py / post_train.py as markdown: docs/flags.md.
 
-    python scripts/flag_reference.py > /tmp/flags.md
+    python scripts/flag_reference.py > docs/flags.md
     python scripts/flag_reference.py --recipes      # the two recipes of --recipe, side by side
 
 Every key of configs/common.py is a flag (`--key`, `--key-with-dashes` or
 `--config.key`); the meaning is the comment next to the key, the defaults are the
-stage-1 and stage-2 values of base_config. The README's tables are this output
-(tests/test_docs.py checks they agree).
+stage-1 and stage-2 values of base_config. docs/flags.md is the whole output, and
+docs/design.md holds the recipe table (tests/test_docs.py checks both agree).
 """
 import argparse
 import os
@@ -57,6 +57,21 @@ def table() -> str:
     return "\n".join(out[1:])
 
 
+HEADER = """<!-- generated: python scripts/flag_reference.py > docs/flags.md -->
+# Flag reference
+
+Every key below is a flag of both `joint_train.py` (stage 1) and `post_train.py`
+(stage 2): `--key`, `--key-with-dashes` or `--config.key`; besides them,
+`--config FILE[:arg]` and `--print_config`. The meaning is the comment next to the
+key in `configs/common.py`; the defaults are its stage-1 and stage-2 values.
+The recipe keys' two sets of values are in [design.md](design.md#batch-learning-rate-and-recipe)."""
+
+
+def document() -> str:
+    """docs/flags.md: the header, then the tables."""
+    return HEADER + "\n\n" + table() + "\n"
+
+
 def recipe_table() -> str:
     """configs.common.RECIPES as one markdown table, the default recipe first."""
     names = sorted(RECIPES, key=lambda name: name != base_config("post").recipe)
@@ -69,4 +84,7 @@ def recipe_table() -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", action="store_true", help="print the table of the --recipe choices instead")
-    print(recipe_table() if parser.parse_args().recipes else table())
+    if parser.parse_args().recipes:
+        print(recipe_table())
+    else:
+        sys.stdout.write(document())

@@ -1,4 +1,5 @@
-"""The README stays true: its test command is what CI runs, its flag table is the configs'."""
+"""The README and docs/ stay true: the README's test command is what CI runs, docs/flags.md is the
+configs' generated reference, docs/design.md's recipe table is configs.common.RECIPES."""
 import os
 import re
 import subprocess
@@ -7,9 +8,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def readme() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
+def read(path: str) -> str:
+    with open(os.path.join(ROOT, path)) as f:
         return f.read()
+
+
+def readme() -> str:
+    return read("README.md")
 
 
 def test_ci_runs_the_readme_test_command():
@@ -24,10 +29,11 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_flag_table_matches_configs():
-    """Every config key is documented, and the README table is the generated one."""
+    """Every config key is documented, and docs/flags.md is the generated file, byte for byte."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "flag_reference.py")],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out in readme(), "README flag table is stale: paste `python scripts/flag_reference.py`"
+                         capture_output=True, text=True, check=True).stdout
+    assert out == read("docs/flags.md"), "docs/flags.md is stale: python scripts/flag_reference.py > docs/flags.md"
+    assert out.splitlines()[0] == "<!-- generated: python scripts/flag_reference.py > docs/flags.md -->"
     sys.path.insert(0, ROOT)
     from configs.common import base_config
     for key in base_config("joint").keys():
@@ -37,10 +43,11 @@ def test_flag_table_matches_configs():
 
 
 def test_recipe_table_matches_configs():
-    """The README's table of --recipe is configs.common.RECIPES."""
+    """docs/design.md's table of --recipe is configs.common.RECIPES."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "flag_reference.py"), "--recipes"],
                          capture_output=True, text=True, check=True).stdout.strip()
-    assert out in readme(), "README recipe table is stale: paste `python scripts/flag_reference.py --recipes`"
+    assert out in read("docs/design.md"), \
+        "docs/design.md recipe table is stale: paste `python scripts/flag_reference.py --recipes`"
 
 
 def test_requirements_pin_torch_and_never_apex():
