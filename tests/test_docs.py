@@ -56,3 +56,30 @@ def test_requirements_pin_torch_and_never_apex():
     names = [re.split(r"[=<>!~ ]", l)[0].lower() for l in lines if l]
     assert "torch==2.14.1" in lines and "torchvision==0.29.1" in lines
     assert "apex" not in names
+
+
+def test_method_keeps_the_sections_the_code_cites():
+    """The code cites "docs/method.md section N"; each N is a numbered heading of docs/method.md."""
+    headings = set(re.findall(r"^## (\d+b?)\. ", read("docs/method.md"), re.M))
+    assert {"1", "2", "3", "4", "5", "6", "7", "7b", "8", "9"} <= headings
+    cited = set()
+    for folder, _, files in os.walk(ROOT):
+        if any(part.startswith(".") for part in os.path.relpath(folder, ROOT).split(os.sep)):
+            continue
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    cited |= set(re.findall(r"docs/method\.md,? sections? (\d+b?)", f.read()))
+    assert cited <= headings, f"cited sections missing from docs/method.md: {cited - headings}"
+
+
+def test_links_and_log_files_named_in_the_docs_exist():
+    """Every relative link of the README and docs/ resolves, and every log/ file they name is in the repository."""
+    pages = ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                             if n.endswith(".md")]
+    for page in pages:
+        text = read(page)
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), f"{page}: {target}"
+        for name in re.findall(r"`(log/[\w./-]+\.(?:md|json))`", text):
+            assert os.path.exists(os.path.join(ROOT, name)), f"{page} names {name}, which is not in log/"
