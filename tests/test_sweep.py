@@ -92,7 +92,8 @@ def test_sweep_and_ablations_smoke(tmp_path):
     assert all(abs(r["macs_ratio"] / uvc - 1) <= 0.01 for r in result["rows"]), result["rows"]
     assert (tmp_path / "log" / "mnist_sweep.md").exists()
     assert (tmp_path / "figs" / "mnist_sweep_top1_vs_macs.png").exists()
-    assert (tmp_path / "log" / "mnist_sweep" / "budget0.4_uvc" / "stage1_log.jsonl").exists()
+    copied = [f.name for f in (tmp_path / "log" / "mnist_sweep").rglob("*") if f.is_file()]
+    assert copied and all(name.endswith("_result.json") for name in copied), copied  # results, not run logs
 
     out = run_script("sweep.py", "--ablations", "--ablation_budget", "0.4", "--seeds", "730", "--resume",
                      "--threads", "1", *dirs)
