@@ -83,3 +83,11 @@ def test_links_and_log_files_named_in_the_docs_exist():
             assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), f"{page}: {target}"
         for name in re.findall(r"`(log/[\w./-]+\.(?:md|json))`", text):
             assert os.path.exists(os.path.join(ROOT, name)), f"{page} names {name}, which is not in log/"
+
+
+def test_source_files_named_in_the_docs_exist():
+    """A `path/to/module.py` the README or docs/ name is a file of the repository."""
+    pages = ["README.md"] + [os.path.join("docs", n) for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md")]
+    for page in pages:
+        for name in re.findall(r"`([\w./-]+/[\w-]+\.py)", read(page)):
+            assert os.path.exists(os.path.join(ROOT, name)), f"{page} names {name}, which does not exist"
