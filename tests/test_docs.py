@@ -17,6 +17,12 @@ def readme() -> str:
     return read("README.md")
 
 
+def pages() -> list:
+    """The README and every page of docs/."""
+    return ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                            if n.endswith(".md")]
+
+
 def test_ci_runs_the_readme_test_command():
     """.ci/run calls the README's second command verbatim."""
     commands = re.findall(r"```bash\n(pip install -r requirements.txt && [^\n]+)\n```", readme())
@@ -75,9 +81,7 @@ def test_method_keeps_the_sections_the_code_cites():
 
 def test_links_and_log_files_named_in_the_docs_exist():
     """Every relative link of the README and docs/ resolves, and every log/ file they name is in the repository."""
-    pages = ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
-                             if n.endswith(".md")]
-    for page in pages:
+    for page in pages():
         text = read(page)
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), f"{page}: {target}"
@@ -87,7 +91,6 @@ def test_links_and_log_files_named_in_the_docs_exist():
 
 def test_source_files_named_in_the_docs_exist():
     """A `path/to/module.py` the README or docs/ name is a file of the repository."""
-    pages = ["README.md"] + [os.path.join("docs", n) for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md")]
-    for page in pages:
+    for page in pages():
         for name in re.findall(r"`([\w./-]+/[\w-]+\.py)", read(page)):
             assert os.path.exists(os.path.join(ROOT, name)), f"{page} names {name}, which does not exist"
