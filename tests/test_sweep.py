@@ -106,7 +106,8 @@ def test_sweep_and_ablations_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_demo_mnist_smoke(tmp_path):
-    run_script("demo.py", "--dataset", "mnist", "--run_dir", tmp_path / "run", "--cache_dir", tmp_path / "cache")
+    run_script("demo.py", "--dataset", "mnist", "--run_dir", tmp_path / "run", "--cache_dir", tmp_path / "cache",
+               "--log_dir", tmp_path / "log")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dataset"] == "mnist" and "vit_mnist_patch4_28" in summary["stage1_file"]
     for key in ("teacher_top1", "uvc_top1", "uvc_macs_ratio", "uvc_speedup_b64", "stage1_file", "stage2_file"):
