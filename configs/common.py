@@ -1,4 +1,4 @@
-"""Every hyperparameter of UVC's two stages, with the seed README's values.
+"""Every hyperparameter of UVC's two stages: the seed README's values where its commands set them.
 
 Variant files (`deit_tiny.py`, ...) start from `base_config(stage)` and change
 only what differs. Keys are flat and named after the seed's flags, so
@@ -53,7 +53,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.mean = ""  # normalisation mean, one value per channel, comma-separated ("": ImageNet's; timm's --mean)
     c.std = ""  # normalisation std, likewise ("": ImageNet's; timm's --std)
     c.crop_pct = 0.875  # evaluation: resize to input_size / crop_pct, then centre crop (timm's --crop-pct)
-    c.recipe = "reference"  # reference (VITA-Group/UVC) / deit: sets the keys of the README recipe table
+    c.recipe = "reference"  # reference (VITA-Group/UVC) / deit: sets the keys of the recipe table in docs/design.md
     c.color_jitter = 0.0  # colour jitter strength (timm create_transform)
     c.aa = ""  # RandAugment policy, e.g. rand-m9-mstd0.5-inc1 ("" disables)
     c.reprob = 0.0  # random erasing probability

@@ -1,4 +1,4 @@
-"""UVC on deit_base_patch16_384, ImageNet, seed README values."""
+"""UVC on deit_base_patch16_384, ImageNet, with the values the seed README's commands set."""
 from configs.common import base_config
 
 

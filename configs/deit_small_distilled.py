@@ -1,4 +1,4 @@
-"""UVC on deit_small_patch16_224 with the distillation token (--enable_deit 1), ImageNet, seed README values."""
+"""UVC on deit_small_patch16_224 with the distillation token (--enable_deit 1), ImageNet, with the values the seed README's commands set."""
 from configs.common import base_config
 
 

@@ -12,11 +12,14 @@ and gently at the end, then held at B. The dual z tracks T(u) (uvc.search.contro
 so a 300-step run and a 75,000-step ImageNet run reach the budget at the same
 fraction of their search.
 
-Rates. Each search rate flag of the seed (--slr, --rlr, --ylr, --plr, --zlr,
---glr, --patchlr, --gating_weight, --patch_weight, --patch_l1_weight) keeps its
-seed value as default and means a multiple of a rule: the rate used is
-rule(S) x (flag / seed value). The seed's command runs the rule as is, and
-`--slr 0.02` means "twice as fast as the seed". The rules:
+Rates. Each rate flag (--slr, --rlr, --ylr, --plr, --zlr, --glr, --patchlr,
+--gating_weight, --patch_weight, --patch_l1_weight) means a multiple of a rule:
+the rate used is rule(S) x (flag / its default), so a default runs the rule as is
+and `--slr 0.02` runs s twice as fast. The defaults of --glr, --patchlr and the
+three weights are the values the seed's command passes; the seed sets none of
+--slr, --rlr, --ylr, --plr, and the reference's flags of those names (defaults
+0.02, 0.02, 1e-4, 1e-4; it has no --zlr) are per-step rates, not multiples of a
+rule. The rules:
 
     s, r   SGD on the gradient in units of the layer's MAC share, lr SPEED_S / S: at
            z = 1 and no importance, s travels SPEED_S ranges over the search
@@ -30,7 +33,7 @@ rule(S) x (flag / seed value). The seed's command runs the rule as is, and
 """
 from dataclasses import dataclass
 
-# The seed README's values of the rate flags: the unit of each flag.
+# The unit of each rate flag (its default): a flag at this value runs its rule as is.
 SEED_RATES = {"slr": 0.01, "rlr": 0.01, "ylr": 0.01, "plr": 0.01, "zlr": 0.01, "glr": 0.1,
               "patchlr": 0.01, "gating_weight": 5e-4, "patch_weight": 5.0, "patch_l1_weight": 0.01}
 
