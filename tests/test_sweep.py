@@ -41,7 +41,7 @@ def test_sweep_table_orders_by_budget_with_the_teacher_first():
 
 
 def test_removed_counts_per_axis():
-    import pipeline
+    from scripts import pipeline
     from helpers import noisy_tiny_vit
     from uvc.freeze import base_spec
 
