@@ -142,3 +142,15 @@ def test_bad_files_are_refused_in_one_line(tmp_path, capsys, change, expected):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_a_file_of_another_width_than_the_model_type_is_refused(tmp_path, capsys):
+    """The reference saves no args: a 32-wide file under --model_type deit_tiny_patch16_224 (192 wide, 3
+    heads) would build 3 heads of an invented size; without --num_heads it is refused in one line."""
+    sd, _ = reference_file()
+    source = tmp_path / "other_width.pth.tar"
+    torch.save(sd, source)
+    assert main([str(source), str(tmp_path / "out.pth"), "--model_type", MODEL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the file's weights are 32 wide but --model_type deit_tiny_patch16_224 is 192" in err[0]
+    assert not (tmp_path / "out.pth").exists()

@@ -99,6 +99,12 @@ def build_model(sd: dict, model_type: str, num_heads: int):
     name = resolve_model_type(model_type, int(distilled))
     if not distilled and "distilled" in name:
         raise ReferenceError(f"--model_type {model_type} has a distillation token but the file has none")
+    with torch.device("meta"):  # the model type's own width: the reference never saves its args
+        own = create_model(name)
+    if dim != own.embed_dim and not num_heads:
+        raise ReferenceError(f"the file's weights are {dim} wide but --model_type {model_type} is {own.embed_dim} "
+                             f"wide ({own.blocks[0].attn.num_heads} heads): pass the model type the reference "
+                             f"trained (DeiT-Tiny 192, Small 384, Base 768), or --num_heads for a shape of your own")
     vit = create_model(name, num_classes=sd["head.weight"].shape[0], img_size=side * patch.shape[-1], **kwargs)
     if vit.blocks[0].mlp.fc1.out_features != hidden:
         raise ReferenceError(f"MLP width {hidden} / width {dim} is not a ratio timm reproduces")
