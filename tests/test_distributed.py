@@ -108,6 +108,62 @@ def test_rank_consistency_check_catches_one_differing_value():
         assert result["error"] == "run state differs between rank 0 and rank 1 in 1 entry: search.arch.z"
 
 
+PATCH_DROP_WORKER = """
+import json, os, sys, torch
+sys.path.insert(0, "tests")
+from helpers import demo_search_config, noisy_tiny_vit
+from utils import dist as udist
+from uvc.search import UVCSearch
+from uvc.search.masked_model import MaskedViT
+rank = udist.init_distributed().rank
+vit = noisy_tiny_vit(0)
+model = MaskedViT(vit)
+gen = torch.Generator().manual_seed(0)
+probe = (torch.randn(16, 1, 8, 8, generator=gen), torch.randint(10, (16,), generator=gen))
+search = UVCSearch(vit, demo_search_config(gating_interval=1, enable_block_gating=0), torch.device("cpu"),
+                   search_steps=1000, probe=probe)
+search.set_epoch(0)
+search.prepare(model, training=True)  # masks and scores of the current weights
+a, pd = search.arch, search.pd
+with torch.no_grad():
+    a.z.fill_(1.0)  # the budget still pushes: a drop may be tried
+    a.patch_logits[5] = 1e-3  # one step of the update takes it past the boundary
+    if os.environ["DISAGREE"] == "1" and rank == 1:
+        a.patch_logits[5] = 5.0  # rank 1 proposes no drop
+a.patch_logits.grad = torch.zeros_like(a.patch_logits)
+a.patch_logits.grad[5] = 1.0
+grads = {"gate": torch.zeros_like(a.gate_logits), "patch": torch.zeros_like(a.patch_logits)}
+result = {}
+try:
+    pd.gate_step(grads, 0.5, model)
+    result["trials"] = search.trial_state()["flip_trials"]
+    result["dropped"] = bool(a.patch_logits[5] < 0)
+except udist.RankMismatchError as e:
+    result["error"] = str(e)
+udist.cleanup()
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("disagree", [0, 1])
+def test_patch_drop_trial_is_collective_on_every_rank(disagree):
+    """2 gloo ranks: a proposed patch drop is tried on both (the trial's losses are averaged over ranks)
+    and both take the same decision; ranks that disagree on the proposal fail on both, they never hang."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", PATCH_DROP_WORKER], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=clean_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1",
+                                            MASTER_PORT=port, DISAGREE=disagree))
+             for rank in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    results = [json.loads(out.split("RESULT ", 1)[1]) for out in outputs]
+    if disagree:
+        assert all("the patch drop proposed to the trial differs between ranks" in r["error"] for r in results)
+    else:
+        assert results[0] == results[1] and results[0]["trials"] == 1
+
+
 # --------------------------------------------------------------------------- the seed's flags
 
 SEED_STAGE1 = ["--gpu_num", "0,1", "--uvc_train", "--model_type", DEMO, "--distillation-type", "soft",

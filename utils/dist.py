@@ -131,6 +131,20 @@ class RankMismatchError(RuntimeError):
     """Ranks that should hold identical state do not (a bug: the run would silently fork)."""
 
 
+def same_on_every_rank(value: int, what: str) -> int:
+    """`value`, checked to be the same on every rank (a collective: call it on all ranks, every time,
+    so that a decision that is collective afterwards cannot hang when the ranks disagree)."""
+    if not is_dist_ready():
+        return int(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(value), -int(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    high, low = int(t[0].item()), -int(t[1].item())
+    if high != low:
+        raise RankMismatchError(f"{what} differs between ranks ({low} on one, {high} on another)")
+    return int(value)
+
+
 def _leaves(obj: Any, prefix: str = "") -> Dict[str, Any]:
     """Flatten nested dicts/lists/tuples into {"a.b.0": leaf}."""
     if isinstance(obj, dict):

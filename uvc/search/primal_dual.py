@@ -55,7 +55,7 @@ from uvc.search.prox import proximal_step
 from uvc.search.schedule import SearchRates, target_ratio
 from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial
-from utils.dist import all_reduce_mean
+from utils.dist import all_reduce_mean, same_on_every_rank
 
 
 FLIP_DIP = 0.03
@@ -300,6 +300,10 @@ class PrimalDual:
             l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
             a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
             self.patch_opt.step()
+            proposed = torch.nonzero((before >= 0) & (a.patch_logits < 0)).flatten()
+            # every rank, every update: the trial below is collective, so the ranks must agree on it
+            same_on_every_rank(int(proposed[a.patch_logits[proposed].argmin()]) if len(proposed) else -1,
+                               "the patch drop proposed to the trial")
             limit_patch_drops(a.patch_logits, before, self._patch_check(target, model, before))
         a.gate_logits.grad = None
         a.patch_logits.grad = None
