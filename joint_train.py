@@ -125,41 +125,44 @@ def main(argv=None) -> None:
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)
     stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
-    warmup_steps = search.warmup_epochs * steps
-    for epoch in range(run.epoch, config.epochs):
-        skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
-        search.set_epoch(epoch)
-        data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
-                                     * data.train_loader.batch_size)
-        if not search.active:  # warm-up: weights only, at --warmup_lr
-            for group in optimizer.param_groups:
-                group["lr"] = config.warmup_lr
-        else:  # the cosine schedule runs over the search epochs
-            scheduler.step_update(num_updates=run.global_step - warmup_steps)
-        stats = train_one_epoch(
-            ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
-            lr_scheduler=scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=data.mixup, arch_step=search,
-            amp=config.fp16, clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
-            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
-            skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
-        run.global_step = stats.pop("global_step")
-        if "stopped_at" in stats:
-            run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
-        metrics = evaluate(ddp_model, data.val_loader, env.device, search, config.fp16)
-        ratios = search.ratios(model)
-        kept = log_architecture(logger, search, model, run.global_step)
-        record = {"epoch": epoch, "step": run.global_step, "searching": search.active,
-                  **{f"train_{k}": v for k, v in stats.items()}, **{f"val_{k}": v for k, v in metrics.items()},
-                  **ratios, "z": float(search.arch.z), "y_mean": float(search.arch.y.mean()),
-                  "p_mean": float(search.arch.p.mean()), "z_integral": float(search.arch.z_integral),
-                  **search.record(), **kept}
-        logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
-        logger.epoch(record)
-        run.epoch = epoch + 1
-        if stop.requested():
-            run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
-        run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
-    stop.close()
+    try:
+        warmup_steps = search.warmup_epochs * steps
+        for epoch in range(run.epoch, config.epochs):
+            skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
+            search.set_epoch(epoch)
+            data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
+                                         * data.train_loader.batch_size)
+            if not search.active:  # warm-up: weights only, at --warmup_lr
+                for group in optimizer.param_groups:
+                    group["lr"] = config.warmup_lr
+            else:  # the cosine schedule runs over the search epochs
+                scheduler.step_update(num_updates=run.global_step - warmup_steps)
+            stats = train_one_epoch(
+                ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
+                lr_scheduler=scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=data.mixup,
+                arch_step=search, amp=config.fp16, clip_grad=config.clip_grad,
+                accumulation=config.gradient_accumulation_steps,
+                max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
+                skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
+            run.global_step = stats.pop("global_step")
+            if "stopped_at" in stats:
+                run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
+            metrics = evaluate(ddp_model, data.val_loader, env.device, search, config.fp16)
+            ratios = search.ratios(model)
+            kept = log_architecture(logger, search, model, run.global_step)
+            record = {"epoch": epoch, "step": run.global_step, "searching": search.active,
+                      **{f"train_{k}": v for k, v in stats.items()}, **{f"val_{k}": v for k, v in metrics.items()},
+                      **ratios, "z": float(search.arch.z), "y_mean": float(search.arch.y.mean()),
+                      "p_mean": float(search.arch.p.mean()), "z_integral": float(search.arch.z_integral),
+                      **search.record(), **kept}
+            logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
+            logger.epoch(record)
+            run.epoch = epoch + 1
+            if stop.requested():
+                run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
+            run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
+    finally:  # also when the run stops on an error: Ctrl-C and SIGTERM get their handlers back
+        stop.close()
 
     spec, fit = search.freeze(model, model_type)
     keep = param_keep_masks(vit, spec)

@@ -21,7 +21,7 @@ from uvc.deploy.export import export_compact
 from uvc.deploy.freeze import spec_ratio
 from uvc.search.masked_model import MaskedViT
 from uvc.deploy.frozen import FrozenArchitecture
-from uvc.deploy.stagefile import read_stage1, read_stage_file, stage2_record
+from uvc.deploy.stagefile import data_record, read_stage1, read_stage_file, stage2_record
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
@@ -79,40 +79,42 @@ def main(argv=None) -> None:
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, frozen)
     stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
-    for epoch in range(run.epoch, config.epochs):
-        skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
-        data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
-                                     * data.train_loader.batch_size)
-        stats = train_one_epoch(
-            ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
-            lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=config.fp16,
-            clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
-            max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
-            skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
-        run.global_step = stats.pop("global_step")
-        if "stopped_at" in stats:
-            run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
-        metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16)
-        is_best = metrics["top1"] > run.best_top1
-        run.best_top1 = max(run.best_top1, metrics["top1"])
-        record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},
-                  **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": run.best_top1}
-        logger.scalars("epoch", record, epoch)
-        logger.epoch(record)
-        run.epoch = epoch + 1
-        if is_main_process() and is_best:
-            atomic_save(record_of_model(), best_path)
-        if stop.requested():
-            run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
-        run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
-    stop.close()
+    try:
+        for epoch in range(run.epoch, config.epochs):
+            skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
+            data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
+                                         * data.train_loader.batch_size)
+            stats = train_one_epoch(
+                ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
+                lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=config.fp16,
+                clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
+                max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
+                skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
+            run.global_step = stats.pop("global_step")
+            if "stopped_at" in stats:
+                run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
+            metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16)
+            is_best = metrics["top1"] > run.best_top1
+            run.best_top1 = max(run.best_top1, metrics["top1"])
+            record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},
+                      **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": run.best_top1}
+            logger.scalars("epoch", record, epoch)
+            logger.epoch(record)
+            run.epoch = epoch + 1
+            if is_main_process() and is_best:
+                atomic_save(record_of_model(), best_path)
+            if stop.requested():
+                run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
+            run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
+    finally:  # also when the run stops on an error: Ctrl-C and SIGTERM get their handlers back
+        stop.close()
 
     if compress and is_main_process():
         best = read_stage_file(best_path)
         vit.load_state_dict(best["model"])
         compact = export_compact(vit.eval(), best["arch"])
         compact_path = os.path.join(config.output_dir, "compact.pth")
-        save_compact(compact, compact_path)
+        save_compact(compact, compact_path, data_record(config))
         logger.epoch({"best_file": best_path, "best_top1": run.best_top1, "compact_file": compact_path,
                       "macs_ratio": spec_ratio(best["arch"])})
     elif is_main_process():

@@ -248,10 +248,14 @@ class CompactViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def save_compact(model: CompactViT, path: str) -> None:
-    """Write `{"format", "spec", "state_dict"}` atomically (temp file, then rename)."""
+def save_compact(model: CompactViT, path: str, config: Optional[dict] = None) -> None:
+    """Write `{"format", "spec", "state_dict"}` atomically (temp file, then rename), with `config`, what
+    the file records of the data it was trained on (plain values), when given."""
     payload = {"format": FORMAT, "spec": model.spec,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if config:
+        payload["config"] = dict(config)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     try:
         torch.save(payload, tmp)

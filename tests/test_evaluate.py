@@ -13,7 +13,7 @@ from models import create_model
 from models.compact import load_compact, save_compact
 from utils.config import parse_config
 from engine.entry import run_entry
-from uvc.evaluate import main
+from uvc.evaluate import load_model, main
 from uvc.deploy.export import export_compact
 from uvc.deploy.stagefile import STAGE2_FORMAT, stage1_record
 from tests.test_report import random_arch
@@ -70,10 +70,24 @@ def test_every_kind_of_file(files, capsys, one_thread):
         assert set(r) >= {"top5", "params", "dense_params", "macs_ratio"}
     dense = reports["dense"]
     assert dense["kind"] == "dense checkpoint" and dense["macs_ratio"] == 1.0
-    with pytest.raises(ValueError, match="data dir data/imagenet/val not found"):  # this file names no data set
-        main([files["dense"], "--json", "--num_workers", "0"])
+    with pytest.raises(ValueError, match="does not record the data it was trained on: pass --dataset and --data_dir"):
+        main([files["dense"], "--json", "--num_workers", "0"])  # this file names no data set
     resampled = run_json(capsys, files["dense"], *DATA, "--input_size", "16")
     assert resampled["img_size"] == 16 and resampled["macs"] > 4 * dense["macs"]
+
+
+def test_a_compact_file_from_stage_2_remembers_its_data(tmp_path, files):
+    """post_train.py and python -m uvc.export write the run's data keys into compact.pth, so
+    `python -m uvc.evaluate compact.pth` evaluates on the run's data without --dataset."""
+    from models.compact import save_compact
+    from uvc.deploy.stagefile import DATA_KEYS, data_record
+    from utils.config import parse_config
+
+    config = parse_config("post", DATA)
+    save_compact(load_compact(files["compact"]), str(tmp_path / "with_data.pth"), data_record(config))
+    stored = torch.load(tmp_path / "with_data.pth", weights_only=True)["config"]
+    assert set(stored) == set(DATA_KEYS) and stored["dataset"] == "synthetic"
+    assert load_model(str(tmp_path / "with_data.pth")).file_config == stored
 
 
 def test_torchrun_two_ranks_give_the_single_process_numbers(files, capsys):

@@ -33,7 +33,7 @@ from utils.dist import cleanup, init_distributed, is_main_process
 from engine.entry import run_entry
 from engine.loop import evaluate
 from uvc.deploy.export import build_masked_source, export_compact
-from uvc.deploy.stagefile import TRAINING_FORMATS
+from uvc.deploy.stagefile import DATA_KEYS, TRAINING_FORMATS
 from uvc.report.counting import build_report
 from uvc.report.kinds import KINDS, ReportError
 from uvc.report.models import built_model
@@ -42,8 +42,8 @@ from uvc.report.reading import read_subject
 # the config keys this tool reads (each is a flag, as in the entry scripts)
 EVAL_KEYS = ("dataset", "data_dir", "download", "num_workers", "pin_mem", "input_size", "synthetic_size",
              "eval_batch_size", "fp16", "gpu_num", "local_rank", "model_type")
-# what a training file's own config says about its data, used unless the command line says otherwise
-FILE_DATA_KEYS = ("dataset", "data_dir", "synthetic_size", "download")
+# what a file's own config says about its data, used unless the command line says otherwise
+FILE_DATA_KEYS = DATA_KEYS
 
 
 @dataclass
@@ -112,6 +112,9 @@ def run(config, args) -> dict:
     """Evaluate args.file; returns the numbers on rank 0 (None on the other ranks)."""
     given = {k for k in EVAL_KEYS if k in vars(args)}
     loaded = load_model(args.file, int(getattr(args, "input_size", 0) or 0), getattr(args, "model_type", ""))
+    if not loaded.file_config and not given & {"dataset", "data_dir"} and not getattr(args, "config", None):
+        raise ReportError(f"{args.file} does not record the data it was trained on: pass --dataset and --data_dir "
+                          f"(or --config)")
     config = apply_overrides(config, args, EVAL_KEYS, {k: v for k, v in loaded.file_config.items() if k not in given})
     env = init_distributed(config.gpu_num, config.local_rank)
     val_set, data_classes = build_eval_dataset(config, loaded.img_size, loaded.in_chans)

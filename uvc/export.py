@@ -13,7 +13,7 @@ import torch.nn as nn
 from models.compact import CompactViT, save_compact
 from uvc.cost.flops import dense_macs
 from uvc.deploy.export import build_masked_source, compact_macs, export_compact, masked_forward_reference, spec_dims
-from uvc.deploy.stagefile import read_stage_file
+from uvc.deploy.stagefile import data_record, read_stage_file
 
 
 def _human(n: float) -> str:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.output:
-        save_compact(compact, args.output)
+        save_compact(compact, args.output, data_record(ckpt.get("config") or {}))
         print(f"wrote {args.output}: {line}")
     if args.onnx:
         from uvc.deploy.onnx_export import check_onnx, export_onnx

@@ -18,6 +18,14 @@ import torch
 STAGE1_FORMAT = "uvc-stage1-v1"
 STAGE2_FORMAT = "uvc-stage2-v1"
 TRAINING_FORMATS = (STAGE1_FORMAT, STAGE2_FORMAT)
+# what a file records of the data it was trained on (a compact model too), so that
+# `python -m uvc.evaluate FILE` evaluates on that data unless told otherwise
+DATA_KEYS = ("dataset", "data_dir", "synthetic_size", "download")
+
+
+def data_record(config) -> dict:
+    """The DATA_KEYS of a run's config (a ConfigDict or a dict)."""
+    return {k: config[k] for k in DATA_KEYS if k in config}
 
 
 def stage1_record(spec: dict, vit_state: dict, config_dict: dict, fit: dict,
