@@ -1,0 +1,181 @@
+"""The README's promises about the search, each checked at its stated bound (docs/properties.md).
+
+Properties that range over inputs are checked with hypothesis on a fixed seed and a small budget
+of examples, so the suite stays fast and every run draws the same cases."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from helpers import demo_search_config, noisy_tiny_vit
+from uvc.controller import BudgetController
+from uvc.gates import HYSTERESIS, REFUSED, limit_gate_flips, limit_patch_drops
+from uvc.masked_model import MaskedViT
+from uvc.primal_dual import FLIP_DIP
+from uvc.schedule import Z_KI, Z_KP, SearchRates, target_ratio
+from uvc.search import UVCSearch
+
+CPU = torch.device("cpu")
+FAST = settings(derandomize=True, max_examples=40, deadline=None)
+budgets = st.floats(0.05, 0.95)
+ramps = st.floats(0.05, 1.0)
+
+
+# --- the moving target -----------------------------------------------------------------------
+
+@FAST
+@given(budget=budgets, ramp=ramps, u=st.floats(0.0, 1.0))
+def test_target_is_cubic_then_holds(budget, ramp, u):
+    """README: T(u) = B + (1 - B)(1 - u/ramp)^3 over the first `ramp` of the search, then holds at B."""
+    expected = budget + (1 - budget) * (1 - u / ramp) ** 3 if u < ramp else budget
+    assert target_ratio(u, budget, ramp) == pytest.approx(expected, abs=1e-12)
+    assert target_ratio(0.0, budget, ramp) == pytest.approx(1.0)
+
+
+@FAST
+@given(budget=budgets, ramp=ramps, u=st.floats(0.0, 0.99))
+def test_target_falls_fast_first_and_gently_at_the_end(budget, ramp, u):
+    """The cubic shape, not just its end points: the remaining gap shrinks as (1 - u/ramp)^3."""
+    u1 = u * ramp
+    gap = target_ratio(u1, budget, ramp) - budget
+    assert gap == pytest.approx((1 - budget) * (1 - u) ** 3, abs=1e-12)
+    halfway = target_ratio(ramp / 2, budget, ramp)
+    assert halfway == pytest.approx(budget + (1 - budget) / 8)  # a linear ramp would be at half the gap
+
+
+# --- z, the PI controller -------------------------------------------------------------------
+
+@FAST
+@given(error=st.floats(-0.5, 0.5), integral=st.floats(0.0, 1.0))
+def test_z_is_proportional_plus_nonnegative_integral(error, integral):
+    """README: z = 30 e + I, I accumulating 300 e per search and never below 0."""
+    steps, clip = 1000, 10.0
+    rates = SearchRates.for_search(demo_search_config(), steps)
+    assert rates.z_kp == pytest.approx(Z_KP) and rates.z_ki * steps == pytest.approx(Z_KI)
+    state = torch.tensor(integral)
+    z = BudgetController(rates.z_kp, rates.z_ki, clip).update(state, 0.5 + error, 0.5)
+    expected_integral = max(0.0, integral + Z_KI / steps * error)
+    assert float(state) == pytest.approx(expected_integral, abs=1e-6)
+    assert z == pytest.approx(Z_KP * error + expected_integral, abs=1e-5)
+
+
+def test_zlr_schedule_list_doubles_the_integral_gain():
+    """README: --zlr_schedule_list, epochs at which the integral gain of z doubles."""
+    search = _search(zlr_schedule_list="1,3")
+    for epoch, scale in ((0, 1.0), (1, 2.0), (2, 2.0), (3, 4.0), (7, 4.0)):
+        search.pd.set_epoch(epoch, epoch)
+        assert search.pd.ki_scale == scale
+        integral = torch.tensor(0.0)
+        search.pd.controller.update(integral, 0.6, 0.5, search.pd.ki_scale)
+        assert float(integral) == pytest.approx(scale * search.pd.controller.ki * 0.1)
+
+
+# --- gate safety -------------------------------------------------------------------------------
+
+def _search(**overrides) -> UVCSearch:
+    torch.manual_seed(0)
+    vit = noisy_tiny_vit(0)
+    search = UVCSearch(vit, demo_search_config(**overrides), CPU, search_steps=100)
+    search.set_epoch(0)
+    search.prepare(MaskedViT(vit), training=True)
+    return search
+
+
+def _hard(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 1] >= logits[:, 0] if logits.dim() == 2 else logits >= 0
+
+
+class _Gates:
+    def __init__(self, logits):
+        self.gate_logits = logits
+
+
+gate_rows = st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3)), min_size=2, max_size=12)
+
+
+@FAST
+@given(before=gate_rows, moves=st.lists(st.floats(-6, 6), min_size=12, max_size=12),
+       protected=st.lists(st.booleans(), min_size=12, max_size=12), floor=st.booleans())
+def test_at_most_one_block_flips_per_update(before, moves, protected, floor):
+    """README: one gate update flips at most one block; --min_blocks are never skipped; a skip
+    the floor check refuses does not stand; a flip is settled one logit past the boundary."""
+    before = torch.tensor(before)
+    after = before.clone()
+    after[:, 1] += torch.tensor(moves[:len(before)])
+    guard = torch.tensor(protected[:len(before)])
+    arch = _Gates(after.clone())
+    limit_gate_flips(arch, before, guard, lambda: floor)
+    was, now = _hard(before), _hard(arch.gate_logits)
+    changed = torch.nonzero(was != now).flatten().tolist()
+    assert len(changed) <= 1
+    for l in changed:
+        if not now[l]:  # a new skip
+            assert floor and not guard[l]
+        margin = arch.gate_logits[l, 1] - arch.gate_logits[l, 0]
+        assert abs(float(margin)) >= HYSTERESIS - 1e-5
+    unchanged = [l for l in range(len(before)) if l not in changed]
+    for l in unchanged:  # an undone flip is back where it was
+        if was[l] != _hard(after)[l]:
+            assert torch.equal(arch.gate_logits[l], before[l])
+
+
+@FAST
+@given(before=st.lists(st.floats(-3, 6), min_size=2, max_size=30),
+       moves=st.lists(st.floats(-8, 2), min_size=30, max_size=30), ok=st.booleans())
+def test_at_most_one_patch_dropped_per_update(before, moves, ok):
+    """README: one update drops at most one patch (the one pushed furthest), only when allowed;
+    a refused drop goes back to its starting logit."""
+    before = torch.tensor(before)
+    logits = before + torch.tensor(moves[:len(before)])
+    proposed = (before >= 0) & (logits < 0)
+    furthest = int(torch.where(proposed, logits, torch.inf).argmin()) if proposed.any() else None
+    limit_patch_drops(logits, before, lambda: ok)
+    dropped = torch.nonzero((before >= 0) & (logits < 0)).flatten().tolist()
+    assert len(dropped) <= (1 if ok else 0)
+    if proposed.any():
+        assert dropped == ([furthest] if ok else [])
+        if not ok:
+            assert float(logits[furthest]) == max(float(before[furthest]), REFUSED)
+
+
+def test_skips_and_drops_only_while_z_is_positive():
+    """README: a block skip or patch drop is allowed only while z > 0 (the budget still pushes down)."""
+    search = _search()
+    pd = search.pd
+    hard = pd.budget.hard_ratio(pd.arch, pd.masks)
+    for z, allowed in ((-0.5, False), (0.0, False), (1e-6, True), (2.0, True)):
+        pd.arch.z.fill_(z)
+        assert pd._floor_check(hard)() is allowed, z
+        assert pd._patch_check(hard, None, pd.arch.patch_logits.detach().clone())() is allowed, z
+
+
+def test_a_flip_dips_at_most_half_a_block_share_under_the_target():
+    """README: a skip or drop must leave the hard ratio at most half a block's share (at least 0.03)
+    under the target: allowed at exactly that dip, refused just past it."""
+    search = _search()
+    pd = search.pd
+    margin = max(FLIP_DIP, pd.budget.block_share() / 2)
+    assert pd.margin == pytest.approx(margin) and FLIP_DIP == 0.03
+    pd.arch.z.fill_(1.0)
+    hard = pd.budget.hard_ratio(pd.arch, pd.masks)
+    assert pd._floor_check(hard + margin - 1e-6)()
+    assert not pd._floor_check(hard + margin + 1e-6)()
+
+
+@pytest.mark.parametrize("ramp", [0.5, 0.8])
+def test_gates_and_patches_settle_at_half_past_the_ramp(ramp):
+    """README: gates and patches stop moving at u = (1 + ramp) / 2."""
+    search = _search(target_ramp=ramp, gating_interval=1)
+    pd, steps = search.pd, search.pd.rates.steps
+    assert pd.coarse_end == pytest.approx((1 + ramp) / 2)
+    last = int(pd.coarse_end * steps)
+    for t, moves in ((last, True), (last + 1, False)):
+        pd.t, pd.grad_steps = t, 0
+        gates, patches = pd.arch.gate_logits.detach().clone(), pd.arch.patch_logits.detach().clone()
+        pd.arch.gate_logits.grad = torch.ones_like(gates)
+        pd.arch.patch_logits.grad = torch.ones_like(patches)
+        pd.arch.z.fill_(1.0)
+        grads = {"gate": torch.ones_like(gates), "patch": torch.ones_like(patches)}
+        pd.gate_step(grads, 1.0)
+        moved = not torch.equal(gates, pd.arch.gate_logits) or not torch.equal(patches, pd.arch.patch_logits)
+        assert moved is moves, (t, last)
+        assert pd.arch.gate_logits.grad is None and pd.arch.patch_logits.grad is None
