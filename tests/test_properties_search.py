@@ -179,3 +179,38 @@ def test_gates_and_patches_settle_at_half_past_the_ramp(ramp):
         moved = not torch.equal(gates, pd.arch.gate_logits) or not torch.equal(patches, pd.arch.patch_logits)
         assert moved is moves, (t, last)
         assert pd.arch.gate_logits.grad is None and pd.arch.patch_logits.grad is None
+
+
+def test_target_without_a_ramp_is_the_budget_from_the_start():
+    """--target_ramp 0: T(u) = B at every u (no division by the ramp)."""
+    for u in (0.0, 0.3, 1.0):
+        assert target_ratio(u, 0.4, 0.0) == pytest.approx(0.4)
+
+
+@FAST
+@given(steps=st.integers(1, 5000), interval=st.integers(1, 400), factor=st.sampled_from([0.5, 1.0, 3.0]))
+def test_search_rates_follow_the_rules_per_search_length(steps, interval, factor):
+    """schedule.py's rules: rate = rule(S) x (flag / seed value); gate updates every --gating_interval
+    steps, or often enough for MIN_GATE_UPDATES updates in a search that long."""
+    from uvc.schedule import (DUAL_Y, GATE_TRAVEL, MIN_GATE_UPDATES, PATCH_L1, PATCH_TRAVEL, SEED_RATES,
+                              SPEED_S)
+    scale = {name: factor * (i + 1) for i, name in enumerate(SEED_RATES)}  # a different multiple per flag
+    config = demo_search_config(gating_interval=interval,
+                                **{name: seed * scale[name] for name, seed in SEED_RATES.items()})
+    r = SearchRates.for_search(config, steps)
+    expected_interval = min(interval, steps)
+    if steps >= MIN_GATE_UPDATES:
+        expected_interval = max(min(expected_interval, steps // MIN_GATE_UPDATES), 1)
+    assert r.steps == steps and r.gate_interval == expected_interval
+    assert r.gate_updates == max(steps // expected_interval, 1)
+    if steps >= MIN_GATE_UPDATES:
+        assert r.gate_updates >= MIN_GATE_UPDATES
+    expected = {"s_step": SPEED_S / steps * scale["slr"], "r_step": SPEED_S / steps * scale["rlr"],
+                "y_step": DUAL_Y / steps * scale["ylr"], "p_step": DUAL_Y / steps * scale["plr"],
+                "z_kp": Z_KP, "z_ki": Z_KI / steps * scale["zlr"],
+                "gate_lr": GATE_TRAVEL / r.gate_updates * scale["glr"],
+                "patch_lr": PATCH_TRAVEL / r.gate_updates * scale["patchlr"],
+                "gate_weight": scale["gating_weight"], "patch_weight": scale["patch_weight"],
+                "patch_l1": PATCH_L1 * scale["patch_l1_weight"]}
+    for name, value in expected.items():
+        assert getattr(r, name) == pytest.approx(value, rel=1e-9), name
