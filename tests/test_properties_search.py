@@ -214,3 +214,22 @@ def test_search_rates_follow_the_rules_per_search_length(steps, interval, factor
                 "patch_l1": PATCH_L1 * scale["patch_l1_weight"]}
     for name, value in expected.items():
         assert getattr(r, name) == pytest.approx(value, rel=1e-9), name
+
+
+@pytest.mark.parametrize("ratio,target,integral,z,after", [
+    (0.9, 0.5, 0.0, 3.0 + 0.1 * 0.1, 0.01),    # e clipped to +0.1: z = 30 x 0.1 + I
+    (0.1, 0.5, 0.5, -3.0 + 0.49, 0.49),         # e clipped to -0.1: I falls by 0.1 ki only
+    (0.6, 0.5, 2.999, 3.0 + 3.0, 3.0),          # I capped at kp x clip (no wind-up)
+    (0.4, 0.5, 0.005, -3.0 + 0.0, 0.0)])        # I never below 0
+def test_z_error_is_clipped_and_the_integral_bounded(ratio, target, integral, z, after):
+    """controller.py: e = clip(R - T, +-z_grad_clip); I <- clip(I + ki e, 0, kp clip); z = kp e + I."""
+    state = torch.tensor(integral, dtype=torch.float64)
+    out = BudgetController(30.0, 0.1, 0.1).update(state, ratio, target)
+    assert float(state) == pytest.approx(after, abs=1e-9)
+    assert out == pytest.approx(z, abs=1e-9)
+
+
+def test_z_integral_gain_scales_with_ki_scale():
+    state = torch.tensor(0.0, dtype=torch.float64)
+    BudgetController(30.0, 0.1, 1.0).update(state, 0.6, 0.5, ki_scale=4.0)
+    assert float(state) == pytest.approx(0.04)
