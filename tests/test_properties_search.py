@@ -4,7 +4,7 @@ Properties that range over inputs are checked with hypothesis on a fixed seed an
 of examples, so the suite stays fast and every run draws the same cases."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from helpers import demo_search_config, noisy_tiny_vit
 from uvc.controller import BudgetController
@@ -189,6 +189,9 @@ def test_target_without_a_ramp_is_the_budget_from_the_start():
 
 @FAST
 @given(steps=st.integers(1, 5000), interval=st.integers(1, 400), factor=st.sampled_from([0.5, 1.0, 3.0]))
+@example(steps=100, interval=7, factor=1.0)  # exactly MIN_GATE_UPDATES steps
+@example(steps=1, interval=1, factor=1.0)
+@example(steps=250, interval=3, factor=1.0)  # 250 // 3 gate updates, not 250 / 3
 def test_search_rates_follow_the_rules_per_search_length(steps, interval, factor):
     """schedule.py's rules: rate = rule(S) x (flag / seed value); gate updates every --gating_interval
     steps, or often enough for MIN_GATE_UPDATES updates in a search that long."""
