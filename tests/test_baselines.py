@@ -1,4 +1,5 @@
 """The peer baselines land on the requested MACs, run, and fine-tune (baselines/)."""
+import copy
 import json
 import warnings
 
@@ -152,7 +153,10 @@ def test_magnitude_cli_writes_a_stage1_file(dense, dense_file, tmp_path):
     assert abs(spec_ratio(record["arch"]) / 0.4 - 1) <= 0.01
     vit = create_model(MODEL)
     vit.load_state_dict(record["model"])
-    FrozenArchitecture(MaskedViT(vit), record["arch"])  # stage 2 accepts it
+    masked = MaskedViT(vit)
+    FrozenArchitecture(masked, record["arch"]).prepare(masked, training=False)  # stage 2 accepts it
+    kept = [len(b["neurons"]) for b in record["arch"]["blocks"]]
+    assert masked.fc2_mask.sum(1).long().tolist() == kept  # its masks keep what the arch keeps
     with pytest.raises(ValueError, match="target_ratio"):
         magnitude_main(["--model_type", MODEL, "--model_path", dense_file, "--target_ratio", "1.5",
                         "--output", str(out)])
@@ -168,7 +172,13 @@ def test_evaluate_spec_and_tp_finetune_smoke(dense, dense_file, tmp_path):
 
     loader = torch.utils.data.DataLoader(Digits(False, digits_transform(False, 8, 1)), batch_size=512)
     spec, _ = uniform_magnitude_spec(dense, MODEL, TARGET)
-    assert 0.0 <= evaluate_spec(dense, spec, loader, torch.device("cpu"))["top1"] <= 100.0
+    top1 = evaluate_spec(dense, spec, loader, torch.device("cpu"))["top1"]
+    model = MaskedViT(copy.deepcopy(dense))
+    frozen = FrozenArchitecture(model, spec)
+    frozen.prepare(model, training=False)
+    with torch.no_grad():
+        correct = sum(int((model.eval()(x).argmax(-1) == y).sum()) for x, y in loader)
+    assert top1 == pytest.approx(100 * correct / len(loader.dataset), abs=1e-6)  # the pruned model, not the dense
 
     out = tmp_path / "tp"
     with warnings.catch_warnings():

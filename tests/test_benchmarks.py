@@ -104,15 +104,29 @@ def test_benchmark_step_smoke():
     result = run_script("benchmark_step", "--model_type", TINY, "--batch_size", "8", "--steps", "2",
                         "--warmup", "1")
     assert result["plain_step_s"] > 0 and result["uvc_step_s"] > 0 and result["ratio"] > 0
-    assert result["ratio"] == result["uvc_step_s"] / result["plain_step_s"]
+    assert (result["model_type"], result["batch_size"], result["steps"], result["clock"]) == (TINY, 8, 2, "wall")
 
 
-def test_benchmark_step_with_gate_updates_every_step(capsys):
+def test_benchmark_step_with_gate_updates_every_step(capsys, monkeypatch):
+    """Each step kind runs (the UVC one updating gates every step); the table is the medians and their ratio."""
+    import time
     script = load_script("benchmark_step")
+    calls = {}
+
+    def medians(steps, device, warmup, repeats, min_round_s, clock):
+        for name, step in steps.items():
+            step()
+        calls.update(names=sorted(steps), repeats=repeats, clock=clock)
+        return {"plain": 2.0, "uvc": 3.0}
+
+    monkeypatch.setattr(script, "interleaved_medians", medians)
     assert script.main(["--model_type", TINY, "--batch_size", "4", "--steps", "2", "--warmup", "1",
                         "--gating_interval", "1", "--threads", "1", "--clock", "process"]) == 0
-    text = capsys.readouterr().out
-    assert "plain distillation step" in text and "UVC search step" in text and "ratio" in text
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert calls == {"names": ["plain", "uvc"], "repeats": 2, "clock": time.process_time}
+    assert "(gate update every 1 steps)" in lines[0]
+    assert lines[1:] == ["plain distillation step  2.0000 s", "UVC search step          3.0000 s",
+                         "ratio                    1.500"]
 
 
 def test_speed_table_times_each_file_in_separate_sessions(tmp_path):

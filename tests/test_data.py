@@ -138,7 +138,9 @@ def test_randaugment_refused_in_one_line_where_pillow_cannot_posterize_to_zero_b
     with pytest.raises(DataError, match="pillow<13") as info:
         transforms.build_transform(parse_config("post", ["--recipe", "deit"]), 32, True)
     assert "\n" not in str(info.value)
-    transforms.build_transform(parse_config("post", []), 32, True)  # the reference recipe has no RandAugment
+    reference = transforms.build_transform(parse_config("post", []), 32, True)  # the reference recipe: no RandAugment
+    assert "RandAugment" not in repr(reference)
+    assert tuple(reference(Image.new("RGB", (40, 40), "white")).shape) == (3, 32, 32)
 
 
 def test_mean_std_and_crop_pct_replace_imagenets():

@@ -213,6 +213,18 @@ def test_read_only_output_parent(script, tmp_path, capsys, quiet_env):
                    output_dir)
 
 
+@pytest.mark.parametrize("script", ["joint", "post"])
+def test_unwritable_output_parent_even_as_root(script, tmp_path, capsys, quiet_env):
+    """The read-only case that also runs as root: a parent that is a file cannot hold a directory."""
+    parent = tmp_path / "a_file"
+    parent.write_text("x")
+    output_dir = str(parent / "out")
+    with pytest.raises(SystemExit) as info:
+        run_entry(SCRIPTS[script].main, DIGITS + ["--output_dir", output_dir])
+    line = check_one_line(info.value.code, capsys.readouterr().err, [output_dir], None)
+    assert parent.read_text() == "x", line
+
+
 def test_uvc_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("UVC_DEBUG", "1")
     with pytest.raises(ConfigError, match="out of range"):
@@ -263,14 +275,16 @@ def test_ddp_batch_larger_than_rank_share():
     with pytest.raises(DataError, match=r"batch size 4 larger than the dataset \(8 images, 2 per process over 4 "
                                         r"process\(es\)\); lower --train_batch_size \(per process\) to at most 2"):
         build_data(config, ddp_rank0(4))
-    build_data(parse_config("joint", DIGITS + TINY_SET + ["--batch_size", "2"]), ddp_rank0(4))  # 2 per process: fits
+    fits = build_data(parse_config("joint", DIGITS + TINY_SET + ["--batch_size", "2"]), ddp_rank0(4))
+    assert fits.train_loader.batch_size == 2 and len(fits.train_sampler) == 2  # 8 images over 4 ranks: 2 each
 
 
 def test_ddp_odd_per_process_batch_with_mixup():
     config = parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "3"])
     with pytest.raises(DataError, match=r"even batch per process, got --train_batch_size 3"):
         build_data(config, ddp_rank0(2))
-    build_data(parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "4"]), ddp_rank0(2))
+    even = build_data(parse_config("joint", DIGITS + ["--mixup", "0.8", "--batch_size", "4"]), ddp_rank0(2))
+    assert even.train_loader.batch_size == 4 and even.mixup is not None
 
 
 # --- numerical faults ---------------------------------------------------------------------------------

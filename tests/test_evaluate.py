@@ -117,13 +117,21 @@ def test_bad_input_is_one_line(files, tmp_path, capsys):
              ([files["stage1"], "--model_type", "deit_tiny_patch16_224"], "drop --model_type"),
              ([files["compact"], "--budget", "0.5"], "unrecognized arguments: --budget"),
              ([files["compact"], "--dataset", "digits", "--num_workers", "0", "--repeats", "0", "--config",
-               "configs/digits_demo.py"], None)]
+               "configs/digits_demo.py", "--json"], None)]
     for argv, expected in cases:
         with pytest.raises(SystemExit) if expected else _no_exit() as info:
             run_entry(main, argv)
-        err = capsys.readouterr().err.strip().splitlines()
+        captured = capsys.readouterr()
+        err, out = captured.err.strip().splitlines(), captured.out.strip().splitlines()
         if expected:
             assert info.value.code == 2 and len(err) == 1 and expected in err[0], err
+    # the one accepted case: the compact file's top-1 on the digits, as computed here
+    digits = parse_config("post", ["--config", "configs/digits_demo.py", "--dataset", "digits", "--num_workers", "0"])
+    val, _ = build_eval_dataset(digits, 8, 1)
+    x, y = torch.stack([val[i][0] for i in range(len(val))]), torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        top1 = 100 * (load_compact(files["compact"]).eval()(x).argmax(-1) == y).float().mean().item()
+    assert json.loads(out[-1])["top1"] == pytest.approx(top1, abs=1e-3)
 
 
 class _no_exit:

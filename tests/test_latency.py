@@ -243,11 +243,22 @@ def test_the_check_brackets_a_jump_and_keeps_the_closest():
     assert len(only) == 1 and only[0]["kept"]
 
 
-def test_the_compact_model_is_timed_against_the_dense(tiny):
-    from uvc.cost.latency_check import measured_ratio
+def test_the_compact_model_is_timed_against_the_dense(tiny, monkeypatch):
+    """measured_ratio = dense images/s over compact images/s, the compact model built from the spec."""
+    from uvc.cost import latency_check
     vit, dims, cost = tiny
     spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5, cost=cost)
-    assert measured_ratio(spec, "cpu", 2, repeats=1) > 0
+    seen = {}
+
+    def throughput(models, shape, batch, device, amp, warmup, repeats):
+        seen.update(models=models, shape=shape, batch=batch)
+        return {name: 1e6 / sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+
+    monkeypatch.setattr(latency_check, "compare_throughput", throughput)
+    ratio = latency_check.measured_ratio(spec, "cpu", 2, repeats=1)
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in seen["models"].items()}
+    assert ratio == pytest.approx(params["compact"] / params["dense"]) and ratio < 1
+    assert seen["shape"] == (spec["in_chans"], spec["img_size"], spec["img_size"]) and seen["batch"] == 2
     with pytest.raises(ConfigError, match="--latency_check must be 0"):
         parse_config("joint", ["--model_type", TINY_MODEL, "--budget_metric", "latency", "--latency_check", "-1"])
 

@@ -228,9 +228,9 @@ def test_the_collapse_is_gone(trained_tiny):
     hard, target, info, top1, search = _search(state, xs, ys, 200, budget=0.4, glr=10.0, gating_weight=0.05,
                                                patchlr=1.0, patch_weight=500.0)
     assert 0.35 <= hard[-1] <= 0.42
-    assert 0.37 <= info["macs_ratio"] <= 0.41
+    assert 0.4 - 0.01 - 1e-9 <= info["macs_ratio"] <= 0.4 + 1e-9  # README: [B - 0.01, B] at round_to 1
     assert (search.arch.block_keep_hard().sum()) >= 2  # --min_blocks 0: half the depth
-    assert search.pd.max_undershoot <= max(0.03, search.budget.block_share())
+    assert search.pd.max_undershoot <= max(0.03, search.budget.block_share() / 2)  # README: half a block's share
     with torch.no_grad():
         vit = noisy_tiny_vit(0, scale=0.0)
         vit.load_state_dict(state)
@@ -238,6 +238,8 @@ def test_the_collapse_is_gone(trained_tiny):
     assert top1 >= 0.5 * teacher
 
 
+@pytest.mark.xfail(strict=True, reason="measured: 150 and 600 steps reach the budget 0.077 of the search apart, "
+                                       "over the README's 0.03 (issue 29)")
 def test_run_length_invariance(trained_tiny):
     """The same config over 150 and 600 steps reaches the budget at the same fraction of the search."""
     state, xs, ys = trained_tiny
@@ -246,5 +248,5 @@ def test_run_length_invariance(trained_tiny):
         hard, target, info, _, _ = _search(state, xs, ys, steps, budget=0.5)
         reached.append(next(i for i, h in enumerate(hard) if h <= 0.52) / steps)
         assert 0.45 <= hard[-1] <= 0.52
-    assert abs(reached[0] - reached[1]) <= 0.15
+    assert abs(reached[0] - reached[1]) <= 0.03  # README: the same fraction of the search, within 0.03
     assert all(0.25 <= r <= 0.75 for r in reached)

@@ -78,7 +78,7 @@ def test_stage1_stage2_export_with_amp(tmp_path):
                                "--warmup_epochs", "1", "--budget", "0.5", "--fp16", "1", "--output_dir", str(s1)])
     stage1 = s1 / f"{TINY}_uvc.pth"
     record = torch.load(stage1, map_location="cpu", weights_only=True)
-    assert 0.47 <= record["fit"]["macs_ratio"] <= 0.51
+    assert 0.5 - 0.01 - 1e-9 <= record["fit"]["macs_ratio"] <= 0.5 + 1e-9  # README: [B - 0.01, B] at round_to 1
     post_train.main(DIGITS + ["--checkpoint_dir", str(stage1), "--distillation-type", "none", "--epochs", "2",
                               "--fp16", "1", "--output_dir", str(s2)])
     best = read_stage_file(str(s2 / f"{TINY}_uvc_post_best.pth"))

@@ -83,7 +83,8 @@ def test_sweep_and_ablations_smoke(tmp_path):
     out = run_script("sweep.py", "--budgets", "0.4", "--threads", "1", *dirs)
     assert "$ joint_train.py --config configs/mnist_demo.py:joint" in out
     result = json.loads((tmp_path / "log" / "mnist_sweep.json").read_text())
-    assert 0.0 <= result["teacher_top1"] <= 100.0
+    teacher_row = f"| dense teacher | 1.0 | {result['teacher_top1']:.2f} | {result['teacher_top1']:.2f} | 1.000"
+    assert result["teacher_top1"] > 10.0 and teacher_row in (tmp_path / "log" / "mnist_sweep.md").read_text()
     assert [r["method"] for r in result["rows"]] == list(sweep.DEFAULT_METHODS)
     for r in result["rows"]:
         assert SWEEP_KEYS <= set(r) and r["budget"] == 0.4

@@ -90,10 +90,15 @@ def load_resume(path: str) -> dict:
 
 
 def atomic_write_text(text: str, path: str) -> None:
-    """Write a small text file (a summary, a table) via a temporary file and os.replace."""
+    """Write a small text file (a summary, a table) via a temporary file and os.replace; a write
+    that fails removes its temporary file, as atomic_save does."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

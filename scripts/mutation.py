@@ -1,0 +1,154 @@
+"""Mutation testing of the method core with mutmut; writes log/mutation.json.
+
+    python scripts/mutation.py                         # every module of MODULES
+    python scripts/mutation.py uvc/schedule.py ...      # some of them (merged into log/mutation.json)
+
+A benchmark, not CI. Each module runs in its own scratch copy of the repository (under
+--work, default /tmp/uvc-mutation) with a [mutmut] section written to that copy's setup.cfg,
+so the repository holds no mutmut configuration; mutmut runs the module's targeted tests
+(TESTS) with -m "not slow". Equivalent mutants (a change of no behaviour) are listed in
+EQUIVALENT with their reason; score = killed / (mutants - equivalent). Survivors not listed
+there are reported with the reason "not killed: needs a test".
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the method core: search maths, cost models, freeze / fit / export, checkpoint writing
+MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.py", "uvc/search/schedule.py", "uvc/search/gates.py", "uvc/search/trial.py",
+           "uvc/search/primal_dual.py", "uvc/cost/flops.py", "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
+           "uvc/deploy/export.py", "utils/checkpoint.py"]
+
+# module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
+TESTS = {
+    "uvc/search/schedule.py": ["tests/test_properties_search.py"],
+    "uvc/search/controller.py": ["tests/test_properties_search.py"],
+    "uvc/search/gates.py": ["tests/test_properties_search.py", "tests/test_search_control.py", "tests/test_model_kinds.py"],
+    "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_search_control.py",
+                           "tests/test_primal_dual.py"],
+    "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
+    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
+    "uvc/search/trial.py": ["tests/test_trial.py"],
+    "uvc/cost/flops.py": ["tests/test_properties_freeze.py", "tests/test_budget.py", "tests/test_model_kinds.py"],
+    "uvc/cost/cost.py": ["tests/test_latency.py", "tests/test_budget.py"],
+    "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
+    "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
+    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py", "tests/test_properties_freeze.py"],
+    "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_model_kinds.py"],
+    "utils/checkpoint.py": ["tests/test_properties_checkpoint.py", "tests/test_checkpoint.py"],
+}
+
+# mutant name -> why it changes no behaviour (checked by reading the mutated code)
+EQUIVALENT = {}
+
+COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",
+          "pytest.ini", "joint_train.py", "post_train.py", "requirements.txt"]
+
+
+def scratch_copy(module: str, work: Path) -> Path:
+    """A copy of the repository for one module, with its [mutmut] section in setup.cfg."""
+    root = work / module.replace("/", "_").removesuffix(".py")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+        elif src.exists():
+            shutil.copy2(src, root / name)
+    package = module.split("/")[0]
+    also = [n for n in COPIED if n != package]
+    lines = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {module}",
+             "pytest_add_cli_args_test_selection =", *[f"    {t}" for t in TESTS[module]],
+             "pytest_add_cli_args =", "    -m", "    not slow", "    -p", "    no:cacheprovider",
+             "also_copy =", *[f"    {n}" for n in also]]
+    (root / "setup.cfg").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def mutmut_version() -> str:
+    from importlib.metadata import version
+    return version("mutmut")
+
+
+def run_module(module: str, work: Path, jobs: int) -> dict:
+    """mutmut over one module; its mutants by status and the survivors with their diffs."""
+    from mutmut.stats import status_by_exit_code
+    root = scratch_copy(module, work)
+    start = time.monotonic()
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=root, env=env,
+                   check=False, stdout=subprocess.DEVNULL)
+    meta = json.loads((root / "mutants" / (module + ".meta")).read_text())
+    counts, survivors = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0, "equivalent": 0}, []
+    for name, code in sorted(meta["exit_code_by_key"].items()):
+        status = status_by_exit_code[code]
+        counts["mutants"] += 1
+        if status == "killed":
+            counts["killed"] += 1
+        elif status == "timeout":
+            counts["timeout"] += 1
+        else:
+            counts["survived"] += 1
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=root, env=env,
+                                  capture_output=True, text=True).stdout
+            equivalent = name in EQUIVALENT
+            counts["equivalent"] += equivalent
+            survivors.append({"file": module, "line": _line_of(diff, root / module), "diff": diff.strip(),
+                              "mutant": name, "status": status,
+                              "reason": EQUIVALENT.get(name, "not killed: needs a test")})
+    return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1)}
+
+
+def _line_of(diff: str, source: Path) -> int:
+    """The source line of the first removed line of a mutant's diff."""
+    removed = next((l[1:] for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")), None)
+    if removed is None:
+        return 0
+    for number, line in enumerate(source.read_text().splitlines(), 1):
+        if line.strip() == removed.strip():
+            return number
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", default=MODULES, help="modules of MODULES (default: all)")
+    parser.add_argument("--work", default="/tmp/uvc-mutation", help="scratch copies, one per module")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--out", default=str(REPO / "log" / "mutation.json"))
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in TESTS]
+    if unknown:
+        parser.error(f"not in MODULES: {', '.join(unknown)}")
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {"per_module": {}}
+    per_module = dict(previous.get("per_module", {}))
+    for module in args.modules:
+        per_module[module] = run_module(module, Path(args.work), args.jobs)
+        print(f"{module}: {json.dumps({k: v for k, v in per_module[module].items() if k != 'survivors'})}")
+    total = {k: sum(m[k] for m in per_module.values()) for k in ("mutants", "killed", "survived", "timeout",
+                                                                   "equivalent")}
+    scored = total["mutants"] - total["equivalent"]
+    result = {"tool": "mutmut", "version": mutmut_version(), "modules": sorted(per_module), **total,
+              "score": round(total["killed"] / scored, 4) if scored else None,
+              "survivors": [s for m in per_module.values() for s in m["survivors"]],
+              "command": "python " + " ".join(["scripts/mutation.py", *sys.argv[1:]]),
+              "per_module": per_module}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{out}: {total['killed']} killed of {total['mutants']} ({total['equivalent']} equivalent), "
+          f"score {result['score']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
