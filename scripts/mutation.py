@@ -37,7 +37,8 @@ TESTS = {
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
     "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
     "uvc/search/trial.py": ["tests/test_trial.py"],
-    "uvc/cost/flops.py": ["tests/test_properties_freeze.py", "tests/test_budget.py", "tests/test_model_kinds.py"],
+    "uvc/cost/flops.py": ["tests/test_flops_exact.py", "tests/test_properties_freeze.py", "tests/test_budget.py",
+                          "tests/test_model_kinds.py"],
     "uvc/cost/cost.py": ["tests/test_latency.py", "tests/test_budget.py"],
     "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
@@ -47,7 +48,12 @@ TESTS = {
 }
 
 # mutant name -> why it changes no behaviour (checked by reading the mutated code)
-EQUIVALENT = {}
+EQUIVALENT = {
+    "uvc.cost.flops.xǁViTDimsǁof__mutmut_28": "timm's PatchEmbed keeps patch_size as a tuple, so the int branch is "
+                                              "never taken: always patch[0], as before",
+    "uvc.cost.flops.xǁViTDimsǁof__mutmut_29": "patch[1] for patch[0]: the models UVC accepts have square patches "
+                                              "(models/vit.py refuses others), so both are the same number",
+}
 
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",
           "pytest.ini", "joint_train.py", "post_train.py", "requirements.txt"]
