@@ -34,6 +34,15 @@ def demo_search_config(**overrides):
 
 # --- comparing whole runs (resume and distributed tests) ---------------------------------
 
+def dense_checkpoint(folder: Path, model_type: str = TINY_MODEL) -> Path:
+    """A dense {"model": state_dict} file of a fresh 10-class model (seed 0) in `folder`: the
+    --model_path of the end-to-end tests, the student's start and the teacher."""
+    torch.manual_seed(0)
+    path = folder / "dense.pth"
+    torch.save({"model": create_model(model_type, num_classes=10).state_dict()}, path)
+    return path
+
+
 def clean_env(**extra) -> dict:
     """The environment of a plain single-process run (no launcher, no test hooks), one thread."""
     env = {k: v for k, v in os.environ.items()

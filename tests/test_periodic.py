@@ -18,7 +18,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from utils.checkpoint import RESUME_NAME
-from helpers import assert_same_files, clean_env
+from helpers import assert_same_files, clean_env, dense_checkpoint
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU tests")
 
@@ -95,11 +95,7 @@ def assert_periodic_paths(out_dir: Path, stage: str) -> None:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    from models import create_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "dense.pth"
-    torch.save({"model": create_model(TINY, num_classes=10).state_dict()}, path)
-    return path
+    return dense_checkpoint(tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from data.loaders import EpochDistributedSampler, EpochRandomSampler
 from utils import checkpoint as ckpt
 from utils.amp import make_scaler
 from engine.run_state import EXIT_INTERRUPTED, EXIT_PREEMPTED, RunState, StopSignal
-from helpers import assert_same_files, clean_env, load
+from helpers import assert_same_files, clean_env, dense_checkpoint, load
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_digits_tiny_patch2_8"
@@ -49,11 +49,7 @@ def run_script(script: str, args, expect: int = 0, **env) -> str:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     """A dense checkpoint ({"model": state_dict}) as --model_path: the student's start and the teacher."""
-    from models import create_model
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "dense.pth"
-    torch.save({"model": create_model(TINY, num_classes=10).state_dict()}, path)
-    return path
+    return dense_checkpoint(tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.fixture(scope="module")
