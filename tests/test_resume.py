@@ -227,6 +227,9 @@ def test_stage1_ctrl_c_saves_like_sigterm_and_exits_130(stage1_ref, teacher, tmp
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
+    """The first Ctrl-C asks for a save; the handler Ctrl-C had before is back for the second (here
+    Python's KeyboardInterrupt, set explicitly: a shell's background job starts with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     stop = StopSignal()
     try:
         os.kill(os.getpid(), signal.SIGINT)
@@ -237,6 +240,7 @@ def test_a_second_ctrl_c_interrupts_at_once():
             time.sleep(0.01)
     finally:
         stop.close()
+        signal.signal(signal.SIGINT, before)
 
 
 def test_stage1_soft_masking_resumes_exactly(teacher, tmp_path):
