@@ -41,7 +41,7 @@ from uvc.report.reading import read_subject
 
 # the config keys this tool reads (each is a flag, as in the entry scripts)
 EVAL_KEYS = ("dataset", "data_dir", "download", "num_workers", "pin_mem", "input_size", "synthetic_size",
-             "eval_batch_size", "fp16", "gpu_num", "local_rank", "model_type")
+             "mean", "std", "crop_pct", "eval_batch_size", "fp16", "gpu_num", "local_rank", "model_type")
 # what a file's own config says about its data, used unless the command line says otherwise
 FILE_DATA_KEYS = DATA_KEYS
 

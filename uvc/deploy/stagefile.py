@@ -20,7 +20,7 @@ STAGE2_FORMAT = "uvc-stage2-v1"
 TRAINING_FORMATS = (STAGE1_FORMAT, STAGE2_FORMAT)
 # what a file records of the data it was trained on (a compact model too), so that
 # `python -m uvc.evaluate FILE` evaluates on that data unless told otherwise
-DATA_KEYS = ("dataset", "data_dir", "synthetic_size", "download")
+DATA_KEYS = ("dataset", "data_dir", "synthetic_size", "download", "mean", "std", "crop_pct")
 
 
 def data_record(config) -> dict:
