@@ -13,7 +13,7 @@ from models import create_model
 from models.compact import load_compact, save_compact
 from utils.config import parse_config
 from engine.entry import run_entry
-from uvc.evaluate import load_model, main
+from uvc.evaluate import load_model, main, parse
 from uvc.deploy.export import export_compact
 from uvc.deploy.stagefile import STAGE2_FORMAT, stage1_record
 from tests.test_report import random_arch
@@ -87,6 +87,7 @@ def test_a_compact_file_from_stage_2_remembers_its_data(tmp_path, files):
     save_compact(load_compact(files["compact"]), str(tmp_path / "with_data.pth"), data_record(config))
     stored = torch.load(tmp_path / "with_data.pth", weights_only=True)["config"]
     assert set(stored) == set(DATA_KEYS) and stored["dataset"] == "synthetic"
+    assert {k: stored[k] for k in ("mean", "std", "crop_pct")} == {"mean": "", "std": "", "crop_pct": 0.875}
     assert load_model(str(tmp_path / "with_data.pth")).file_config == stored
 
 
@@ -140,3 +141,10 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_evaluate_takes_the_normalisation_flags_of_image_files(files):
+    """--mean, --std and --crop_pct reach the evaluation, as for the entry scripts (image files of
+    other statistics than ImageNet's)."""
+    _, args = parse([files["compact"], "--mean", "0.13", "--std", "0.31", "--crop_pct", "1"])
+    assert (args.mean, args.std, args.crop_pct) == ("0.13", "0.31", 1.0)
