@@ -55,8 +55,9 @@ LONG = ["--train_batch_size", "8", "--epochs", "113", "--warmup_epochs", "1"]
 
 
 THREADS = {"n": 1}  # intra-op threads of every run (--threads)
-# Every cell freezes at any width (--round_to 1): the exported ratio and the groups the greedy fit
-# changed then measure the search itself; aligned widths are measured by scripts/benchmark_speed.py
+# Every cell freezes at its config's --round_to (the default a user gets: 8 for the DeiT configs, 1 for
+# the digits demo's 16-dim heads) unless --round_to is given; the groups the greedy fit changed then
+# measure what the search left to the export at the widths the export keeps.
 
 
 def run(cmd: List[str], log_path: str) -> None:
@@ -110,7 +111,8 @@ def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dic
     reached = next((r["search_progress"] for r in epochs if r["hard_macs_ratio"] <= budget + 0.02), None)
     last = epochs[-1]
     return {"budget": budget, "model": name, "config": MODELS[name]["config"], "length": f"{length}x",
-            "seed": seed, "search_steps": steps, "searched_ratio": final["searched_macs_ratio"],
+            "seed": seed, "round_to": final["round_to"], "search_steps": steps,
+            "searched_ratio": final["searched_macs_ratio"],
             "exported_ratio": final["macs_ratio"], "greedy_changed_frac": final["greedy_changed_frac"],
             "max_undershoot": last["max_undershoot"], "reached_budget_at": reached,
             "teacher_top1": final["teacher_top1"], "top1_after_freeze": final["final_top1"],
@@ -123,12 +125,14 @@ def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dic
 def cell(name: str, budget: float, length: int, args, extra: List[str] = (), seed: int = 730,
          masking: str = "hard") -> Dict:
     m = MODELS[name]
+    round_to = [] if args.round_to is None else ["--round_to", str(args.round_to)]
     tag = (f"{name.replace('@', '-')}-b{budget}-x{length}" + ("-long" if extra else "")
-           + ("" if (seed, masking) == (730, "hard") else f"-s{seed}-{masking}"))
+           + ("" if (seed, masking) == (730, "hard") else f"-s{seed}-{masking}")
+           + (f"-r{args.round_to}" if round_to else ""))
     out = os.path.join(args.run_dir, tag)
     cmd = (["joint_train.py", "--config", m["config"], "--model_type", m["model_type"], "--model_path",
             teacher(name, args), "--budget", str(budget), "--seed", str(seed), "--output_dir", out,
-            "--eval_every", "0", "--log_interval", "50", "--search_masking", masking, "--round_to", "1"]
+            "--eval_every", "0", "--log_interval", "50", "--search_masking", masking] + round_to
            + m["data"] + m["lengths"][length] + list(extra))
     stage1_file = os.path.join(out, f"{m['model_type']}_uvc.pth")
     if not os.path.exists(stage1_file):
@@ -148,15 +152,17 @@ def ok(c: Dict) -> bool:
 
 
 def table(cells: List[Dict]) -> str:
-    head = ("| model | budget | length | masking | seed | search steps | searched | exported | greedy changed | "
+    head = ("| model | budget | length | masking | seed | round_to | search steps | searched | exported | "
+            "greedy changed | "
             "max dip under target | budget reached at | teacher top-1 | top-1 after freeze | after stage 2 | "
             "in window |")
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for c in cells:
         at = "-" if c["reached_budget_at"] is None else f"{c['reached_budget_at']:.2f}"
         s2 = f"{c['top1_after_stage2']:.2f}" if "top1_after_stage2" in c else "-"
         lines.append(f"| {c['model']} | {c['budget']} | {c['length']} | {c['masking']} | {c['seed']} | "
-                     f"{c['search_steps']} | {c['searched_ratio']:.3f} | {c['exported_ratio']:.3f} | "
+                     f"{c.get('round_to', '-')} | {c['search_steps']} | {c['searched_ratio']:.3f} | "
+                     f"{c['exported_ratio']:.3f} | "
                      f"{100 * c['greedy_changed_frac']:.1f}% | {c['max_undershoot']:.3f} | {at} | "
                      f"{c['teacher_top1']:.2f} | {c['top1_after_freeze']:.2f} | {s2} | {'yes' if ok(c) else 'NO'} |")
     return "\n".join(lines)
@@ -199,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[730])
     p.add_argument("--masking", nargs="+", default=["hard"], choices=["hard", "soft"],
                    help="--search_masking of the cells (issue 16 compares both)")
+    p.add_argument("--round_to", type=int, default=None,
+                   help="freeze every cell at this width step (default: each config's own --round_to)")
     p.add_argument("--stage2", action="store_true", help="also fine-tune every cell (stage 2) and report top-1")
     p.add_argument("--stage2_epochs", type=int, default=30)
     p.add_argument("--masking_out", default="", help="write the masking comparison (log/search_masking.json)")

@@ -20,7 +20,8 @@ def _fake_run(path, hard, budget=0.5, warn=False):
     if warn:
         recs.append({"warning": "WARNING: stage 1 ended at top-1 9.00, under half the teacher's"})
     recs.append({"stage1_file": "x.pth", "searched_macs_ratio": hard[-1], "macs_ratio": budget - 0.002,
-                 "greedy_changed_frac": 0.001, "teacher_top1": 98.0, "final_top1": 95.0, "search_steps": 400})
+                 "greedy_changed_frac": 0.001, "teacher_top1": 98.0, "final_top1": 95.0, "search_steps": 400,
+                 "round_to": 8})
     with open(os.path.join(path, "log.jsonl"), "w") as f:
         f.write("\n".join(json.dumps(r) for r in recs) + "\n")
 
@@ -30,7 +31,7 @@ def test_a_cell_reports_the_issue_keys_and_its_window(tmp_path):
     cell = bs.summarise("digits", 0.5, 1, str(tmp_path / "ok"), 730)
     cell["masking"] = "hard"
     assert all(k in cell for k in KEYS)
-    assert cell["reached_budget_at"] == 0.8 and cell["search_steps"] == 400
+    assert cell["reached_budget_at"] == 0.8 and cell["search_steps"] == 400 and cell["round_to"] == 8
     assert bs.ok(cell) and "| digits | 0.5 | 1x | hard |" in bs.table([cell])
     _fake_run(tmp_path / "high", [0.9, 0.8, 0.7, 0.6, 0.6])  # ended 0.1 over the budget
     assert not bs.ok(bs.summarise("digits", 0.5, 1, str(tmp_path / "high"), 730))

@@ -79,16 +79,19 @@ def lowest_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (rank >= k.unsqueeze(-1)).to(scores.dtype)
 
 
-def least_sum(scores: torch.Tensor, k: torch.Tensor):
+def least_sum(scores: torch.Tensor, k: torch.Tensor, step: int = 1):
     """LeastSum(scores, k) = sum of the k smallest scores, and its derivative in k.
 
-    The derivative is the (k+1)-th smallest score: the marginal cost of
-    removing one more group (docs/method.md section 4). Returns (value (...), slope (...)).
+    The derivative is the marginal cost of removing one more unit (docs/method.md section 4):
+    the (k+1)-th smallest score, or with counts that move `step` groups at a time (aligned
+    widths, uvc.search.structure) the mean of the next `step` smallest. Returns (value (...), slope (...)).
     """
     ordered = scores.sort(dim=-1).values
     csum = torch.nn.functional.pad(ordered.cumsum(-1), (1, 0))  # csum[..., k] = sum of k smallest
     value = csum.gather(-1, k.unsqueeze(-1)).squeeze(-1)
-    slope = ordered.gather(-1, k.clamp_max(scores.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+    step = min(step, scores.shape[-1])
+    hi = (k + step).clamp_max(scores.shape[-1]).unsqueeze(-1)
+    slope = (csum.gather(-1, hi) - csum.gather(-1, hi - step)).squeeze(-1) / step
     return value, slope
 
 

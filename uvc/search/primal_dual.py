@@ -238,11 +238,13 @@ class PrimalDual:
         return self._importance_cache
 
     def _slopes(self):
-        """dLeastSum/d(count) in MAC-share units: heads (L,), neurons (L,), dims (L, H)."""
+        """dLeastSum/d(count) in MAC-share units: heads (L,), neurons (L,), dims (L, H); with aligned
+        steps, per unit over the next step's groups."""
         imp = self._importance()
         k_heads, k_neurons, k_dims = self.arch.removed_counts()
-        return (least_sum(imp.heads, k_heads)[1], least_sum(imp.neurons, k_neurons)[1],
-                least_sum(imp.dims, k_dims)[1])
+        _, n_step, d_step = self.arch.count_steps()
+        return (least_sum(imp.heads, k_heads)[1], least_sum(imp.neurons, k_neurons, n_step)[1],
+                least_sum(imp.dims, k_dims, d_step)[1])
 
     @torch.no_grad()
     def structure_step(self, grads: Dict[str, torch.Tensor]) -> None:

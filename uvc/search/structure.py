@@ -17,6 +17,13 @@ the counts used are ceil(s) and ceil(r). s and r live in (-1, G - 1] and start a
 -1 + 1e-3 (nothing removed): every group, the first included, takes one unit of
 travel to remove (the reference starts at 0, where any push removes a whole head). This module is saved with every
 checkpoint and kept out of DDP: its gradients are averaged by hand.
+
+Aligned steps (`round_to` N > 1, docs/method.md section 7): the export keeps MLP widths
+and value dims per head at multiples of N (uvc.deploy.fit.allowed_widths), so the search
+counts in those steps too: the width kept is the widest allowed one within
+G - ceil(s), and s moves through a group of N units one unit at a time. What the
+search allocates is then what the export keeps, and the fit only takes up the rest
+of the budget instead of rounding every layer. Heads are whole groups and do not round.
 """
 import torch
 import torch.nn as nn
@@ -27,6 +34,20 @@ from uvc.cost.flops import ViTDims
 LOWEST = -1.0 + 1e-3  # s and r (in groups) never go under this: ceil gives 0 removed
 
 
+def aligned_removed(count: torch.Tensor, full: int, round_to: int) -> torch.Tensor:
+    """Removed counts whose kept width full - count is allowed: the widest multiple of
+    `round_to` within it (at least `round_to`), or `full` itself when nothing is removed.
+
+    count (...) >= 0 -> (...) of the same dtype, >= count. A `full` under `round_to` is never cut.
+    """
+    if round_to <= 1:
+        return count
+    kept = full - count
+    aligned = torch.div(kept, round_to, rounding_mode="floor") * round_to
+    aligned = aligned.clamp_min(min(round_to, full))
+    return full - torch.where(kept >= full, torch.full_like(kept, full), aligned)
+
+
 def ste_ceil(x: torch.Tensor) -> torch.Tensor:
     """ceil(x) in the forward pass, identity gradient in the backward pass."""
     return x + (torch.ceil(x) - x).detach()
@@ -35,9 +56,9 @@ def ste_ceil(x: torch.Tensor) -> torch.Tensor:
 class ArchState(nn.Module):
     """s, r, gate and patch logits (parameters) and the duals y, p, z (buffers)."""
 
-    def __init__(self, dims: ViTDims, gate_init: float = 4.0, patch_init: float = 4.0):
+    def __init__(self, dims: ViTDims, gate_init: float = 4.0, patch_init: float = 4.0, round_to: int = 1):
         super().__init__()
-        self.dims = dims
+        self.dims, self.round_to = dims, max(int(round_to), 1)
         L, H = dims.depth, dims.num_heads
         counts = torch.tensor([float(H), float(dims.mlp_hidden)])
         self.s_frac = nn.Parameter((LOWEST / counts).repeat(L, 1))
@@ -65,19 +86,35 @@ class ArchState(nn.Module):
         """(L, H) continuous value dims removed per head."""
         return self.r_frac * self.dims.head_dim
 
+    def count_steps(self):
+        """Units removed per step of the count: (heads, neurons, value dims). Heads go one by one;
+        neurons and value dims by `round_to` where the dense width allows it (aligned_removed)."""
+        d = self.dims
+        step = lambda full: self.round_to if full >= self.round_to else 1  # noqa: E731
+        return 1, step(d.mlp_hidden), step(d.head_dim)
+
+    def _aligned(self, k_neurons: torch.Tensor, k_dims: torch.Tensor):
+        d = self.dims
+        return (aligned_removed(k_neurons, d.mlp_hidden, self.round_to),
+                aligned_removed(k_dims, d.head_dim, self.round_to))
+
     def removed_counts(self):
         """Integer counts used now: (heads (L,), neurons (L,), dims (L, H)), all long."""
         k = torch.ceil(self.s.detach() - 1e-6).clamp_min(0).long()
         k_heads = k[:, 0].clamp_max(self.dims.num_heads - 1)
         k_neurons = k[:, 1].clamp_max(self.dims.mlp_hidden - 1)
         k_dims = torch.ceil(self.r.detach() - 1e-6).clamp(0, self.dims.head_dim - 1).long()
-        return k_heads, k_neurons, k_dims
+        return (k_heads, *self._aligned(k_neurons, k_dims))
 
     def ste_counts(self):
         """Counts removed with a straight-through gradient: (heads (L,), neurons (L,), dims (L, H))."""
         s = self.s - 1e-6  # s >= 0 after projection, so these are >= 0 too
         r = self.r - 1e-6
-        return ste_ceil(s[:, 0]), ste_ceil(s[:, 1]), ste_ceil(r)
+        if self.round_to <= 1:
+            return ste_ceil(s[:, 0]), ste_ceil(s[:, 1]), ste_ceil(r)
+        neurons, dims = self._aligned(torch.ceil(s[:, 1]).clamp_min(0), torch.ceil(r).clamp_min(0))
+        straight = lambda x, value: x + (value - x).detach()  # noqa: E731
+        return ste_ceil(s[:, 0]), straight(s[:, 1], neurons), straight(r, dims)
 
     @torch.no_grad()
     def project_(self) -> None:

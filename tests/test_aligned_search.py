@@ -1,0 +1,75 @@
+"""Aligned steps in the search (uvc.search.structure, `round_to` N > 1): the counts the search
+uses keep exactly the widths the export allows (uvc.deploy.fit.allowed_widths), and the
+LeastSum slope is taken per unit over the next step's groups."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from uvc.cost.flops import ViTDims
+from uvc.deploy.fit import allowed_widths
+from uvc.search.masks import least_sum
+from uvc.search.structure import ArchState, aligned_removed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def dims(head_dim: int = 16, mlp: int = 40, heads: int = 2, depth: int = 2) -> ViTDims:
+    return ViTDims(embed_dim=heads * head_dim, depth=depth, num_heads=heads, head_dim=head_dim, mlp_hidden=mlp,
+                   num_patches=4, num_prefix_tokens=1, patch_size=2, in_chans=1, num_classes=10)
+
+
+def test_aligned_removed_by_hand():
+    """Kept widths are the widest multiple of N within full - count (at least N), or full itself."""
+    count = torch.tensor([0, 1, 7, 8, 9, 31, 32, 39])
+    assert aligned_removed(count, 40, 8).tolist() == [0, 8, 8, 8, 16, 32, 32, 32]
+    assert aligned_removed(count, 40, 1).tolist() == count.tolist()
+    # a width not a multiple of N: the first removal lands on the multiple below it
+    assert aligned_removed(torch.tensor([0, 1, 4, 5]), 20, 8).tolist() == [0, 4, 4, 12]
+    # a width under N is never cut
+    assert aligned_removed(torch.tensor([0, 1, 3]), 4, 8).tolist() == [0, 0, 0]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(full=st.integers(1, 80), round_to=st.integers(1, 16), count=st.integers(0, 79))
+def test_aligned_widths_are_the_exports_widths(full, round_to, count):
+    """Whatever s asks for, the kept width is one the fit allows, and never more than s asked to keep."""
+    count = min(count, full - 1)
+    removed = int(aligned_removed(torch.tensor([count]), full, round_to))
+    kept = full - removed
+    assert kept in allowed_widths(full, round_to)
+    assert removed >= count or kept == min(allowed_widths(full, round_to))
+
+
+def test_search_counts_are_aligned_and_straight_through():
+    """removed_counts and ste_counts give the same aligned counts; the gradient of the
+    straight-through counts in s is the identity (one unit of s per unit removed)."""
+    arch = ArchState(dims(), round_to=8)
+    with torch.no_grad():
+        arch.s_frac.copy_(torch.tensor([[0.0, 3.0 / 40], [0.4, 9.5 / 40]]))
+        arch.r_frac.copy_(torch.tensor([[0.5 / 16, 8.0 / 16], [9.0 / 16, 15.0 / 16]]))
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert k_neurons.tolist() == [8, 16]
+    assert k_dims.tolist() == [[8, 8], [8, 8]]
+    ste_heads, ste_neurons, ste_dims = arch.ste_counts()
+    assert ste_heads.tolist() == k_heads.tolist()
+    assert ste_neurons.tolist() == k_neurons.tolist() and ste_dims.tolist() == k_dims.tolist()
+    (ste_neurons.sum() + ste_dims.sum()).backward()
+    assert arch.s_frac.grad[:, 1].tolist() == pytest.approx([40.0, 40.0])  # d count / d s_frac = G
+    assert arch.r_frac.grad.flatten().tolist() == pytest.approx([16.0] * 4)
+
+
+def test_count_steps_follow_round_to_and_the_dense_width():
+    assert ArchState(dims(), round_to=8).count_steps() == (1, 8, 8)
+    assert ArchState(dims(head_dim=4), round_to=8).count_steps() == (1, 8, 1)
+    assert ArchState(dims()).count_steps() == (1, 1, 1)
+
+
+def test_least_sum_slope_per_unit_of_a_step():
+    """With steps of N the slope is the mean of the next N smallest scores (the cost per unit
+    of the next step); at N = 1 it is the (k+1)-th smallest."""
+    scores = torch.tensor([[4., 1., 3., 2., 5., 8.]])  # sorted 1 2 3 4 5 8
+    assert least_sum(scores, torch.tensor([0]), 2)[1].item() == pytest.approx(1.5)
+    assert least_sum(scores, torch.tensor([2]), 2)[1].item() == pytest.approx(3.5)
+    assert least_sum(scores, torch.tensor([4]), 2)[1].item() == pytest.approx(6.5)
+    value, slope = least_sum(scores, torch.tensor([2]), 1)
+    assert value.item() == 3.0 and slope.item() == 3.0
