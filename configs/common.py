@@ -116,6 +116,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.roptim = "sgd"  # optimizer of r: sgd / adam
     c.ylr = 0.01  # dual ascent rate of y (heads, neurons); 0.01 is the rule's 1x
     c.plr = 0.01  # dual ascent rate of p (head dims); 0.01 is the rule's 1x
+    c.dual_init = 1.0  # y and p at the start of the search (0 with --ylr 0 --plr 0: no importance term)
     c.zlr = 0.01  # integral gain of the budget controller z; 0.01 is the rule's 1x (the reference has no --zlr)
     c.zlr_schedule_list = ""  # epochs at which z's integral gain doubles (in the reference: z learning rates, of which only the first is used)
     c.z_grad_clip = 0.5  # clip of the ratio error R - T fed to the controller

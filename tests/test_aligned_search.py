@@ -73,3 +73,39 @@ def test_least_sum_slope_per_unit_of_a_step():
     assert least_sum(scores, torch.tensor([4]), 2)[1].item() == pytest.approx(6.5)
     value, slope = least_sum(scores, torch.tensor([2]), 1)
     assert value.item() == 3.0 and slope.item() == 3.0
+
+
+def test_no_importance_term_with_dual_init_0_and_no_ascent():
+    """--dual_init 0 --ylr 0 --plr 0: y = p = 0 for the whole search (no dual ascent), so nothing but
+    z dR/ds moves s and r."""
+    from uvc.cost.budget import Budget, SearchSpace
+    from uvc.search.masks import Scores, compute_masks
+    from uvc.search.primal_dual import PrimalDual, PrimalDualConfig
+    from uvc.search.schedule import SearchRates
+    from utils.config import load_config_file, set_key
+    config = load_config_file("configs/digits_demo.py", "joint")
+    config.unlock()
+    for key in ("dual_init", "ylr", "plr"):
+        set_key(config, key, 0.0)
+    d = dims()
+    assert ArchState(d, dual_init=0.5).y.tolist() == [[0.5, 0.5]] * d.depth
+    arch = ArchState(d, dual_init=float(config.dual_init))
+    space = SearchSpace(pruning=True, block_gating=False, patch_gating=False, use_gumbel=True, with_attn=True)
+    pd = PrimalDual(arch, Budget(d, 0.5, space), PrimalDualConfig(), SearchRates.for_search(config, 200))
+    gen = torch.Generator().manual_seed(0)
+    pd.scores = Scores(heads=torch.rand(d.depth, d.num_heads, generator=gen),
+                       dims=torch.rand(d.depth, d.num_heads, d.head_dim, generator=gen),
+                       neurons=torch.rand(d.depth, d.mlp_hidden, generator=gen))
+    with torch.no_grad():
+        arch.s_frac[:, 1].fill_(0.2)
+        arch.r_frac.fill_(0.3)
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    pd.masks = compute_masks(pd.scores, k_heads, k_dims, k_neurons)
+    pd.dual_step()
+    assert arch.y.abs().sum() == 0 and arch.p.abs().sum() == 0
+    before = (arch.s_frac.detach().clone(), arch.r_frac.detach().clone())
+    pd.structure_step({"s": torch.zeros_like(arch.s_frac), "r": torch.zeros_like(arch.r_frac)})  # z = 0
+    assert torch.equal(arch.s_frac.detach(), before[0]) and torch.equal(arch.r_frac.detach(), before[1])
+    arch.y.fill_(1.0)  # the same step with the importance term moves them back
+    pd.structure_step({"s": torch.zeros_like(arch.s_frac), "r": torch.zeros_like(arch.r_frac)})
+    assert (arch.s_frac.detach()[:, 1] < before[0][:, 1]).all()

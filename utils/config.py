@@ -327,7 +327,7 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
-               "slr", "rlr", "soptim", "roptim", "ylr", "plr", "zlr", "zlr_schedule_list", "z_grad_clip",
+               "slr", "rlr", "soptim", "roptim", "ylr", "plr", "dual_init", "zlr", "zlr_schedule_list", "z_grad_clip",
                "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
                "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
                "warmup_epochs", "warmup_lr")
@@ -403,6 +403,9 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
     if int(config.round_to) < 1:
         raise ConfigError(f"--round_to must be at least 1 (1: any width, as the paper; 8: multiples of 8), "
                           f"got {config.round_to}")
+    for key in ("slr", "rlr", "ylr", "plr", "dual_init", "zlr"):
+        if float(config[key]) < 0:
+            raise ConfigError(f"--{key} must be 0 or more, got {config[key]}")
     if int(config.patch_probe) < 0:
         raise ConfigError(f"--patch_probe must be 0 (no trial of patch drops) or more, got {config.patch_probe}")
     if int(config.latency_check) < 0:

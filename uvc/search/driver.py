@@ -57,7 +57,8 @@ class UVCSearch:
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.round_to, self.target_budget = int(config.round_to), float(config.budget)
-        self.arch = ArchState(self.dims, round_to=self.round_to if self.space.pruning else 1).to(device)
+        self.arch = ArchState(self.dims, round_to=self.round_to if self.space.pruning else 1,
+                              dual_init=float(config.dual_init)).to(device)
         self.device, self.latency_batch = device, int(config.latency_batch)
         self.latency_check = int(config.latency_check)  # fits timed whole at the freeze (latency metric)
         self.rates = SearchRates.for_search(config, search_steps)

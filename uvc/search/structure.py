@@ -56,7 +56,8 @@ def ste_ceil(x: torch.Tensor) -> torch.Tensor:
 class ArchState(nn.Module):
     """s, r, gate and patch logits (parameters) and the duals y, p, z (buffers)."""
 
-    def __init__(self, dims: ViTDims, gate_init: float = 4.0, patch_init: float = 4.0, round_to: int = 1):
+    def __init__(self, dims: ViTDims, gate_init: float = 4.0, patch_init: float = 4.0, round_to: int = 1,
+                 dual_init: float = 1.0):
         super().__init__()
         self.dims, self.round_to = dims, max(int(round_to), 1)
         L, H = dims.depth, dims.num_heads
@@ -68,9 +69,10 @@ class ArchState(nn.Module):
         self.gate_logits = nn.Parameter(torch.tensor([0.0, gate_init]).repeat(L, 1))
         self.patch_logits = nn.Parameter(torch.full((dims.num_patches,), patch_init))
         # y, p start at 1: the price of importance is there from the first step, so the search
-        # allocates by importance per MAC from the start (uvc.search.primal_dual); they only grow
-        self.register_buffer("y", torch.ones(L, 2))
-        self.register_buffer("p", torch.ones(L, H))
+        # allocates by importance per MAC from the start (uvc.search.primal_dual); they only grow.
+        # dual_init 0 with no dual ascent removes the importance term (the ablation)
+        self.register_buffer("y", torch.full((L, 2), float(dual_init)))
+        self.register_buffer("p", torch.full((L, H), float(dual_init)))
         self.register_buffer("z", torch.zeros(()))
         self.register_buffer("z_integral", torch.zeros(()))
         self.register_buffer("group_counts", counts)
