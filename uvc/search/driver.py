@@ -62,8 +62,9 @@ class UVCSearch:
         self.space = search_space(config)
         self.round_to, self.target_budget = int(config.round_to), float(config.budget)
         self.reference = config.search_algorithm == "reference"
+        init = REFERENCE_INIT if self.reference else {}  # the reference's initial s, r, gates, patches, z
         self.arch = ArchState(self.dims, round_to=self.round_to if self.space.pruning else 1,
-                              dual_init=float(config.dual_init), **(REFERENCE_INIT if self.reference else {})).to(device)
+                              dual_init=float(config.dual_init), **init).to(device)
         self.device, self.latency_batch = device, int(config.latency_batch)
         self.latency_check = int(config.latency_check)  # fits timed whole at the freeze (latency metric)
         self.rates = SearchRates.for_search(config, search_steps)
