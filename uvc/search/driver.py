@@ -87,7 +87,7 @@ class UVCSearch:
         if self.trial is not None:
             self.trial.cost = cost
         if self.reference:
-            self.pd = ReferencePrimalDual(self.arch, self.budget, self.pd_config, self.rates.steps)
+            self.pd = ReferencePrimalDual(self.arch, self.budget, self.pd_config)
         else:
             self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates, self.trial)
 

@@ -92,16 +92,15 @@ class ReferencePrimalDual(PrimalDual):
     """The reference's update of s, r, gates and the duals y, p, z (module docstring); the same
     interface as PrimalDual, whose masks and scores it reuses."""
 
-    def __init__(self, arch: ArchState, budget: Budget, cfg: ReferenceConfig, steps: int):
+    def __init__(self, arch: ArchState, budget: Budget, cfg: ReferenceConfig):
         self.arch, self.budget, self.cfg, self.space = arch, budget, cfg, budget.space
-        self.steps = max(int(steps), 1)
         self.gate_opt = torch.optim.SGD([arch.gate_logits], lr=cfg.glr, momentum=GATE_MOMENTUM,
                                         weight_decay=GATE_WEIGHT_DECAY)
         self.with_weights = [p for p, on in ((arch.gate_logits, self.space.block_gating),
                                              (arch.patch_logits, self.space.patch_gating)) if on]
         self.weights_opt = (torch.optim.AdamW(self.with_weights, lr=0.0, weight_decay=cfg.weight_decay)
                             if self.with_weights else None)
-        self.tau, self.eps, self.ki_scale = cfg.gumbel_tau, cfg.eps, 1.0
+        self.tau, self.eps = cfg.gumbel_tau, cfg.eps
         self.t, self.epoch = 0, -1
         self.gate_sum, self.gate_count = None, 0  # weighted gate gradients since the last gate update
         self.max_undershoot = 0.0
@@ -121,6 +120,7 @@ class ReferencePrimalDual(PrimalDual):
         return self.budget.budget
 
     def record(self) -> Dict[str, float]:
+        """The deepest dip of the hard ratio under the budget so far, logged each epoch."""
         return {"max_undershoot": self.max_undershoot}
 
     def prepare(self, model: MaskedViT, training: bool = True) -> None:
