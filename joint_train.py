@@ -85,6 +85,22 @@ def log_latency_check(logger: RunLogger, fit: dict, budget: float) -> None:
                        f"fit cannot reach it; a higher --latency_check allows more fits")
 
 
+def log_frozen(logger: RunLogger, fit: dict, budget: float, top1: float) -> None:
+    """One line on the frozen architecture: what the greedy fit did, or (reference search) how far the
+    search ended from the budget and what the fit would have changed."""
+    if fit.get("search_algorithm") == "reference":
+        logger.info(f"frozen architecture as searched (no fit): MACs ratio {fit['macs_ratio']:.4f}, "
+                    f"{fit['budget_gap']:+.4f} from budget {budget} in {fit['budget_metric']}; the greedy fit "
+                    f"would have changed {100 * fit['greedy_would_change_frac']:.1f}% of the groups; top-1 {top1:.2f}")
+        return
+    logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
+                f"{fit['searched_macs_ratio']:.4f}; to fit budget {budget} the greedy pass removed "
+                f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "
+                f"{fit['restored_dims']} value dims, {fit['restored_heads']} heads, {fit['restored_blocks']} "
+                f"blocks; widths at multiples of {fit['round_to']}: {fit['rounded_up']} groups rounded up, "
+                f"{fit['rounded_down']} down); top-1 {top1:.2f}")
+
+
 def main(argv=None) -> None:
     config = parse_config("joint", argv, prog="joint_train.py")
     check_output_dir(config.output_dir)
@@ -119,9 +135,13 @@ def main(argv=None) -> None:
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
     dense = f"{teacher_top1:.2f}" if teacher_top1 is not None else "not measured (no dense weights)"
-    logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps, the target reaches budget "
-                f"{config.budget} after {config.target_ramp:.0%} of them")
-    warn_if_too_short(logger, search.rates.steps, steps)
+    if search.reference:
+        logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps of the reference's algorithm "
+                    f"(--search_algorithm reference) against budget {config.budget}, exported with no fit")
+    else:
+        logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps, the target reaches budget "
+                    f"{config.budget} after {config.target_ramp:.0%} of them")
+        warn_if_too_short(logger, search.rates.steps, steps)
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)
     stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
@@ -171,18 +191,13 @@ def main(argv=None) -> None:
     final = evaluate(ddp_model, data.val_loader, env.device, None, config.fp16)
     fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
     fit.update(search.trial_state())  # flip trials, refused
-    logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
-                f"{fit['searched_macs_ratio']:.4f}; to fit budget {config.budget} the greedy pass removed "
-                f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "
-                f"{fit['restored_dims']} value dims, {fit['restored_heads']} heads, {fit['restored_blocks']} "
-                f"blocks; widths at multiples of {fit['round_to']}: {fit['rounded_up']} groups rounded up, "
-                f"{fit['rounded_down']} down); top-1 {final['top1']:.2f}")
+    log_frozen(logger, fit, float(config.budget), final["top1"])
     metric = fit["budget_metric"]
     if metric != "macs":
         logger.info(f"frozen {metric} ratio {fit[metric + '_ratio']:.4f} (search ended at "
                     f"{fit['searched_' + metric + '_ratio']:.4f})")
     log_latency_check(logger, fit, float(config.budget))
-    if fit["fit_window"] == "missed" and (fit["round_to"] > 1 or metric != "macs"):
+    if fit.get("fit_window") == "missed" and (fit["round_to"] > 1 or metric != "macs"):
         logger.warning(f"WARNING: the frozen architecture's {metric} ratio {fit[metric + '_ratio']:.4f} is outside "
                        f"[budget - 0.03, budget + 0.01] of budget {config.budget}: the greedy fit (MLP widths and "
                        f"value dims at multiples of --round_to {fit['round_to']}) could not reach it from where "

@@ -22,6 +22,13 @@ RECIPES = {
                  smoothing=0.1, drop_path=0.1, clip_grad=0.0),
 }
 
+# `--search_algorithm reference` (uvc.search.reference): the reference's defaults of the search's
+# rate flags (UVC/joint_train.py's argparse defaults and the constants of its model: Gumbel temperature
+# 0.5, no decay; duals start at 1e-3), set where neither the config file nor a flag sets the key.
+REFERENCE_SEARCH = dict(slr=0.02, rlr=0.02, ylr=1e-4, plr=1e-4, dual_init=1e-3, glr=1e-3, gating_weight=5.0,
+                        gating_interval=100, zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5,
+                        gumbel_tau_decay=1.0, patch_probe=0)
+
 
 def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -94,6 +101,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     # --- UVC search (stage 1) ---------------------------------------------
     c.uvc_train = stage == "joint"  # the seed's flag: 1 in stage 1 (the search), 0 in stage 2
     c.budget = 0.5  # target fraction of the dense MACs
+    c.search_algorithm = "uvc"  # uvc: this search; reference: the reference's stage-1 rules and rate defaults, exported with no fit (docs/design.md)
     c.flops_with_mhsa = True  # count the N^2 attention terms in R
     c.enable_pruning = True  # search heads, head dims and MLP neurons
     c.enable_block_gating = True  # search whole-block skips (gates)
@@ -118,7 +126,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.plr = 0.01  # dual ascent rate of p (head dims); 0.01 is the rule's 1x
     c.dual_init = 1.0  # y and p at the start of the search (0 with --ylr 0 --plr 0: no importance term)
     c.zlr = 0.01  # integral gain of the budget controller z; 0.01 is the rule's 1x (the reference has no --zlr)
-    c.zlr_schedule_list = ""  # epochs at which z's integral gain doubles (in the reference: z learning rates, of which only the first is used)
+    c.zlr_schedule_list = ""  # uvc: epochs at which z's integral gain doubles; reference: z learning rates, the first is z's SGD rate for the whole search (the reference's per-epoch schedule of them never reaches z)
     c.z_grad_clip = 0.5  # clip of the ratio error R - T fed to the controller
     c.use_gumbel = True  # 0: SoftL0 gates with --eps / --eps_decay
     c.gumbel_tau = 1.0  # Gumbel-softmax temperature of the block gates

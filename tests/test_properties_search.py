@@ -195,11 +195,11 @@ def test_target_without_a_ramp_is_the_budget_from_the_start():
 def test_search_rates_follow_the_rules_per_search_length(steps, interval, factor):
     """schedule.py's rules: rate = rule(S) x (flag / seed value); gate updates every --gating_interval
     steps, or often enough for MIN_GATE_UPDATES updates in a search that long."""
-    from uvc.search.schedule import (DUAL_Y, GATE_TRAVEL, MIN_GATE_UPDATES, PATCH_L1, PATCH_TRAVEL, SEED_RATES,
+    from uvc.search.schedule import (DUAL_Y, GATE_TRAVEL, MIN_GATE_UPDATES, PATCH_L1, PATCH_TRAVEL, RATE_UNITS,
                               SPEED_S)
-    scale = {name: factor * (i + 1) for i, name in enumerate(SEED_RATES)}  # a different multiple per flag
+    scale = {name: factor * (i + 1) for i, name in enumerate(RATE_UNITS)}  # a different multiple per flag
     config = demo_search_config(gating_interval=interval,
-                                **{name: seed * scale[name] for name, seed in SEED_RATES.items()})
+                                **{name: seed * scale[name] for name, seed in RATE_UNITS.items()})
     r = SearchRates.for_search(config, steps)
     expected_interval = min(interval, steps)
     if steps >= MIN_GATE_UPDATES:

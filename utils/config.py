@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
-from configs.common import RECIPES
+from configs.common import RECIPES, REFERENCE_SEARCH, base_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -257,9 +257,11 @@ def parse_config(stage: str, argv: Optional[Sequence[str]] = None, prog: Optiona
         config.config_file = path
     if "recipe" in overrides:  # the recipe first, so that explicit flags override it
         apply_recipe(config, overrides["recipe"])
+    apply_search_defaults(config, overrides, stage)
     for key, value in overrides.items():
         set_key(config, key, value)
     check_stage_flags(overrides, stage)
+    check_search_flags(overrides, config)
     check_latency_flags(overrides, config)
     validate(config, stage)
     config.lock()
@@ -295,6 +297,19 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
         config[key] = value
 
 
+def apply_search_defaults(config: ml_collections.ConfigDict, overrides: dict, stage: str) -> None:
+    """With `--search_algorithm reference` (flag or file), the reference's defaults of the rate flags
+    (configs.common.REFERENCE_SEARCH) on every key that neither a flag nor the config file sets (a key
+    the file leaves at configs/common.py's value counts as not set)."""
+    algorithm = overrides.get("search_algorithm", config.get("search_algorithm"))
+    if stage != "joint" or algorithm != "reference":
+        return
+    common = base_config(stage)
+    for key, value in REFERENCE_SEARCH.items():
+        if key not in overrides and config[key] == common[key]:
+            config[key] = value
+
+
 def subset_parser(keys: Sequence[str], argv: Sequence[str], prog: str, stage: str = "post"):
     """(config, parser) for a tool that reads only `keys` of the config (python -m uvc.evaluate):
     the config file of --config / --model_type, and a parser of those keys' flags only (so no
@@ -324,7 +339,7 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
+STAGE1_ONLY = ("budget", "search_algorithm", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "dual_init", "zlr", "zlr_schedule_list", "z_grad_clip",
@@ -348,6 +363,29 @@ def check_stage_flags(overrides: dict, stage: str) -> None:
                               f"--model_path; to continue a stopped search use --resume")
 
 
+# Keys of the default search that `--search_algorithm reference` does not read, and why (refused when given)
+REFERENCE_UNREAD = {"zlr": "z takes SGD steps at the first entry of --zlr_schedule_list",
+                    "target_ramp": "the constraint is the fixed budget, no moving target",
+                    "min_blocks": "the reference protects no block",
+                    "patch_probe": "patch drops are not tried",
+                    "patchlr": "patch logits move with the weights' optimizer",
+                    "patch_weight": "the budget does not push the patch logits",
+                    "patch_l1_weight": "the reference's patch losses are parsed and never used"}
+
+
+def check_search_flags(overrides: dict, config) -> None:
+    """One line for a flag the chosen search would not read (`--search_algorithm reference`)."""
+    if config.get("search_algorithm") != "reference":
+        return
+    for key, why in REFERENCE_UNREAD.items():
+        if key in overrides:
+            raise ConfigError(f"--{key} is not read by --search_algorithm reference ({why}): drop it")
+    for key in ("soptim", "roptim"):
+        if config[key] != "sgd":
+            raise ConfigError(f"--{key} {config[key]} is not supported with --search_algorithm reference: it "
+                              f"runs the reference's default, sgd")
+
+
 LATENCY_ONLY = ("latency_cache", "latency_batch", "latency_check")
 
 
@@ -360,6 +398,7 @@ def check_latency_flags(overrides: dict, config) -> None:
 
 
 _CHOICES = {
+    "search_algorithm": ("uvc", "reference"),
     "distillation_type": ("none", "soft", "hard"),
     "dataset": ("imagenet", "cifar10", "cifar100", "digits", "mnist", "synthetic"),
     "patchloss": ("l1",),
@@ -428,6 +467,15 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
         if config[key] < 0:
             raise ConfigError(f"--{key} must be positive (or 0 for the model type's own), got {config[key]}")
     parse_model_kwargs(config.model_kwargs)
+    if config.get("search_algorithm") == "reference":
+        try:
+            if reference_zlr(config.zlr_schedule_list) < 0:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ConfigError(f"--zlr_schedule_list {config.zlr_schedule_list!r}: with --search_algorithm reference "
+                              f"give z learning rates, comma-separated, the first one 0 or more, e.g. "
+                              f"\"10,20,30\"") from None
+        return
     try:
         zlr_schedule(config.zlr_schedule_list)
     except ValueError:
@@ -457,6 +505,12 @@ def model_overrides(config) -> dict:
     """The VisionTransformer arguments the config sets: shape keys that are not 0, then --model_kwargs."""
     shape = {key: config[key] for key in SHAPE_KEYS if config[key]}
     return {**parse_model_kwargs(config.model_kwargs), **shape}
+
+
+def reference_zlr(text: str) -> float:
+    """"10,20,30" -> 10.0: z's learning rate in the reference's search, the list's first entry for the
+    whole search (its per-epoch schedule of the entries sets a `zlr` key no parameter group reads)."""
+    return float(str(text).replace(" ", "").split(",")[0])
 
 
 def zlr_schedule(text: str) -> List[int]:

@@ -4,6 +4,7 @@
 updates behind the two calls the engine makes (prepare / step), and freezes
 the result into the architecture a stage-1 file records (uvc.deploy.stagefile).
 """
+import copy
 from typing import Dict, Optional
 
 import torch
@@ -18,6 +19,7 @@ from uvc.cost.latency_check import checked_fit, measured_ratio
 from uvc.cost.latency_table import load_or_measure
 from uvc.search.masked_model import MaskedViT
 from uvc.search.primal_dual import PrimalDual, PrimalDualConfig
+from uvc.search.reference import INIT as REFERENCE_INIT, ReferenceConfig, ReferencePrimalDual
 from uvc.search.schedule import SearchRates
 from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial
@@ -51,25 +53,32 @@ class UVCSearch:
     warm-up) sets the pace: the target reaches the budget at the same fraction of
     any search (uvc.search.schedule). `probe`: (images, targets) of training images on
     which each proposed patch drop is tried (uvc.search.trial); None: no trial.
+    `--search_algorithm reference`: the reference's updates (uvc.search.reference), its initial
+    values, no trial, and a freeze with no greedy fit.
     """
 
     def __init__(self, vit, config, device, search_steps: int, probe=None):
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.round_to, self.target_budget = int(config.round_to), float(config.budget)
+        self.reference = config.search_algorithm == "reference"
+        init = REFERENCE_INIT if self.reference else {}  # the reference's initial s, r, gates, patches, z
         self.arch = ArchState(self.dims, round_to=self.round_to if self.space.pruning else 1,
-                              dual_init=float(config.dual_init)).to(device)
+                              dual_init=float(config.dual_init), **init).to(device)
         self.device, self.latency_batch = device, int(config.latency_batch)
         self.latency_check = int(config.latency_check)  # fits timed whole at the freeze (latency metric)
         self.rates = SearchRates.for_search(config, search_steps)
+        self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
+        self.active = self.warmup_epochs == 0
         self.pd_config = PrimalDualConfig.from_config(config, self.dims.depth)
+        if self.reference:  # the reference counts its steps from the first warm-up step
+            per_epoch = self.rates.steps // max(int(config.epochs) - self.warmup_epochs, 1)
+            self.pd_config = ReferenceConfig.from_config(config, step_offset=self.warmup_epochs * per_epoch)
         self.trial = None  # (images, targets) of `probe`: the trial of every patch drop
-        if probe is not None and len(probe[0]):
+        if probe is not None and len(probe[0]) and not self.reference:
             self.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn)
         cost, table = budget_cost(vit, config, device)
         self.set_cost(cost, table)
-        self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
-        self.active = self.warmup_epochs == 0
 
     def set_cost(self, cost, latency_table: Optional[dict] = None) -> None:
         """The budget in units of `cost` (uvc.cost.cost) and the primal-dual updates that depend on it."""
@@ -77,7 +86,10 @@ class UVCSearch:
         self.metric, self.latency_table = cost.name, latency_table  # macs | latency
         if self.trial is not None:
             self.trial.cost = cost
-        self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates, self.trial)
+        if self.reference:
+            self.pd = ReferencePrimalDual(self.arch, self.budget, self.pd_config)
+        else:
+            self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates, self.trial)
 
     def set_epoch(self, epoch: int) -> None:
         self.active = epoch >= self.warmup_epochs
@@ -123,8 +135,7 @@ class UVCSearch:
     def record(self) -> Dict[str, float]:
         """The controller's scalars logged each epoch: the integral gain's scale, the deepest dip of the
         hard ratio under the target, and the search's progress."""
-        return {"z_gain_scale": self.pd.ki_scale, "max_undershoot": self.pd.max_undershoot,
-                "search_progress": self.progress}
+        return {**self.pd.record(), "search_progress": self.progress}
 
     def trial_state(self) -> Dict[str, int]:
         """The counts of the patch-drop trials (empty without a probe)."""
@@ -145,7 +156,10 @@ class UVCSearch:
         value dims per head at multiples of `round_to` (then in [budget - 0.03, budget + 0.01]
         when the aligned steps cannot fill the narrow window). With the latency metric the fit
         is timed whole on the device and refitted while off the budget (uvc.cost.latency_check;
-        rank 0 times, every rank takes its architecture)."""
+        rank 0 times, every rank takes its architecture). `--search_algorithm reference`: no fit
+        (freeze_as_searched)."""
+        if self.reference:
+            return self.freeze_as_searched(model, model_type)
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
         cost, dense = self.budget.cost, self.budget.dense
@@ -174,6 +188,23 @@ class UVCSearch:
                         f"{self.metric}_ratio": spec_cost(cost, spec) / dense})
         if checks:
             fit.update(latency_checks=checks, measured_latency_ratio=next(c["measured"] for c in checks if c["kept"]))
+        return spec, fit
+
+    def freeze_as_searched(self, model: MaskedViT, model_type: str):
+        """The architecture the search ended with, as the reference exports it (the export still pads
+        value dims per block). The greedy fit runs on a copy, for the record only: `greedy_would_change_frac`
+        is what it would have changed; `budget_gap` is the ratio of the budget's metric minus the budget."""
+        spec = self.spec(model, model_type)
+        cost, dense, with_attn = self.budget.cost, self.budget.dense, self.space.with_attn
+        _, would = fit_to_budget(copy.deepcopy(spec), self.pd.scores_now(model.vit), self.budget.budget, with_attn,
+                                 groups=self.space.pruning, round_to=self.round_to, cost=cost)
+        ratio = spec_ratio(spec, True, with_attn)
+        metric_ratio = spec_cost(cost, spec) / dense
+        fit = {"search_algorithm": "reference", "budget_metric": self.metric, "searched_macs_ratio": ratio,
+               "macs_ratio": ratio, "budget_gap": metric_ratio - self.budget.budget, "greedy_changed_frac": 0.0,
+               "greedy_would_change_frac": greedy_changed_frac(would, self.dims), "round_to": self.round_to}
+        if self.metric != "macs":
+            fit.update({f"searched_{self.metric}_ratio": metric_ratio, f"{self.metric}_ratio": metric_ratio})
         return spec, fit
 
     # --- checkpointing -----------------------------------------------------------------

@@ -136,6 +136,11 @@ class PrimalDual:
         self.tau = max(0.1, c.gumbel_tau * c.gumbel_tau_decay ** max(search_epoch, 0))
         self.eps = c.eps * c.eps_decay ** max(search_epoch, 0)
 
+    def record(self) -> Dict[str, float]:
+        """The controller's scalars logged each epoch: the integral gain's scale and the deepest dip of
+        the hard ratio under the target."""
+        return {"z_gain_scale": self.ki_scale, "max_undershoot": self.max_undershoot}
+
     def target(self) -> float:
         """T(u) at the current search progress."""
         return target_ratio(self.t / self.rates.steps, self.budget.budget, self.cfg.ramp)

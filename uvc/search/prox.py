@@ -6,10 +6,12 @@ score S_l / G, W_G / (1 + 2 lr y G / S_l): a group of average score then decays 
 the same rate in every layer and model. A group is its scoring columns (proj for
 heads and value dims, fc2 for neurons) and, unless `columns_only`, the rows that
 feed them (q, k, v and fc1, and their biases).
+
+`reference_prox` is the reference's (uvc_utils.prox_w), for `--search_algorithm reference`.
 """
 import torch
 
-from uvc.search.masks import Masks, Scores
+from uvc.search.masks import Masks, Scores, lowest_k_mask
 
 
 @torch.no_grad()
@@ -41,3 +43,26 @@ def proximal_step(vit, masks: Masks, scores: Scores, y: torch.Tensor, p: torch.T
     if blocks[0].attn.qkv.bias is not None:
         torch._foreach_mul_([b.attn.qkv.bias for b in blocks], list(row_f.unbind(0)))
     torch._foreach_mul_([b.mlp.fc1.bias for b in blocks], list(n_f.unbind(0)))
+
+
+@torch.no_grad()
+def reference_prox(vit, scores: Scores, k_heads: torch.Tensor, k_dims: torch.Tensor, k_neurons: torch.Tensor,
+                   y: torch.Tensor, p: torch.Tensor, lr: float) -> None:
+    """The reference's prox, unscaled, on the scoring columns only (attn.proj, mlp.fc2):
+
+        the k_dims[l, h] lowest dims of every head h, removed heads too:  / (1 + 2 lr p[l, h])
+        then every column of the k_heads[l] lowest heads:                 / (1 + 2 lr y[l, 0])
+        the k_neurons[l] lowest neurons:                                  / (1 + 2 lr y[l, 1])
+
+    the groups ranked by `scores` (of the weights before this prox). q, k, v and fc1 are untouched.
+    """
+    dims_removed = 1 - lowest_k_mask(scores.dims, k_dims)  # (L, H, d)
+    heads_removed = 1 - lowest_k_mask(scores.heads, k_heads)  # (L, H)
+    neurons_removed = 1 - lowest_k_mask(scores.neurons, k_neurons)  # (L, M)
+    dim_div = 1 + dims_removed * (2 * lr * p).unsqueeze(-1)
+    head_div = 1 + heads_removed * (2 * lr * y[:, :1])
+    column_div = (dim_div * head_div.unsqueeze(-1)).flatten(1)  # (L, H*d)
+    neuron_div = 1 + neurons_removed * (2 * lr * y[:, 1:])
+    blocks = vit.blocks
+    torch._foreach_div_([b.attn.proj.weight for b in blocks], list(column_div.unsqueeze(1).unbind(0)))
+    torch._foreach_div_([b.mlp.fc2.weight for b in blocks], list(neuron_div.unsqueeze(1).unbind(0)))

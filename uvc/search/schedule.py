@@ -33,8 +33,10 @@ rule. The rules:
 """
 from dataclasses import dataclass
 
-# The unit of each rate flag (its default): a flag at this value runs its rule as is.
-SEED_RATES = {"slr": 0.01, "rlr": 0.01, "ylr": 0.01, "plr": 0.01, "zlr": 0.01, "glr": 0.1,
+# The unit of each rate flag (its default): a flag at this value runs its rule as is. Those of glr, patchlr
+# and the three weights are the values the seed's command passes; the 0.01 of slr, rlr, ylr, plr and zlr
+# is ours (the seed's command sets none of them; `--search_algorithm reference` has its own defaults).
+RATE_UNITS = {"slr": 0.01, "rlr": 0.01, "ylr": 0.01, "plr": 0.01, "zlr": 0.01, "glr": 0.1,
               "patchlr": 0.01, "gating_weight": 5e-4, "patch_weight": 5.0, "patch_l1_weight": 0.01}
 
 # The budget loop (R moves at ~SPEED_S z per search, z = Z_KP e + Z_KI int e du) is a
@@ -84,7 +86,7 @@ class SearchRates:
         if steps >= MIN_GATE_UPDATES:  # (a smoke-test search shorter than that keeps the flag as is)
             interval = max(min(interval, steps // MIN_GATE_UPDATES), 1)
         updates = max(steps // interval, 1)
-        k = {name: float(config[name]) / seed for name, seed in SEED_RATES.items()}
+        k = {name: float(config[name]) / seed for name, seed in RATE_UNITS.items()}
         return cls(steps=steps, gate_interval=interval, gate_updates=updates,
                    s_step=SPEED_S / steps * k["slr"], r_step=SPEED_S / steps * k["rlr"],
                    y_step=DUAL_Y / steps * k["ylr"], p_step=DUAL_Y / steps * k["plr"],

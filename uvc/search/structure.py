@@ -57,23 +57,25 @@ class ArchState(nn.Module):
     """s, r, gate and patch logits (parameters) and the duals y, p, z (buffers)."""
 
     def __init__(self, dims: ViTDims, gate_init: float = 4.0, patch_init: float = 4.0, round_to: int = 1,
-                 dual_init: float = 1.0):
+                 dual_init: float = 1.0, s_init: float = LOWEST, skip_init: float = 0.0, z_init: float = 0.0):
+        """`s_init`: s and r at the start, in groups (the reference's search: 0); `skip_init`: the
+        skip logit of every gate (the keep logit is `gate_init`); `z_init`: z at the start."""
         super().__init__()
         self.dims, self.round_to = dims, max(int(round_to), 1)
         L, H = dims.depth, dims.num_heads
         counts = torch.tensor([float(H), float(dims.mlp_hidden)])
-        self.s_frac = nn.Parameter((LOWEST / counts).repeat(L, 1))
-        self.r_frac = nn.Parameter(torch.full((L, H), LOWEST / dims.head_dim))
+        self.s_frac = nn.Parameter((s_init / counts).repeat(L, 1))
+        self.r_frac = nn.Parameter(torch.full((L, H), s_init / dims.head_dim))
         # (skip, keep) logits: keep probability 0.98 at gate_init 4 (and sigmoid(4) for patches), so the
         # expected MACs start near the hard MACs and the gates move only when the search moves them
-        self.gate_logits = nn.Parameter(torch.tensor([0.0, gate_init]).repeat(L, 1))
+        self.gate_logits = nn.Parameter(torch.tensor([skip_init, gate_init]).repeat(L, 1))
         self.patch_logits = nn.Parameter(torch.full((dims.num_patches,), patch_init))
         # y, p start at 1: the price of importance is there from the first step, so the search
         # allocates by importance per MAC from the start (uvc.search.primal_dual); they only grow.
         # dual_init 0 with no dual ascent removes the importance term (the ablation)
         self.register_buffer("y", torch.full((L, 2), float(dual_init)))
         self.register_buffer("p", torch.full((L, H), float(dual_init)))
-        self.register_buffer("z", torch.zeros(()))
+        self.register_buffer("z", torch.tensor(float(z_init)))
         self.register_buffer("z_integral", torch.zeros(()))
         self.register_buffer("group_counts", counts)
 
