@@ -37,3 +37,15 @@ def test_a_cell_reports_the_issue_keys_and_its_window(tmp_path):
     assert not bs.ok(bs.summarise("digits", 0.5, 1, str(tmp_path / "high"), 730))
     _fake_run(tmp_path / "warned", [0.9, 0.5], warn=True)  # a collapse warning fails the cell
     assert not bs.ok(bs.summarise("digits", 0.5, 1, str(tmp_path / "warned"), 730))
+
+
+def test_the_committed_quick_benchmark_ran_at_the_default_round_to_and_every_cell_is_in_its_window():
+    """log/search_benchmark_quick.json (the README's table): every cell at the default --round_to, the
+    search's own end ratio in [B - 0.05, B + 0.02], the fit changing at most 5% of the groups."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "log", "search_benchmark_quick.json")) as f:
+        cells = json.load(f)["cells"]
+    assert len(cells) == 6
+    for c in cells:
+        assert c["round_to"] == bs.ROUND_TO
+        assert c["budget"] - 0.05 <= c["searched_ratio"] <= c["budget"] + 0.02
+        assert c["greedy_changed_frac"] <= 0.05 and bs.ok(c)
