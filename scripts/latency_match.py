@@ -20,8 +20,15 @@ LOWEST_TARGET = 0.02  # MACs targets are kept in [LOWEST_TARGET, 1]
 
 
 def next_target(tries: List[Dict]) -> float:
-    """The MACs target whose latency ratio should equal UVC's: proportional after one try, then the
-    secant through the last two (proportional again when they measured the same quotient)."""
+    """The MACs target whose latency ratio should equal UVC's: proportional after one measured try, then
+    the secant through the last two (proportional again when they measured the same quotient). After a
+    target the peer cannot reach (no latency_ratio), halfway back up to the nearest reached target
+    above it (x1.5 when there is none)."""
+    if tries[-1]["latency_ratio"] is None:
+        low = tries[-1]["target"]
+        above = [t["target"] for t in tries if t["latency_ratio"] is not None and t["target"] > low]
+        return min((low + min(above)) / 2 if above else low * 1.5, 1.0)
+    tries = [t for t in tries if t["latency_ratio"] is not None]
     last = tries[-1]
     q2, t2 = last["latency_ratio"] / last["uvc_latency_ratio"], last["target"]
     guess = t2 / q2
@@ -38,7 +45,8 @@ def match_latency(prune: Callable[[float], object], measure: Callable[[object], 
     """Prune at MACs targets until the measured latency ratio is within `tolerance` of UVC's.
 
     Args:
-        prune: MACs target -> a pruned candidate (whatever `measure` takes).
+        prune: MACs target -> a pruned candidate (whatever `measure` takes), or None when the peer
+            cannot reach that target (below its smallest model).
         measure: candidate -> (its time over the dense model's, UVC's time over the dense model's),
             both from one side-by-side timing run.
         target: the first MACs target (UVC's MACs ratio).
@@ -50,6 +58,10 @@ def match_latency(prune: Callable[[float], object], measure: Callable[[object], 
     tries, best = [], None
     for _ in range(max_tries):
         candidate = prune(target)
+        if candidate is None:
+            tries.append({"target": target, "latency_ratio": None, "uvc_latency_ratio": None})
+            target = next_target(tries)
+            continue
         ratio, uvc = measure(candidate)
         tries.append({"target": target, "latency_ratio": ratio, "uvc_latency_ratio": uvc})
         error = abs(ratio / uvc - 1)
@@ -58,9 +70,11 @@ def match_latency(prune: Callable[[float], object], measure: Callable[[object], 
         if error <= tolerance:
             break
         following = next_target(tries)
-        if any(abs(following - t["target"]) < 1e-6 for t in tries):
+        if any(abs(following - t["target"]) < 1e-6 for t in tries if t["latency_ratio"] is not None):
             break  # no new target to try: the peer cannot move closer (e.g. already at 1.0)
         target = following
+    if best is None:
+        raise ValueError(f"the peer reached none of the MACs targets {[round(t['target'], 4) for t in tries]}")
     error, candidate, chosen = best
     return dict(chosen, candidate=candidate, matched=error <= tolerance, tries=tries)
 
@@ -82,12 +96,16 @@ def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense:
     one_shot = not name.startswith("Torch-Pruning")
     count = iter(range(1, MAX_TRIES + 1))
 
-    def prune(target: float) -> dict:
+    def prune(target: float) -> Optional[dict]:
         out = os.path.join(tries_dir, f"try{next(count)}")
-        if one_shot:
-            stage1 = bench.one_shot_prune(slug_of(name), teacher, out, target)
-            return {"file": stage1, "model": compact_of_stage1(stage1)}
-        return {"model": bench.torch_pruning_prune(teacher, out, target, seed, flags)}
+        try:
+            if one_shot:
+                stage1 = bench.one_shot_prune(slug_of(name), teacher, out, target)
+                return {"file": stage1, "model": compact_of_stage1(stage1)}
+            return {"model": bench.torch_pruning_prune(teacher, out, target, seed, flags)}
+        except (SystemExit, ValueError) as e:  # a failed command (pipeline.run) or, in process, its error
+            print(f"{name}: MACs target {target:.4f} out of its reach ({e}); trying a larger one", flush=True)
+            return None
 
     found = match_latency(prune, lambda c: latency_ratios(bench, dense, uvc["after"], c["model"]),
                           targets[0] if one_shot else targets[1])

@@ -136,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.dataset not in DATASETS:
             p.error(f"--dataset {args.dataset}: without --config choose {' or '.join(DATASETS)} (the demo "
                     f"configs), or name the model with --config FILE")
+    if args.teacher and args.pretrained is not None:
+        p.error("--pretrained sets how the teacher run starts: with --teacher there is no teacher run")
     args.budgets = args.budgets or [0.3, 0.4, 0.5, 0.7]
     args.ablation_budget = args.ablation_budget or 0.4
     args.seeds = args.seeds or ([730, 731] if args.ablations else [args.seed])

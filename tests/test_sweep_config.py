@@ -159,3 +159,16 @@ def test_latency_matching_converges_with_an_injected_timer():
     assert next_target(tries) == pytest.approx(0.5 * 0.4 / 0.6)  # proportional first
     tries.append({"target": 0.4, "latency_ratio": 0.5, "uvc_latency_ratio": 0.4})
     assert next_target(tries) == pytest.approx(0.3)  # then the secant: 1.5 -> 1.25 per 0.1 of target, 1 at 0.3
+
+
+def test_latency_matching_steps_back_from_a_target_out_of_reach():
+    """A peer whose smallest model has 0.3 of the MACs: a try below it is skipped upwards."""
+    def prune(target):
+        return target if target >= 0.3 else None
+
+    found = match_latency(prune, lambda t: (0.1 + t, 0.45), target=0.2)  # 0.2: out of reach, then up
+    assert found["tries"][0] == {"target": 0.2, "latency_ratio": None, "uvc_latency_ratio": None}
+    assert found["matched"] and found["tries"][1]["target"] == pytest.approx(0.3)
+    assert abs(found["latency_ratio"] / 0.45 - 1) <= 0.03 and found["target"] >= 0.3
+    with pytest.raises(ValueError, match="reached none"):
+        match_latency(lambda t: None, lambda t: (1.0, 1.0), target=0.5, max_tries=3)
