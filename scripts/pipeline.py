@@ -8,11 +8,16 @@ to a file), and every method's result is measured the same way.
     peer = bench.one_shot("greedy fit", "greedy-fit", teacher, "runs/x/greedy", target=0.5)
     rows = bench.measure([uvc, peer], bench.dense_model(teacher))
 
-A method's run is a dict {"name", "before", "after", "logs", "model_file"} (models before and
-after fine-tuning, the run folders, the file of the model after fine-tuning); `measure` turns runs into table rows: top-1 on
-the fixed validation split before and after fine-tuning, MACs ratio by fvcore on
-the physically pruned model, parameters and CPU images/s at batch 64 (every model
-timed side by side with the dense one, interleaved rounds, median).
+A method's run is a dict {"name", "before", "after", "logs", "model_file"} (models before
+and after fine-tuning, the run folders, the file of the model after fine-tuning); `measure`
+turns runs into table rows: top-1 on the fixed validation split before and after fine-tuning
+(and at the last and best fine-tuning epochs, from the run's log.jsonl), MACs ratio by fvcore
+on the physically pruned model, parameters and CPU images/s at batch 64 (every model timed
+side by side with the dense one, interleaved rounds, median).
+
+A Bench is a demo data set's config (`Bench("mnist")`, the commands the demo and the benchmark
+always ran) or any config with overrides passed identically to every command
+(`Bench(config_file="configs/deit_tiny.py", overrides=["--dataset", "imagenet", ...])`).
 """
 import hashlib
 import json
