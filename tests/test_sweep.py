@@ -128,3 +128,18 @@ def test_demo_mnist_smoke(tmp_path):
     assert summary["dataset"] == "mnist" and "vit_mnist_patch4_28" in summary["stage1_file"]
     for key in ("teacher_top1", "uvc_top1", "uvc_macs_ratio", "uvc_speedup_b64", "stage1_file", "stage2_file"):
         assert key in summary, key
+
+
+def test_finetune_top1_reads_the_last_and_the_best_epoch(tmp_path):
+    """post_train.py's and baselines.finetune's log.jsonl: epoch records, other records in between, and an
+    epoch logged again after a resume (its last record counts)."""
+    from scripts.pipeline import finetune_top1
+    records = [{"batch": 64}, {"epoch": 0, "val_top1": 90.0}, {"eval_step": 5, "top1": 99.0},
+               {"epoch": 1, "val_top1": 95.0}, {"epoch": 2, "val_top1": 93.0}, {"epoch": 2, "val_top1": 94.0},
+               {"best_file": "x", "best_top1": 95.0}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert finetune_top1(str(log)) == {"top1_last": 94.0, "top1_best": 95.0}
+    log.write_text(json.dumps({"batch": 64}) + "\n")
+    with pytest.raises(SystemExit, match="no epoch record"):
+        finetune_top1(str(log))
