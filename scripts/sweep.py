@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="", help="your dense checkpoint of the config's model (no teacher run)")
     p.add_argument("--pretrained", type=int, choices=(0, 1), default=None,
                    help="the teacher run: start from the config's --model_path (1) or from scratch (0)")
-    p.add_argument("--run_dir", default=None, help="one folder per budget, seed and method (runs/<name>_sweep)")
+    p.add_argument("--run_dir", default=None, help="one folder per budget, seed and method (runs/<stem>_sweep, "
+                                                   "e.g. runs/mnist_sweep)")
     p.add_argument("--cache_dir", default="runs/cache", help="where trained teachers are kept, by config")
     p.add_argument("--log_dir", default=None, help="where the tables and JSON go (demos: log; --config: --run_dir)")
     p.add_argument("--figs_dir", default=None, help="where the plot goes (demos: Figs; --config: --run_dir)")
@@ -169,19 +170,24 @@ def _check_paths(p: argparse.ArgumentParser, args) -> None:
         if not exists:
             p.error(f"--{flag} {value}: no such {'folder' if flag == 'data_dir' else 'file'}")
         setattr(args, flag, _path(value))
-    name = results_name(args)
-    args.run_dir = _path(args.run_dir or os.path.join("runs", name))
+    args.run_dir = _path(args.run_dir or os.path.join("runs", f"{stem_of(args)}_sweep"))  # the ablations reuse it
     args.cache_dir = _path(args.cache_dir)
     results = "log" if args.config is None else args.run_dir
     args.log_dir = _path(args.log_dir or results)
     args.figs_dir = _path(args.figs_dir or ("Figs" if args.config is None else args.run_dir))
 
 
+def stem_of(args) -> str:
+    """The demo data set (mnist), or the config's name with the data set (deit_tiny_imagenet)."""
+    if args.config is None:
+        return args.dataset
+    config = os.path.splitext(os.path.basename(args.config.rsplit(":", 1)[0]))[0]
+    return config + (f"_{args.dataset}" if args.dataset else "")
+
+
 def results_name(args) -> str:
-    """The files' stem: the demo data set (mnist_sweep.json), or the config's with the data set."""
-    stem = args.dataset if args.config is None else os.path.splitext(os.path.basename(
-        args.config.rsplit(":", 1)[0]))[0] + (f"_{args.dataset}" if args.dataset else "")
-    return f"{stem}_{'ablations' if args.ablations else 'sweep'}"
+    """The files' stem: mnist_sweep, mnist_ablations, deit_tiny_imagenet_sweep, ..."""
+    return f"{stem_of(args)}_{'ablations' if args.ablations else 'sweep'}"
 
 
 def slug(name: str) -> str:
