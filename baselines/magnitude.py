@@ -29,6 +29,15 @@ and exports compact.pth:
         --target_ratio 0.5 --output runs/mag/vit_digits_patch2_8_uvc.pth [--method greedy-fit]
     python post_train.py --config configs/digits_demo.py --model_path dense.pth \\
         --checkpoint_dir runs/mag/vit_digits_patch2_8_uvc.pth --output_dir runs/mag_post
+
+The model is the one the run fine-tunes: `--config FILE[:post]` with the run's overrides
+(--input_size, --num_classes, --dataset, --data_dir, --model_type, ...; the class count is the
+data's unless --num_classes), or `--model_type` alone (its own size and class count). The dense
+file must be that model's (models.load_exact): a file of another class count or patch grid stops
+with one line naming --num_classes or --input_size, and nothing is written.
+
+    python -m baselines.magnitude --config configs/deit_tiny.py:post --dataset imagenet --data_dir TREE \\
+        --input_size 32 --model_path dense.pth --target_ratio 0.5 --output runs/mag/deit_tiny_patch16_224_uvc.pth
 """
 import argparse
 import copy
@@ -142,10 +151,11 @@ def pruned_copy(vit, spec: dict):
 
 
 def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_dict: Optional[dict] = None,
-                     top1: Optional[float] = None) -> dict:
+                     top1: Optional[float] = None, teacher: Optional[dict] = None) -> dict:
     """The stage-1 file content (the input of post_train.py --checkpoint_dir).
 
-    The teacher recorded is the dense model at `model_path`, as for UVC."""
+    The teacher recorded is the dense model at `model_path`, as for UVC (`teacher`: its record as
+    engine.build.teacher_record makes it, which also rebuilds its shape)."""
     from uvc.deploy.stagefile import stage1_record
 
     fit = dict(info)
@@ -153,7 +163,7 @@ def magnitude_record(vit, spec: dict, info: dict, model_path: str = "", config_d
         fit["final_top1"] = float(top1)
     config = dict(config_dict or {}, method=info["method"], model_type=spec["model_type"], model_path=model_path,
                   budget=info["target_ratio"])
-    teacher = {"model_type": spec["model_type"], "path": model_path}
+    teacher = teacher or {"model_type": spec["model_type"], "path": model_path}
     return stage1_record(spec, pruned_copy(vit, spec).state_dict(), config, fit, teacher)
 
 
@@ -170,48 +180,73 @@ def evaluate_spec(vit, spec: dict, loader, device, amp: bool = False) -> Dict[st
 
 
 # --- command line -------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
+def _own_flags(argv):
+    """This script's flags; the rest are the config's (utils.config: --config, --model_type, --model_path,
+    --input_size, --num_classes, --dataset, --data_dir, ...)."""
     class Parser(argparse.ArgumentParser):
         def error(self, message):
             raise ValueError(f"{message} (see --help)")
 
-    p = Parser(prog="python -m baselines.magnitude", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m baselines.magnitude", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--method", choices=tuple(SPECS), default=METHOD,
                    help="uniform-magnitude: the same per block; greedy-fit: uvc.deploy.fit.fit_to_budget")
-    p.add_argument("--model_type", required=True, help="e.g. vit_digits_patch2_8, deit_small_patch16_224")
-    p.add_argument("--enable_deit", type=int, default=0, help="1: the distillation-token variant")
-    p.add_argument("--model_path", required=True, help="dense weights (local file or URL)")
     p.add_argument("--target_ratio", type=float, required=True, help="fraction of the dense MACs to keep")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative error accepted on the MACs ratio")
     p.add_argument("--flops_with_mhsa", type=int, default=1, help="count the N^2 attention terms")
     p.add_argument("--output", required=True, help="the stage-1 file to write, e.g. DIR/<model_type>_uvc.pth")
     p.add_argument("--eval_config", default="",
                    help="optional config (e.g. configs/digits_demo.py:post) to measure top-1 before fine-tuning")
-    return p
+    return p.parse_known_args(argv)
+
+
+def build_dense(config, from_config_file: bool):
+    """The dense model the config builds, with --model_path loaded as it is (models.load_exact).
+
+    Classes: --num_classes, else the data set's count (with --config: the run's data), else the model
+    type's own; input size: --input_size, else the model type's own."""
+    from data.datasets import build_eval_dataset
+    from engine.build import head_classes, model_input
+    from models import create_model, load_exact, resolve_model_type
+    from utils.config import model_overrides
+
+    model_type = resolve_model_type(config.model_type, config.enable_deit)
+    classes = int(config.num_classes) or None
+    if from_config_file and classes is None:
+        classes = head_classes(config, build_eval_dataset(config, *model_input(config))[1])
+    vit = create_model(model_type, num_classes=classes, enable_deit=config.enable_deit,
+                       img_size=config.input_size or None, **model_overrides(config))
+    load_exact(vit, config.model_path, model_type)
+    return vit.eval(), model_type
 
 
 def main(argv=None) -> None:
-    from models import create_model, load_pretrained, resolve_model_type
     from utils.checkpoint import atomic_save
+    from utils.config import parse_config
+    from engine.build import teacher_record
 
-    args = _parser().parse_args(argv)
-    model_type = resolve_model_type(args.model_type, args.enable_deit)
-    vit = create_model(model_type)
-    load_pretrained(vit, args.model_path, model_type=model_type)
-    spec, info = SPECS[args.method](vit.eval(), model_type, args.target_ratio, args.tolerance,
-                                    bool(args.flops_with_mhsa))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = _own_flags(argv)
+    given = {a.split("=")[0] for a in rest}
+    if not given & {"--config", "--model_type", "--model-type"}:
+        raise ValueError("give --config FILE[:post] (the run's config) or --model_type (its defaults)")
+    config = parse_config("post", rest, prog="python -m baselines.magnitude")
+    if not config.model_path:
+        raise ValueError("--model_path is required: the dense model to prune")
+    vit, model_type = build_dense(config, "--config" in given)
+    spec, info = SPECS[args.method](vit, model_type, args.target_ratio, args.tolerance, bool(args.flops_with_mhsa))
     top1 = None
     if args.eval_config:
         from utils.config import load_config_file
         from utils.dist import init_distributed
         from engine.build import build_data
 
-        config = load_config_file(args.eval_config, "post")
+        eval_config = load_config_file(args.eval_config, "post")
         env = init_distributed()
-        top1 = evaluate_spec(vit, spec, build_data(config, env).val_loader, env.device)["top1"]
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_save(magnitude_record(vit, spec, info, args.model_path, top1=top1), args.output)
+        top1 = evaluate_spec(vit, spec, build_data(eval_config, env).val_loader, env.device)["top1"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    record = magnitude_record(vit, spec, info, config.model_path, top1=top1,
+                              teacher=teacher_record(config, vit, model_type))
+    atomic_save(record, args.output)
     print(f"{args.method}: {_summary(spec)}, MACs ratio {info['macs_ratio']:.4f} (target {args.target_ratio})"
           + (f", top-1 before fine-tuning {top1:.2f}" if top1 is not None else "") + f"; wrote {args.output}",
           flush=True)

@@ -52,6 +52,7 @@ torch.load(..., weights_only=False); only load such files from a trusted source.
     python -m baselines.torch_pruning --config configs/digits_demo.py:post --model_path dense.pth \\
         --target_ratio 0.5 --output_dir runs/tp                              # Taylor, global (isomorphic)
     python -m baselines.torch_pruning ... --importance magnitude --global_pruning 0   # local magnitude
+    python -m baselines.torch_pruning ... --prune_only 1        # tp_pruned.pth only, not fine-tuned
 """
 import argparse
 import copy
@@ -294,6 +295,8 @@ def _own_flags(argv) -> Tuple[argparse.Namespace, list]:
     p.add_argument("--global_pruning", "--global-pruning", type=int, choices=(0, 1), default=1)
     p.add_argument("--isomorphic", type=int, choices=(0, 1), default=None, help="default: --global_pruning")
     p.add_argument("--taylor_batches", "--taylor-batches", type=int, default=None, help="default 10")
+    p.add_argument("--prune_only", "--prune-only", type=int, choices=(0, 1), default=0,
+                   help="1: write tp_pruned.pth and stop (no fine-tuning), e.g. to time the pruned model")
     args, rest = p.parse_known_args(argv)
     if args.target_ratio is None and not {"-h", "--help"} & set(rest):
         raise ValueError("--target_ratio is required (fraction of the dense fvcore MACs, e.g. 0.5)")
@@ -342,6 +345,9 @@ def main(argv=None) -> None:
           f"before fine-tuning (dense {dense['top1']:.2f})", flush=True)
     pruned_path = os.path.join(config.output_dir, "tp_pruned.pth")
     save_pruned(pruned, pruned_path, info)
+    if own.prune_only:
+        print(f"{setting.name}: wrote {pruned_path} (--prune_only 1: not fine-tuned)", flush=True)
+        return
     tuned = finetune(pruned, config, data, env, teacher, config.output_dir)
     result = {**info, "model_type": model_type, "model_path": config.model_path,
               "top1_dense": dense["top1"], "top1_before_finetune": before["top1"],

@@ -11,6 +11,9 @@ without a DDP `module.` prefix. Everything is read with
 `load_pretrained` refuses a checkpoint of another variant with one line naming
 the first tensor that differs, resamples `pos_embed` to another resolution, and
 re-initialises the classifier heads for another class count; the last two warn.
+`load_exact` is for a file that must be the model's own (a teacher handed to the
+sweep, the dense model a peer prunes): another class count or patch grid stops it
+with one line naming the flag that builds the file's model.
 """
 import argparse
 import math
@@ -174,6 +177,32 @@ def load_pretrained(model: nn.Module, path_or_url: str, num_classes_ok: bool = T
                       f"the head keeps its random init", CheckpointWarning, stacklevel=2)
     return {"missing": list(missing), "unexpected": list(unexpected) + dropped,
             "reinitialized_head": bool(dropped or missing_heads), "resampled_pos_embed": resampled}
+
+
+def load_exact(model: nn.Module, path_or_url: str, model_type: Optional[str] = None) -> None:
+    """Load a checkpoint that must fit `model` as it is: the same class count, patch grid and body.
+
+    A file of n classes in a model of m != n, or trained on a g x g patch grid (input g * patch px) in a
+    model of another grid, raises CheckpointError naming --num_classes / --input_size: resampling or a
+    fresh head would make another model than the file's."""
+    sd = extract_state_dict(read_checkpoint(path_or_url))
+    target = model.state_dict()
+    where = f"checkpoint {path_or_url} does not fit {model_name(model, model_type)}"
+    old, new = _num_classes(sd), _num_classes(target)
+    if old != new:
+        fix = f"set --num_classes {old}" if old else "pass a checkpoint with its classifier head"
+        raise CheckpointError(f"{where}: the file's classifier has {old} classes, the model built has {new}; {fix}")
+    file_pos, model_pos = sd.get("pos_embed"), target.get("pos_embed")
+    if file_pos is not None and model_pos is not None and file_pos.shape != model_pos.shape:
+        prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        side, grid = math.isqrt(file_pos.shape[1] - prefix), list(model.patch_embed.grid_size)
+        patch = model.patch_embed.patch_size[0]
+        raise CheckpointError(f"{where}: the file was trained on a {side}x{side} patch grid ({side * patch} px at "
+                              f"patch {patch}), the model built uses {grid[0]}x{grid[1]} "
+                              f"({grid[0] * patch} px); set --input_size {side * patch}")
+    _check_distillation(sd, model, where)
+    _check_body(sd, target, where)
+    model.load_state_dict(sd, strict=True)
 
 
 def _check_distillation(sd: dict, model: nn.Module, where: str) -> None:

@@ -8,11 +8,16 @@ to a file), and every method's result is measured the same way.
     peer = bench.one_shot("greedy fit", "greedy-fit", teacher, "runs/x/greedy", target=0.5)
     rows = bench.measure([uvc, peer], bench.dense_model(teacher))
 
-A method's run is a dict {"name", "before", "after", "logs"} (models before and after
-fine-tuning, and the run folders); `measure` turns runs into table rows: top-1 on
-the fixed validation split before and after fine-tuning, MACs ratio by fvcore on
-the physically pruned model, parameters and CPU images/s at batch 64 (every model
-timed side by side with the dense one, interleaved rounds, median).
+A method's run is a dict {"name", "before", "after", "logs", "model_file"} (models before
+and after fine-tuning, the run folders, the file of the model after fine-tuning); `measure`
+turns runs into table rows: top-1 on the fixed validation split before and after fine-tuning
+(and at the last and best fine-tuning epochs, from the run's log.jsonl), MACs ratio by fvcore
+on the physically pruned model, parameters and CPU images/s at batch 64 (every model timed
+side by side with the dense one, interleaved rounds, median).
+
+A Bench is a demo data set's config (`Bench("mnist")`, the commands the demo and the benchmark
+always ran) or any config with overrides passed identically to every command
+(`Bench(config_file="configs/deit_tiny.py", overrides=["--dataset", "imagenet", ...])`).
 """
 import hashlib
 import json
@@ -87,7 +92,7 @@ def stage1_run(name: str, stage1_file: str, compact_file: str, logs: List[str]) 
     from models.compact import load_compact
     arch = torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"]
     return {"name": name, "before": compact_of_stage1(stage1_file), "after": load_compact(compact_file),
-            "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file}
+            "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file, "model_file": compact_file}
 
 
 def macs_ratio_of(model: torch.nn.Module, dense: torch.nn.Module) -> float:
@@ -126,6 +131,21 @@ def stage1_ratio(stage1_file: str) -> float:
     return spec_ratio(torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"])
 
 
+def finetune_top1(log_path: str) -> Dict[str, float]:
+    """{"top1_last", "top1_best"}: validation top-1 at the last fine-tuning epoch and at the best one, from
+    the log.jsonl post_train.py and baselines.finetune write (one record per epoch with "epoch" and
+    "val_top1"; an epoch logged again after a resume counts once, as its last record)."""
+    by_epoch = {}
+    with open(log_path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "epoch" in record and "val_top1" in record:
+                by_epoch[int(record["epoch"])] = float(record["val_top1"])
+    if not by_epoch:
+        raise SystemExit(f"{log_path} holds no epoch record: the fine-tuning run did not finish an epoch")
+    return {"top1_last": by_epoch[max(by_epoch)], "top1_best": max(by_epoch.values())}
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -142,10 +162,11 @@ def write_result(out: str, text: str, record: dict) -> None:
 
 @dataclass
 class Bench:
-    """One data set's demo config and model, the teacher cache, and the shared run settings.
+    """One config and model (a demo data set's, or any config file with its overrides), the teacher
+    cache, and the shared run settings.
 
     Args:
-        dataset: a key of DATASETS.
+        dataset: a key of DATASETS (the demo config and model), unless `config_file` is given.
         cache_dir: where trained teachers are kept, keyed by their resolved config.
         seed: the teacher's seed, and the default seed of every other run.
         smoke: a few steps per stage (checks the plumbing, not the accuracy).
@@ -153,6 +174,12 @@ class Bench:
             (e.g. ["--epochs", "6"]); stage 2, the one-shot peers and Torch-Pruning share post_extra.
         reuse: skip a command that already completed in the same folder (see `run`).
         threads: OMP_NUM_THREADS of every command (0: the library default, one per core).
+        config_file: a config the entry scripts accept (its stages "dense", "joint", "post"; default: the
+            demo config of `dataset`).
+        overrides: config flags passed identically to every command (data, input size, model type,
+            batch sizes, workers), e.g. ["--dataset", "imagenet", "--data_dir", "tree"].
+        teacher_file: a dense checkpoint of the config's model to use instead of training one.
+        teacher_flags: flags of the teacher run only (e.g. ["--pretrained", "0"]).
     """
     dataset: str = "digits"
     cache_dir: str = "runs/cache"
@@ -162,32 +189,57 @@ class Bench:
     post_extra: Sequence[str] = ()
     reuse: bool = False
     threads: int = 0
+    config_file: str = ""
+    overrides: Sequence[str] = ()
+    teacher_file: str = ""
+    teacher_flags: Sequence[str] = ()
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise SystemExit(f"--dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        self.config_file, self.model_type = DATASETS[self.dataset]
+        from models import resolve_model_type
+        self.demo = not self.config_file and not self.overrides  # the demo's commands, as they always ran
+        if not self.config_file:
+            if self.dataset not in DATASETS:
+                raise SystemExit(f"--dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+            self.config_file, self.model_type = DATASETS[self.dataset]
+        if not self.demo:
+            self.config_file = self.config_file.rsplit(":", 1)[0] if ":" in os.path.basename(
+                self.config_file) else self.config_file  # the stages are appended per command
+            config = self.config("post")
+            self.model_type = resolve_model_type(config.model_type, config.enable_deit)
+        self.overrides = list(self.overrides)
+
+    def config(self, stage: str, extra: Sequence[str] = ()):
+        """The resolved config of a stage with the overrides (ConfigError for a missing file or bad value)."""
+        from utils.config import parse_config
+        return parse_config("post", ["--config", f"{self.config_file}:{stage}", *self.overrides, *extra])
 
     # ------------------------------------------------------------------------- the commands
     def config_key(self, stage: str, extra: List[str]) -> str:
         """A short hash of the resolved config of a stage (plus overrides): the teacher cache key. The
         search's own keys (utils.config.STAGE1_ONLY) cannot change a dense teacher and are left out."""
-        from utils.config import STAGE1_ONLY, parse_config
-        config = parse_config("post", ["--config", f"{self.config_file}:{stage}"] + extra)
-        text = json.dumps({k: v for k, v in config.to_dict().items()
+        from utils.config import STAGE1_ONLY
+        text = json.dumps({k: v for k, v in self.config(stage, extra).to_dict().items()
                            if k not in ("output_dir", "resume") + STAGE1_ONLY}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def teacher(self) -> str:
-        """The dense teacher's file, trained once per config and cached."""
-        extra = ["--seed", str(self.seed)] + (SMOKE if self.smoke else [])
+        """The dense teacher's file: `teacher_file` (checked to fit the config's model), else trained once
+        per config and cached."""
+        if self.teacher_file:
+            from models import load_exact
+            load_exact(self.dense_model(), self.teacher_file, self.model_type)
+            print(f"teacher: {self.teacher_file} (given; fits {self.model_type})")
+            return self.teacher_file
+        extra = ["--seed", str(self.seed)] + (SMOKE if self.smoke else []) + list(self.teacher_flags)
+        if not self.demo:  # a config's dense stage is its fine-tuning stage: no teacher to distil from yet
+            extra += ["--distillation-type", "none"]
         out = os.path.join(self.cache_dir, f"teacher-{self.config_key('dense', extra)}")
         path = os.path.join(out, f"{self.model_type}_dense_best.pth")
         if os.path.exists(os.path.join(out, "done")):
             print(f"teacher: reusing {path} (same config)")
             return path
         shutil.rmtree(out, ignore_errors=True)
-        run(["post_train.py", "--config", f"{self.config_file}:dense", "--output_dir", out] + extra,
+        run(["post_train.py", "--config", f"{self.config_file}:dense", *self.overrides, "--output_dir", out] + extra,
             os.path.join(out, "stdout.log"), threads=self.threads)
         if not os.path.exists(path):
             raise SystemExit(f"the teacher run did not write {path}; see {out}/stdout.log")
@@ -201,16 +253,16 @@ class Bench:
         return ["--seed", str(self.seed if seed is None else seed)]
 
     def stage1(self, teacher: str, out: str, budget: float, seed: Optional[int] = None, extra=()) -> str:
-        self._run(["joint_train.py", "--config", f"{self.config_file}:joint", "--model_path", teacher,
-                   "--budget", str(budget), *self._seed(seed), "--output_dir", out, *self.joint_extra]
+        self._run(["joint_train.py", "--config", f"{self.config_file}:joint", *self.overrides, "--model_path",
+                   teacher, "--budget", str(budget), *self._seed(seed), "--output_dir", out, *self.joint_extra]
                   + (SMOKE_SEARCH if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
         return os.path.join(out, f"{self.model_type}_uvc.pth")
 
     def stage2(self, teacher: str, stage1_file: str, out: str, seed: Optional[int] = None,
                extra=()) -> Dict[str, str]:
-        self._run(["post_train.py", "--config", f"{self.config_file}:post", "--model_path", teacher,
-                   "--checkpoint_dir", stage1_file, *self._seed(seed), "--output_dir", out, *self.post_extra]
-                  + (SMOKE if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
+        self._run(["post_train.py", "--config", f"{self.config_file}:post", *self.overrides, "--model_path",
+                   teacher, "--checkpoint_dir", stage1_file, *self._seed(seed), "--output_dir", out,
+                   *self.post_extra] + (SMOKE if self.smoke else []) + list(extra), os.path.join(out, "stdout.log"))
         return {"stage2_file": os.path.join(out, f"{self.model_type}_uvc_post_best.pth"),
                 "compact_file": os.path.join(out, "compact.pth")}
 
@@ -223,29 +275,47 @@ class Bench:
         return dict(stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")]),
                     **files)
 
-    def one_shot(self, name: str, method: str, teacher: str, out: str, target: float,
-                 seed: Optional[int] = None) -> dict:
-        """baselines.magnitude (`uniform-magnitude` or `greedy-fit`) at `target` MACs by UVC's formula,
-        then the same stage 2 as UVC."""
+    def one_shot_prune(self, method: str, teacher: str, out: str, target: float) -> str:
+        """baselines.magnitude (`uniform-magnitude` or `greedy-fit`) at `target` MACs by UVC's formula:
+        the stage-1 file."""
         s1 = os.path.join(out, "stage1", f"{self.model_type}_uvc.pth")
-        self._run(["-m", "baselines.magnitude", "--method", method, "--model_type", self.model_type,
-                   "--model_path", teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003",
-                   "--output", s1], os.path.join(out, "stage1", "stdout.log"))
+        model = ["--model_type", self.model_type] if self.demo else ["--config", f"{self.config_file}:post",
+                                                                     *self.overrides]
+        self._run(["-m", "baselines.magnitude", "--method", method, *model, "--model_path", teacher,
+                   "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", "--output", s1],
+                  os.path.join(out, "stage1", "stdout.log"))
+        return s1
+
+    def one_shot(self, name: str, method: str, teacher: str, out: str, target: float,
+                 seed: Optional[int] = None, stage1_file: str = "") -> dict:
+        """A one-shot peer at `target` MACs (or its given `stage1_file`), then the same stage 2 as UVC."""
+        s1 = stage1_file or self.one_shot_prune(method, teacher, out, target)
         files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed)
         return stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")])
+
+    def _tp_command(self, teacher: str, out: str, target: float, seed: Optional[int], setting) -> List[str]:
+        return ["-m", "baselines.torch_pruning", "--config", f"{self.config_file}:post", *self.overrides,
+                "--model_path", teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003",
+                *self._seed(seed), "--output_dir", out, *setting, *self.post_extra] + (SMOKE if self.smoke else [])
+
+    def torch_pruning_prune(self, teacher: str, out: str, target: float, seed: Optional[int] = None,
+                            setting=()) -> torch.nn.Module:
+        """baselines.torch_pruning --prune_only: the pruned model at `target` MACs, not fine-tuned."""
+        from baselines.finetune import load_pruned
+        self._run(self._tp_command(teacher, out, target, seed, setting) + ["--prune_only", "1"],
+                  os.path.join(out, "stdout.log"))
+        return load_pruned(os.path.join(out, "tp_pruned.pth"))[0]
 
     def torch_pruning(self, name: str, teacher: str, out: str, target: float, seed: Optional[int] = None,
                       setting=()) -> dict:
         """baselines.torch_pruning at `target` MACs by fvcore, fine-tuned with stage 2's loop.
         `setting`: its flags (default: Taylor importance, global isomorphic ranking)."""
         from baselines.finetune import load_pruned
-        self._run(["-m", "baselines.torch_pruning", "--config", f"{self.config_file}:post", "--model_path",
-                   teacher, "--target_ratio", f"{target:.6f}", "--tolerance", "0.003", *self._seed(seed),
-                   "--output_dir", out, *setting, *self.post_extra] + (SMOKE if self.smoke else []),
-                  os.path.join(out, "stdout.log"))
-        after = load_pruned(os.path.join(out, "tp_finetuned_best.pth"))[0]
+        self._run(self._tp_command(teacher, out, target, seed, setting), os.path.join(out, "stdout.log"))
+        best = os.path.join(out, "tp_finetuned_best.pth")
+        after = load_pruned(best)[0]
         return {"name": name, "before": load_pruned(os.path.join(out, "tp_pruned.pth"))[0], "after": after,
-                "removed": removed_of_pruned(after, self.dense_model()), "logs": [out]}
+                "removed": removed_of_pruned(after, self.dense_model()), "logs": [out], "model_file": best}
 
     # ------------------------------------------------------------------------- measuring
     @cached_property
@@ -256,21 +326,30 @@ class Bench:
 
     @cached_property
     def _val_loader(self):
-        from data import build_datasets
-        from utils.config import load_config_file
-        config = load_config_file(self.config_file, "post")
-        val = build_datasets(config, self.input_shape[1], self.input_shape[0])[1]
+        from data.datasets import build_eval_dataset
+        val = build_eval_dataset(self.config("post"), self.input_shape[1], self.input_shape[0])[0]
         return torch.utils.data.DataLoader(val, batch_size=512, shuffle=False)
 
     def top1(self, model: torch.nn.Module) -> float:
         from engine import evaluate
         return evaluate(model.eval(), self._val_loader, torch.device("cpu"))["top1"]
 
+    @cached_property
+    def num_classes(self) -> int:
+        """The classifier width every run builds: --num_classes, else the data set's class count."""
+        from data.datasets import build_eval_dataset
+        from engine.build import head_classes, model_input
+        config = self.config("post")
+        return head_classes(config, build_eval_dataset(config, *model_input(config))[1])
+
     def dense_model(self, path: str = "") -> torch.nn.Module:
-        """The dense model (randomly initialised without `path`)."""
+        """The dense model of the config (randomly initialised without `path`)."""
         from models.checkpoint import load_pretrained
         from models.vit import create_model
-        model = create_model(self.model_type, num_classes=10)
+        from utils.config import model_overrides
+        config = self.config("post")
+        model = create_model(self.model_type, num_classes=self.num_classes, img_size=config.input_size or None,
+                             **model_overrides(config))
         if path:
             load_pretrained(model, path, model_type=self.model_type)
         return model.eval()
@@ -282,7 +361,8 @@ class Bench:
                                   repeats=3 if self.smoke else 15)
 
     def measure(self, runs: Sequence[dict], dense: torch.nn.Module) -> List[dict]:
-        """The dense teacher's row, then one per run: name, top1_before, top1, macs_ratio (fvcore),
+        """The dense teacher's row, then one per run: name, top1_before, top1 (the saved best model),
+        top1_last and top1_best (its fine-tuning log, `finetune_top1`), macs_ratio (fvcore),
         params, images_per_s_b64, speedup_b64 (all models timed side by side) and removed."""
         models = {"dense teacher": dense, **{str(i): r["after"] for i, r in enumerate(runs)}}
         speed = self.throughput(models, 64)
@@ -291,6 +371,7 @@ class Bench:
                  "params": params(dense), "images_per_s_b64": speed["dense teacher"], "speedup_b64": 1.0,
                  "removed": dict.fromkeys(AXES, 0)}]
         return rows + [{"name": r["name"], "top1_before": self.top1(r["before"]), "top1": self.top1(r["after"]),
+                        **finetune_top1(os.path.join(r["logs"][-1], "log.jsonl")),
                         "macs_ratio": macs_ratio_of(r["after"], dense), "params": params(r["after"]),
                         "images_per_s_b64": speed[str(i)], "speedup_b64": speed[str(i)] / speed["dense teacher"],
                         "removed": r["removed"]} for i, r in enumerate(runs)]

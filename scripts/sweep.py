@@ -1,52 +1,57 @@
-"""The MNIST benchmark: UVC against its peers across budgets, and ablations that
-isolate each axis of the search.
+"""UVC against its peers across budgets and seeds, and ablations that isolate each axis of the
+search: on the MNIST benchmark, or on any config, data folder and input size.
 
-    python scripts/sweep.py --run_dir runs/mnist_sweep                        # the budget sweep
-    python scripts/sweep.py --run_dir runs/mnist_sweep --ablations --resume   # the ablations
+    python scripts/sweep.py --run_dir runs/mnist_sweep --seeds 730,731,732              # the budget sweep
+    python scripts/sweep.py --run_dir runs/mnist_sweep --ablations --resume             # the ablations
+    python scripts/sweep.py --config configs/deit_tiny.py --dataset imagenet --data_dir TREE \\
+        --input_size 32 --budgets 0.5 --log_dir out --figs_dir out                       # your own data
 
-Sweep: for every budget (0.3, 0.4, 0.5, 0.7) UVC runs stage 1 and stage 2 from the
-cached dense teacher (configs/mnist_demo.py), then every peer is pruned from the same
-teacher to the UVC model's MACs and fine-tuned with the same epochs and
-distillation: `uniform magnitude` and `greedy fit` (uvc.deploy.fit.fit_to_budget on the
-dense architecture with the teacher's scores, no search) at UVC's MACs by its
-formula, `Torch-Pruning` (Taylor importance, global isomorphic ranking) at UVC's
-MACs by fvcore. Writes log/mnist_sweep.md (table), log/mnist_sweep.json
-({"teacher_top1", "rows": [{"method", "budget", "macs_ratio", "top1",
-"top1_before_ft", "params", "images_per_s_b64", "speedup_b64", "removed"}]}; removed:
-the blocks, heads, value dims, neurons and patches the method removed) and
-Figs/mnist_sweep_top1_vs_macs.png (one line per method); each run's own logs stay
-in its folder under --run_dir.
+Sweep: for every seed and budget (0.3, 0.4, 0.5, 0.7) UVC runs stage 1 and stage 2 from the
+dense teacher (trained once and cached, or --teacher), then every peer is pruned from the same
+teacher and fine-tuned with the same epochs and distillation. `--match macs` (default): at the UVC
+model's MACs, `uniform magnitude` and `greedy fit` (uvc.deploy.fit.fit_to_budget on the dense
+architecture with the teacher's scores, no search) by UVC's formula, `Torch-Pruning` (Taylor
+importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searches with
+--budget_metric latency, and each peer is pruned until its measured time over the dense model's is
+within 3% of UVC's (scripts/latency_match.py). The seed drives the search and the fine-tuning of
+every method. Writes <name>_sweep.md (table), <name>_sweep.json ({"teacher_top1",
+"finetune_epochs", "seeds", "rows": [{"method", "budget", "match", "seed", "top1_last", "top1_best",
+"macs_ratio", "speedup_b64", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}]};
+top1_last / top1_best: validation top-1 at the last / the best fine-tuning epoch, from the run's
+log.jsonl; top1: the saved best model (model_file) evaluated here; removed: the blocks, heads,
+value dims, neurons and patches the method removed; latency-matched peers add latency_ratio,
+uvc_latency_ratio, matched, macs_target, match_tries and tries) under --log_dir, and
+<name>_sweep_top1_vs_macs.png under --figs_dir; each run's own logs stay under --run_dir.
 
-Ablations (--ablations), at budget 0.4 with two seeds per row (search and
-fine-tuning seeds; one teacher): UVC; UVC without block gates, without patch gates,
-without head/dim/neuron pruning (gates and patches only), without distillation, without the
-patch trial (--patch_probe 0: every patch drop the gradients propose stands); and
-no search at all (the greedy fit at the MACs of that seed's UVC model). Writes
-log/mnist_ablations.md (both seeds shown), log/mnist_ablations.json and the logs.
+Ablations (--ablations), at budget 0.4 over --seeds (730,731; one teacher): UVC; UVC without
+block gates, without patch gates, without head/dim/neuron pruning (gates and patches only),
+without distillation, without the patch trial (--patch_probe 0), without the importance term
+(y = p = 0 and no dual step); and no search at all (the greedy fit at the MACs of that seed's
+UVC model). Writes <name>_ablations.md / .json.
 
-Every command run is printed. All models are timed side by side at the end (batch
-64, interleaved rounds, median). --resume reuses the runs of the same command that
-already completed in --run_dir: a stopped benchmark continues, and the ablations
-reuse the sweep's UVC and greedy-fit runs at budget 0.4 with the first seed.
-Epochs are flags (--search_epochs 6 with 1 of warm-up, --finetune_epochs 3), sized so
-that the sweep (~25 min) and the ablations (~27 min) fit in an hour on a 2-core CPU
-with the teacher cached: a training epoch takes ~17 s there with one thread per run
-(--threads 1, the default: a CPU shared with other jobs is oversubscribed by one
-thread per core and per job).
+Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every command run is
+printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
+--resume reuses the runs of the same command that already completed in --run_dir.
+Epochs are flags (--search_epochs 6 with 1 of warm-up, --finetune_epochs 3), sized so that the
+MNIST sweep (~25 min per seed) fits on a 2-core CPU with the teacher cached (--threads 1, the
+default: a CPU shared with other jobs is oversubscribed by one thread per core and per job).
 """
 import argparse
 import json
 import os
 import re
 import sys
-import textwrap
 from typing import Dict, List
 
-from scripts.pipeline import (LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, markdown_table, removed_text,
-                              stage1_ratio)
+from scripts.latency_match import peer_at_latency
+from scripts.pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, ROOT, Bench, macs_ratio_of, stage1_ratio)
+from scripts.sweep_report import ablation_table, plot_sweep, sweep_table
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
 DEFAULT_METHODS = METHODS[:4]
+# y = p = 0 and no dual step: y, p start at 1 (uvc.search.structure), so the rates alone do not remove the
+# term; --importance_init 0 (their start) is assumed here and must exist in joint_train.py's config
+IMPORTANCE_OFF = ["--ylr", "0", "--plr", "0", "--importance_init", "0"]
 # ablation row -> (stage-1 flags, stage-2 flags); "no search (greedy fit)" is the greedy-fit peer
 ABLATIONS = {
     "UVC": ([], []),
@@ -55,58 +60,134 @@ ABLATIONS = {
     "UVC w/o head/dim/neuron pruning": (["--enable_pruning", "0"], []),
     "UVC w/o distillation": (["--distillation-type", "none"], ["--distillation-type", "none"]),
     "UVC w/o patch trial": (["--patch_probe", "0"], []),
+    "UVC w/o importance term": (IMPORTANCE_OFF, []),
 }
 NO_SEARCH = "no search (greedy fit)"
-REMOVED = "removed: blocks/heads/dims/neurons/patches"
+# flags passed as they are to every stage and method (data, model, sizes, loading)
+PASSED = ("data_dir", "input_size", "model_type", "train_batch_size", "eval_batch_size", "num_workers")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"error: {message}\n")
 
 
 def _floats(text: str) -> List[float]:
     return [float(t) for t in text.split(",") if t.strip()]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
-    p.add_argument("--run_dir", default="runs/mnist_sweep", help="one folder per budget, seed and method")
+def _path(path: str) -> str:
+    """An absolute path (the commands run from the repository's root), kept relative when run from there."""
+    full = os.path.abspath(path)
+    return os.path.relpath(full, ROOT) if os.getcwd() == ROOT and full.startswith(ROOT + os.sep) else full
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog=__doc__)
+    p.add_argument("--config", default=None, help="any config the entry scripts accept (default: the --dataset "
+                                                  "demo's)")
+    p.add_argument("--dataset", default=None, help="mnist (default) or digits: the demo configs; with --config, "
+                                                   "the data set (e.g. imagenet: an ImageFolder tree at --data_dir)")
+    p.add_argument("--data_dir", default=None, help="with --config: the data folder (train/ and val/)")
+    p.add_argument("--input_size", type=int, default=None, help="image side of every model (default: the model's)")
+    p.add_argument("--model_type", default=None, help="the config's model type, overridden")
+    p.add_argument("--train_batch_size", type=int, default=None, help="every training run's batch per process")
+    p.add_argument("--eval_batch_size", type=int, default=None, help="every run's evaluation batch")
+    p.add_argument("--num_workers", type=int, default=None, help="data-loading processes of every run")
+    p.add_argument("--teacher", default="", help="your dense checkpoint of the config's model (no teacher run)")
+    p.add_argument("--pretrained", type=int, choices=(0, 1), default=None,
+                   help="the teacher run: start from the config's --model_path (1) or from scratch (0)")
+    p.add_argument("--run_dir", default=None, help="one folder per budget, seed and method (runs/<stem>_sweep, "
+                                                   "e.g. runs/mnist_sweep)")
     p.add_argument("--cache_dir", default="runs/cache", help="where trained teachers are kept, by config")
-    p.add_argument("--log_dir", default="log", help="where the tables, JSON and run logs go")
-    p.add_argument("--figs_dir", default="Figs", help="where the plot goes")
+    p.add_argument("--log_dir", default=None, help="where the tables and JSON go (demos: log; --config: --run_dir)")
+    p.add_argument("--figs_dir", default=None, help="where the plot goes (demos: Figs; --config: --run_dir)")
     p.add_argument("--budgets", type=_floats, default=None, help="the sweep's, comma-separated (0.3,0.4,0.5,0.7)")
     p.add_argument("--methods", default=None,
                    help=f"the sweep's, comma-separated, from: {', '.join(METHODS)} (default: the first four; "
                         f"UVC always runs)")
+    p.add_argument("--match", choices=("macs", "latency"), default="macs",
+                   help="peers at UVC's MACs, or at its measured time ratio (UVC searching a latency budget)")
     p.add_argument("--ablations", action="store_true", help="run the ablations instead of the sweep")
     p.add_argument("--ablation_budget", type=float, default=None, help="--ablations: the budget (0.4)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
-                   help="--ablations: the seeds of every row, comma-separated (730,731)")
-    p.add_argument("--seed", type=int, default=730, help="the teacher's seed, and the sweep's")
+                   help="seeds of every row, comma-separated (sweep: --seed; ablations: 730,731)")
+    p.add_argument("--seed", type=int, default=730, help="the teacher's seed, and the sweep's default")
     p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (1 of warm-up)")
     p.add_argument("--finetune_epochs", type=int, default=3, help="stage-2 / fine-tuning epochs, every method")
     p.add_argument("--resume", action="store_true", help="reuse runs of the same command completed in --run_dir")
     p.add_argument("--threads", type=int, default=1,
                    help="threads of every training run (0: one per core; the measurements use one per core)")
     p.add_argument("--smoke", action="store_true", help="a few steps per run: checks the plumbing only")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _parser()
     args = p.parse_args(argv)
-    other = ("--budgets", "--methods") if args.ablations else ("--ablation_budget", "--seeds")
+    other = ("--budgets", "--methods") if args.ablations else ("--ablation_budget",)
     given = [f for f in other if getattr(args, f[2:]) is not None]
     if given:
         p.error(f"{given[0]} is for {'the sweep' if args.ablations else '--ablations'} only")
+    if args.ablations and args.match != "macs":
+        p.error("--match latency is for the sweep only (the ablations compare UVC's own variants)")
+    if args.config is None:
+        args.dataset = args.dataset or "mnist"
+        if args.dataset not in DATASETS:
+            p.error(f"--dataset {args.dataset}: without --config choose {' or '.join(DATASETS)} (the demo "
+                    f"configs), or name the model with --config FILE")
+    if args.teacher and args.pretrained is not None:
+        p.error("--pretrained sets how the teacher run starts: with --teacher there is no teacher run")
     args.budgets = args.budgets or [0.3, 0.4, 0.5, 0.7]
     args.ablation_budget = args.ablation_budget or 0.4
-    args.seeds = args.seeds or [730, 731]
+    args.seeds = args.seeds or ([730, 731] if args.ablations else [args.seed])
     args.methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"--methods: unknown {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if "UVC" not in args.methods:
-        args.methods.insert(0, "UVC")  # the peers are matched to its MACs
+        args.methods.insert(0, "UVC")  # the peers are matched to it
     for b in args.budgets + [args.ablation_budget]:
         if not 0.0 < b <= 1.0:
             p.error(f"budget {b} is outside (0, 1]: give the fraction of the dense MACs to keep")
     if min(args.search_epochs, args.finetune_epochs) < 1:
         p.error("--search_epochs and --finetune_epochs must be at least 1")
+    _check_paths(p, args)
     return args
+
+
+def _check_paths(p: argparse.ArgumentParser, args) -> None:
+    """One line for a path that does not exist; the others made absolute (the commands run from the root)."""
+    for flag in ("config", "data_dir", "teacher"):
+        value = getattr(args, flag)
+        if not value:
+            continue
+        file = value.rsplit(":", 1)[0] if flag == "config" and ":" in os.path.basename(value) else value
+        exists = os.path.isdir(file) if flag == "data_dir" else os.path.isfile(file)
+        if flag == "config" and not exists and os.path.isfile(os.path.join(ROOT, "configs", os.path.basename(file))):
+            continue  # a config named by its file in configs/, as the entry scripts accept it
+        if not exists:
+            p.error(f"--{flag} {value}: no such {'folder' if flag == 'data_dir' else 'file'}")
+        setattr(args, flag, _path(value))
+    args.run_dir = _path(args.run_dir or os.path.join("runs", f"{stem_of(args)}_sweep"))  # the ablations reuse it
+    args.cache_dir = _path(args.cache_dir)
+    results = "log" if args.config is None else args.run_dir
+    args.log_dir = _path(args.log_dir or results)
+    args.figs_dir = _path(args.figs_dir or ("Figs" if args.config is None else args.run_dir))
+
+
+def stem_of(args) -> str:
+    """The demo data set (mnist), or the config's name with the data set (deit_tiny_imagenet)."""
+    if args.config is None:
+        return args.dataset
+    config = os.path.splitext(os.path.basename(args.config.rsplit(":", 1)[0]))[0]
+    return config + (f"_{args.dataset}" if args.dataset else "")
+
+
+def results_name(args) -> str:
+    """The files' stem: mnist_sweep, mnist_ablations, deit_tiny_imagenet_sweep, ..."""
+    return f"{stem_of(args)}_{'ablations' if args.ablations else 'sweep'}"
 
 
 def slug(name: str) -> str:
@@ -115,85 +196,68 @@ def slug(name: str) -> str:
 
 def bench_of(args) -> Bench:
     epochs = not args.smoke  # --smoke sets its own epochs
-    return Bench(args.dataset, args.cache_dir, args.seed, args.smoke, reuse=args.resume, threads=args.threads,
+    overrides = [] if args.config is None else (["--dataset", args.dataset] if args.dataset else [])
+    for key in PASSED:
+        if getattr(args, key) is not None:
+            overrides += [f"--{key}", str(getattr(args, key))]
+    return Bench(args.dataset or "", args.cache_dir, args.seed, args.smoke, reuse=args.resume, threads=args.threads,
                  joint_extra=["--epochs", str(args.search_epochs)] if epochs else [],
-                 post_extra=["--epochs", str(args.finetune_epochs)] if epochs else [])
+                 post_extra=["--epochs", str(args.finetune_epochs)] if epochs else [],
+                 config_file=args.config or "", overrides=overrides, teacher_file=args.teacher,
+                 teacher_flags=[] if args.pretrained is None else ["--pretrained", str(args.pretrained)])
 
 
-def peers(bench: Bench, methods: List[str], teacher: str, folder: str, uvc: dict, dense, seed: int) -> List[dict]:
-    """The peer runs at the MACs of the UVC run `uvc` (by UVC's formula for the one-shot peers,
-    by fvcore for Torch-Pruning, which also shrinks q and k)."""
+def latency_flags(args) -> List[str]:
+    """Stage-1 flags of UVC under --match latency (the latency table kept with the cached teachers)."""
+    return ["--budget_metric", "latency", "--latency_cache", os.path.join(args.cache_dir, "latency")]
+
+
+def peers(bench: Bench, methods: List[str], teacher: str, folder: str, uvc: dict, dense, seed: int,
+          match: str = "macs") -> List[dict]:
+    """The peer runs matched to the UVC run `uvc`: at its MACs (by UVC's formula for the one-shot peers,
+    by fvcore for Torch-Pruning, which also shrinks q and k), or at its measured latency ratio."""
     target, tp_target = stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["after"], dense)
     out = []
     for name in methods:
         path = os.path.join(folder, slug(name))
-        if name in ("uniform magnitude", "greedy fit"):
+        flags = LOCAL_MAGNITUDE_FLAGS if "local" in name else ()
+        if name == "UVC":
+            continue
+        if match == "latency":
+            out.append(peer_at_latency(bench, name, teacher, path, uvc, dense, seed, (target, tp_target), flags))
+        elif name in ("uniform magnitude", "greedy fit"):
             out.append(bench.one_shot(name, slug(name), teacher, path, target, seed))
-        elif name.startswith("Torch-Pruning"):
-            flags = LOCAL_MAGNITUDE_FLAGS if "local" in name else ()
+        else:
             out.append(bench.torch_pruning(name, teacher, path, tp_target, seed, setting=flags))
     return out
 
 
-def measured(bench: Bench, runs: List[dict], dense, key: str) -> Dict:
-    """Every run measured side by side with the teacher; rows as in the JSON, each tagged with the
-    run's `key` ("budget" or "seed"), and the runs named for their log folders."""
+def measured(bench: Bench, runs: List[dict], dense) -> Dict:
+    """Every run measured side by side with the teacher: the JSON's rows (and the runs)."""
     teacher, *measures = bench.measure(runs, dense)
-    rows = [{"method": r["name"], key: run[key], "macs_ratio": r["macs_ratio"], "top1": r["top1"],
-             "top1_before_ft": r["top1_before"], "params": r["params"], "images_per_s_b64": r["images_per_s_b64"],
-             "speedup_b64": r["speedup_b64"], "removed": r["removed"]} for run, r in zip(runs, measures)]
-    for run in runs:
-        run["log_name"] = f"{key}{run[key]}_{slug(run['name'])}"
+    rows = []
+    for run, r in zip(runs, measures):
+        row = {"method": r["name"], "budget": run["budget"], "match": run["match"], "seed": run["seed"],
+               "top1_last": r["top1_last"], "top1_best": r["top1_best"], "macs_ratio": r["macs_ratio"],
+               "speedup_b64": r["speedup_b64"], "top1": r["top1"], "top1_before_ft": r["top1_before"],
+               "params": r["params"], "images_per_s_b64": r["images_per_s_b64"], "removed": r["removed"],
+               "model_file": run["model_file"]}
+        rows.append(dict(row, **run.get("latency_match", {})))
     return {"teacher_top1": teacher["top1"], "teacher_params": teacher["params"],
             "teacher_images_per_s_b64": teacher["images_per_s_b64"], "rows": rows, "runs": runs}
 
 
-# ----------------------------------------------------------------------------- the sweep
-
 def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
     runs = []
-    for budget in args.budgets:
-        folder = os.path.join(args.run_dir, f"budget{budget}_seed{args.seed}")
-        uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget)
-        runs += [dict(r, budget=budget) for r in [uvc] + peers(bench, args.methods, teacher, folder, uvc, dense,
-                                                                args.seed)]
-    return measured(bench, runs, dense, "budget")
+    joint = latency_flags(args) if args.match == "latency" else []
+    for seed in args.seeds:
+        for budget in args.budgets:
+            folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}" + ("_latency" if joint else ""))
+            uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, joint)
+            runs += [dict(r, budget=budget, seed=seed, match=args.match)
+                     for r in [uvc] + peers(bench, args.methods, teacher, folder, uvc, dense, seed, args.match)]
+    return measured(bench, runs, dense)
 
-
-def sweep_table(result: dict) -> str:
-    teacher = ["dense teacher", "1.0", f"{result['teacher_top1']:.2f}", f"{result['teacher_top1']:.2f}", "1.000",
-               f"{result['teacher_params'] / 1e3:.1f}K", f"{result['teacher_images_per_s_b64']:.0f}", "1.00x", ""]
-    return markdown_table(
-        ["method", "budget", "top-1 before FT (%)", "top-1 after FT (%)", "MACs ratio", "params",
-         "images/s (b64)", "speedup", REMOVED],
-        [teacher] + [[r["method"], f"{r['budget']}", f"{r['top1_before_ft']:.2f}", f"{r['top1']:.2f}",
-                      f"{r['macs_ratio']:.3f}", f"{r['params'] / 1e3:.1f}K", f"{r['images_per_s_b64']:.0f}",
-                      f"{r['speedup_b64']:.2f}x", removed_text(r["removed"])]
-                     for r in sorted(result["rows"], key=lambda r: r["budget"])])
-
-
-def plot_sweep(result: dict, path: str, command: str, dataset: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method in dict.fromkeys(r["method"] for r in result["rows"]):
-        points = sorted((r["macs_ratio"], r["top1"]) for r in result["rows"] if r["method"] == method)
-        ax.plot(*zip(*points), marker="o", label=method)
-    ax.axhline(result["teacher_top1"], color="grey", linestyle="--", linewidth=1, label="dense teacher")
-    ax.set_xlabel("MACs ratio (fvcore, vs dense)")
-    ax.set_ylabel("top-1 after fine-tuning (%)")
-    ax.set_title(f"{dataset}: top-1 vs MACs, every method at the UVC model's MACs", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(command, 150)), fontsize=5)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the command
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- the ablations
 
 def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
     runs, budget = [], args.ablation_budget
@@ -202,53 +266,53 @@ def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
         searched = [bench.uvc(name, teacher, os.path.join(folder, slug(name)), budget, seed, joint, post)
                     for name, (joint, post) in ABLATIONS.items()]
         greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed)[0]  # at UVC's MACs
-        runs += [dict(r, seed=seed) for r in searched] + [dict(greedy, name=NO_SEARCH, seed=seed)]
-    return dict(measured(bench, runs, dense, "seed"), budget=budget, seeds=list(args.seeds))
+        runs += [dict(r, seed=seed, budget=budget, match="macs") for r in searched]
+        runs.append(dict(greedy, name=NO_SEARCH, seed=seed, budget=budget, match="macs"))
+    return dict(measured(bench, runs, dense), budget=budget)
 
 
-def ablation_table(result: dict) -> str:
-    seeds = result["seeds"]
+def check_ablation_flags(bench: Bench) -> None:
+    """Every ablation's stage-1 flags are joint_train.py's, checked before any run starts."""
+    from utils.config import ConfigError, parse_config
+    for name, (joint, _) in ABLATIONS.items():
+        try:
+            parse_config("joint", ["--config", f"{bench.config_file}:joint", *bench.overrides, *joint])
+        except ConfigError as e:
+            raise ConfigError(f"the ablation {name!r} needs joint_train.py to accept {' '.join(joint)}: {e}") from None
 
-    def cells(method: str, text, sep: str = " / ") -> str:
-        by_seed = {r["seed"]: r for r in result["rows"] if r["method"] == method}
-        return sep.join(text(by_seed[s]) for s in seeds)
-
-    methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
-    return markdown_table(
-        ["method", f"top-1 after FT (%), seeds {' / '.join(map(str, seeds))}", "top-1 before FT (%)", "MACs ratio",
-         "params (K)", "speedup (b64)", REMOVED],
-        [[m, cells(m, lambda r: f"{r['top1']:.2f}"), cells(m, lambda r: f"{r['top1_before_ft']:.2f}"),
-          cells(m, lambda r: f"{r['macs_ratio']:.3f}"), cells(m, lambda r: f"{r['params'] / 1e3:.1f}"),
-          cells(m, lambda r: f"{r['speedup_b64']:.2f}"), cells(m, lambda r: removed_text(r["removed"]), "; ")]
-         for m in methods])
-
-
-# ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from utils.checkpoint import atomic_write_text
     bench = bench_of(args)
+    if args.ablations:
+        check_ablation_flags(bench)
     teacher = bench.teacher()
     dense = bench.dense_model(teacher)
     command = "python scripts/sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    name = f"{args.dataset}_{'ablations' if args.ablations else 'sweep'}"
+    name = results_name(args)
     result = (ablations if args.ablations else sweep)(args, bench, teacher, dense)
-    table = (ablation_table if args.ablations else sweep_table)(result)
     result.pop("runs")  # run folders stay under --run_dir
-    epochs = f"{args.search_epochs} search epochs (1 of warm-up), {args.finetune_epochs} fine-tuning epochs"
-    what = (f"budget {args.ablation_budget}, seeds {', '.join(map(str, args.seeds))}" if args.ablations
-            else f"budgets {', '.join(map(str, args.budgets))}, seed {args.seed}")
-    text = (f"{args.dataset.upper() if args.dataset == 'mnist' else args.dataset}, {what}, {epochs}; produced by "
-            f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. MACs ratios counted by fvcore on the "
-            f"physically pruned models; throughput measured side by side on this CPU at batch 64.\n\n{table}\n")
+    epochs = 1 if args.smoke else args.finetune_epochs
+    result = {"teacher_top1": result.pop("teacher_top1"), "finetune_epochs": epochs, "seeds": list(args.seeds),
+              **result, "command": command}
+    table = (ablation_table if args.ablations else sweep_table)(result)
+    what = (f"budget {args.ablation_budget}" if args.ablations else
+            f"budgets {', '.join(map(str, args.budgets))}, matched by {args.match}")
+    text = (f"{name.rsplit('_', 1)[0]}, {what}, seeds {', '.join(map(str, args.seeds))}, "
+            f"{1 if args.smoke else args.search_epochs} search epochs, {epochs} fine-tuning epochs; produced by "
+            f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last fine-tuning epoch and "
+            f"at the best one (validation split), mean (min-max) over the seeds; MACs ratios counted by fvcore on "
+            f"the physically pruned models; speedups measured side by side on this CPU at batch 64.\n\n{table}\n")
     atomic_write_text(text, os.path.join(args.log_dir, f"{name}.md"))
-    atomic_write_text(json.dumps(dict(result, command=command), indent=1), os.path.join(args.log_dir, f"{name}.json"))
+    atomic_write_text(json.dumps(result, indent=1), os.path.join(args.log_dir, f"{name}.json"))
     if not args.ablations:
-        plot_sweep(result, os.path.join(args.figs_dir, f"{name}_top1_vs_macs.png"), command, args.dataset)
+        plot_sweep(result, os.path.join(args.figs_dir, f"{name}_top1_vs_macs.png"), command, name)
     print("\n" + text)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from engine.entry import run_entry
+
+    run_entry(main, sys.argv[1:])

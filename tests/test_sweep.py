@@ -11,33 +11,45 @@ from scripts import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SWEEP_KEYS = {"method", "budget", "macs_ratio", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}
+SWEEP_KEYS = {"method", "budget", "match", "seed", "top1_last", "top1_best", "macs_ratio", "speedup_b64", "top1",
+              "top1_before_ft", "params", "images_per_s_b64", "removed"}
 
 
-def row(method, top1, **extra):
-    return dict(method=method, top1=top1, top1_before_ft=top1 - 10, macs_ratio=0.4, params=200_000,
-                images_per_s_b64=1000.0, speedup_b64=1.5,
+def row(method, top1, best=None, seed=730, budget=0.4, match="macs", **extra):
+    return dict(method=method, budget=budget, match=match, seed=seed, top1_last=top1,
+                top1_best=top1 if best is None else best, top1=top1, top1_before_ft=top1 - 10, macs_ratio=0.4,
+                params=200_000, images_per_s_b64=1000.0, speedup_b64=1.5,
                 removed={"blocks": 1, "heads": 2, "dims": 3, "neurons": 400, "patches": 5}, **extra)
 
 
-def test_ablation_table_shows_both_seeds_per_row():
-    result = {"seeds": [730, 731], "rows": [row("UVC", 97.1, seed=730), row("UVC", 96.8, seed=731),
+def test_ablation_table_pools_the_seeds_of_a_row():
+    result = {"seeds": [730, 731], "rows": [row("UVC", 97.1, 97.5, seed=730), row("UVC", 96.8, 97.0, seed=731),
                                             row(sweep.NO_SEARCH, 95.0, seed=730), row(sweep.NO_SEARCH, 95.5, seed=731)]}
     lines = sweep.ablation_table(result).splitlines()
-    assert "seeds 730 / 731" in lines[0] and len(lines) == 4
-    assert lines[2] == ("| UVC | 97.10 / 96.80 | 87.10 / 86.80 | 0.400 / 0.400 | 200.0 / 200.0 | 1.50 / 1.50 | "
+    assert lines[0].startswith("| method | top-1 at the last FT epoch (%), mean (min-max) over seeds 730, 731 | "
+                               "top-1 at the best FT epoch (%), mean (min-max) over seeds 730, 731 |")
+    assert len(lines) == 4
+    assert lines[2] == ("| UVC | 96.95 (96.80-97.10) | 97.25 (97.00-97.50) | 86.95 (86.80-87.10) | 0.400 | 1.50x | "
                         "1/2/3/400/5; 1/2/3/400/5 |")
-    assert lines[3].startswith(f"| {sweep.NO_SEARCH} | 95.00 / 95.50 |")
+    assert lines[3].startswith(f"| {sweep.NO_SEARCH} | 95.25 (95.00-95.50) |")
 
 
-def test_sweep_table_orders_by_budget_with_the_teacher_first():
-    result = {"teacher_top1": 98.0, "teacher_params": 400_000, "teacher_images_per_s_b64": 700.0,
+def test_sweep_table_orders_by_match_and_budget_with_the_teacher_first():
+    result = {"teacher_top1": 98.0, "seeds": [730],
               "rows": [row("UVC", 97.0, budget=0.5), row("greedy fit", 96.0, budget=0.5),
-                       row("UVC", 90.0, budget=0.3)]}
+                       row("UVC", 90.0, budget=0.3), row("UVC", 91.0, budget=0.3, match="latency")]}
     lines = sweep.sweep_table(result).splitlines()
-    assert lines[2].startswith("| dense teacher | 1.0 | 98.00 | 98.00 | 1.000 | 400.0K |")
-    order = [line.split(" | ")[:2] for line in lines[3:]]
-    assert order == [["| UVC", "0.3"], ["| UVC", "0.5"], ["| greedy fit", "0.5"]]
+    assert "top-1 at the last FT epoch (%), seed 730" in lines[0] and "speedup (b64)" in lines[0]
+    assert lines[2].startswith("| dense teacher |  | 1.0 | 98.00 | 98.00 | 1.000 | 1.00x |")
+    order = [line.split(" | ")[:3] for line in lines[3:]]
+    assert order == [["| UVC", "latency", "0.3"], ["| UVC", "macs", "0.3"], ["| UVC", "macs", "0.5"],
+                     ["| greedy fit", "macs", "0.5"]]
+    assert lines[4].startswith("| UVC | macs | 0.3 | 90.00 | 90.00 | 0.400 | 1.50x |")
+
+
+def test_spread_is_mean_and_range():
+    from scripts.sweep_report import spread
+    assert spread([95.7]) == "95.70" and spread([95.0, 96.0, 95.5]) == "95.50 (95.00-96.00)"
 
 
 def test_removed_counts_per_axis():
@@ -60,9 +72,13 @@ def test_flags_are_checked():
     args = sweep.parse_args(["--methods", "Torch-Pruning", "--budgets", "0.3,0.5"])
     assert args.methods == ["UVC", "Torch-Pruning"] and args.budgets == [0.3, 0.5]
     assert sweep.bench_of(args).joint_extra == ["--epochs", str(args.search_epochs)]
+    assert args.seeds == [730] and args.match == "macs"
+    assert (args.log_dir, args.figs_dir) == (sweep._path("log"), sweep._path("Figs"))  # the demos' results go there
     assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
+    assert sweep.parse_args(["--seeds", "1,2,3"]).seeds == [1, 2, 3]
     for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"],
-                ["--ablations", "--budgets", "0.5"], ["--seeds", "1,2"]):  # a flag of the other mode
+                ["--ablations", "--budgets", "0.5"], ["--ablations", "--match", "latency"],  # a flag of the other mode
+                ["--match", "speed"], ["--dataset", "cifar10"]):  # cifar10 needs --config
         with pytest.raises(SystemExit):
             sweep.parse_args(bad)
 
@@ -83,7 +99,8 @@ def test_sweep_and_ablations_smoke(tmp_path):
     out = run_script("sweep.py", "--budgets", "0.4", "--threads", "1", *dirs)
     assert "$ joint_train.py --config configs/mnist_demo.py:joint" in out
     result = json.loads((tmp_path / "log" / "mnist_sweep.json").read_text())
-    teacher_row = f"| dense teacher | 1.0 | {result['teacher_top1']:.2f} | {result['teacher_top1']:.2f} | 1.000"
+    assert {"teacher_top1", "finetune_epochs", "seeds", "rows"} <= set(result)
+    teacher_row = f"| dense teacher |  | 1.0 | {result['teacher_top1']:.2f} | {result['teacher_top1']:.2f} | 1.000"
     assert result["teacher_top1"] > 10.0 and teacher_row in (tmp_path / "log" / "mnist_sweep.md").read_text()
     assert [r["method"] for r in result["rows"]] == list(sweep.DEFAULT_METHODS)
     for r in result["rows"]:
@@ -99,8 +116,8 @@ def test_sweep_and_ablations_smoke(tmp_path):
     assert out.count("(reused: completed before") == 4  # UVC stages 1 and 2, greedy fit and its stage 2
     result = json.loads((tmp_path / "log" / "mnist_ablations.json").read_text())
     assert [r["method"] for r in result["rows"]] == list(sweep.ABLATIONS) + [sweep.NO_SEARCH]
-    assert all(SWEEP_KEYS - {"budget"} | {"seed"} <= set(r) for r in result["rows"])
-    assert "seeds 730" in (tmp_path / "log" / "mnist_ablations.md").read_text()
+    assert all(SWEEP_KEYS <= set(r) for r in result["rows"])
+    assert "seed 730" in (tmp_path / "log" / "mnist_ablations.md").read_text()
 
 
 @pytest.mark.slow
@@ -111,3 +128,18 @@ def test_demo_mnist_smoke(tmp_path):
     assert summary["dataset"] == "mnist" and "vit_mnist_patch4_28" in summary["stage1_file"]
     for key in ("teacher_top1", "uvc_top1", "uvc_macs_ratio", "uvc_speedup_b64", "stage1_file", "stage2_file"):
         assert key in summary, key
+
+
+def test_finetune_top1_reads_the_last_and_the_best_epoch(tmp_path):
+    """post_train.py's and baselines.finetune's log.jsonl: epoch records, other records in between, and an
+    epoch logged again after a resume (its last record counts)."""
+    from scripts.pipeline import finetune_top1
+    records = [{"batch": 64}, {"epoch": 0, "val_top1": 90.0}, {"eval_step": 5, "top1": 99.0},
+               {"epoch": 1, "val_top1": 95.0}, {"epoch": 2, "val_top1": 93.0}, {"epoch": 2, "val_top1": 94.0},
+               {"best_file": "x", "best_top1": 95.0}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert finetune_top1(str(log)) == {"top1_last": 94.0, "top1_best": 95.0}
+    log.write_text(json.dumps({"batch": 64}) + "\n")
+    with pytest.raises(SystemExit, match="no epoch record"):
+        finetune_top1(str(log))

@@ -1,0 +1,97 @@
+"""The tables and the figure of scripts/sweep.py, from its JSON rows.
+
+Every row is one run: {"method", "budget", "match", "seed", "top1_last", "top1_best", "macs_ratio",
+"speedup_b64", ...}. A table cell pools the rows of one method, budget and match over the seeds:
+top-1 as "mean (min-max)" (the mean alone for one seed), the MACs ratio and the speedup as means.
+top1_last is the validation top-1 at the last fine-tuning epoch, top1_best the best epoch's
+(picked on the same validation split, so it flatters every method alike).
+"""
+import os
+import textwrap
+from typing import Dict, List, Sequence, Tuple
+
+from scripts.pipeline import markdown_table, removed_text
+
+REMOVED = "removed: blocks/heads/dims/neurons/patches"
+
+
+def spread(values: Sequence[float]) -> str:
+    """"mean (min-max)" to two decimals; the mean alone for a single value."""
+    mean = sum(values) / len(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def grouped(rows: List[dict], keys: Tuple[str, ...]) -> Dict[tuple, List[dict]]:
+    """Rows by the values of `keys`, groups in the order they first appear."""
+    out: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean (min-max) over seeds {', '.join(map(str, seeds))}"
+
+
+def _cells(group: List[dict]) -> List[str]:
+    """top-1 last, top-1 best, MACs ratio, speedup and the removed counts (one per seed) of a group."""
+    return [spread([r["top1_last"] for r in group]), spread([r["top1_best"] for r in group]),
+            f"{mean([r['macs_ratio'] for r in group]):.3f}", f"{mean([r['speedup_b64'] for r in group]):.2f}x",
+            "; ".join(removed_text(r["removed"]) for r in group)]
+
+
+def sweep_table(result: dict) -> str:
+    """One line per method, budget and match (ordered by match, then budget), the dense teacher first."""
+    seeds = _seeds_text(result["seeds"])
+    header = ["method", "match", "budget", f"top-1 at the last FT epoch (%), {seeds}",
+              f"top-1 at the best FT epoch (%), {seeds}", "MACs ratio", "speedup (b64)", REMOVED]
+    teacher = f"{result['teacher_top1']:.2f}"
+    lines = [["dense teacher", "", "1.0", teacher, teacher, "1.000", "1.00x", ""]]
+    groups = grouped(result["rows"], ("method", "match", "budget"))
+    order = sorted(groups, key=lambda k: (k[1], k[2]))  # stable: methods keep their order within a budget
+    lines += [[method, match, f"{budget}", *_cells(groups[(method, match, budget)])]
+              for method, match, budget in order]
+    return markdown_table(header, lines)
+
+
+def ablation_table(result: dict) -> str:
+    """One line per ablation row at the ablations' budget, pooled over its seeds."""
+    seeds = _seeds_text(result["seeds"])
+    header = ["method", f"top-1 at the last FT epoch (%), {seeds}", f"top-1 at the best FT epoch (%), {seeds}",
+              "top-1 before FT (%)", "MACs ratio", "speedup (b64)", REMOVED]
+    lines = []
+    for (method,), group in grouped(result["rows"], ("method",)).items():
+        last, best, macs, speed, removed = _cells(group)
+        lines.append([method, last, best, spread([r["top1_before_ft"] for r in group]), macs, speed, removed])
+    return markdown_table(header, lines)
+
+
+def plot_sweep(result: dict, path: str, command: str, dataset: str) -> None:
+    """Top-1 at the last fine-tuning epoch (seed mean, bars: min-max) against the MACs ratio, one line per
+    method and match."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (method, match), rows in grouped(result["rows"], ("method", "match")).items():
+        points = sorted((mean([r["macs_ratio"] for r in g]), [r["top1_last"] for r in g])
+                        for g in grouped(rows, ("budget",)).values())
+        x, y = [p[0] for p in points], [mean(p[1]) for p in points]
+        err = [[m - min(p[1]) for m, p in zip(y, points)], [max(p[1]) - m for m, p in zip(y, points)]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="-" if match == "macs" else "--",
+                    label=f"{method} ({match})")
+    ax.axhline(result["teacher_top1"], color="grey", linestyle="--", linewidth=1, label="dense teacher")
+    ax.set_xlabel("MACs ratio (fvcore, vs dense)")
+    ax.set_ylabel("top-1 at the last fine-tuning epoch (%)")
+    ax.set_title(f"{dataset}: top-1 vs MACs ({_seeds_text(result['seeds'])})", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(command, 150)), fontsize=5)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the command
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

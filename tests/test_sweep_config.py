@@ -1,0 +1,174 @@
+"""scripts/sweep.py on a user's config and image folder (issue 28): every stage and method at the
+run's input size and classes, --teacher, the one-line errors, the peers' refusal of a checkpoint of
+another model, and --match latency's loop. The project's commands run in this process (the sweep's
+`run` swapped for an in-process call) so that the sweep fits in a CI test."""
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from baselines.finetune import load_pruned
+from baselines.macs import fvcore_macs
+from engine.entry import run_entry
+from models import create_model
+from models.compact import load_compact
+from scripts import pipeline, sweep
+from scripts.latency_match import match_latency, next_target
+
+DEIT = "deit_tiny_patch16_224"
+CLASSES, SIZE = 3, 32
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """An ImageFolder tree: 3 classes x 4 training and 2 validation images of 32 px."""
+    root = tmp_path_factory.mktemp("tree")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for c in range(CLASSES):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((SIZE, SIZE, 3)) * 80 + 60 * c).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def dense_file(folder, num_classes=CLASSES, img_size=SIZE):
+    torch.manual_seed(0)
+    model = create_model(DEIT, num_classes=num_classes, img_size=img_size)
+    path = folder / f"dense_{num_classes}_{img_size}.pth"
+    torch.save({"model": model.state_dict(), "model_type": DEIT}, path)
+    return str(path)
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """pipeline.run calls the command's main() here; returns the list of commands run."""
+    commands = []
+
+    def run(cmd, log_path, reuse=False, threads=0):
+        commands.append(cmd)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        module, argv = (cmd[1], cmd[2:]) if cmd[0] == "-m" else (cmd[0][:-len(".py")], cmd[1:])
+        importlib.import_module(module).main(list(argv))
+
+    monkeypatch.setattr(pipeline, "run", run)
+    return commands
+
+
+def user_flags(tree, tmp_path):
+    return ["--config", "configs/deit_tiny.py", "--dataset", "imagenet", "--data_dir", str(tree), "--input_size",
+            str(SIZE), "--train_batch_size", "4", "--eval_batch_size", "8", "--num_workers", "0", "--smoke",
+            "--run_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache")]
+
+
+def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in_process, one_thread):
+    teacher = dense_file(tmp_path)
+    sweep.main(user_flags(tree, tmp_path) + ["--teacher", teacher, "--budgets", "0.5", "--threads", "0",
+                                             "--methods", ",".join(sweep.METHODS)])
+    assert not [c for c in in_process if any(a.endswith(":dense") for a in c)]  # no teacher run
+    for cmd in in_process:  # the user's data and size reach every stage and method
+        assert "--input_size" in cmd and str(tree) in cmd, cmd
+    result = json.loads((tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").read_text())
+    assert {"teacher_top1", "finetune_epochs", "seeds", "rows"} <= set(result) and result["seeds"] == [730]
+    assert [r["method"] for r in result["rows"]] == list(sweep.METHODS)
+    dense = create_model(DEIT, num_classes=CLASSES, img_size=SIZE)
+    for r in result["rows"]:
+        assert {"method", "budget", "match", "seed", "top1_last", "top1_best", "macs_ratio", "speedup_b64"} <= set(r)
+        assert r["match"] == "macs" and r["seed"] == 730 and r["top1_best"] >= r["top1_last"]
+        model = (load_pruned(r["model_file"])[0] if r["method"].startswith("Torch-Pruning")
+                 else load_compact(r["model_file"]))
+        assert tuple(model.patch_embed.img_size) == (SIZE, SIZE) and model.head.out_features == CLASSES
+        assert abs(r["macs_ratio"] / (fvcore_macs(model) / fvcore_macs(dense)) - 1) <= 0.01, r
+        assert abs(r["macs_ratio"] / result["rows"][0]["macs_ratio"] - 1) <= 0.01, r  # at UVC's MACs
+    assert (tmp_path / "runs" / "deit_tiny_imagenet_sweep.md").exists()
+    assert (tmp_path / "runs" / "deit_tiny_imagenet_sweep_top1_vs_macs.png").exists()
+
+
+def test_the_teacher_run_of_a_config_trains_the_users_model(tree, tmp_path, in_process, one_thread):
+    args = sweep.parse_args(user_flags(tree, tmp_path) + ["--pretrained", "0"])
+    bench = sweep.bench_of(args)
+    path = bench.teacher()
+    (cmd,) = in_process
+    assert cmd[:3] == ["post_train.py", "--config", "configs/deit_tiny.py:dense"]
+    assert cmd[cmd.index("--distillation-type") + 1] == "none" and cmd[cmd.index("--pretrained") + 1] == "0"
+    from models import load_exact
+    load_exact(create_model(DEIT, num_classes=CLASSES, img_size=SIZE), path)  # the user's classes and size
+    assert bench.teacher() == path and len(in_process) == 1  # cached
+
+
+def one_line_error(capsys, main, argv):
+    with pytest.raises(SystemExit) as stop:
+        run_entry(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code not in (0, None) and len(err.splitlines()) == 1 and err.startswith("error:"), err
+    return err
+
+
+def test_bad_input_stops_the_sweep_in_one_line(tree, tmp_path, capsys):
+    flags = user_flags(tree, tmp_path)
+    cases = [
+        (["--config", "configs/nope.py"], "--config configs/nope.py: no such file"),
+        (["--data_dir", str(tmp_path / "missing")], "no such folder"),
+        (["--budgets", "0.5,1.5"], "outside (0, 1]"),
+        (["--methods", "NAS"], "unknown 'NAS'"),
+        (["--dataset", "imagenet"], "without --config"),
+    ]
+    for change, expected in cases:
+        argv = flags + change if change[0] != "--dataset" else change
+        assert expected in one_line_error(capsys, sweep.main, argv)
+    teacher = dense_file(tmp_path, num_classes=10)
+    assert "set --num_classes 10" in one_line_error(capsys, sweep.main, flags + ["--teacher", teacher])
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_peer_refuses_a_checkpoint_of_another_model(tmp_path, capsys):
+    """A 3-class model trained at 32 px: a peer that builds another model stops, naming the flag."""
+    dense = dense_file(tmp_path)
+    out = tmp_path / "peer" / f"{DEIT}_uvc.pth"
+    base = ["--model_type", DEIT, "--model_path", dense, "--target_ratio", "0.5", "--output", str(out)]
+    assert "set --num_classes 3" in one_line_error(capsys, magnitude_main(), base)
+    assert "set --input_size 32" in one_line_error(capsys, magnitude_main(), base + ["--num_classes", "3"])
+    assert not out.exists()
+    magnitude_main()(base + ["--num_classes", "3", "--input_size", "32"])
+    record = torch.load(out, weights_only=True)
+    assert record["arch"]["img_size"] == SIZE and record["model"]["head.weight"].shape[0] == CLASSES
+
+
+def magnitude_main():
+    from baselines.magnitude import main
+    return main
+
+
+def test_latency_matching_converges_with_an_injected_timer():
+    """The peer's time ratio as a non-linear function of its MACs target; UVC's measured at 0.42."""
+    def measure(target):
+        return 0.08 + 0.7 * target ** 1.4, 0.42
+
+    found = match_latency(lambda t: t, measure, target=0.5)
+    assert found["matched"] and abs(found["latency_ratio"] / 0.42 - 1) <= 0.03
+    assert len(found["tries"]) <= 6 and found["candidate"] == found["target"]
+    never = match_latency(lambda t: t, lambda t: (0.9, 0.42), target=0.5, max_tries=4)  # a peer that cannot move
+    assert not never["matched"] and len(never["tries"]) <= 4
+    tries = [{"target": 0.5, "latency_ratio": 0.6, "uvc_latency_ratio": 0.4}]
+    assert next_target(tries) == pytest.approx(0.5 * 0.4 / 0.6)  # proportional first
+    tries.append({"target": 0.4, "latency_ratio": 0.5, "uvc_latency_ratio": 0.4})
+    assert next_target(tries) == pytest.approx(0.3)  # then the secant: 1.5 -> 1.25 per 0.1 of target, 1 at 0.3
+
+
+def test_latency_matching_steps_back_from_a_target_out_of_reach():
+    """A peer whose smallest model has 0.3 of the MACs: a try below it is skipped upwards."""
+    def prune(target):
+        return target if target >= 0.3 else None
+
+    found = match_latency(prune, lambda t: (0.1 + t, 0.45), target=0.2)  # 0.2: out of reach, then up
+    assert found["tries"][0] == {"target": 0.2, "latency_ratio": None, "uvc_latency_ratio": None}
+    assert found["matched"] and found["tries"][1]["target"] == pytest.approx(0.3)
+    assert abs(found["latency_ratio"] / 0.45 - 1) <= 0.03 and found["target"] >= 0.3
+    with pytest.raises(ValueError, match="reached none"):
+        match_latency(lambda t: None, lambda t: (1.0, 1.0), target=0.5, max_tries=3)
