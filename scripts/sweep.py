@@ -49,9 +49,8 @@ from scripts.sweep_report import ablation_table, plot_sweep, sweep_table
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
 DEFAULT_METHODS = METHODS[:4]
-# y = p = 0 and no dual step: y, p start at 1 (uvc.search.structure), so the rates alone do not remove the
-# term; --importance_init 0 (their start) is assumed here and must exist in joint_train.py's config
-IMPORTANCE_OFF = ["--ylr", "0", "--plr", "0", "--importance_init", "0"]
+# y = p = 0 and no dual step: y, p start at --dual_init (1), so the rates alone do not remove the term
+IMPORTANCE_OFF = ["--ylr", "0", "--plr", "0", "--dual_init", "0"]
 # ablation row -> (stage-1 flags, stage-2 flags); "no search (greedy fit)" is the greedy-fit peer
 ABLATIONS = {
     "UVC": ([], []),
