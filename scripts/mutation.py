@@ -1,7 +1,8 @@
 """Mutation testing of the method core with mutmut; writes log/mutation.json.
 
     python scripts/mutation.py                         # every module of MODULES
-    python scripts/mutation.py uvc/schedule.py ...      # some of them (merged into log/mutation.json)
+    python scripts/mutation.py uvc/deploy/fit.py ...   # some of them (merged into log/mutation.json)
+    python scripts/mutation.py --survivors MODULE ...   # only their survivors again, after adding tests
 
 A benchmark, not CI. Each module runs in its own scratch copy of the repository (under
 --work, default /tmp/uvc-mutation) with a [mutmut] section written to that copy's setup.cfg,
@@ -11,6 +12,7 @@ EQUIVALENT with their reason; score = killed / (mutants - equivalent). Survivors
 there are reported with the reason "not killed: needs a test".
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -42,9 +44,11 @@ TESTS = {
     "uvc/cost/cost.py": ["tests/test_latency.py", "tests/test_budget.py"],
     "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
-    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py", "tests/test_properties_freeze.py"],
+    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py",  # (the property tests of fit only: 940 mutants)
+                          "tests/test_properties_freeze.py::test_frozen_ratio_lands_in_the_tight_window_over_budgets_and_widths",
+                          "tests/test_properties_freeze.py::test_fit_window_names_where_the_ratio_landed"],
     "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_model_kinds.py"],
-    "utils/checkpoint.py": ["tests/test_properties_checkpoint.py", "tests/test_checkpoint.py"],
+    "utils/checkpoint.py": ["tests/test_properties_checkpoint.py"],  # (tests/test_checkpoint.py: models/checkpoint.py)
 }
 
 # mutant name -> why it changes no behaviour (checked by reading the mutated code)
@@ -85,17 +89,20 @@ def mutmut_version() -> str:
     return version("mutmut")
 
 
-def run_module(module: str, work: Path, jobs: int) -> dict:
-    """mutmut over one module; its mutants by status and the survivors with their diffs."""
+def run_module(module: str, work: Path, jobs: int, only=None) -> dict:
+    """mutmut over one module (or only the mutants named in `only`); its mutants by status and the
+    survivors with their diffs."""
     from mutmut.stats import status_by_exit_code
     root = scratch_copy(module, work)
     start = time.monotonic()
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=root, env=env,
-                   check=False, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *(only or [])], cwd=root,
+                   env=env, check=False, stdout=subprocess.DEVNULL)
     meta = json.loads((root / "mutants" / (module + ".meta")).read_text())
     counts, survivors = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0, "equivalent": 0}, []
     for name, code in sorted(meta["exit_code_by_key"].items()):
+        if only is not None and name not in only:
+            continue
         status = status_by_exit_code[code]
         counts["mutants"] += 1
         if status == "killed":
@@ -111,7 +118,23 @@ def run_module(module: str, work: Path, jobs: int) -> dict:
             survivors.append({"file": module, "line": _line_of(diff, root / module), "diff": diff.strip(),
                               "mutant": name, "status": status,
                               "reason": EQUIVALENT.get(name, "not killed: needs a test")})
-    return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1)}
+    return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1),
+            "source_sha256": source_hash(module)}
+
+
+def source_hash(module: str) -> str:
+    return hashlib.sha256((REPO / module).read_bytes()).hexdigest()
+
+
+def retest_survivors(module: str, previous: dict, work: Path, jobs: int) -> dict:
+    """Test again only the survivors of an earlier run of `module` (after tests were added), and
+    merge: its killed and timed-out mutants stay so, as the module's source is the same."""
+    if previous.get("source_sha256") != source_hash(module):
+        raise SystemExit(f"{module} changed since its last run (or that run kept no hash): run it whole")
+    again = run_module(module, work, jobs, only=[s["mutant"] for s in previous["survivors"]])
+    merged = {k: previous[k] + again[k] for k in ("killed", "timeout")}
+    return {**again, **merged, "mutants": previous["mutants"],
+            "seconds": round(previous["seconds"] + again["seconds"], 1)}
 
 
 def _line_of(diff: str, source: Path) -> int:
@@ -125,12 +148,20 @@ def _line_of(diff: str, source: Path) -> int:
     return 0
 
 
+def score(counts: dict):
+    """killed / (mutants - equivalent)."""
+    scored = counts["mutants"] - counts["equivalent"]
+    return round(counts["killed"] / scored, 4) if scored else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=MODULES, help="modules of MODULES (default: all)")
     parser.add_argument("--work", default="/tmp/uvc-mutation", help="scratch copies, one per module")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--out", default=str(REPO / "log" / "mutation.json"))
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only each module's survivors in --out (its source unchanged)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TESTS]
     if unknown:
@@ -139,15 +170,19 @@ def main(argv=None) -> int:
     previous = json.loads(out.read_text()) if out.exists() else {"per_module": {}}
     per_module = dict(previous.get("per_module", {}))
     for module in args.modules:
-        per_module[module] = run_module(module, Path(args.work), args.jobs)
+        if args.survivors:
+            per_module[module] = retest_survivors(module, per_module[module], Path(args.work), args.jobs)
+        else:
+            per_module[module] = run_module(module, Path(args.work), args.jobs)
+        per_module[module]["score"] = score(per_module[module])
+        per_module[module]["command"] = " ".join(["python", "scripts/mutation.py", *sys.argv[1:]])
         print(f"{module}: {json.dumps({k: v for k, v in per_module[module].items() if k != 'survivors'})}")
     total = {k: sum(m[k] for m in per_module.values()) for k in ("mutants", "killed", "survived", "timeout",
                                                                    "equivalent")}
-    scored = total["mutants"] - total["equivalent"]
     result = {"tool": "mutmut", "version": mutmut_version(), "modules": sorted(per_module), **total,
-              "score": round(total["killed"] / scored, 4) if scored else None,
-              "survivors": [s for m in per_module.values() for s in m["survivors"]],
-              "command": "python " + " ".join(["scripts/mutation.py", *sys.argv[1:]]),
+              "score": score(total), "survivors": [s for m in per_module.values() for s in m["survivors"]],
+              # what makes the whole file again (a module's "command" is its last run)
+              "command": " ".join(["python", "scripts/mutation.py", *sorted(per_module)]),
               "per_module": per_module}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

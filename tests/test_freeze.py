@@ -5,7 +5,10 @@ import torch
 from models.vit import create_model
 from uvc.deploy import fit
 from uvc.deploy.fit import fit_to_budget
-from uvc.deploy.freeze import base_spec, spec_ratio
+from uvc.cost.flops import arch_macs, dense_macs
+from uvc.deploy.freeze import (apply_spec, base_spec, dims_of_spec, masks_from_spec, param_keep_masks, spec_from_search,
+                               spec_ratio, zero_removed_weights)
+from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import group_scores, stacked_weights
 
 
@@ -51,3 +54,95 @@ def test_fit_removes_lowest_scores_and_restores_best_neurons():
     fitted, info = fit_to_budget(over, sc, 0.6)
     assert info["groups_restored_to_fit"] > 0
     assert 0.59 <= spec_ratio(fitted) <= 0.6
+
+
+def _pruned_tiny_spec(vit):
+    """vit_digits_tiny's spec with block 0's head 1 removed, head 0 at 5 of 16 value dims,
+    block 1's first 20 neurons removed and patch 3 dropped."""
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")
+    block = spec["blocks"][0]
+    block["heads"], block["value_dims"] = [0], [list(range(5))]
+    spec["blocks"][1]["neurons"] = list(range(20, 128))
+    spec["patches_kept"] = [p for p in spec["patches_kept"] if p != 3]
+    return spec
+
+
+def test_spec_ratio_pads_value_dims_and_counts_attention_by_default():
+    """spec_ratio is the deployed MACs over the dense MACs, by uvc.cost.flops: value dims padded to
+    the block's widest head and attention counted unless told otherwise."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec = _pruned_tiny_spec(vit)
+    spec["blocks"][2]["value_dims"][1] = list(range(9))  # head 1 narrower than head 0: padding counts
+    dims = dims_of_spec(spec)
+    ratios = {(pad, attn): arch_macs(dims, spec, pad, attn) / dense_macs(dims, attn)
+              for pad in (True, False) for attn in (True, False)}
+    assert len(set(ratios.values())) == 4  # each flag changes the ratio of this spec
+    assert spec_ratio(spec) == pytest.approx(ratios[True, True], rel=1e-12)
+    for (pad, attn), ratio in ratios.items():
+        assert spec_ratio(spec, pad_value_dims=pad, with_attn=attn) == pytest.approx(ratio, rel=1e-12)
+
+
+def test_spec_from_search_records_the_model_type():
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec = spec_from_search(vit, "vit_digits_tiny_patch2_8", None, torch.ones(4), torch.ones(16, dtype=torch.bool))
+    assert spec["model_type"] == "vit_digits_tiny_patch2_8"
+    assert spec == base_spec(vit, "vit_digits_tiny_patch2_8")  # nothing pruned, every block and patch kept
+
+
+def test_param_keep_masks_zero_the_removed_rows_and_columns():
+    """A removed head loses its q, k, v rows (weight and bias) and its proj columns; a removed value
+    dim its v row and proj column; a removed neuron its fc1 row, fc1 bias and fc2 column."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec = _pruned_tiny_spec(vit)
+    keep = param_keep_masks(vit, spec)
+    params = dict(vit.named_parameters())
+    assert {n: k.shape for n, k in keep.items()} == {n: params[n].shape for n in keep}
+    assert {"blocks.0.attn.qkv.bias", "blocks.0.attn.qkv.weight"} <= set(keep)
+    d = 16  # head_dim: rows [q heads | k heads | v heads], each head d rows
+    value = torch.zeros(2 * d)
+    value[:5] = 1  # head 0's first 5 dims; head 1 removed
+    qk = torch.tensor([1.0] * d + [0.0] * d)
+    rows = torch.cat([qk, qk, value])
+    assert torch.equal(keep["blocks.0.attn.qkv.bias"], rows)
+    assert torch.equal(keep["blocks.0.attn.qkv.weight"], rows[:, None].expand(-1, 32))
+    assert torch.equal(keep["blocks.0.attn.proj.weight"], value[None, :].expand(32, -1))
+    neurons = (torch.arange(128) >= 20).float()
+    assert torch.equal(keep["blocks.1.mlp.fc1.bias"], neurons)
+    assert torch.equal(keep["blocks.1.mlp.fc2.weight"], neurons[None, :].expand(32, -1))
+    with torch.no_grad():
+        params["blocks.0.attn.qkv.bias"].fill_(2.0)
+    zero_removed_weights(vit, keep)
+    assert torch.equal(params["blocks.0.attn.qkv.bias"].detach(), 2.0 * rows)
+
+
+def test_param_keep_masks_have_no_qkv_bias_entry_without_a_qkv_bias():
+    vit = create_model("vit_digits_tiny_patch2_8", qkv_bias=False)
+    keep = param_keep_masks(vit, _pruned_tiny_spec(vit))
+    assert not any(n.endswith("qkv.bias") for n in keep)
+    zero_removed_weights(vit, keep)  # every entry names a parameter
+
+
+def test_masks_of_a_spec_are_on_the_models_device():
+    """apply_spec and param_keep_masks build masks and the patch index where the model is (a GPU
+    in training; the meta device here stands for any device other than the default)."""
+    vit = create_model("vit_digits_tiny_patch2_8").to("meta")
+    spec = _pruned_tiny_spec(vit)
+    assert masks_from_spec(spec, torch.device("meta")).neurons.device.type == "meta"
+    assert {k.device.type for k in param_keep_masks(vit, spec).values()} == {"meta"}
+    model = MaskedViT(vit)
+    apply_spec(model, spec)
+    assert {model.fc2_mask.device.type, model.proj_mask.device.type, model.patch_index.device.type} == {"meta"}
+
+
+@pytest.mark.parametrize("img_size", [8, 9])
+def test_apply_spec_with_every_patch_kept_gathers_no_patches(img_size):
+    """A spec that keeps all (img_size // patch_size)^2 patches runs the dense path (no index);
+    one that drops a patch gathers the kept ones."""
+    vit = create_model("vit_digits_tiny_patch2_8", img_size=img_size)
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")
+    model = MaskedViT(vit)
+    apply_spec(model, spec)
+    assert model.patch_index is None
+    spec["patches_kept"] = spec["patches_kept"][1:]
+    apply_spec(model, spec)
+    assert model.patch_index.tolist() == list(range(1, 16))
