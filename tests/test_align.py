@@ -3,6 +3,7 @@ multiples of N and lands in the budget window; N = 1 is the fit as it was before
 import pytest
 import torch
 
+from uvc.deploy import fit
 from uvc.deploy.fit import allowed_widths, fit_to_budget
 from uvc.deploy.freeze import base_spec, spec_ratio
 from uvc.search.masks import Scores, group_scores, stacked_weights
@@ -133,3 +134,20 @@ def test_round_to_flag():
         parse_config("joint", ["--model_type", TINY_MODEL, "--round_to", "0"])
     with pytest.raises(ConfigError, match="stage-1"):
         parse_config("post", ["--model_type", TINY_MODEL, "--round_to", "4"])
+
+
+def test_rounding_up_adds_the_best_scoring_of_the_removed_groups():
+    """A width rounded up keeps every group it had and adds the best-scoring of the others."""
+    spec = awkward_spec()
+    sc = integer_scores()
+    spec["blocks"][0].update(neurons=list(range(7)), value_dims=[list(range(5)), list(range(3, 8))])  # 7, 5 -> 8
+    changed = fit._round_widths(spec, sc, 8)
+    block = spec["blocks"][0]
+    best_other = max(range(7, M), key=lambda i: float(sc.neurons[0, i]))
+    assert block["neurons"] == list(range(7)) + [best_other]
+    for h, kept, dims in zip(block["heads"], (range(5), range(3, 8)), block["value_dims"]):
+        others = sorted(set(range(D_HEAD)) - set(kept), key=lambda j: float(sc.dims[0, h, j]), reverse=True)
+        assert dims == sorted(list(kept) + others[:8 - len(kept)])
+    # up: block 0 +1 neuron and +3 dims on two heads, block 2 77 -> 80 neurons; down: block 2
+    # 11 -> 8 dims, block 3 123 -> 120 neurons (the skipped block is left alone)
+    assert changed == {"rounded_up": 1 + 3 * 2 + 3, "rounded_down": 3 + 3}

@@ -5,11 +5,12 @@ import torch
 from models.vit import create_model
 from uvc.deploy import fit
 from uvc.deploy.fit import fit_to_budget
+from uvc.cost.cost import MacsCost
 from uvc.cost.flops import arch_macs, dense_macs
 from uvc.deploy.freeze import (apply_spec, base_spec, dims_of_spec, masks_from_spec, param_keep_masks, spec_from_search,
                                spec_ratio, zero_removed_weights)
 from uvc.search.masked_model import MaskedViT
-from uvc.search.masks import group_scores, stacked_weights
+from uvc.search.masks import Scores, group_scores, stacked_weights
 
 
 def scores_of(vit):
@@ -146,3 +147,99 @@ def test_apply_spec_with_every_patch_kept_gathers_no_patches(img_size):
     spec["patches_kept"] = spec["patches_kept"][1:]
     apply_spec(model, spec)
     assert model.patch_index.tolist() == list(range(1, 16))
+
+
+def _over_pruned_tiny(vit):
+    """vit_digits_tiny (4 blocks, 2 heads of 16 dims, 128 neurons) cut to one head of 6 dims and
+    40 neurons per block, block 2 skipped: about a quarter of the dense MACs; random scores."""
+    g = torch.Generator().manual_seed(0)
+    scores = Scores(torch.rand(4, 2, generator=g), torch.rand(4, 2, 16, generator=g), torch.rand(4, 128, generator=g))
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")
+    for block in spec["blocks"]:
+        block["heads"], block["value_dims"], block["neurons"] = [0], [list(range(6))], list(range(40))
+    spec["blocks"][2]["skipped"] = True
+    return spec, scores
+
+
+def _best(scores: torch.Tensor, k: int) -> list:
+    return sorted(scores.argsort(descending=True)[:k].tolist())
+
+
+def test_fit_restores_heads_dims_neurons_and_blocks_best_first():
+    """Under budget - 1%, the fit puts back removed heads, value dims, neurons and the skipped
+    block until the window is reached: every kept head ends with its best-scoring dims, every
+    block's neurons are the ones it kept plus its best others, and the counts say what came back
+    (a restored block brings its best head with 1 dim and 1 neuron)."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    out, info = fit_to_budget(spec, sc, 0.9)
+    assert 0.89 <= spec_ratio(out) <= 0.9 and info["fit_window"] == "tight"
+    assert [b["skipped"] for b in out["blocks"]] == [False] * 4 and info["restored_blocks"] == 1
+    assert info["restored_heads"] == sum(len(b["heads"]) for b in out["blocks"]) - 4 > 0
+    assert info["restored_neurons"] == sum(len(b["neurons"]) for b in out["blocks"]) - 3 * 40 - 1
+    assert info["groups_restored_to_fit"] == sum(info[f"restored_{k}s"] for k in ("neuron", "dim", "head", "block"))
+    for l, block in enumerate(out["blocks"]):
+        for h, dims in zip(block["heads"], block["value_dims"]):
+            assert dims == _best(sc.dims[l, h], len(dims))
+        if l == 2:
+            assert block["neurons"] == _best(sc.neurons[l], len(block["neurons"]))
+        else:
+            others = torch.tensor([-1.0 if i < 40 else float(s) for i, s in enumerate(sc.neurons[l])])
+            assert block["neurons"] == sorted(set(range(40)) | set(_best(others, len(block["neurons"]) - 40)))
+
+
+class _InOtherUnits(MacsCost):
+    """MACs times 2^-40: every cost under 1, and every ratio and score per cost the same bits."""
+
+    def block(self, *counts):
+        return super().block(*counts) * 2.0 ** -40
+
+    def embed(self, patches):
+        return super().embed(patches) * 2.0 ** -40
+
+    def head(self):
+        return super().head() * 2.0 ** -40
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.7, 0.9])
+def test_fit_is_the_same_in_any_unit_of_cost(budget):
+    """The fit ranks by score per unit of cost and stops at a ratio: a cost model in other units
+    (a latency in seconds) gives the same architecture."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    assert fit_to_budget(spec, sc, budget, cost=_InOtherUnits(dims_of_spec(spec))) == fit_to_budget(spec, sc, budget)
+
+
+def test_restore_candidates_price_a_head_and_a_skipped_block():
+    """A removed head is offered at the block's value width with its best dims, priced by the
+    cost it adds; a skipped block at its smallest shape, ranked by all its scores over its
+    whole cost; without groups only skipped blocks are offered, wherever they are."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    cost, tokens = MacsCost(dims_of_spec(spec)), 17
+    cands = fit._restore_candidates(spec, fit._Removed(spec, sc, 1), tokens, cost, True)
+    assert sorted((l, kind) for _, _, l, kind, _ in cands) == sorted(
+        [(l, kind) for l in (0, 1, 3) for kind in ("neuron", "dim", "head")] + [(2, "block")])
+    head = next(c for c in cands if c[2:4] == (0, "head"))
+    extra = cost.block(tokens, 2, 12, 40) - cost.block(tokens, 1, 6, 40)
+    top6 = sc.dims[0, 1].sort(descending=True).values[:6].sum()
+    assert head[1:] == (extra, 0, "head", 1) and head[0] == pytest.approx(float(top6) / extra, rel=1e-6)
+    block = next(c for c in cands if c[3] == "block")
+    whole = cost.block(tokens, 2, 32, 128)
+    total = float(sc.heads[2].sum() + sc.neurons[2].sum())
+    assert block[1:] == (cost.block(tokens, 1, 1, 1), 2, "block", 1)
+    assert block[0] == pytest.approx(total / whole, rel=1e-6)
+    only_blocks = fit._restore_candidates(spec, fit._Removed(spec, sc, 1), tokens, cost, False)
+    assert [c[2:] for c in only_blocks] == [(2, "block", 1)]
+
+
+def test_a_kept_block_without_heads_gets_no_head_back():
+    """A block whose heads were all removed keeps running its MLP: the fit grows its neurons but
+    offers it no head or value dim (it has no value width to restore them at), and ends."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    spec["blocks"][1].update(heads=[], value_dims=[])
+    out, info = fit_to_budget(spec, sc, 0.9)
+    assert 0.89 <= spec_ratio(out) <= 0.9
+    assert out["blocks"][1]["heads"] == [] and out["blocks"][1]["value_dims"] == []
+    assert len(out["blocks"][1]["neurons"]) > 40
