@@ -265,6 +265,8 @@ def test_block_gates_count_at_their_keep_probability():
         ratio = budget.expected_ratio(arch, None) if eps is None else budget.expected_ratio(arch, None, eps)
         expected = (budget.dense - float((1 - keep).sum()) * block) / budget.dense
         assert float(ratio.detach()) == pytest.approx(expected, rel=1e-12), (use_gumbel, eps)
+        if eps is None:  # the cost's default too
+            assert float(budget.expected_cost(arch, None).detach()) == pytest.approx(expected * budget.dense, rel=1e-12)
 
 
 def test_the_budget_counts_in_the_cost_model_it_is_given():
