@@ -151,3 +151,12 @@ def test_rounding_up_adds_the_best_scoring_of_the_removed_groups():
     # up: block 0 +1 neuron and +3 dims on two heads, block 2 77 -> 80 neurons; down: block 2
     # 11 -> 8 dims, block 3 123 -> 120 neurons (the skipped block is left alone)
     assert changed == {"rounded_up": 1 + 3 * 2 + 3, "rounded_down": 3 + 3}
+
+
+def test_a_width_midway_rounds_to_the_wider_and_a_block_without_heads_stops_nothing():
+    allowed = allowed_widths(M, 8)
+    assert (fit._nearest(12, allowed), fit._nearest(11, allowed), fit._nearest(13, allowed)) == (16, 8, 16)
+    spec = awkward_spec()
+    spec["blocks"][0].update(heads=[], value_dims=[])
+    fit._round_widths(spec, integer_scores(), 8)
+    assert [len(b["neurons"]) for b in spec["blocks"]] == [40, 128, 80, 120]  # blocks after 0 rounded too

@@ -175,6 +175,7 @@ def test_fit_restores_heads_dims_neurons_and_blocks_best_first():
     out, info = fit_to_budget(spec, sc, 0.9)
     assert 0.89 <= spec_ratio(out) <= 0.9 and info["fit_window"] == "tight"
     assert [b["skipped"] for b in out["blocks"]] == [False] * 4 and info["restored_blocks"] == 1
+    assert [b["heads"] for b in out["blocks"]] == [[0, 1]] * 4  # each removed head back once
     assert info["restored_heads"] == sum(len(b["heads"]) for b in out["blocks"]) - 4 > 0
     assert info["restored_neurons"] == sum(len(b["neurons"]) for b in out["blocks"]) - 3 * 40 - 1
     assert info["groups_restored_to_fit"] == sum(info[f"restored_{k}s"] for k in ("neuron", "dim", "head", "block"))
@@ -243,3 +244,46 @@ def test_a_kept_block_without_heads_gets_no_head_back():
     assert 0.89 <= spec_ratio(out) <= 0.9
     assert out["blocks"][1]["heads"] == [] and out["blocks"][1]["value_dims"] == []
     assert len(out["blocks"][1]["neurons"]) > 40
+
+
+def test_a_restored_block_comes_back_with_its_best_head():
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    sc = sc._replace(heads=sc.heads.flip(-1))  # head 0 the better one everywhere
+    out, info = fit_to_budget(spec, sc, 0.7)
+    assert info["restored_blocks"] == 1 and info["restored_heads"] == 0
+    assert out["blocks"][2]["heads"] == [0]
+
+
+def test_fit_over_budget_passes_over_what_cannot_shrink():
+    """Removing groups over budget leaves alone a block without heads at one neuron (nothing
+    left to remove there) and lands in the window from the others."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = base_spec(vit, "vit_digits_tiny_patch2_8"), scores_of(vit)
+    spec["blocks"][1].update(heads=[], value_dims=[], neurons=[5])
+    out, info = fit_to_budget(spec, sc, 0.5)
+    assert 0.49 <= spec_ratio(out) <= 0.5 and info["groups_removed_to_fit"] > 0
+    assert out["blocks"][1] == spec["blocks"][1]
+
+
+def test_restore_takes_the_best_candidate_landing_exactly_on_the_limit_earlier_block_first():
+    """The restore loop takes the best score per cost among the restorations that keep the ratio
+    <= the limit (one landing exactly on it included); on a tie, the earlier block; value dims
+    restored on every kept head count once per head."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    spec["blocks"][2]["skipped"] = False
+    for block in spec["blocks"]:
+        block["heads"], block["value_dims"] = [0, 1], [list(range(6))] * 2
+    dims = torch.full((4, 2, 16), 100.0)  # blocks alike, value dims worth most
+    sc = Scores(heads=dims.sum(-1), dims=dims, neurons=torch.full((4, 128), 0.01))
+    cost, tokens = MacsCost(dims_of_spec(spec)), 17
+    dense = float(fit.dense_cost(cost))
+    ratio = fit.spec_cost(cost, spec) / dense
+    removed = fit._Removed(spec, sc, 1)
+    best = max(fit._restore_candidates(spec, removed, tokens, cost, True), key=lambda c: c[0])
+    assert best[2:] == (0, "dim", 1)
+    counts = {"neuron": 0, "dim": 0, "head": 0, "block": 0}
+    fit._restore(spec, removed, ratio + best[1] / dense, ratio, dense, tokens, cost, True, counts)
+    assert [len(b["value_dims"][0]) for b in spec["blocks"]] == [7, 6, 6, 6]
+    assert counts["dim"] == 2
