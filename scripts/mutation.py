@@ -66,6 +66,19 @@ EQUIVALENT = {
         "and one value dim per kept head (structure.py), so the widest kept head is >= 1 and wins the max",
     "uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_23":
         "the kept-width matrix is (L, H): amax over dim +1 is amax over dim -1",
+    "uvc.deploy.fit.x__round_widths__mutmut_57": "inside `if target != m`, target >= m is target > m",
+    "uvc.deploy.fit.x__round_widths__mutmut_100": "inside `if target != w`, target >= w is target > w",
+    "uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_12":
+        "w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims branch needs h",
+    "uvc.deploy.fit.x__restore_candidates__mutmut_47":
+        "w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims and head branches need h",
+    "uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_57":
+        "for h = 0, w is 0 and no allowed width is below 0: _below gives None, as the else branch",
+    "uvc.deploy.fit.x_fit_to_budget__mutmut_11":
+        "the fit assigns new lists to a block's keys and changes none in place, so the copy of each block's "
+        "dict alone keeps the caller's spec as it was",
+    "uvc.deploy.fit.x_fit_to_budget__mutmut_41":
+        "round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no rounding",
 }
 
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",

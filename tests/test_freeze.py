@@ -261,9 +261,71 @@ def test_fit_over_budget_passes_over_what_cannot_shrink():
     vit = create_model("vit_digits_tiny_patch2_8")
     spec, sc = base_spec(vit, "vit_digits_tiny_patch2_8"), scores_of(vit)
     spec["blocks"][1].update(heads=[], value_dims=[], neurons=[5])
+    spec["blocks"][2]["value_dims"][1] = list(range(9))  # equalised to its widest head first
     out, info = fit_to_budget(spec, sc, 0.5)
     assert 0.49 <= spec_ratio(out) <= 0.5 and info["groups_removed_to_fit"] > 0
     assert out["blocks"][1] == spec["blocks"][1]
+    assert [len({len(v) for v in b["value_dims"]}) for b in out["blocks"]] == [1, 0, 1, 1]
+
+
+def test_groups_removed_to_fit_counts_every_neuron_and_value_dim_per_head():
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = base_spec(vit, "vit_digits_tiny_patch2_8"), scores_of(vit)
+    out, info = fit_to_budget(spec, sc, 0.5)
+    assert info["groups_restored_to_fit"] == 0
+    gone = sum(128 - len(b["neurons"]) + sum(16 - len(v) for v in b["value_dims"]) for b in out["blocks"])
+    assert info["groups_removed_to_fit"] == gone > 0
+    assert 0 < sum(128 - len(b["neurons"]) for b in out["blocks"]) < gone  # both kinds removed
+
+
+def test_a_spec_on_the_budget_is_left_as_it_is():
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")
+    out, info = fit_to_budget(spec, scores_of(vit), 1.0, tolerance=0.0)
+    assert out == spec and info["groups_removed_to_fit"] == info["groups_restored_to_fit"] == 0
+
+
+def test_an_unreachable_budget_ends_at_the_smallest_widths_missed():
+    vit = create_model("vit_digits_tiny_patch2_8")
+    out, info = fit_to_budget(base_spec(vit, "vit_digits_tiny_patch2_8"), scores_of(vit), 0.01)
+    assert info["fit_window"] == "missed"
+    assert all(len(b["neurons"]) == 1 and [len(v) for v in b["value_dims"]] == [1, 1] for b in out["blocks"])
+
+
+def test_without_groups_only_skipped_blocks_come_back_and_nothing_is_rounded():
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    out, info = fit_to_budget(spec, sc, 0.5, groups=False, round_to=8)
+    assert info["restored_blocks"] == 1 and info["groups_restored_to_fit"] == 1
+    assert (info["restored_neurons"], info["restored_dims"], info["rounded_up"], info["rounded_down"]) == (0, 0, 0, 0)
+    # kept blocks as they were (6 dims, 40 neurons: not multiples of 8); block 2 back at the smallest aligned shape
+    assert [(len(b["neurons"]), len(b["value_dims"][0])) for b in out["blocks"]] == [(40, 6), (40, 6), (8, 8), (40, 6)]
+
+
+def test_fit_counts_in_the_cost_model_it_is_given():
+    """`cost` replaces MACs with `with_attn`: MACs without the attention terms passed as a cost
+    fit as with_attn=False does, and not as the default."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = _over_pruned_tiny(vit)
+    given = fit_to_budget(spec, sc, 0.6, cost=MacsCost(dims_of_spec(spec), with_attn=False))
+    assert given == fit_to_budget(spec, sc, 0.6, with_attn=False) != fit_to_budget(spec, sc, 0.6)
+
+
+def test_removal_candidates_are_priced_by_score_per_cost_saved():
+    """Over budget, each block offers its lowest-score neuron and, on every kept head, its
+    lowest-score value dim, each at its score over the cost it saves."""
+    vit = create_model("vit_digits_tiny_patch2_8")
+    spec, sc = base_spec(vit, "vit_digits_tiny_patch2_8"), scores_of(vit)
+    cost, tokens = MacsCost(dims_of_spec(spec)), 17
+    cands = fit._Pool(spec, sc, 1).candidates(spec, tokens, cost)
+    assert sorted(c[2:] for c in cands) == sorted((l, kind, 1) for l in range(4) for kind in ("neuron", "dim"))
+    full = cost.block(tokens, 2, 32, 128)
+    neuron = next(c for c in cands if c[2:4] == (0, "neuron"))
+    saving = full - cost.block(tokens, 2, 32, 127)
+    assert neuron[1] == saving and neuron[0] == pytest.approx(float(sc.neurons[0].min()) / saving, rel=1e-6)
+    dim = next(c for c in cands if c[2:4] == (0, "dim"))
+    saving = full - cost.block(tokens, 2, 30, 128)
+    assert dim[1] == saving and dim[0] == pytest.approx(float(sc.dims[0].min(-1).values.sum()) / saving, rel=1e-6)
 
 
 def test_restore_takes_the_best_candidate_landing_exactly_on_the_limit_earlier_block_first():
