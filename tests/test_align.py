@@ -3,12 +3,13 @@ multiples of N and lands in the budget window; N = 1 is the fit as it was before
 import pytest
 import torch
 
+from models import create_model
 from uvc.deploy import fit
 from uvc.deploy.fit import allowed_widths, fit_to_budget
 from uvc.deploy.freeze import base_spec, spec_ratio
 from uvc.search.masks import Scores, group_scores, stacked_weights
 from utils.config import ConfigError, parse_config
-from helpers import TINY_MODEL, noisy_tiny_vit
+from helpers import TINY_MODEL, noisy_tiny_vit, over_pruned_tiny
 
 L, H, D_HEAD, M = 4, 2, 16, 128  # the tiny test model's sizes
 
@@ -160,3 +161,22 @@ def test_a_width_midway_rounds_to_the_wider_and_a_block_without_heads_stops_noth
     spec["blocks"][0].update(heads=[], value_dims=[])
     fit._round_widths(spec, integer_scores(), 8)
     assert [len(b["neurons"]) for b in spec["blocks"]] == [40, 128, 80, 120]  # blocks after 0 rounded too
+
+
+def test_steps_too_coarse_restore_into_the_wide_window_over_the_budget():
+    """round_to 64 on the tiny model: value dims whole (16 < 64), MLPs at 64 or 128. From a quarter
+    of the MACs, no step lands in [0.41, 0.42]; the fit then restores up to budget + 0.01 (a head,
+    here) and says `wide`."""
+    spec, sc = over_pruned_tiny(create_model(TINY_MODEL))
+    out, info = fit_to_budget(spec, sc, 0.42, round_to=64)
+    assert info["fit_window"] == "wide" and 0.42 < spec_ratio(out) <= 0.43
+    assert info["restored_heads"] == info["groups_restored_to_fit"] == 1
+
+
+def test_a_coarse_fit_already_in_the_wide_window_under_the_budget_stays():
+    """At budget 0.39 the rounded spec is at 0.377, in [B - 0.03, B - 0.01): `wide`, nothing
+    restored over the budget."""
+    spec, sc = over_pruned_tiny(create_model(TINY_MODEL))
+    out, info = fit_to_budget(spec, sc, 0.39, round_to=64)
+    assert info["fit_window"] == "wide" and 0.36 <= spec_ratio(out) < 0.38
+    assert info["groups_restored_to_fit"] == 0

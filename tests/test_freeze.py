@@ -11,6 +11,7 @@ from uvc.deploy.freeze import (apply_spec, base_spec, dims_of_spec, masks_from_s
                                spec_ratio, zero_removed_weights)
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import Scores, group_scores, stacked_weights
+from helpers import over_pruned_tiny
 
 
 def scores_of(vit):
@@ -149,18 +150,6 @@ def test_apply_spec_with_every_patch_kept_gathers_no_patches(img_size):
     assert model.patch_index.tolist() == list(range(1, 16))
 
 
-def _over_pruned_tiny(vit):
-    """vit_digits_tiny (4 blocks, 2 heads of 16 dims, 128 neurons) cut to one head of 6 dims and
-    40 neurons per block, block 2 skipped: about a quarter of the dense MACs; random scores."""
-    g = torch.Generator().manual_seed(0)
-    scores = Scores(torch.rand(4, 2, generator=g), torch.rand(4, 2, 16, generator=g), torch.rand(4, 128, generator=g))
-    spec = base_spec(vit, "vit_digits_tiny_patch2_8")
-    for block in spec["blocks"]:
-        block["heads"], block["value_dims"], block["neurons"] = [0], [list(range(6))], list(range(40))
-    spec["blocks"][2]["skipped"] = True
-    return spec, scores
-
-
 def _best(scores: torch.Tensor, k: int) -> list:
     return sorted(scores.argsort(descending=True)[:k].tolist())
 
@@ -171,7 +160,7 @@ def test_fit_restores_heads_dims_neurons_and_blocks_best_first():
     block's neurons are the ones it kept plus its best others, and the counts say what came back
     (a restored block brings its best head with 1 dim and 1 neuron)."""
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     out, info = fit_to_budget(spec, sc, 0.9)
     assert 0.89 <= spec_ratio(out) <= 0.9 and info["fit_window"] == "tight"
     assert [b["skipped"] for b in out["blocks"]] == [False] * 4 and info["restored_blocks"] == 1
@@ -207,7 +196,7 @@ def test_fit_is_the_same_in_any_unit_of_cost(budget):
     """The fit ranks by score per unit of cost and stops at a ratio: a cost model in other units
     (a latency in seconds) gives the same architecture."""
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     assert fit_to_budget(spec, sc, budget, cost=_InOtherUnits(dims_of_spec(spec))) == fit_to_budget(spec, sc, budget)
 
 
@@ -216,7 +205,7 @@ def test_restore_candidates_price_a_head_and_a_skipped_block():
     cost it adds; a skipped block at its smallest shape, ranked by all its scores over its
     whole cost; without groups only skipped blocks are offered, wherever they are."""
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     cost, tokens = MacsCost(dims_of_spec(spec)), 17
     cands = fit._restore_candidates(spec, fit._Removed(spec, sc, 1), tokens, cost, True)
     assert sorted((l, kind) for _, _, l, kind, _ in cands) == sorted(
@@ -238,7 +227,7 @@ def test_a_kept_block_without_heads_gets_no_head_back():
     """A block whose heads were all removed keeps running its MLP: the fit grows its neurons but
     offers it no head or value dim (it has no value width to restore them at), and ends."""
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     spec["blocks"][1].update(heads=[], value_dims=[])
     out, info = fit_to_budget(spec, sc, 0.9)
     assert 0.89 <= spec_ratio(out) <= 0.9
@@ -248,7 +237,7 @@ def test_a_kept_block_without_heads_gets_no_head_back():
 
 def test_a_restored_block_comes_back_with_its_best_head():
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     sc = sc._replace(heads=sc.heads.flip(-1))  # head 0 the better one everywhere
     out, info = fit_to_budget(spec, sc, 0.7)
     assert info["restored_blocks"] == 1 and info["restored_heads"] == 0
@@ -283,6 +272,7 @@ def test_a_spec_on_the_budget_is_left_as_it_is():
     spec = base_spec(vit, "vit_digits_tiny_patch2_8")
     out, info = fit_to_budget(spec, scores_of(vit), 1.0, tolerance=0.0)
     assert out == spec and info["groups_removed_to_fit"] == info["groups_restored_to_fit"] == 0
+    assert info["fit_window"] == "tight"  # [B - tolerance, B] holds its ends
 
 
 def test_an_unreachable_budget_ends_at_the_smallest_widths_missed():
@@ -294,7 +284,7 @@ def test_an_unreachable_budget_ends_at_the_smallest_widths_missed():
 
 def test_without_groups_only_skipped_blocks_come_back_and_nothing_is_rounded():
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     out, info = fit_to_budget(spec, sc, 0.5, groups=False, round_to=8)
     assert info["restored_blocks"] == 1 and info["groups_restored_to_fit"] == 1
     assert (info["restored_neurons"], info["restored_dims"], info["rounded_up"], info["rounded_down"]) == (0, 0, 0, 0)
@@ -306,7 +296,7 @@ def test_fit_counts_in_the_cost_model_it_is_given():
     """`cost` replaces MACs with `with_attn`: MACs without the attention terms passed as a cost
     fit as with_attn=False does, and not as the default."""
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     given = fit_to_budget(spec, sc, 0.6, cost=MacsCost(dims_of_spec(spec), with_attn=False))
     assert given == fit_to_budget(spec, sc, 0.6, with_attn=False) != fit_to_budget(spec, sc, 0.6)
 
@@ -333,7 +323,7 @@ def test_restore_takes_the_best_candidate_landing_exactly_on_the_limit_earlier_b
     <= the limit (one landing exactly on it included); on a tie, the earlier block; value dims
     restored on every kept head count once per head."""
     vit = create_model("vit_digits_tiny_patch2_8")
-    spec, sc = _over_pruned_tiny(vit)
+    spec, sc = over_pruned_tiny(vit)
     spec["blocks"][2]["skipped"] = False
     for block in spec["blocks"]:
         block["heads"], block["value_dims"] = [0, 1], [list(range(6))] * 2
