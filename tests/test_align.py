@@ -180,3 +180,9 @@ def test_a_coarse_fit_already_in_the_wide_window_under_the_budget_stays():
     out, info = fit_to_budget(spec, sc, 0.39, round_to=64)
     assert info["fit_window"] == "wide" and 0.36 <= spec_ratio(out) < 0.38
     assert info["groups_restored_to_fit"] == 0
+
+
+def test_round_to_2_keeps_even_widths():
+    spec, info = fit_to_budget(awkward_spec(), integer_scores(), 0.6, round_to=2)
+    assert_aligned(spec, 2)
+    assert info["rounded_up"] + info["rounded_down"] > 0 and info["fit_window"] == "tight"

@@ -191,12 +191,15 @@ class _InOtherUnits(MacsCost):
         return super().head() * 2.0 ** -40
 
 
-@pytest.mark.parametrize("budget", [0.5, 0.7, 0.9])
-def test_fit_is_the_same_in_any_unit_of_cost(budget):
+@pytest.mark.parametrize("budget,start", [(0.5, "over-pruned"), (0.7, "over-pruned"), (0.9, "over-pruned"),
+                                          (0.5, "dense")])
+def test_fit_is_the_same_in_any_unit_of_cost(budget, start):
     """The fit ranks by score per unit of cost and stops at a ratio: a cost model in other units
-    (a latency in seconds) gives the same architecture."""
+    (a latency in seconds) gives the same architecture, restoring or removing."""
     vit = create_model("vit_digits_tiny_patch2_8")
     spec, sc = over_pruned_tiny(vit)
+    if start == "dense":
+        spec = base_spec(vit, "vit_digits_tiny_patch2_8")
     assert fit_to_budget(spec, sc, budget, cost=_InOtherUnits(dims_of_spec(spec))) == fit_to_budget(spec, sc, budget)
 
 
