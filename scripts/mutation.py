@@ -151,8 +151,10 @@ def source_hash(module: str) -> str:
 def retest_survivors(module: str, previous: dict, work: Path, jobs: int) -> dict:
     """Test again only the survivors of an earlier run of `module` (after tests were added), and
     merge: its killed and timed-out mutants stay so, as the module's source is the same."""
-    if previous.get("source_sha256") != source_hash(module):
+    if previous is None or previous.get("source_sha256") != source_hash(module):
         raise SystemExit(f"{module} changed since its last run (or that run kept no hash): run it whole")
+    if not previous["survivors"]:
+        return previous  # nothing to test again
     again = run_module(module, work, jobs, only=[s["mutant"] for s in previous["survivors"]])
     merged = {k: previous[k] + again[k] for k in ("killed", "timeout")}
     return {**again, **merged, "mutants": previous["mutants"],
@@ -192,13 +194,16 @@ def main(argv=None) -> int:
     previous = json.loads(out.read_text()) if out.exists() else {"per_module": {}}
     per_module = dict(previous.get("per_module", {}))
     for module in args.modules:
+        before = per_module.get(module)
         if args.survivors:
-            per_module[module] = retest_survivors(module, per_module[module], Path(args.work), args.jobs)
+            per_module[module] = retest_survivors(module, before, Path(args.work), args.jobs)
         else:
             per_module[module] = run_module(module, Path(args.work), args.jobs)
-        per_module[module]["score"] = score(per_module[module])
-        per_module[module]["command"] = " ".join(["python", "scripts/mutation.py", *sys.argv[1:]])
+        if per_module[module] is not before:
+            per_module[module]["command"] = " ".join(["python", "scripts/mutation.py", *sys.argv[1:]])
         print(f"{module}: {json.dumps({k: v for k, v in per_module[module].items() if k != 'survivors'})}")
+    for entry in per_module.values():
+        entry["score"] = score(entry)
     total = {k: sum(m[k] for m in per_module.values()) for k in ("mutants", "killed", "survived", "timeout",
                                                                    "equivalent")}
     result = {"tool": "mutmut", "version": mutmut_version(), "modules": sorted(per_module), **total,
