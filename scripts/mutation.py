@@ -1,7 +1,8 @@
 """Mutation testing of the method core with mutmut; writes log/mutation.json.
 
     python scripts/mutation.py                         # every module of MODULES
-    python scripts/mutation.py uvc/schedule.py ...      # some of them (merged into log/mutation.json)
+    python scripts/mutation.py uvc/deploy/fit.py ...   # some of them (merged into log/mutation.json)
+    python scripts/mutation.py --survivors MODULE ...   # only their survivors again, after adding tests
 
 A benchmark, not CI. Each module runs in its own scratch copy of the repository (under
 --work, default /tmp/uvc-mutation) with a [mutmut] section written to that copy's setup.cfg,
@@ -11,6 +12,7 @@ EQUIVALENT with their reason; score = killed / (mutants - equivalent). Survivors
 there are reported with the reason "not killed: needs a test".
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -23,8 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # the method core: search maths, cost models, freeze / fit / export, checkpoint writing
-MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.py", "uvc/search/schedule.py", "uvc/search/gates.py", "uvc/search/trial.py",
-           "uvc/search/primal_dual.py", "uvc/cost/flops.py", "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
+MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.py", "uvc/search/schedule.py",
+           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/cost/flops.py",
+           "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
            "uvc/deploy/export.py", "utils/checkpoint.py"]
 
 # module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
@@ -42,9 +45,10 @@ TESTS = {
     "uvc/cost/cost.py": ["tests/test_latency.py", "tests/test_budget.py"],
     "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
-    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py", "tests/test_properties_freeze.py"],
+    # fit.py has about 900 mutants: its unit tests only (the property tests take 10 s or more each)
+    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py"],
     "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_model_kinds.py"],
-    "utils/checkpoint.py": ["tests/test_properties_checkpoint.py", "tests/test_checkpoint.py"],
+    "utils/checkpoint.py": ["tests/test_properties_checkpoint.py"],  # (test_checkpoint.py: models/checkpoint.py)
 }
 
 # mutant name -> why it changes no behaviour (checked by reading the mutated code)
@@ -53,6 +57,28 @@ EQUIVALENT = {
                                               "never taken: always patch[0], as before",
     "uvc.cost.flops.xǁViTDimsǁof__mutmut_29": "patch[1] for patch[0]: the models UVC accepts have square patches "
                                               "(models/vit.py refuses others), so both are the same number",
+    "uvc.cost.budget.xǁBudgetǁhard_ratio__mutmut_9":
+        "masks.heads is (L, H): summing over dim +1 is summing over dim -1",
+    "uvc.cost.budget.xǁBudgetǁhard_ratio__mutmut_12":
+        "masks.neurons is (L, M): summing over dim +1 is summing over dim -1",
+    "uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_20":
+        "a removed head's width is below every kept head's either way (-d or -1/d): ArchState keeps one head "
+        "and one value dim per kept head (structure.py), so the widest kept head is >= 1 and wins the max",
+    "uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_23":
+        "the kept-width matrix is (L, H): amax over dim +1 is amax over dim -1",
+    "uvc.deploy.fit.x__round_widths__mutmut_57": "inside `if target != m`, target >= m is target > m",
+    "uvc.deploy.fit.x__round_widths__mutmut_100": "inside `if target != w`, target >= w is target > w",
+    "uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_12":
+        "w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims branch needs h",
+    "uvc.deploy.fit.x__restore_candidates__mutmut_47":
+        "w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims and head branches need h",
+    "uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_57":
+        "for h = 0, w is 0 and no allowed width is below 0: _below gives None, as the else branch",
+    "uvc.deploy.fit.x_fit_to_budget__mutmut_11":
+        "the fit assigns new lists to a block's keys and changes none in place, so the copy of each block's "
+        "dict alone keeps the caller's spec as it was",
+    "uvc.deploy.fit.x_fit_to_budget__mutmut_41":
+        "round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no rounding",
 }
 
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",
@@ -85,17 +111,20 @@ def mutmut_version() -> str:
     return version("mutmut")
 
 
-def run_module(module: str, work: Path, jobs: int) -> dict:
-    """mutmut over one module; its mutants by status and the survivors with their diffs."""
+def run_module(module: str, work: Path, jobs: int, only=None) -> dict:
+    """mutmut over one module (or only the mutants named in `only`); its mutants by status and the
+    survivors with their diffs."""
     from mutmut.stats import status_by_exit_code
     root = scratch_copy(module, work)
     start = time.monotonic()
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=root, env=env,
-                   check=False, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *(only or [])], cwd=root,
+                   env=env, check=False, stdout=subprocess.DEVNULL)
     meta = json.loads((root / "mutants" / (module + ".meta")).read_text())
     counts, survivors = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0, "equivalent": 0}, []
     for name, code in sorted(meta["exit_code_by_key"].items()):
+        if only is not None and name not in only:
+            continue
         status = status_by_exit_code[code]
         counts["mutants"] += 1
         if status == "killed":
@@ -111,7 +140,25 @@ def run_module(module: str, work: Path, jobs: int) -> dict:
             survivors.append({"file": module, "line": _line_of(diff, root / module), "diff": diff.strip(),
                               "mutant": name, "status": status,
                               "reason": EQUIVALENT.get(name, "not killed: needs a test")})
-    return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1)}
+    return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1),
+            "source_sha256": source_hash(module)}
+
+
+def source_hash(module: str) -> str:
+    return hashlib.sha256((REPO / module).read_bytes()).hexdigest()
+
+
+def retest_survivors(module: str, previous: dict, work: Path, jobs: int) -> dict:
+    """Test again only the survivors of an earlier run of `module` (after tests were added), and
+    merge: its killed and timed-out mutants stay so, as the module's source is the same."""
+    if previous is None or previous.get("source_sha256") != source_hash(module):
+        raise SystemExit(f"{module} changed since its last run (or that run kept no hash): run it whole")
+    if not previous["survivors"]:
+        return previous  # nothing to test again
+    again = run_module(module, work, jobs, only=[s["mutant"] for s in previous["survivors"]])
+    merged = {k: previous[k] + again[k] for k in ("killed", "timeout")}
+    return {**again, **merged, "mutants": previous["mutants"],
+            "seconds": round(previous["seconds"] + again["seconds"], 1)}
 
 
 def _line_of(diff: str, source: Path) -> int:
@@ -125,12 +172,20 @@ def _line_of(diff: str, source: Path) -> int:
     return 0
 
 
+def score(counts: dict):
+    """killed / (mutants - equivalent)."""
+    scored = counts["mutants"] - counts["equivalent"]
+    return round(counts["killed"] / scored, 4) if scored else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=MODULES, help="modules of MODULES (default: all)")
     parser.add_argument("--work", default="/tmp/uvc-mutation", help="scratch copies, one per module")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--out", default=str(REPO / "log" / "mutation.json"))
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only each module's survivors in --out (its source unchanged)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TESTS]
     if unknown:
@@ -139,15 +194,22 @@ def main(argv=None) -> int:
     previous = json.loads(out.read_text()) if out.exists() else {"per_module": {}}
     per_module = dict(previous.get("per_module", {}))
     for module in args.modules:
-        per_module[module] = run_module(module, Path(args.work), args.jobs)
+        before = per_module.get(module)
+        if args.survivors:
+            per_module[module] = retest_survivors(module, before, Path(args.work), args.jobs)
+        else:
+            per_module[module] = run_module(module, Path(args.work), args.jobs)
+        if per_module[module] is not before:
+            per_module[module]["command"] = " ".join(["python", "scripts/mutation.py", *sys.argv[1:]])
         print(f"{module}: {json.dumps({k: v for k, v in per_module[module].items() if k != 'survivors'})}")
+    for entry in per_module.values():
+        entry["score"] = score(entry)
     total = {k: sum(m[k] for m in per_module.values()) for k in ("mutants", "killed", "survived", "timeout",
                                                                    "equivalent")}
-    scored = total["mutants"] - total["equivalent"]
     result = {"tool": "mutmut", "version": mutmut_version(), "modules": sorted(per_module), **total,
-              "score": round(total["killed"] / scored, 4) if scored else None,
-              "survivors": [s for m in per_module.values() for s in m["survivors"]],
-              "command": "python " + " ".join(["scripts/mutation.py", *sys.argv[1:]]),
+              "score": score(total), "survivors": [s for m in per_module.values() for s in m["survivors"]],
+              # what makes the whole file again (a module's "command" is its last run)
+              "command": " ".join(["python", "scripts/mutation.py", *sorted(per_module)]),
               "per_module": per_module}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

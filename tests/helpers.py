@@ -7,6 +7,8 @@ import torch
 
 from models import create_model
 from utils.config import set_key
+from uvc.deploy.freeze import base_spec
+from uvc.search.masks import Scores
 
 TINY_MODEL = "vit_digits_tiny_patch2_8"  # D=32, L=4, H=2, d=16, M=128, 16 patches
 
@@ -81,3 +83,15 @@ def assert_same_files(ref: Path, other: Path, names) -> None:
     for name in names:
         diff = tree_diff(load(ref / name), load(other / name))
         assert not diff, f"{name} differs from the uninterrupted run at {diff[:10]}"
+
+
+def over_pruned_tiny(vit):
+    """vit_digits_tiny (4 blocks, 2 heads of 16 dims, 128 neurons) cut to one head of 6 dims and
+    40 neurons per block, block 2 skipped: about a quarter of the dense MACs; random scores."""
+    g = torch.Generator().manual_seed(0)
+    scores = Scores(torch.rand(4, 2, generator=g), torch.rand(4, 2, 16, generator=g), torch.rand(4, 128, generator=g))
+    spec = base_spec(vit, "vit_digits_tiny_patch2_8")
+    for block in spec["blocks"]:
+        block["heads"], block["value_dims"], block["neurons"] = [0], [list(range(6))], list(range(40))
+    spec["blocks"][2]["skipped"] = True
+    return spec, scores

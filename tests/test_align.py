@@ -3,11 +3,13 @@ multiples of N and lands in the budget window; N = 1 is the fit as it was before
 import pytest
 import torch
 
+from models import create_model
+from uvc.deploy import fit
 from uvc.deploy.fit import allowed_widths, fit_to_budget
 from uvc.deploy.freeze import base_spec, spec_ratio
 from uvc.search.masks import Scores, group_scores, stacked_weights
 from utils.config import ConfigError, parse_config
-from helpers import TINY_MODEL, noisy_tiny_vit
+from helpers import TINY_MODEL, noisy_tiny_vit, over_pruned_tiny
 
 L, H, D_HEAD, M = 4, 2, 16, 128  # the tiny test model's sizes
 
@@ -133,3 +135,54 @@ def test_round_to_flag():
         parse_config("joint", ["--model_type", TINY_MODEL, "--round_to", "0"])
     with pytest.raises(ConfigError, match="stage-1"):
         parse_config("post", ["--model_type", TINY_MODEL, "--round_to", "4"])
+
+
+def test_rounding_up_adds_the_best_scoring_of_the_removed_groups():
+    """A width rounded up keeps every group it had and adds the best-scoring of the others."""
+    spec = awkward_spec()
+    sc = integer_scores()
+    spec["blocks"][0].update(neurons=list(range(7)), value_dims=[list(range(5)), list(range(3, 8))])  # 7, 5 -> 8
+    changed = fit._round_widths(spec, sc, 8)
+    block = spec["blocks"][0]
+    best_other = max(range(7, M), key=lambda i: float(sc.neurons[0, i]))
+    assert block["neurons"] == list(range(7)) + [best_other]
+    for h, kept, dims in zip(block["heads"], (range(5), range(3, 8)), block["value_dims"]):
+        others = sorted(set(range(D_HEAD)) - set(kept), key=lambda j: float(sc.dims[0, h, j]), reverse=True)
+        assert dims == sorted(list(kept) + others[:8 - len(kept)])
+    # up: block 0 +1 neuron and +3 dims on two heads, block 2 77 -> 80 neurons; down: block 2
+    # 11 -> 8 dims, block 3 123 -> 120 neurons (the skipped block is left alone)
+    assert changed == {"rounded_up": 1 + 3 * 2 + 3, "rounded_down": 3 + 3}
+
+
+def test_a_width_midway_rounds_to_the_wider_and_a_block_without_heads_stops_nothing():
+    allowed = allowed_widths(M, 8)
+    assert (fit._nearest(12, allowed), fit._nearest(11, allowed), fit._nearest(13, allowed)) == (16, 8, 16)
+    spec = awkward_spec()
+    spec["blocks"][0].update(heads=[], value_dims=[])
+    fit._round_widths(spec, integer_scores(), 8)
+    assert [len(b["neurons"]) for b in spec["blocks"]] == [40, 128, 80, 120]  # blocks after 0 rounded too
+
+
+def test_steps_too_coarse_restore_into_the_wide_window_over_the_budget():
+    """round_to 64 on the tiny model: value dims whole (16 < 64), MLPs at 64 or 128. From a quarter
+    of the MACs, no step lands in [0.41, 0.42]; the fit then restores up to budget + 0.01 (a head,
+    here) and says `wide`."""
+    spec, sc = over_pruned_tiny(create_model(TINY_MODEL))
+    out, info = fit_to_budget(spec, sc, 0.42, round_to=64)
+    assert info["fit_window"] == "wide" and 0.42 < spec_ratio(out) <= 0.43
+    assert info["restored_heads"] == info["groups_restored_to_fit"] == 1
+
+
+def test_a_coarse_fit_already_in_the_wide_window_under_the_budget_stays():
+    """At budget 0.39 the rounded spec is at 0.377, in [B - 0.03, B - 0.01): `wide`, nothing
+    restored over the budget."""
+    spec, sc = over_pruned_tiny(create_model(TINY_MODEL))
+    out, info = fit_to_budget(spec, sc, 0.39, round_to=64)
+    assert info["fit_window"] == "wide" and 0.36 <= spec_ratio(out) < 0.38
+    assert info["groups_restored_to_fit"] == 0
+
+
+def test_round_to_2_keeps_even_widths():
+    spec, info = fit_to_budget(awkward_spec(), integer_scores(), 0.6, round_to=2)
+    assert_aligned(spec, 2)
+    assert info["rounded_up"] + info["rounded_down"] > 0 and info["fit_window"] == "tight"

@@ -4,6 +4,7 @@ import torch
 
 from models import create_model
 from uvc.cost.budget import Budget, SearchSpace
+from uvc.cost.cost import MacsCost
 from uvc.cost.flops import ViTDims, dense_macs, vit_macs
 from uvc.search.masks import Scores, compute_masks
 from uvc.search.structure import ArchState
@@ -208,3 +209,71 @@ def test_ratio_ignores_disabled_parts():
     budget = Budget(SMALL, 0.5, SearchSpace(pruning=False, block_gating=False, patch_gating=False))
     ratio = budget.expected_ratio(arch, masks)
     assert float(ratio) == pytest.approx(1.0) and not ratio.requires_grad
+
+
+def _by_hand_arch(s=((1, 0), (0, 64), (0, 0), (0, 0)), r=((0, 0), (0, 0), (4, 6), (0, 0)),
+                  gates=((0, 1), (0, 1), (0, 1), (1, 0)), patches=(5.0,) * 12 + (-5.0,) * 4):
+    """test_hard_ratio_by_hand's architecture (block 3 skipped, 12 patches kept), or parts of it."""
+    arch = arch64(TINY, s=[list(x) for x in s], r=[list(x) for x in r], gates=[list(g) for g in gates],
+                  patches=list(patches))
+    return arch, masks_of(arch, random_scores(TINY))
+
+
+def test_hard_ratio_leaves_out_what_the_search_space_leaves_out():
+    """With pruning, block gating or patch gating off, the hard ratio is that of the same
+    architecture with every group, every block or every patch kept."""
+    ratio = lambda arch_masks, **off: Budget(TINY, 0.5, SearchSpace(**off)).hard_ratio(*arch_masks)  # noqa: E731
+    chosen = _by_hand_arch()
+    unpruned = _by_hand_arch(s=((0, 0),) * 4, r=((0, 0),) * 4)
+    all_blocks = _by_hand_arch(gates=((0, 1),) * 4)
+    all_patches = _by_hand_arch(patches=(5.0,) * 16)
+    assert len({ratio(chosen), ratio(unpruned), ratio(all_blocks), ratio(all_patches)}) == 4
+    assert ratio(chosen, pruning=False) == pytest.approx(ratio(unpruned), rel=1e-12)
+    assert ratio(chosen, block_gating=False) == pytest.approx(ratio(all_blocks), rel=1e-12)
+    assert ratio(chosen, patch_gating=False) == pytest.approx(ratio(all_patches), rel=1e-12)
+    assert ratio(chosen, pruning=False, block_gating=False, patch_gating=False) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_hard_ratio_counts_on_the_architectures_device(monkeypatch):
+    """The counts hard_ratio builds are on the device of the search state (a GPU in training; the
+    meta device here stands for any device other than the default)."""
+    from uvc.cost import budget as budget_module
+    devices = []
+
+    def spy(cost, heads, value_dims, neurons, keep, patches):
+        devices.extend(t.device.type for t in (heads, value_dims, neurons, keep))
+        return torch.tensor(1.0)
+
+    monkeypatch.setattr(budget_module, "model_cost", spy)
+    arch = ArchState(TINY).to("meta")
+    budget = Budget(TINY, 0.5, SearchSpace(pruning=False, block_gating=False, patch_gating=False))
+    budget.hard_ratio(arch, None)
+    budget.expected_cost(arch, None)
+    assert devices == ["meta"] * 8
+
+
+def test_block_gates_count_at_their_keep_probability():
+    """A block counts with its gate's keep value: soft-L0 sigmoid(g_keep - g_skip) stretched by
+    eps, (1 + 2 eps) p - eps clamped to [0, 1], unstretched by default; a Gumbel gate its softmax
+    keep probability, whatever eps."""
+    gates = torch.tensor([[0.0, 0.5], [0.0, -1.0], [2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    arch = arch64(TINY, gates=gates)
+    block = MacsCost(TINY).block(17, 2, 32, 128)
+    p = torch.sigmoid(gates[:, 1] - gates[:, 0])
+    for use_gumbel, eps, keep in [(False, None, p), (False, 0.1, (1.2 * p - 0.1).clamp(0, 1)), (True, 0.1, p)]:
+        budget = Budget(TINY, 0.5, SearchSpace(pruning=False, patch_gating=False, use_gumbel=use_gumbel))
+        ratio = budget.expected_ratio(arch, None) if eps is None else budget.expected_ratio(arch, None, eps)
+        expected = (budget.dense - float((1 - keep).sum()) * block) / budget.dense
+        assert float(ratio.detach()) == pytest.approx(expected, rel=1e-12), (use_gumbel, eps)
+        if eps is None:  # the cost's default too
+            assert float(budget.expected_cost(arch, None).detach()) == pytest.approx(expected * budget.dense, rel=1e-12)
+
+
+def test_the_budget_counts_in_the_cost_model_it_is_given():
+    """Budget's cost is the one passed, else MACs with or without the attention terms as the
+    search space says."""
+    assert Budget(TINY, 0.5, SearchSpace()).dense == dense_macs(TINY)
+    assert Budget(TINY, 0.5, SearchSpace(with_attn=False)).dense == dense_macs(TINY, with_attn=False)
+    given = MacsCost(TINY, with_attn=False)
+    budget = Budget(TINY, 0.5, SearchSpace(), cost=given)
+    assert budget.cost is given and budget.dense == dense_macs(TINY, with_attn=False) < dense_macs(TINY)

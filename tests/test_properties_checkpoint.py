@@ -2,16 +2,21 @@
 
 A failure is injected at every step of a write (the data written, its fsync, the rename that
 publishes it, the fsync of the directory): the target then holds the old complete file or the
-new complete file, never a part, and no temporary file is left behind."""
+new complete file, never a part, and no temporary file is left behind. A resume reads back the
+run's latest file and every RNG state."""
 import json
 import os
+import random
+
+import numpy as np
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from utils import checkpoint
-from utils.checkpoint import atomic_save, atomic_write_text
+from utils.checkpoint import (RESUME_NAME, ResumeError, atomic_save, atomic_write_text, load_resume, resolve_resume,
+                              rng_state, set_rng_state)
 
 FAST = settings(derandomize=True, max_examples=25, deadline=None)
 
@@ -147,3 +152,91 @@ def test_the_latency_table_goes_through_the_atomic_writer(tmp_path, monkeypatch)
     assert written == [path] and os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
     with open(path) as f:
         assert json.load(f) == table == {"batch_size": 2, "amp": False, "x": 1}
+
+
+def test_the_text_writer_renames_from_a_temporary_beside_the_target(tmp_path, monkeypatch):
+    """atomic_write_text's temporary is in the target's directory (a rename across file systems is
+    not atomic), wherever the process runs from."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = str(tmp_path / "out" / "table.json")
+    replaced, real_replace = [], os.replace
+
+    def replace(src, dst):
+        replaced.append((os.path.dirname(os.path.abspath(src)), dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    atomic_write_text("{}", path)
+    assert replaced == [(str(tmp_path / "out"), path)]
+    assert os.listdir(elsewhere) == [] and os.listdir(tmp_path / "out") == ["table.json"]
+
+
+# --- what a resume reads back ------------------------------------------------------------
+def _draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_rng_state_restores_every_generator():
+    """set_rng_state(rng_state()) replays Python's, NumPy's and torch's draws exactly."""
+    state = rng_state()
+    assert set(state) == {"python", "numpy", "torch"}  # no CUDA on this machine
+    first = _draws()
+    _draws()
+    set_rng_state(state)
+    assert _draws() == first
+
+
+def test_rng_state_carries_the_cuda_generators_when_there_is_cuda(monkeypatch):
+    """With CUDA, the state holds every device's generator and restores it; a state saved without
+    CUDA restores on a CUDA machine without touching its generators."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0", "gpu1"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    assert state["cuda"] == ["gpu0", "gpu1"]
+    set_rng_state(state)
+    assert restored == [["gpu0", "gpu1"]]
+    set_rng_state({k: v for k, v in state.items() if k != "cuda"})
+    assert restored == [["gpu0", "gpu1"]]
+
+
+def test_resolve_resume_finds_the_runs_latest_checkpoint(tmp_path):
+    """'' -> a fresh start; 'auto' -> output_dir/checkpoint.pth if there is one, else a fresh start;
+    a path -> itself, or a ResumeError naming it and the way out."""
+    assert resolve_resume("", str(tmp_path)) is None
+    assert resolve_resume("auto", str(tmp_path)) is None
+    latest = tmp_path / RESUME_NAME
+    latest.write_bytes(b"x")
+    assert resolve_resume("auto", str(tmp_path)) == str(latest)
+    assert resolve_resume(str(latest), str(tmp_path / "other")) == str(latest)
+    missing = str(tmp_path / "gone.pth")
+    with pytest.raises(ResumeError) as info:
+        resolve_resume(missing, str(tmp_path))
+    assert str(info.value) == (f"--resume {missing}: no such file; pass a checkpoint.pth of an earlier run "
+                               f"or --resume auto")
+
+
+def test_load_resume_reads_rng_states_of_a_gpu_run_on_the_cpu(tmp_path, monkeypatch):
+    """A resume checkpoint holds NumPy and Python RNG states (not weights-only) and may come from a
+    GPU run: it loads here, onto the CPU."""
+    path = str(tmp_path / RESUME_NAME)
+    state = {"rng": rng_state(), "weights": torch.arange(3.0)}
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # as saved on a GPU
+        atomic_save(state, path)
+    loaded = load_resume(path)
+    assert torch.equal(loaded["weights"], state["weights"]) and loaded["weights"].device.type == "cpu"
+    assert loaded["rng"]["python"] == state["rng"]["python"]
+    assert np.array_equal(loaded["rng"]["numpy"][1], state["rng"]["numpy"][1])
+
+
+def test_load_resume_refuses_a_corrupt_file_naming_it_and_the_error(tmp_path):
+    path = tmp_path / RESUME_NAME
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeError) as info:
+        load_resume(str(path))
+    assert str(info.value) == (f"cannot read checkpoint {path} (UnpicklingError); it is corrupt or truncated: "
+                               f"delete it or pass another with --resume")

@@ -38,3 +38,13 @@ def test_a_missing_test_id_is_reported():
              "| c | `tests/no_such_file.py::test_x` |")
     assert missing_tests(table) == ["tests/test_properties_doc.py::test_that_was_renamed",
                                     "tests/no_such_file.py::test_x"]
+
+
+def test_the_mutation_section_names_the_command_of_log_mutation_json():
+    """docs/properties.md gives the command that makes log/mutation.json (it names every module
+    covered), as the file records it: no module list or count typed by hand."""
+    import json
+    log = json.loads((REPO / "log" / "mutation.json").read_text())
+    text = " ".join((REPO / "docs" / "properties.md").read_text().split())
+    assert f"`{log['command']}`" in text
+    assert log["command"].split()[2:] == log["modules"]

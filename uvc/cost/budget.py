@@ -75,16 +75,16 @@ class Budget:
     def expected_ratio(self, arch: ArchState, masks: Masks, eps: float = 0.0) -> torch.Tensor:
         return self.expected_cost(arch, masks, eps) / self.dense
 
-    @torch.no_grad()
     def hard_ratio(self, arch: ArchState, masks: Masks) -> float:
         """Cost ratio of the argmax architecture (gates and patches hard, counts ceil'd)."""
-        d, sp = self.dims, self.space
-        ones = torch.ones(d.depth, device=arch.s_frac.device)
-        if sp.pruning:
-            heads, value_dims, neurons = masks.heads.sum(-1), masks.value_dims(), masks.neurons.sum(-1)
-        else:
-            heads, neurons = ones * d.num_heads, ones * d.mlp_hidden
-            value_dims = ones * d.num_heads * d.head_dim
-        keep = arch.block_keep_hard() if sp.block_gating else ones
-        patches = arch.patch_keep_hard().sum().float() if sp.patch_gating else float(d.num_patches)
-        return float(model_cost(self.cost, heads, value_dims, neurons, keep, patches)) / self.dense
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            d, sp = self.dims, self.space
+            ones = torch.ones(d.depth, device=arch.s_frac.device)
+            if sp.pruning:
+                heads, value_dims, neurons = masks.heads.sum(-1), masks.value_dims(), masks.neurons.sum(-1)
+            else:
+                heads, neurons = ones * d.num_heads, ones * d.mlp_hidden
+                value_dims = ones * d.num_heads * d.head_dim
+            keep = arch.block_keep_hard() if sp.block_gating else ones
+            patches = arch.patch_keep_hard().sum().float() if sp.patch_gating else float(d.num_patches)
+            return float(model_cost(self.cost, heads, value_dims, neurons, keep, patches)) / self.dense

@@ -59,11 +59,11 @@ def param_keep_masks(vit, spec: dict) -> Dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
 def zero_removed_weights(vit, keep: Dict[str, torch.Tensor]) -> None:
     """Physically zero what a frozen spec removes (exact: those weights are unused)."""
     params = dict(vit.named_parameters())
-    torch._foreach_mul_([params[n] for n in keep], list(keep.values()))
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        torch._foreach_mul_([params[n] for n in keep], list(keep.values()))
 
 
 def apply_spec(masked_model, spec: dict) -> None:
