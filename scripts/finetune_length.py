@@ -8,8 +8,9 @@ from the cached teacher, and reads each run's top-1 per fine-tuning epoch. With 
 mean top-1 of epochs E-w+1..E (w = --window), a curve has settled at the first epoch E
 from which |m(E') - m(E' - w)| < --tolerance for every later E': the mean of the last w
 epochs no longer moves. The length chosen is the latest such epoch over all curves,
-rounded up to a multiple of w. A run of that length decays its cosine learning rate
-sooner than the measured one, so it settles no later. Writes <out>.json
+rounded up to a multiple of w; none when a curve is still moving at its end. Stage 2
+anneals its learning rate to the last epoch (cosine), so a curve tends to rise until
+then: a run that never settles says to measure a longer one. Writes <out>.json
 ({"command", "window", "tolerance", "chosen_epochs", "curves": [{"method", "seed",
 "top1", "settled_at"}]}) and <out>.md.
 """
