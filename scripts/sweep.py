@@ -45,7 +45,7 @@ from typing import Dict, List
 
 from scripts.latency_match import peer_at_latency
 from scripts.pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, ROOT, Bench, macs_ratio_of, stage1_ratio)
-from scripts.sweep_report import ablation_table, plot_sweep, sweep_table
+from scripts.sweep_report import ablation_table, front_text, plot_sweep, sweep_table
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
 DEFAULT_METHODS = METHODS[:4]
@@ -302,7 +302,8 @@ def main(argv=None) -> int:
             f"{1 if args.smoke else args.search_epochs} search epochs, {epochs} fine-tuning epochs; produced by "
             f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last fine-tuning epoch and "
             f"at the best one (validation split), mean (min-max) over the seeds; MACs ratios counted by fvcore on "
-            f"the physically pruned models; speedups measured side by side on this CPU at batch 64.\n\n{table}\n")
+            f"the physically pruned models; speedups measured side by side on this CPU at batch 64.\n\n{table}\n"
+            + ("" if args.ablations else f"\n{front_text(result['rows'])}\n"))
     atomic_write_text(text, os.path.join(args.log_dir, f"{name}.md"))
     atomic_write_text(json.dumps(result, indent=1), os.path.join(args.log_dir, f"{name}.json"))
     if not args.ablations:

@@ -58,6 +58,33 @@ def sweep_table(result: dict) -> str:
     return markdown_table(header, lines)
 
 
+def dominations(rows: List[dict], top1_margin: float = 0.1, speed_margin: float = 0.02) -> List[str]:
+    """Where UVC is off the accuracy-speed front: a peer point (method, budget, match; seed means of
+    top1_last and speedup_b64) both more accurate than a UVC point of the same match by more than
+    `top1_margin` and faster than it by more than `speed_margin` (relative). One line each."""
+    points = {k: (mean([r["top1_last"] for r in g]), mean([r["speedup_b64"] for r in g]))
+              for k, g in grouped(rows, ("method", "match", "budget")).items()}
+    out = []
+    for (method, match, budget), (top1, speed) in points.items():
+        if method == "UVC":
+            continue
+        for (u_method, u_match, u_budget), (u_top1, u_speed) in points.items():
+            if u_method == "UVC" and u_match == match and top1 > u_top1 + top1_margin \
+                    and speed > u_speed * (1 + speed_margin):
+                out.append(f"{method} at {budget} ({top1:.2f}, {speed:.2f}x) beats UVC at {u_budget} "
+                           f"({u_top1:.2f}, {u_speed:.2f}x), match {match}")
+    return out
+
+
+def front_text(rows: List[dict]) -> str:
+    """The table's verdict line on the front (seed means of the last-epoch top-1)."""
+    beaten = dominations(rows)
+    if not beaten:
+        return ("On the front: no peer point is both more accurate than a UVC point (by more than 0.1, "
+                "seed means of the last-epoch top-1) and faster (by more than 2%).")
+    return "Off the front: " + "; ".join(beaten) + "."
+
+
 def ablation_table(result: dict) -> str:
     """One line per ablation row at the ablations' budget, pooled over its seeds."""
     seeds = _seeds_text(result["seeds"])
@@ -71,25 +98,28 @@ def ablation_table(result: dict) -> str:
 
 
 def plot_sweep(result: dict, path: str, command: str, dataset: str) -> None:
-    """Top-1 at the last fine-tuning epoch (seed mean, bars: min-max) against the MACs ratio, one line per
-    method and match."""
+    """Top-1 at the last fine-tuning epoch (seed mean, bars: min-max) against the MACs ratio (left) and
+    the measured speedup (right, the accuracy-speed front), one line per method and match."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (method, match), rows in grouped(result["rows"], ("method", "match")).items():
-        points = sorted((mean([r["macs_ratio"] for r in g]), [r["top1_last"] for r in g])
-                        for g in grouped(rows, ("budget",)).values())
-        x, y = [p[0] for p in points], [mean(p[1]) for p in points]
-        err = [[m - min(p[1]) for m, p in zip(y, points)], [max(p[1]) - m for m, p in zip(y, points)]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="-" if match == "macs" else "--",
-                    label=f"{method} ({match})")
-    ax.axhline(result["teacher_top1"], color="grey", linestyle="--", linewidth=1, label="dense teacher")
-    ax.set_xlabel("MACs ratio (fvcore, vs dense)")
-    ax.set_ylabel("top-1 at the last fine-tuning epoch (%)")
-    ax.set_title(f"{dataset}: top-1 vs MACs ({_seeds_text(result['seeds'])})", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "macs_ratio", "MACs ratio (fvcore, vs dense)"),
+                           (axes[1], "speedup_b64", "measured speedup at batch 64 (vs dense)")):
+        for (method, match), rows in grouped(result["rows"], ("method", "match")).items():
+            points = sorted((mean([r[key] for r in g]), [r["top1_last"] for r in g])
+                            for g in grouped(rows, ("budget",)).values())
+            x, y = [p[0] for p in points], [mean(p[1]) for p in points]
+            err = [[m - min(p[1]) for m, p in zip(y, points)], [max(p[1]) - m for m, p in zip(y, points)]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="-" if match == "macs" else "--",
+                        label=f"{method} ({match})")
+        ax.axhline(result["teacher_top1"], color="grey", linestyle="--", linewidth=1, label="dense teacher")
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 at the last fine-tuning epoch (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{dataset}: top-1 vs MACs ({_seeds_text(result['seeds'])})", fontsize=10)
+    axes[1].set_title("the accuracy-speed front (bars: min-max over seeds)", fontsize=10)
+    axes[1].legend(fontsize=7)
     fig.text(0.01, 0.01, "\n".join(textwrap.wrap(command, 150)), fontsize=5)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the command

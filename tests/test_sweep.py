@@ -143,3 +143,22 @@ def test_finetune_top1_reads_the_last_and_the_best_epoch(tmp_path):
     log.write_text(json.dumps({"batch": 64}) + "\n")
     with pytest.raises(SystemExit, match="no epoch record"):
         finetune_top1(str(log))
+
+
+def test_the_front_check_names_a_peer_that_is_more_accurate_and_faster_than_a_uvc_point():
+    """issue 24's criterion on seed means of top1_last: a peer more accurate by > 0.1 and faster by > 2%
+    than a UVC point of the same match is named; one inside either margin is not."""
+    from scripts.sweep_report import dominations, front_text
+
+    def rows(method, budget, top1s, speed, match="macs"):
+        return [{"method": method, "budget": budget, "match": match, "seed": i, "top1_last": t, "speedup_b64": speed}
+                for i, t in enumerate(top1s)]
+    base = rows("UVC", 0.5, [96.0, 96.2], 2.0) + rows("UVC", 0.4, [95.0, 95.2], 2.4)
+    assert dominations(base + rows("greedy fit", 0.5, [96.2, 96.2], 2.03)) == []  # 0.1 better: not more
+    assert dominations(base + rows("greedy fit", 0.5, [96.3, 96.3], 2.03)) == []  # 1.5% faster: not more
+    beaten = dominations(base + rows("greedy fit", 0.5, [96.3, 96.3], 2.05))
+    assert len(beaten) == 1 and "greedy fit at 0.5" in beaten[0] and "UVC at 0.5" in beaten[0]
+    assert len(dominations(base + rows("greedy fit", 0.4, [96.5, 96.5], 2.5))) == 2  # beats both UVC points
+    assert dominations(base + rows("greedy fit", 0.4, [99.0], 3.0, match="latency")) == []  # other match
+    assert front_text(base).startswith("On the front")
+    assert front_text(base + rows("greedy fit", 0.4, [96.0], 2.5)).startswith("Off the front")
