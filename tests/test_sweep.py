@@ -162,3 +162,20 @@ def test_the_front_check_names_a_peer_that_is_more_accurate_and_faster_than_a_uv
     assert dominations(base + rows("greedy fit", 0.4, [99.0], 3.0, match="latency")) == []  # other match
     assert front_text(base).startswith("On the front")
     assert front_text(base + rows("greedy fit", 0.4, [96.0], 2.5)).startswith("Off the front")
+
+
+def test_the_committed_digits_sweep_is_over_three_seeds_and_uvc_is_on_its_front():
+    """log/digits_sweep.json, the README's headline table: 3 seeds per method, both top-1 columns in
+    every row, and no peer both more accurate and faster than UVC (what the README reads from it)."""
+    import json
+    import os
+    from scripts.sweep_report import dominations
+    with open(os.path.join(os.path.dirname(__file__), "..", "log", "digits_sweep.json")) as f:
+        result = json.load(f)
+    assert result["seeds"] == [730, 731, 732] and result["finetune_epochs"] == 30
+    methods = {r["method"] for r in result["rows"]}
+    assert methods == {"UVC", "uniform magnitude", "Torch-Pruning", "greedy fit"}
+    for m in methods:
+        assert sorted(r["seed"] for r in result["rows"] if r["method"] == m) == [730, 731, 732]
+    assert all(r["top1_best"] >= r["top1_last"] for r in result["rows"])
+    assert dominations(result["rows"]) == []
