@@ -32,7 +32,6 @@ from uvc.search.masks import least_sum
 from uvc.search.primal_dual import PrimalDual
 from uvc.search.prox import reference_prox
 from uvc.search.structure import ArchState
-from utils.dist import all_reduce_mean
 
 # s and r are stored as fractions s / G: s / G x G may land one rounding under the bound it was
 # pinned to, so the overflow test allows this much (a ten-thousandth of a group)
