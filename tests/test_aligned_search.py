@@ -109,3 +109,26 @@ def test_no_importance_term_with_dual_init_0_and_no_ascent():
     arch.y.fill_(1.0)  # the same step with the importance term moves them back
     pd.structure_step({"s": torch.zeros_like(arch.s_frac), "r": torch.zeros_like(arch.r_frac)})
     assert (arch.s_frac.detach()[:, 1] < before[0][:, 1]).all()
+
+
+def test_the_search_prices_the_next_aligned_step_per_unit():
+    """PrimalDual's slopes at round_to 8: the neuron and value-dim slopes are the mean importance of the
+    next 8 groups, not the next one's."""
+    from uvc.cost.budget import Budget, SearchSpace
+    from uvc.search.masks import Scores
+    from uvc.search.primal_dual import PrimalDual, PrimalDualConfig
+    from uvc.search.schedule import SearchRates
+    from utils.config import load_config_file
+    d = dims()
+    arch = ArchState(d, round_to=8)
+    space = SearchSpace(pruning=True, block_gating=False, patch_gating=False, use_gumbel=True, with_attn=True)
+    pd = PrimalDual(arch, Budget(d, 0.5, space), PrimalDualConfig(),
+                    SearchRates.for_search(load_config_file("configs/digits_demo.py", "joint"), 200))
+    gen = torch.Generator().manual_seed(1)
+    pd.scores = Scores(heads=torch.rand(d.depth, d.num_heads, generator=gen),
+                       dims=torch.rand(d.depth, d.num_heads, d.head_dim, generator=gen),
+                       neurons=torch.rand(d.depth, d.mlp_hidden, generator=gen))
+    _, neuron_slope, dim_slope = pd._slopes()  # nothing removed yet: the next step is the 8 smallest
+    imp = pd._importance()
+    assert torch.allclose(neuron_slope, imp.neurons.sort(-1).values[:, :8].mean(-1))
+    assert torch.allclose(dim_slope, imp.dims.sort(-1).values[..., :8].mean(-1))
