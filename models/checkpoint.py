@@ -82,8 +82,14 @@ def _read_local(path: str, map_location) -> dict:
     if path.endswith(".safetensors"):
         return _read_safetensors(path, map_location)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        # torch.load warns about a pickle protocol it reads in garbage before it fails on it: the warnings
+        # are kept only for a file that loads, so a corrupt file gives one line
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        for w in seen:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return obj
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found:
