@@ -49,3 +49,14 @@ def test_the_committed_quick_benchmark_ran_at_the_default_round_to_and_every_cel
         assert c["round_to"] == bs.ROUND_TO
         assert c["budget"] - 0.05 <= c["searched_ratio"] <= c["budget"] + 0.02
         assert c["greedy_changed_frac"] <= 0.05 and bs.ok(c)
+
+
+def test_run_lengths_reach_the_budget_at_the_same_fraction():
+    """log/search_benchmark.json: the 1x and 4x runs of each cell (same model, budget, seed) first reach
+    B + 0.02 at most 0.05 of the search apart (docs/design.md; read at epoch ends)."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "log", "search_benchmark.json")) as f:
+        cells = json.load(f)["cells"]
+    at = {(c["model"], c["budget"], c["seed"], c["length"]): c["reached_budget_at"] for c in cells}
+    pairs = [(at[k], at[k[:3] + ("4x",)]) for k in at if k[3] == "1x" and k[:3] + ("4x",) in at]
+    assert len(pairs) == 6
+    assert all(a is not None and b is not None and abs(a - b) <= 0.05 for a, b in pairs), pairs
