@@ -13,13 +13,20 @@ anneals its learning rate to the last epoch (cosine), so a curve tends to rise u
 then: a run that never settles says to measure a longer one. Writes <out>.json
 ({"command", "window", "tolerance", "chosen_epochs", "curves": [{"method", "seed",
 "top1", "settled_at"}]}) and <out>.md.
+
+With --lengths L1,L2,... each stage-1 file (UVC's and the greedy fit's, per seed) is fine-tuned
+once per length instead, each run annealing to its own end. The end of a run is the mean top-1
+of its last --window epochs; per method its seed mean e(L). The length chosen is the shortest L
+from which, at every longer length L', each method's e(L') is within --tolerance of e(L) and the
+methods rank in the same order: fine-tuning longer no longer moves the comparison. The JSON then
+holds "lengths" and "runs": [{"method", "seed", "epochs", "top1"}].
 """
 import argparse
 import json
 import math
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from scripts.pipeline import Bench, markdown_table, stage1_ratio, write_result
 
@@ -42,6 +49,26 @@ def chosen_length(settled: List[Optional[int]], window: int) -> Optional[int]:
     return int(math.ceil(max(settled) / window) * window)
 
 
+def run_end(top1: Sequence[float], window: int) -> float:
+    """The end of a fine-tuning run: the mean top-1 of its last `window` epochs."""
+    return sum(top1[-window:]) / len(top1[-window:])
+
+
+def length_by_comparison(ends: Dict[str, Dict[int, float]], tolerance: float) -> Optional[int]:
+    """The shortest length L from which every longer L' keeps each method's end within `tolerance`
+    of its end at L and the methods in the same order; None if the longest length is the first such.
+
+    ends: method -> length -> seed mean of the run ends."""
+    lengths = sorted(next(iter(ends.values())))
+    order = lambda L: sorted(ends, key=lambda m: -ends[m][L])  # noqa: E731
+    for i, L in enumerate(lengths[:-1]):
+        later = lengths[i + 1:]
+        if all(abs(ends[m][L2] - ends[m][L]) < tolerance for m in ends for L2 in later) and \
+                all(order(L2) == order(L) for L2 in later):
+            return L
+    return None
+
+
 def curve(stage2_dir: str) -> List[float]:
     """Top-1 per fine-tuning epoch from a stage-2 run's log.jsonl."""
     with open(os.path.join(stage2_dir, "log.jsonl")) as f:
@@ -57,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30, help="stage-2 epochs of the measured runs")
     p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (the sweep's)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[731])
+    p.add_argument("--lengths", type=lambda t: sorted({int(x) for x in t.split(",")}), default=None,
+                   help="compare runs of these stage-2 lengths (e.g. 10,20,30,40) instead of one long curve")
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--tolerance", type=float, default=0.2, help="top-1 points")
     p.add_argument("--run_dir", default="runs/finetune_length")
@@ -67,16 +96,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 < args.budget <= 1.0:
         p.error(f"--budget {args.budget} is outside (0, 1]")
-    if args.epochs < 3 * args.window:
+    if args.lengths is not None and (len(args.lengths) < 2 or args.lengths[0] < args.window):
+        p.error(f"--lengths {args.lengths}: at least two lengths, each of at least --window ({args.window}) epochs")
+    if args.lengths is None and args.epochs < 3 * args.window:
         p.error(f"--epochs {args.epochs}: at least 3 windows ({3 * args.window}) are needed to see a curve settle")
     return args
 
 
+def measure_lengths(args, bench: Bench, teacher: str, command: str) -> None:
+    """Fine-tune each seed's UVC and greedy-fit stage-1 files once per length; choose by comparison."""
+    runs = []
+    for seed in args.seeds:
+        folder = os.path.join(args.run_dir, f"budget{args.budget}_seed{seed}")
+        uvc = bench.stage1(teacher, os.path.join(folder, "uvc", "stage1"), args.budget, seed)
+        greedy = bench.one_shot_prune("greedy-fit", teacher, os.path.join(folder, "greedy-fit"), stage1_ratio(uvc))
+        for method, sub, stage1_file in (("UVC", "uvc", uvc), ("greedy fit", "greedy-fit", greedy)):
+            for epochs in args.lengths:
+                out = os.path.join(folder, sub, f"stage2_{epochs}ep")
+                bench.stage2(teacher, stage1_file, out, seed, ["--epochs", str(epochs)])
+                runs.append({"method": method, "seed": seed, "epochs": epochs, "top1": curve(out)})
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    ends = {m: {L: sum(run_end(r["top1"], args.window) for r in runs if r["method"] == m and r["epochs"] == L)
+                / len(args.seeds) for L in args.lengths} for m in methods}
+    chosen = length_by_comparison(ends, args.tolerance)
+    rows = [[m, *(f"{ends[m][L]:.2f}" for L in args.lengths)] for m in methods]
+    rows += [[f"{r['method']} seed {r['seed']}", *(f"{run_end(q['top1'], args.window):.2f}" for q in runs
+              if q["method"] == r["method"] and q["seed"] == r["seed"])] for r in runs if r["epochs"] == args.lengths[0]]
+    text = (f"Produced by `{command}`. {args.dataset}, budget {args.budget}, seeds {args.seeds}. Each stage-1 "
+            f"file fine-tuned once per length, each run annealing to its own end; a run's end is the mean top-1 of "
+            f"its last {args.window} epochs; the first rows are seed means. Chosen stage-2 length, the shortest from "
+            f"which every longer one keeps each method within {args.tolerance} and the methods in the same order: "
+            f"**{chosen if chosen else 'none (still moving at the longest length)'}**.\n\n"
+            + markdown_table(["method", *(f"end at {L} epochs" for L in args.lengths)], rows) + "\n")
+    print(text)
+    write_result(args.out, text, {"command": command, "window": args.window, "tolerance": args.tolerance,
+                                  "budget": args.budget, "lengths": args.lengths, "seeds": args.seeds,
+                                  "chosen_epochs": chosen, "ends": {m: {str(L): e for L, e in v.items()}
+                                                                    for m, v in ends.items()}, "runs": runs})
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    command = "python scripts/finetune_length.py " + " ".join(argv if argv is not None else sys.argv[1:])
     bench = Bench(args.dataset, args.cache_dir, 730, reuse=args.resume, threads=args.threads,
-                  joint_extra=["--epochs", str(args.search_epochs)], post_extra=["--epochs", str(args.epochs)])
+                  joint_extra=["--epochs", str(args.search_epochs)],
+                  post_extra=[] if args.lengths else ["--epochs", str(args.epochs)])
     teacher = bench.teacher()
+    if args.lengths:
+        measure_lengths(args, bench, teacher, command)
+        return 0
     curves = []
     for seed in args.seeds:
         folder = os.path.join(args.run_dir, f"budget{args.budget}_seed{seed}")
@@ -88,7 +156,6 @@ def main(argv=None) -> int:
             curves.append({"method": method, "seed": seed, "top1": top1,
                            "settled_at": settled_at(top1, args.window, args.tolerance)})
     chosen = chosen_length([c["settled_at"] for c in curves], args.window)
-    command = "python scripts/finetune_length.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = [[c["method"], str(c["seed"]), str(c["settled_at"] or "never"), f"{c['top1'][-1]:.2f}",
              f"{max(c['top1']):.2f}", " ".join(f"{t:.1f}" for t in c["top1"])] for c in curves]
     text = (f"Produced by `{command}`. {args.dataset}, budget {args.budget}, {args.epochs} stage-2 epochs. "

@@ -1,5 +1,5 @@
 """scripts/finetune_length.py: where a fine-tuning curve settles, and the length chosen from it."""
-from scripts.finetune_length import chosen_length, settled_at
+from scripts.finetune_length import chosen_length, length_by_comparison, run_end, settled_at
 
 
 def test_a_flat_curve_settles_once_two_windows_are_seen():
@@ -24,3 +24,23 @@ def test_chosen_length_is_the_latest_rounded_up_to_a_window():
     assert chosen_length([20], 5) == 20
     assert chosen_length([23, None], 5) is None
     assert chosen_length([], 5) is None
+
+
+def test_a_run_ends_at_the_mean_of_its_last_window():
+    assert run_end([90.0, 91.0, 95.0, 97.0], 2) == 96.0
+    assert run_end([96.0], 5) == 96.0
+
+
+def test_the_length_chosen_is_where_longer_runs_no_longer_move_the_comparison():
+    """Both methods within the tolerance and in the same order at every longer length."""
+    ends = {"UVC": {10: 95.0, 20: 97.0, 30: 97.1, 40: 97.05}, "greedy": {10: 96.0, 20: 96.5, 30: 96.6, 40: 96.5}}
+    assert length_by_comparison(ends, 0.2) == 20
+    ends["greedy"][40] = 96.75  # moves 0.25 from 20 to 40: the comparison settles at 30
+    assert length_by_comparison(ends, 0.2) == 30
+    ends["greedy"][40] = 97.2  # overtakes UVC at the longest length: nothing settled
+    assert length_by_comparison(ends, 0.5) is None
+
+
+def test_two_methods_that_swap_places_within_the_tolerance_have_not_settled():
+    ends = {"a": {10: 97.0, 20: 97.1, 30: 97.0}, "b": {10: 97.05, 20: 97.0, 30: 97.1}}
+    assert length_by_comparison(ends, 0.2) is None
