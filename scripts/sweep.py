@@ -27,7 +27,8 @@ Ablations (--ablations), at budget 0.4 over --seeds (730,731; one teacher): UVC;
 block gates, without patch gates, without head/dim/neuron pruning (gates and patches only),
 without distillation, without the patch trial (--patch_probe 0), without the importance term
 (y = p = 0 and no dual step); and no search at all (the greedy fit at the MACs of that seed's
-UVC model). Writes <name>_ablations.md / .json.
+UVC model). --ablation_rows picks some of the rows (UVC and the greedy fit always run; with
+--resume and the sweep's --run_dir they are the sweep's own runs). Writes <name>_ablations.md / .json.
 
 Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every command run is
 printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
@@ -110,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="peers at UVC's MACs, or at its measured time ratio (UVC searching a latency budget)")
     p.add_argument("--ablations", action="store_true", help="run the ablations instead of the sweep")
     p.add_argument("--ablation_budget", type=float, default=None, help="--ablations: the budget (0.4)")
+    p.add_argument("--ablation_rows", default=None,
+                   help="--ablations: only these rows, comma-separated names of the table (UVC and the greedy "
+                        "fit always run), e.g. 'UVC w/o importance term'")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
                    help="seeds of every row, comma-separated (sweep: --seed; ablations: 730,731)")
     p.add_argument("--seed", type=int, default=730, help="the teacher's seed, and the sweep's default")
@@ -125,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     p = _parser()
     args = p.parse_args(argv)
-    other = ("--budgets", "--methods") if args.ablations else ("--ablation_budget",)
+    other = ("--budgets", "--methods") if args.ablations else ("--ablation_budget", "--ablation_rows")
     given = [f for f in other if getattr(args, f[2:]) is not None]
     if given:
         p.error(f"{given[0]} is for {'the sweep' if args.ablations else '--ablations'} only")
@@ -140,6 +144,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--pretrained sets how the teacher run starts: with --teacher there is no teacher run")
     args.budgets = args.budgets or [0.3, 0.4, 0.5, 0.7]
     args.ablation_budget = args.ablation_budget or 0.4
+    rows = [r.strip() for r in (args.ablation_rows or ",".join(ABLATIONS)).split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ABLATIONS]
+    if unknown:
+        p.error(f"--ablation_rows: no row {unknown[0]!r}; the rows are {', '.join(map(repr, ABLATIONS))}")
+    args.ablation_rows = ["UVC"] + [r for r in rows if r != "UVC"]
     args.seeds = args.seeds or ([730, 731] if args.ablations else [args.seed])
     args.methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
@@ -263,7 +272,7 @@ def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
     for seed in args.seeds:
         folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}")
         searched = [bench.uvc(name, teacher, os.path.join(folder, slug(name)), budget, seed, joint, post)
-                    for name, (joint, post) in ABLATIONS.items()]
+                    for name, (joint, post) in ((n, ABLATIONS[n]) for n in args.ablation_rows)]
         greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed)[0]  # at UVC's MACs
         runs += [dict(r, seed=seed, budget=budget, match="macs") for r in searched]
         runs.append(dict(greedy, name=NO_SEARCH, seed=seed, budget=budget, match="macs"))

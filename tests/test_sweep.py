@@ -76,9 +76,13 @@ def test_flags_are_checked():
     assert (args.log_dir, args.figs_dir) == (sweep._path("log"), sweep._path("Figs"))  # the demos' results go there
     assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
     assert sweep.parse_args(["--seeds", "1,2,3"]).seeds == [1, 2, 3]
+    assert sweep.parse_args(["--ablations"]).ablation_rows == list(sweep.ABLATIONS)
+    assert sweep.parse_args(["--ablations", "--ablation_rows", "UVC w/o importance term"]).ablation_rows == \
+        ["UVC", "UVC w/o importance term"]  # UVC is the row every other one is read against
     for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"],
                 ["--ablations", "--budgets", "0.5"], ["--ablations", "--match", "latency"],  # a flag of the other mode
-                ["--match", "speed"], ["--dataset", "cifar10"]):  # cifar10 needs --config
+                ["--match", "speed"], ["--dataset", "cifar10"],  # cifar10 needs --config
+                ["--ablations", "--ablation_rows", "UVC w/o skips"], ["--ablation_rows", "UVC"]):
         with pytest.raises(SystemExit):
             sweep.parse_args(bad)
 
