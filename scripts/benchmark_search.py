@@ -25,6 +25,7 @@ block at the end of the search (allocation across layers, before any greedy fix)
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -199,7 +200,7 @@ def write_masking(cells: List[Dict], path: str, argv) -> None:
             / max(1, sum(r["masking"] == m for r in rows)) for m in ("hard", "soft")}
     gap = {m: sum(abs(r["searched_ratio"] - r["budget"]) for r in rows if r["masking"] == m) for m in mean}
     default = min(mean, key=lambda m: (-round(mean[m], 1), gap[m]))
-    command = "python scripts/benchmark_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/benchmark_search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     with open(path, "w") as f:
         json.dump({"command": command, "default": default, "mean_top1_after_stage2": mean, "cells": rows}, f,
                   indent=1)
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     text = table(cells) + "\n\n" + allocation(cells)
     print("\n" + text)
     if args.out:
-        command = "python scripts/benchmark_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python scripts/benchmark_search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         with open(args.out + ".md", "w") as f:
             f.write(f"Produced by `{command}`.\n\n{text}\n")
         with open(args.out + ".json", "w") as f:

@@ -29,6 +29,7 @@ scripts/sweep.py.
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from typing import List
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     atomic_write_text(json.dumps(summary, indent=2), os.path.join(args.run_dir, "summary.json"))
     table = demo_table(summary)
     minutes = (time.perf_counter() - started) / 60
-    command = "python scripts/demo.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/demo.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     name = "MNIST" if args.dataset == "mnist" else args.dataset.capitalize()
     atomic_write_text(f"{name} demo, produced by `{command}` in {minutes:.1f} minutes "
                       f"wall-clock on this machine (throughputs are those of the machine at the time; the "
@@ -145,7 +146,7 @@ def compare(args, bench: Bench, teacher_path: str, uvc: dict) -> List[dict]:
 
 def write_compare(args, rows: List[dict], methods: List[dict]) -> None:
     from utils.checkpoint import atomic_write_text
-    command = "python scripts/demo.py " + " ".join(sys.argv[1:])
+    command = "python scripts/demo.py " + shlex.join(sys.argv[1:])
     table = markdown_table(
         ["method", "top-1 before FT (%)", "top-1 after FT (%)", "MACs ratio", "params", "images/s (b64)",
          "speedup", "removed: blocks/heads/dims/neurons/patches"],

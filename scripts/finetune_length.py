@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -137,7 +138,7 @@ def measure_lengths(args, bench: Bench, teacher: str, command: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python scripts/finetune_length.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/finetune_length.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     bench = Bench(args.dataset, args.cache_dir, 730, reuse=args.resume, threads=args.threads,
                   joint_extra=["--epochs", str(args.search_epochs)],
                   post_extra=[] if args.lengths else ["--epochs", str(args.epochs)])

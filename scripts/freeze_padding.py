@@ -15,6 +15,7 @@ search) this evaluates both on the run's validation set and writes a table
 """
 import argparse
 import os
+import shlex
 import sys
 
 import torch
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     if missing:
         raise SystemExit(f"{missing[0]} has no checkpoint.pth: give finished joint_train.py output dirs")
     rows = [both_ways(d) for d in args.run_dirs]
-    command = "python scripts/freeze_padding.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/freeze_padding.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [f"Produced by `{command}`: top-1 right after freeze, the groups the fit put back kept with the "
              f"weights the search left them (restore) or zeroed (zero-pad).", "",
              "| run | budget | MACs ratio | value dims put back | neurons put back | top-1 restore | top-1 zero-pad |",

@@ -24,6 +24,7 @@ Writes <out>.md (table: every run, then the mean per budget and recipe) and
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     before = {b: bench.top1(compact_of_stage1(f)) for b, f in stage1.items()}
     rows = [dict(budget=b, recipe=recipe, seed=seed, macs_ratio=stage1_ratio(stage1[b]), top1_before=before[b], **d)
             for (b, recipe, seed), d in zip(plan, done)]
-    command = "python scripts/recipe_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/recipe_compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     result = {"command": command, "epochs": epochs, "rows": rows, "means": mean_rows(rows),
               "teacher_top1": bench.top1(bench.dense_model(teacher))}
     text = (f"Stage 2 on MNIST read as image files (`{' '.join(MNIST_FILES)}`: the validation images of "

@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 from typing import Dict, List
 
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
         check_ablation_flags(bench)
     teacher = bench.teacher()
     dense = bench.dense_model(teacher)
-    command = "python scripts/sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     name = results_name(args)
     result = (ablations if args.ablations else sweep)(args, bench, teacher, dense)
     result.pop("runs")  # run folders stay under --run_dir
