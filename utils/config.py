@@ -26,7 +26,8 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
-from configs.common import RECIPES, REFERENCE_SEARCH, base_config
+from configs.common import RECIPES, REFERENCE_SEARCH, RULE_DEFAULTS, base_config
+from uvc.search.rules import parse_rules
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -299,13 +300,21 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
 
 def apply_search_defaults(config: ml_collections.ConfigDict, overrides: dict, stage: str) -> None:
     """With `--search_algorithm reference` (flag or file), the reference's defaults of the rate flags
-    (configs.common.REFERENCE_SEARCH) on every key that neither a flag nor the config file sets (a key
+    (configs.common.REFERENCE_SEARCH), and with `--reference_rules` those of its rules
+    (configs.common.RULE_DEFAULTS), on every key that neither a flag nor the config file sets (a key
     the file leaves at configs/common.py's value counts as not set)."""
     algorithm = overrides.get("search_algorithm", config.get("search_algorithm"))
-    if stage != "joint" or algorithm != "reference":
+    if stage != "joint":
         return
+    defaults = dict(REFERENCE_SEARCH) if algorithm == "reference" else {}
+    try:
+        rules = parse_rules(overrides.get("reference_rules", config.get("reference_rules", "")))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for rule in rules:
+        defaults.update(RULE_DEFAULTS.get(rule, {}))
     common = base_config(stage)
-    for key, value in REFERENCE_SEARCH.items():
+    for key, value in defaults.items():
         if key not in overrides and config[key] == common[key]:
             config[key] = value
 
@@ -339,7 +348,7 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "search_algorithm", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
+STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "dual_init", "zlr", "zlr_schedule_list", "z_grad_clip",
@@ -377,6 +386,9 @@ def check_search_flags(overrides: dict, config) -> None:
     """One line for a flag the chosen search would not read (`--search_algorithm reference`)."""
     if config.get("search_algorithm") != "reference":
         return
+    if config.get("reference_rules"):
+        raise ConfigError("--reference_rules switches rules of the default search (--search_algorithm uvc); "
+                          "--search_algorithm reference runs all of the reference's: drop one of them")
     for key, why in REFERENCE_UNREAD.items():
         if key in overrides:
             raise ConfigError(f"--{key} is not read by --search_algorithm reference ({why}): drop it")
