@@ -19,8 +19,8 @@ from uvc.cost.latency_check import checked_fit, measured_ratio
 from uvc.cost.latency_table import load_or_measure
 from uvc.search.masked_model import MaskedViT
 from uvc.search.primal_dual import PrimalDual, PrimalDualConfig
-from uvc.search.reference import INIT as REFERENCE_INIT, ReferenceConfig, ReferencePrimalDual
-from uvc.search.rules import Rules
+from uvc.search.reference import ReferenceConfig, ReferencePrimalDual
+from uvc.search.rules import INIT as REFERENCE_INIT, Rules
 from uvc.search.schedule import SearchRates
 from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial

@@ -31,7 +31,7 @@ from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import least_sum
 from uvc.search.primal_dual import PrimalDual
 from uvc.search.prox import reference_prox
-from uvc.search.rules import GATE_MOMENTUM, GATE_WEIGHT_DECAY, INIT, inf_norm_clip_  # noqa: F401 (INIT: driver)
+from uvc.search.rules import GATE_MOMENTUM, GATE_WEIGHT_DECAY, inf_norm_clip_
 from uvc.search.structure import ArchState
 
 # s and r are stored as fractions s / G: s / G x G may land one rounding under the bound it was
