@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import clean_env, noisy_tiny_vit
+from helpers import assert_same_files, clean_env, dense_checkpoint, noisy_tiny_vit
 
 from uvc.search import UVCSearch
 from uvc.search.masked_model import MaskedViT
@@ -228,3 +228,33 @@ def test_every_name_is_a_rule_and_the_default_is_none():
     for name in NAMES:
         _, search = search_with(name)
         assert search.rules.names() == (name,)
+
+
+# ----------------------------------------------------------------------------- a digits search
+
+TINY = "vit_digits_tiny_patch2_8"
+ARGS = ["--config", "configs/digits_demo.py", "--model_type", TINY, "--deterministic", "1", "--max_steps_per_epoch",
+        "4", "--epochs", "3", "--warmup_epochs", "1", "--gating_interval", "3", "--reference_rules",
+        "grad_clip,gate_sgd,zero_start,fixed_target,integral_z,no_fit"]
+
+
+def run(args, expect: int = 0, **env) -> str:
+    proc = subprocess.run([sys.executable, "joint_train.py", *map(str, args)], cwd=REPO, env=clean_env(**env),
+                          capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == expect, out[-3000:]
+    return out
+
+
+def test_digits_search_with_rules_logs_them_and_resumes_exactly(tmp_path):
+    teacher = dense_checkpoint(tmp_path)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    out = run(ARGS + ["--model_path", teacher, "--output_dir", whole])
+    assert "the reference's rules in place of ours: fixed_target, integral_z, zero_start, grad_clip, gate_sgd, " \
+           "no_fit" in out and "as searched (no fit)" in out
+    stage1 = torch.load(whole / f"{TINY}_uvc.pth", map_location="cpu", weights_only=False)
+    assert stage1["config"]["reference_rules"] == ARGS[-1] and stage1["fit"]["exported_as_searched"]
+    args = ARGS + ["--model_path", teacher, "--output_dir", stopped]
+    run(args, expect=143, UVC_TEST_CRASH_AT_STEP=6, UVC_TEST_CRASH_RANK=0, UVC_TEST_CRASH_SIGNAL="TERM")
+    run(args + ["--resume", "auto"])
+    assert_same_files(whole, stopped, ["checkpoint.pth", f"{TINY}_uvc.pth"])
