@@ -28,7 +28,10 @@ RECIPES = {
 REFERENCE_SEARCH = dict(slr=0.02, rlr=0.02, ylr=1e-4, plr=1e-4, dual_init=1e-3, glr=1e-3, gating_weight=5.0,
                         gating_interval=100, zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5,
                         gumbel_tau_decay=1.0, patch_probe=0)
-# `--reference_rules` (uvc.search.rules): the reference's values a rule sets where neither the config file
+# `--reference_rules` (uvc/search/rules.py): its names, each a rule of the reference in place of ours
+REFERENCE_RULES = ("fixed_target", "integral_z", "no_integral_cap", "absolute_leastsum", "zero_start", "grad_clip",
+                   "plain_prox", "gate_sgd", "no_gate_safety", "no_fit")
+# and the reference's values a rule sets where neither the config file
 # nor a flag sets the key (gate_sgd: the reference's fixed Gumbel temperature)
 RULE_DEFAULTS = {"gate_sgd": {k: REFERENCE_SEARCH[k] for k in ("gumbel_tau", "gumbel_tau_decay")}}
 

@@ -1,6 +1,7 @@
 """`--reference_rules` (uvc.search.rules): with each name, the default search's rule is the reference's,
 checked on the tiny model against the default search's."""
 import copy
+from dataclasses import fields
 import json
 import subprocess
 import sys
@@ -14,10 +15,10 @@ from uvc.search import UVCSearch
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import least_sum
 from uvc.search.prox import reference_prox
-from uvc.search.rules import NAMES, budget_term
+from uvc.search.rules import Rules, budget_term
 from uvc.search.schedule import SearchRates
 from uvc.search.structure import LOWEST
-from utils.config import parse_config
+from utils.config import REFERENCE_RULES as NAMES, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -224,7 +225,8 @@ def test_print_config_shows_the_rules_and_their_defaults():
 
 
 def test_every_name_is_a_rule_and_the_default_is_none():
-    assert config_of("").reference_rules == ""
+    assert config_of("").reference_rules == "" and Rules.of("").names() == ()
+    assert tuple(f.name for f in fields(Rules)) == NAMES
     for name in NAMES:
         _, search = search_with(name)
         assert search.rules.names() == (name,)

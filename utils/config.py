@@ -26,8 +26,7 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
-from configs.common import RECIPES, REFERENCE_SEARCH, RULE_DEFAULTS, base_config
-from uvc.search.rules import parse_rules
+from configs.common import RECIPES, REFERENCE_RULES, REFERENCE_SEARCH, RULE_DEFAULTS, base_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -307,16 +306,22 @@ def apply_search_defaults(config: ml_collections.ConfigDict, overrides: dict, st
     if stage != "joint":
         return
     defaults = dict(REFERENCE_SEARCH) if algorithm == "reference" else {}
-    try:
-        rules = parse_rules(overrides.get("reference_rules", config.get("reference_rules", "")))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for rule in rules:
+    for rule in parse_reference_rules(overrides.get("reference_rules", config.get("reference_rules", ""))):
         defaults.update(RULE_DEFAULTS.get(rule, {}))
     common = base_config(stage)
     for key, value in defaults.items():
         if key not in overrides and config[key] == common[key]:
             config[key] = value
+
+
+def parse_reference_rules(text: str) -> tuple:
+    """--reference_rules "a,b" -> ("a", "b") in REFERENCE_RULES' order (uvc.search.rules); one line naming
+    the valid names for another name."""
+    given = [n.strip() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in given if n not in REFERENCE_RULES]
+    if unknown:
+        raise ConfigError(f"--reference_rules {unknown[0]!r} is not a rule; choose from {', '.join(REFERENCE_RULES)}")
+    return tuple(n for n in REFERENCE_RULES if n in given)
 
 
 def subset_parser(keys: Sequence[str], argv: Sequence[str], prog: str, stage: str = "post"):

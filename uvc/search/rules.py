@@ -29,28 +29,18 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from utils.config import parse_reference_rules
 
 GATE_MOMENTUM, GATE_WEIGHT_DECAY = 0.9, 1e-4  # the reference's gating optimizer
 # the reference's initial values: s = r = 0, duals 1e-3 (y, p: --dual_init), gate logits (skip, keep)
 # = (-1, 1), patch logits 3
 INIT = dict(s_init=0.0, skip_init=-1.0, gate_init=1.0, patch_init=3.0, z_init=1e-3)
-NAMES = ("fixed_target", "integral_z", "no_integral_cap", "absolute_leastsum", "zero_start", "grad_clip",
-         "plain_prox", "gate_sgd", "no_gate_safety", "no_fit")
 
 
 def inf_norm_clip_(grad: torch.Tensor) -> torch.Tensor:
     """The reference's clip of the s and r gradients: to inf-norm 1 over the whole tensor, in place
     (torch's clip_grad_norm_, whose 1e-6 it keeps)."""
     return grad.mul_((1.0 / (grad.abs().max() + 1e-6)).clamp(max=1.0))
-
-
-def parse_rules(text: str) -> tuple:
-    """"a,b" -> ("a", "b") in NAMES' order; ValueError (one line naming the valid names) for another name."""
-    given = [n.strip() for n in str(text).split(",") if n.strip()]
-    unknown = [n for n in given if n not in NAMES]
-    if unknown:
-        raise ValueError(f"--reference_rules {unknown[0]!r} is not a rule; choose from {', '.join(NAMES)}")
-    return tuple(n for n in NAMES if n in given)
 
 
 @dataclass(frozen=True)
@@ -69,7 +59,7 @@ class Rules:
 
     @classmethod
     def of(cls, text: str) -> "Rules":
-        return cls(**dict.fromkeys(parse_rules(text), True))
+        return cls(**dict.fromkeys(parse_reference_rules(text), True))
 
     @classmethod
     def of_config(cls, config) -> "Rules":
