@@ -86,9 +86,9 @@ def log_latency_check(logger: RunLogger, fit: dict, budget: float) -> None:
 
 
 def log_frozen(logger: RunLogger, fit: dict, budget: float, top1: float) -> None:
-    """One line on the frozen architecture: what the greedy fit did, or (reference search) how far the
+    """One line on the frozen architecture: what the greedy fit did, or (a search exported as it ended) how far the
     search ended from the budget and what the fit would have changed."""
-    if fit.get("search_algorithm") == "reference":
+    if fit.get("exported_as_searched"):
         logger.info(f"frozen architecture as searched (no fit): MACs ratio {fit['macs_ratio']:.4f}, "
                     f"{fit['budget_gap']:+.4f} from budget {budget} in {fit['budget_metric']}; the greedy fit "
                     f"would have changed {100 * fit['greedy_would_change_frac']:.1f}% of the groups; top-1 {top1:.2f}")
@@ -139,8 +139,10 @@ def main(argv=None) -> None:
         logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps of the reference's algorithm "
                     f"(--search_algorithm reference) against budget {config.budget}, exported with no fit")
     else:
+        rules = search.rules.names()
         logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps, the target reaches budget "
-                    f"{config.budget} after {config.target_ramp:.0%} of them")
+                    f"{config.budget} after {config.target_ramp:.0%} of them"
+                    + (f"; the reference's rules in place of ours: {', '.join(rules)}" if rules else ""))
         warn_if_too_short(logger, search.rates.steps, steps)
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)

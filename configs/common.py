@@ -28,6 +28,12 @@ RECIPES = {
 REFERENCE_SEARCH = dict(slr=0.02, rlr=0.02, ylr=1e-4, plr=1e-4, dual_init=1e-3, glr=1e-3, gating_weight=5.0,
                         gating_interval=100, zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5,
                         gumbel_tau_decay=1.0, patch_probe=0)
+# `--reference_rules` (uvc/search/rules.py): its names, each a rule of the reference in place of ours
+REFERENCE_RULES = ("fixed_target", "integral_z", "no_integral_cap", "absolute_leastsum", "zero_start", "grad_clip",
+                   "plain_prox", "gate_sgd", "no_gate_safety", "no_fit")
+# and the reference's values a rule sets where neither the config file
+# nor a flag sets the key (gate_sgd: the reference's fixed Gumbel temperature)
+RULE_DEFAULTS = {"gate_sgd": {k: REFERENCE_SEARCH[k] for k in ("gumbel_tau", "gumbel_tau_decay")}}
 
 
 def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
@@ -106,6 +112,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.enable_pruning = True  # search heads, head dims and MLP neurons
     c.enable_block_gating = True  # search whole-block skips (gates)
     c.enable_patch_gating = True  # search patch positions to drop (0 or 1; the reference's dynamic mode 2 is not supported)
+    c.reference_rules = ""  # comma-separated rules of the reference in place of ours, one departure each (uvc/search/rules.py: fixed_target, integral_z, no_integral_cap, absolute_leastsum, zero_start, grad_clip, plain_prox, gate_sgd, no_gate_safety, no_fit)
     c.target_ramp = 0.5  # fraction of the search over which the target MACs ratio falls to the budget
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
     c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)

@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,11 +73,12 @@ def run(cmd: List[str], log_path: str) -> None:
         raise SystemExit(f"benchmark_search: '{' '.join(cmd[:3])} ...' failed (exit {code}); see {log_path}")
 
 
-def teacher(name: str, args) -> str:
-    """The model's dense teacher, trained once (cached by the command that trains it)."""
+def teacher(name: str, args, extra: Sequence[str] = ()) -> str:
+    """The model's dense teacher, trained once (cached by the command that trains it, `extra` flags
+    included)."""
     import hashlib
     m = MODELS[name]
-    cmd = ["post_train.py"] + m["teacher"] + m["data"] + ["--model_type", m["model_type"], "--seed", "730"]
+    cmd = ["post_train.py"] + m["teacher"] + m["data"] + ["--model_type", m["model_type"], "--seed", "730"] + list(extra)
     key = hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:12]
     out = os.path.join(args.cache_dir, f"teacher-{name.replace('@', '-')}-{key}")
     path = os.path.join(out, f"{m['model_type']}_dense_best.pth")

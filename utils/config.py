@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 
 import ml_collections
 
-from configs.common import RECIPES, REFERENCE_SEARCH, base_config
+from configs.common import RECIPES, REFERENCE_RULES, REFERENCE_SEARCH, RULE_DEFAULTS, base_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -299,15 +299,29 @@ def apply_recipe(config: ml_collections.ConfigDict, name: str) -> None:
 
 def apply_search_defaults(config: ml_collections.ConfigDict, overrides: dict, stage: str) -> None:
     """With `--search_algorithm reference` (flag or file), the reference's defaults of the rate flags
-    (configs.common.REFERENCE_SEARCH) on every key that neither a flag nor the config file sets (a key
+    (configs.common.REFERENCE_SEARCH), and with `--reference_rules` those of its rules
+    (configs.common.RULE_DEFAULTS), on every key that neither a flag nor the config file sets (a key
     the file leaves at configs/common.py's value counts as not set)."""
     algorithm = overrides.get("search_algorithm", config.get("search_algorithm"))
-    if stage != "joint" or algorithm != "reference":
+    if stage != "joint":
         return
+    defaults = dict(REFERENCE_SEARCH) if algorithm == "reference" else {}
+    for rule in parse_reference_rules(overrides.get("reference_rules", config.get("reference_rules", ""))):
+        defaults.update(RULE_DEFAULTS.get(rule, {}))
     common = base_config(stage)
-    for key, value in REFERENCE_SEARCH.items():
+    for key, value in defaults.items():
         if key not in overrides and config[key] == common[key]:
             config[key] = value
+
+
+def parse_reference_rules(text: str) -> tuple:
+    """--reference_rules "a,b" -> ("a", "b") in REFERENCE_RULES' order (uvc.search.rules); one line naming
+    the valid names for another name."""
+    given = [n.strip() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in given if n not in REFERENCE_RULES]
+    if unknown:
+        raise ConfigError(f"--reference_rules {unknown[0]!r} is not a rule; choose from {', '.join(REFERENCE_RULES)}")
+    return tuple(n for n in REFERENCE_RULES if n in given)
 
 
 def subset_parser(keys: Sequence[str], argv: Sequence[str], prog: str, stage: str = "post"):
@@ -339,7 +353,7 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "search_algorithm", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
+STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "dual_init", "zlr", "zlr_schedule_list", "z_grad_clip",
@@ -377,6 +391,9 @@ def check_search_flags(overrides: dict, config) -> None:
     """One line for a flag the chosen search would not read (`--search_algorithm reference`)."""
     if config.get("search_algorithm") != "reference":
         return
+    if config.get("reference_rules"):
+        raise ConfigError("--reference_rules switches rules of the default search (--search_algorithm uvc); "
+                          "--search_algorithm reference runs all of the reference's: drop one of them")
     for key, why in REFERENCE_UNREAD.items():
         if key in overrides:
             raise ConfigError(f"--{key} is not read by --search_algorithm reference ({why}): drop it")

@@ -15,6 +15,9 @@ Above the target z grows at once with the gap; under it the proportional part
 turns z negative at once, so the search is pushed back up (groups regrow, gates
 re-open) instead of pushed further down. At equilibrium e ~ 0 and z = I, the
 price of one MAC-share in importance units (uvc.search.primal_dual).
+
+`--reference_rules` (uvc.search.rules): `integral_z` drops the proportional part (z = I >= 0, the
+reference's integral-only z), `no_integral_cap` the cap kp clip of the integral.
 """
 import torch
 
@@ -22,12 +25,13 @@ import torch
 class BudgetController:
     """z from the hard MACs ratio and the moving target; state is saved in ArchState.z_integral."""
 
-    def __init__(self, kp: float, ki: float, clip: float):
+    def __init__(self, kp: float, ki: float, clip: float, proportional: bool = True, capped: bool = True):
         self.kp, self.ki, self.clip = kp, ki, clip
+        self.proportional, self.cap = proportional, kp * clip if capped else float("inf")
 
     @torch.no_grad()
     def update(self, integral: torch.Tensor, ratio: float, target: float, ki_scale: float = 1.0) -> float:
         """Advance the integral in place and return z."""
         e = max(-self.clip, min(self.clip, ratio - target))
-        integral.add_(self.ki * ki_scale * e).clamp_(0.0, self.kp * self.clip)
-        return self.kp * e + float(integral)
+        integral.add_(self.ki * ki_scale * e).clamp_(0.0, self.cap)
+        return (self.kp * e if self.proportional else 0.0) + float(integral)

@@ -19,7 +19,8 @@ from uvc.cost.latency_check import checked_fit, measured_ratio
 from uvc.cost.latency_table import load_or_measure
 from uvc.search.masked_model import MaskedViT
 from uvc.search.primal_dual import PrimalDual, PrimalDualConfig
-from uvc.search.reference import INIT as REFERENCE_INIT, ReferenceConfig, ReferencePrimalDual
+from uvc.search.reference import ReferenceConfig, ReferencePrimalDual
+from uvc.search.rules import INIT as REFERENCE_INIT, Rules
 from uvc.search.schedule import SearchRates
 from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial
@@ -54,15 +55,18 @@ class UVCSearch:
     any search (uvc.search.schedule). `probe`: (images, targets) of training images on
     which each proposed patch drop is tried (uvc.search.trial); None: no trial.
     `--search_algorithm reference`: the reference's updates (uvc.search.reference), its initial
-    values, no trial, and a freeze with no greedy fit.
+    values, no trial, and a freeze with no greedy fit. `--reference_rules`: some of the reference's
+    rules in the default search (uvc.search.rules), its initial values among them.
     """
 
     def __init__(self, vit, config, device, search_steps: int, probe=None):
         self.dims = ViTDims.of(vit)
         self.space = search_space(config)
         self.round_to, self.target_budget = int(config.round_to), float(config.budget)
-        self.reference = config.search_algorithm == "reference"
-        init = REFERENCE_INIT if self.reference else {}  # the reference's initial s, r, gates, patches, z
+        self.algorithm, self.rules = str(config.search_algorithm), Rules.of_config(config)
+        self.reference = self.algorithm == "reference"
+        # the reference's initial s, r, gates, patches, z (or those of the rules chosen)
+        init = REFERENCE_INIT if self.reference else self.rules.initial_values()
         self.arch = ArchState(self.dims, round_to=self.round_to if self.space.pruning else 1,
                               dual_init=float(config.dual_init), **init).to(device)
         self.device, self.latency_batch = device, int(config.latency_batch)
@@ -157,8 +161,8 @@ class UVCSearch:
         when the aligned steps cannot fill the narrow window). With the latency metric the fit
         is timed whole on the device and refitted while off the budget (uvc.cost.latency_check;
         rank 0 times, every rank takes its architecture). `--search_algorithm reference`: no fit
-        (freeze_as_searched)."""
-        if self.reference:
+        (freeze_as_searched), and so with `--reference_rules no_fit`."""
+        if self.reference or self.rules.no_fit:
             return self.freeze_as_searched(model, model_type)
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
@@ -182,7 +186,7 @@ class UVCSearch:
             spec, fit, _ = fit_to(self.budget.budget)
         fit = dict(fit, budget_metric=self.metric, searched_macs_ratio=searched,
                    macs_ratio=spec_ratio(spec, True, self.space.with_attn),
-                   greedy_changed_frac=greedy_changed_frac(fit, self.dims))
+                   greedy_changed_frac=greedy_changed_frac(fit, self.dims), reference_rules=list(self.rules.names()))
         if self.metric != "macs":
             fit.update({f"searched_{self.metric}_ratio": searched_cost,
                         f"{self.metric}_ratio": spec_cost(cost, spec) / dense})
@@ -200,7 +204,8 @@ class UVCSearch:
                                  groups=self.space.pruning, round_to=self.round_to, cost=cost)
         ratio = spec_ratio(spec, True, with_attn)
         metric_ratio = spec_cost(cost, spec) / dense
-        fit = {"search_algorithm": "reference", "budget_metric": self.metric, "searched_macs_ratio": ratio,
+        fit = {"search_algorithm": self.algorithm, "reference_rules": list(self.rules.names()),
+               "exported_as_searched": True, "budget_metric": self.metric, "searched_macs_ratio": ratio,
                "macs_ratio": ratio, "budget_gap": metric_ratio - self.budget.budget, "greedy_changed_frac": 0.0,
                "greedy_would_change_frac": greedy_changed_frac(would, self.dims), "round_to": self.round_to}
         if self.metric != "macs":

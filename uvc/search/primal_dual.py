@@ -39,6 +39,9 @@ Scale (what makes one set of rates fit every model, data set and run length):
 The prox (uvc.search.prox) is applied per unit of the layer's mean group score S_l / G,
 W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
 rate in every layer and model.
+
+`--reference_rules` (uvc.search.rules) replaces any of these departures from the reference by the
+reference's rule, one at a time, for the ledger of departures (scripts/deviations.py).
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
@@ -51,7 +54,8 @@ from uvc.deploy.freeze import spec_from_search
 from uvc.search.gates import block_gate_sample, limit_gate_flips, limit_patch_drops, patch_attn_bias
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
-from uvc.search.prox import proximal_step
+from uvc.search.prox import proximal_step, reference_prox
+from uvc.search.rules import Rules, budget_term, clip_before_step, gate_optimizer
 from uvc.search.schedule import SearchRates, target_ratio
 from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial
@@ -74,6 +78,7 @@ class PrimalDualConfig:
     masking: str = "hard"  # hard: the training forward masks the removed groups; soft: the reference's
     ramp: float = 0.5  # fraction of the search over which the target falls to the budget
     min_blocks: int = 1  # blocks that are never skipped
+    rules: Rules = Rules()  # the reference's rules in place of ours (uvc.search.rules)
 
     @classmethod
     def from_config(cls, c, depth: int) -> "PrimalDualConfig":
@@ -81,7 +86,7 @@ class PrimalDualConfig:
         names = ("soptim", "roptim", "z_grad_clip", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay")
         min_blocks = int(c.min_blocks) if int(c.min_blocks) > 0 else (depth + 1) // 2
         return cls(zlr_milestones=tuple(zlr_schedule(c.zlr_schedule_list)), ramp=float(c.target_ramp),
-                   masking=str(c.search_masking),
+                   masking=str(c.search_masking), rules=Rules.of_config(c),
                    min_blocks=min(min_blocks, depth), **{n: c[n] for n in names})
 
 
@@ -104,9 +109,14 @@ class PrimalDual:
         self.arch, self.budget, self.cfg, self.rates, self.space = arch, budget, cfg, rates, budget.space
         self.s_opt = _optimizer(cfg.soptim, [arch.s_frac], rates.s_step)
         self.r_opt = _optimizer(cfg.roptim, [arch.r_frac], rates.r_step)
-        self.gate_opt = torch.optim.Adam([arch.gate_logits], lr=rates.gate_lr)
+        rules = cfg.rules
+        if rules.grad_clip:
+            clip_before_step(self.s_opt)
+            clip_before_step(self.r_opt)
+        self.gate_opt = gate_optimizer(rules, arch.gate_logits, rates.gate_lr)
         self.patch_opt = torch.optim.Adam([arch.patch_logits], lr=rates.patch_lr)
-        self.controller = BudgetController(rates.z_kp, rates.z_ki, cfg.z_grad_clip)
+        self.controller = BudgetController(rates.z_kp, rates.z_ki, cfg.z_grad_clip, proportional=not rules.integral_z,
+                                           capped=not rules.no_integral_cap)
         self.costs = budget.group_costs()
         # the MAC share of one layer's heads / neurons / one head's dims: the unit of the s, r gradients
         c, d = self.costs, budget.dims
@@ -117,7 +127,7 @@ class PrimalDual:
         self.margin = max(FLIP_DIP, budget.block_share() / 2)
         # gates and patches move until halfway between the end of the ramp and the end of the search;
         # the rest of it belongs to s and r, which settle the ratio on the budget
-        self.coarse_end = (1.0 + cfg.ramp) / 2
+        self.coarse_end = (1.0 + cfg.ramp) / 2 if rules.gate_safety else float("inf")
         self.ki_scale, self.tau, self.eps = 1.0, cfg.gumbel_tau, cfg.eps
         self.t = 0  # search steps done
         self.max_undershoot = 0.0  # deepest dip of the hard ratio under the target so far
@@ -142,7 +152,9 @@ class PrimalDual:
         return {"z_gain_scale": self.ki_scale, "max_undershoot": self.max_undershoot}
 
     def target(self) -> float:
-        """T(u) at the current search progress."""
+        """T(u) at the current search progress (with the rule fixed_target, the budget B)."""
+        if self.cfg.rules.fixed_target:
+            return self.budget.budget
         return target_ratio(self.t / self.rates.steps, self.budget.budget, self.cfg.ramp)
 
     # --- before the forward pass -------------------------------------------------
@@ -162,7 +174,9 @@ class PrimalDual:
 
     def protected_blocks(self, logits: torch.Tensor = None) -> torch.Tensor:
         """(L,) 1.0 for kept blocks that may not be skipped: with only `min_blocks` left, all of them.
-        `logits`: the gate logits to read (default the current ones)."""
+        `logits`: the gate logits to read (default the current ones). No block with no_gate_safety."""
+        if not self.cfg.rules.gate_safety:
+            return torch.zeros(self.arch.dims.depth, device=self.arch.gate_logits.device)
         logits = self.arch.gate_logits.detach() if logits is None else logits
         keep = (logits[:, 1] >= logits[:, 0]).float()
         return keep if keep.sum() <= self.cfg.min_blocks else torch.zeros_like(keep)
@@ -206,10 +220,11 @@ class PrimalDual:
             self._scores_fresh = True
         masks = self.masks if self.space.pruning else None
         ratio = self.budget.expected_ratio(a, masks, self.eps)
-        grads = self._budget_grads(ratio)
         hard, target = self.budget.hard_ratio(a, masks), self.target()
+        grads = self._budget_grads(budget_term(self.cfg.rules, ratio, target, self.cfg.z_grad_clip))
         self.max_undershoot = max(self.max_undershoot, target - hard)
-        a.z.fill_(self.controller.update(a.z_integral, hard, target, self.ki_scale))
+        driving = float(ratio.detach()) if self.cfg.rules.fixed_target else hard  # the reference: expected
+        a.z.fill_(self.controller.update(a.z_integral, driving, target, self.ki_scale))
         if self.space.pruning:
             self.structure_step(grads)
         self.gate_step(grads, target, model)
@@ -231,13 +246,20 @@ class PrimalDual:
                 for name, p, g in zip(("s", "r", "gate", "patch"), params, grads)}
 
     def proximal_step(self, vit, lr: float) -> None:
-        """Step 2: the prox of y ||W_G||^2 on the removed groups (uvc.search.prox)."""
+        """Step 2: the prox of y ||W_G||^2 on the removed groups (uvc.search.prox); with plain_prox
+        the reference's, on the same groups."""
+        if self.cfg.rules.plain_prox:
+            k_heads, k_neurons, k_dims = self.arch.removed_counts()
+            reference_prox(vit, self.scores, k_heads, k_dims, k_neurons, self.arch.y, self.arch.p, lr)
+            return
         proximal_step(vit, self.masks, self.scores, self.arch.y, self.arch.p, lr,
                       columns_only=self.cfg.masking == "soft")
 
     def _importance(self) -> Scores:
         """The current scores in MAC-share units, computed once per set of scores (s, r and the
-        duals read them in the same step)."""
+        duals read them in the same step); with absolute_leastsum the scores themselves."""
+        if self.cfg.rules.absolute_leastsum:
+            return self.scores
         if self._importance_of is not self.scores:
             self._importance_cache, self._importance_of = as_importance(self.scores, self.costs), self.scores
         return self._importance_cache
@@ -299,7 +321,7 @@ class PrimalDual:
             loss_grad = self._averaged_grad(a.gate_logits, n)
             a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
             self.gate_opt.step()
-            limit_gate_flips(a, before, self.protected_blocks(before), self._floor_check(target))
+            self._limit_gates(before, target)
         if sp.patch_gating:
             before = a.patch_logits.detach().clone()
             loss_grad = self._averaged_grad(a.patch_logits, n)
@@ -311,9 +333,19 @@ class PrimalDual:
             # every rank, every update: the trial below is collective, so the ranks must agree on it
             same_on_every_rank(int(proposed[a.patch_logits[proposed].argmin()]) if len(proposed) else -1,
                                "the patch drop proposed to the trial")
-            limit_patch_drops(a.patch_logits, before, self._patch_check(target, model, before))
+            self._limit_patches(before, target, model)
         a.gate_logits.grad = None
         a.patch_logits.grad = None
+
+    def _limit_gates(self, before: torch.Tensor, target: float) -> None:
+        """Gate safety (uvc.search.gates.limit_gate_flips), unless no_gate_safety."""
+        if self.cfg.rules.gate_safety:
+            limit_gate_flips(self.arch, before, self.protected_blocks(before), self._floor_check(target))
+
+    def _limit_patches(self, before: torch.Tensor, target: float, model: Optional[MaskedViT]) -> None:
+        """Patch safety and trial (limit_patch_drops); with no_gate_safety, the trial alone (if any)."""
+        if self.cfg.rules.gate_safety or (self.trial is not None and self.space.pruning):
+            limit_patch_drops(self.arch.patch_logits, before, self._patch_check(target, model, before))
 
     def _patch_check(self, target: float, model: Optional[MaskedViT], before: torch.Tensor):
         """A callable: may the proposed patch drop stand? The floor check, then (with pruning and
@@ -342,7 +374,9 @@ class PrimalDual:
 
     def _floor_check(self, target: float):
         """A callable: may the current logits stand? Only while the budget still pushes down
-        (z > 0) and with the hard ratio at least target - margin."""
+        (z > 0) and with the hard ratio at least target - margin; always with no_gate_safety."""
+        if not self.cfg.rules.gate_safety:
+            return lambda: True
         return lambda: float(self.arch.z) > 0 and self.budget.hard_ratio(self.arch, self.masks) >= target - self.margin
 
     @staticmethod

@@ -31,15 +31,12 @@ from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import least_sum
 from uvc.search.primal_dual import PrimalDual
 from uvc.search.prox import reference_prox
+from uvc.search.rules import GATE_MOMENTUM, GATE_WEIGHT_DECAY, inf_norm_clip_
 from uvc.search.structure import ArchState
 
 # s and r are stored as fractions s / G: s / G x G may land one rounding under the bound it was
 # pinned to, so the overflow test allows this much (a ten-thousandth of a group)
 ROUNDING = 1e-4
-GATE_MOMENTUM, GATE_WEIGHT_DECAY = 0.9, 1e-4  # the reference's gating optimizer
-# the reference's initial values: s = r = 0, duals 1e-3 (y, p: --dual_init), gate logits (skip, keep)
-# = (-1, 1), patch logits 3
-INIT = dict(s_init=0.0, skip_init=-1.0, gate_init=1.0, patch_init=3.0, z_init=1e-3)
 
 
 @dataclass(frozen=True)
@@ -76,15 +73,13 @@ def bounded_sgd_step(x: torch.Tensor, grad: torch.Tensor, upper: torch.Tensor, l
 
     x_max = max(upper - 1 - 1e-8, 0). Where x >= x_max only a gradient >= 0 (removing fewer) is
     kept, where x <= 0 only one <= 0; the gradient is clipped to inf-norm 1 over the whole
-    tensor (torch's clip_grad_norm_), x - lr grad is clamped at 0, and entries that were at
+    tensor (inf_norm_clip_), x - lr grad is clamped at 0, and entries that were at
     x_max are set back to it.
     """
     x_max = (upper - 1 - 1e-8).clamp(min=0.0).expand_as(x)
     over, under = x >= x_max - ROUNDING, x <= 0
-    leaf = x.detach().clone().requires_grad_(True)
-    leaf.grad = torch.where(over, grad.clamp(min=0.0), torch.where(under, grad.clamp(max=0.0), grad))
-    torch.nn.utils.clip_grad_norm_(leaf, 1.0, float("inf"))
-    return torch.where(over, x_max, (x - lr * leaf.grad).clamp(min=0.0))
+    g = inf_norm_clip_(torch.where(over, grad.clamp(min=0.0), torch.where(under, grad.clamp(max=0.0), grad)))
+    return torch.where(over, x_max, (x - lr * g).clamp(min=0.0))
 
 
 class ReferencePrimalDual(PrimalDual):

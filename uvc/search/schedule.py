@@ -33,6 +33,8 @@ rule. The rules:
 """
 from dataclasses import dataclass
 
+from uvc.search.rules import Rules
+
 # The unit of each rate flag (its default): a flag at this value runs its rule as is. Those of glr, patchlr
 # and the three weights are the values the seed's command passes; the 0.01 of slr, rlr, ylr, plr and zlr
 # is ours (the seed's command sets none of them; `--search_algorithm reference` has its own defaults).
@@ -83,7 +85,8 @@ class SearchRates:
         """The rules above for a search of `steps` steps, scaled by the config's rate flags."""
         steps = max(int(steps), 1)
         interval = max(min(int(config.gating_interval), steps), 1)
-        if steps >= MIN_GATE_UPDATES:  # (a smoke-test search shorter than that keeps the flag as is)
+        # (a smoke-test search shorter than that keeps the flag as is; so does --reference_rules no_gate_safety)
+        if steps >= MIN_GATE_UPDATES and Rules.of_config(config).gate_safety:
             interval = max(min(interval, steps // MIN_GATE_UPDATES), 1)
         updates = max(steps // interval, 1)
         k = {name: float(config[name]) / seed for name, seed in RATE_UNITS.items()}

@@ -1,0 +1,180 @@
+"""The ledger of departures (issue 25): the default search with one departure from the reference at
+a time replaced by the reference's rule, each through stage 2, next to the default and the reference.
+
+    python scripts/deviations.py                  # every variant, 2 models x 2 budgets x 2 seeds (long)
+    python scripts/deviations.py --resume         # the cells already done are read back, not run again
+    python scripts/deviations.py --smoke --models digits --variants default no_patch_trial --out /tmp/dev
+
+Variants (VARIANTS): `default`; `reference` (--search_algorithm reference); and `no_<departure>`,
+the default search with that departure of ours replaced by the reference's rule: one
+`--reference_rules` name each (uvc/search/rules.py), and y, p starting at the reference's value
+(--dual_init, configs.common.REFERENCE_SEARCH), no patch trial (--patch_probe 0), any width
+(--round_to 1). Models are those of scripts/benchmark_search.py (its configs, data, 1x search
+length, --round_to 8 and cached dense teachers). Per cell: the search's hard ratio at its end, the
+exported ratio, the fraction of groups the greedy fit changed (or would have changed, when the
+export takes the search as it ended), top-1 after the freeze, and top-1 at the last and the best
+epoch of stage 2, with the seconds each stage took. Writes <out>.json ({"command", "rows"}) and
+<out>.md: per variant, the mean and range over cells of its difference to `default` on the same
+model, budget and seed, in top-1 at stage 2's last epoch and in |exported ratio - budget|.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Sequence
+
+from configs.common import REFERENCE_SEARCH
+from scripts import benchmark_search as bench
+from scripts.pipeline import finetune_top1, markdown_table
+
+RULE = "--reference_rules"
+VARIANTS = {
+    "default": [],
+    "reference": ["--search_algorithm", "reference"],
+    "no_moving_target": [RULE, "fixed_target"],
+    "no_proportional_z": [RULE, "integral_z"],
+    "no_integral_cap": [RULE, "no_integral_cap"],
+    "no_macshare_leastsum": [RULE, "absolute_leastsum"],
+    "no_minus_one_start": [RULE, "zero_start"],
+    "no_unclipped_grads": [RULE, "grad_clip"],
+    "no_scaled_prox": [RULE, "plain_prox"],
+    "no_gate_adam": [RULE, "gate_sgd"],
+    "no_gate_safety": [RULE, "no_gate_safety"],
+    "no_fit": [RULE, "no_fit"],
+    "no_dual_init": ["--dual_init", str(REFERENCE_SEARCH["dual_init"])],
+    "no_patch_trial": ["--patch_probe", "0"],
+    "no_round_to": ["--round_to", "1"],
+}
+SMOKE_TEACHER = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # and stage 2
+SMOKE_SEARCH = ["--epochs", "2", "--warmup_epochs", "1", "--max_steps_per_epoch", "3"]
+STAGE2_EPOCHS = 30  # as scripts/benchmark_search.py --stage2
+FIT_WINDOW = (-0.03, 0.01)  # the exported ratio's window around the budget (uvc.deploy.fit)
+
+
+def stage1_command(name: str, variant: str, budget: float, seed: int, teacher: str, out: str, smoke: bool):
+    m = bench.MODELS[name]
+    flags = VARIANTS[variant]
+    round_to = [] if "--round_to" in flags else ["--round_to", str(bench.ROUND_TO)]
+    return (["joint_train.py", "--config", m["config"], "--model_type", m["model_type"], "--model_path", teacher,
+             "--budget", str(budget), "--seed", str(seed), "--output_dir", out, "--eval_every", "0",
+             "--log_interval", "50", *round_to] + m["data"] + (SMOKE_SEARCH if smoke else m["lengths"][1]) + flags)
+
+
+def stage2_command(name: str, stage1_file: str, teacher: str, out: str, smoke: bool):
+    m = bench.MODELS[name]
+    post_config = m["config"] + (":post" if "digits_demo" in m["config"] else "")
+    return (["post_train.py", "--config", post_config, "--model_type", m["model_type"], "--model_path", teacher,
+             "--checkpoint_dir", stage1_file, "--output_dir", out, "--eval_every", "0"] + m["data"]
+            + (SMOKE_TEACHER if smoke else ["--epochs", str(STAGE2_EPOCHS)]))
+
+
+def timed(cmd: List[str], log_path: str) -> float:
+    start = time.time()
+    bench.run(cmd, log_path)
+    return time.time() - start
+
+
+def cell(name: str, variant: str, budget: float, seed: int, teacher: str, args) -> Dict:
+    """One cell: stage 1, then stage 2, from scratch (its folder emptied first); its row, also saved as
+    <folder>/row.json, which `--resume` reads back instead of running the cell again."""
+    out = os.path.join(args.run_dir, f"{variant}-{name.replace('@', '-')}-b{budget}-s{seed}")
+    done = os.path.join(out, "row.json")
+    if args.resume and os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    shutil.rmtree(out, ignore_errors=True)
+    s1 = stage1_command(name, variant, budget, seed, teacher, out, args.smoke)
+    seconds1 = timed(s1, os.path.join(out, "stdout.log"))
+    stage1_file = os.path.join(out, f"{bench.MODELS[name]['model_type']}_uvc.pth")
+    s2_out = os.path.join(out, "stage2")
+    seconds2 = timed(stage2_command(name, stage1_file, teacher, s2_out, args.smoke), os.path.join(s2_out, "stdout.log"))
+    final = [r for r in bench.records(out) if "stage1_file" in r][-1]
+    row = {"variant": variant, "flags": VARIANTS[variant], "model": name, "budget": budget, "seed": seed,
+           "search_steps": final["search_steps"], "searched_ratio": final["searched_macs_ratio"],
+           "exported_ratio": final["macs_ratio"], "greedy_changed_frac": final["greedy_changed_frac"],
+           "greedy_would_change_frac": final.get("greedy_would_change_frac"),
+           "teacher_top1": final["teacher_top1"], "top1_after_freeze": final["final_top1"],
+           **finetune_top1(os.path.join(s2_out, "log.jsonl")),
+           "in_fit_window": FIT_WINDOW[0] <= final["macs_ratio"] - budget <= FIT_WINDOW[1],
+           "warned": any("warning" in r for r in bench.records(out)),
+           "seconds_stage1": round(seconds1, 1), "seconds_stage2": round(seconds2, 1),
+           "command": "python " + " ".join(s1)}
+    with open(done, "w") as f:
+        json.dump(row, f, indent=1)
+    return row
+
+
+def gap(row: Dict) -> float:
+    return abs(row["exported_ratio"] - row["budget"])
+
+
+def spread(values: Sequence[float], fmt: str) -> List[str]:
+    """[mean, "min .. max"] formatted, or dashes for no values."""
+    if not values:
+        return ["-", "-"]
+    return [format(sum(values) / len(values), fmt), f"{format(min(values), fmt)} .. {format(max(values), fmt)}"]
+
+
+def summary(rows: List[Dict]) -> str:
+    """Per variant: mean and range over its cells of the difference to `default` on the same model, budget
+    and seed (top-1 at stage 2's last epoch; |exported ratio - budget|), and its own means."""
+    key = lambda r: (r["model"], r["budget"], r["seed"])  # noqa: E731
+    default = {key(r): r for r in rows if r["variant"] == "default"}
+    table = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        own = [r for r in rows if r["variant"] == variant]
+        paired = [(r, default[key(r)]) for r in own if key(r) in default]
+        d_top1 = [r["top1_last"] - d["top1_last"] for r, d in paired]
+        d_gap = [gap(r) - gap(d) for r, d in paired]
+        table.append([variant, " ".join(VARIANTS[variant]) or "-", str(len(own)),
+                      *spread([r["top1_last"] for r in own], ".2f")[:1], *spread(d_top1, "+.2f"),
+                      *spread([gap(r) for r in own], ".3f")[:1], *spread(d_gap, "+.3f")])
+    header = ["variant", "flags", "cells", "top-1 last", "vs default: mean", "range", "abs(exported - B)",
+              "vs default: mean", "range"]
+    return markdown_table(header, table)
+
+
+def write(rows: List[Dict], out: str, command: str) -> None:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump({"command": command, "rows": rows}, f, indent=1)
+    seconds = [r["seconds_stage1"] + r["seconds_stage2"] for r in rows]
+    text = (f"Produced by `{command}`.\n\nThe default search with one departure replaced by the reference's rule "
+            f"(scripts/deviations.py). Differences are to `default` on the same model, budget and seed; top-1 "
+            f"at the last epoch of stage 2, in %; B is the budget. {len(rows)} cells, "
+            f"{sum(seconds) / max(len(seconds), 1):.0f} s each on average.\n\n{summary(rows)}\n")
+    with open(out + ".md", "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--models", nargs="+", default=["deit_tiny@32", "digits"], choices=list(bench.MODELS))
+    p.add_argument("--budgets", type=lambda t: [float(b) for b in t.split(",")], default=[0.3, 0.5])
+    p.add_argument("--seeds", type=lambda t: [int(s) for s in t.split(",")], default=[730, 731])
+    p.add_argument("--smoke", action="store_true", help="a few steps per stage and a smoke teacher (plumbing only)")
+    p.add_argument("--resume", action="store_true", help="read back the cells that finished (their row.json)")
+    p.add_argument("--run_dir", default="runs/deviations")
+    p.add_argument("--cache_dir", default="runs/cache")
+    p.add_argument("--out", default="log/deviations", help="writes <out>.json and <out>.md")
+    p.add_argument("--jobs", type=int, default=1, help="cells run side by side (each on --threads threads)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of each run")
+    args = p.parse_args(argv)
+    bench.THREADS["n"] = args.threads
+    teachers = {m: bench.teacher(m, args, SMOKE_TEACHER if args.smoke else ()) for m in args.models}
+    plan = [(m, v, b, s) for m in args.models for b in args.budgets for s in args.seeds for v in args.variants]
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        rows = list(pool.map(lambda c: cell(c[0], c[1], c[2], c[3], teachers[c[0]], args), plan))
+    command = "python scripts/deviations.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write(rows, args.out, command.strip())
+    print(summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
