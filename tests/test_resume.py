@@ -271,7 +271,6 @@ def test_stage1_sigkill_after_first_checkpoint_resumes_exactly(stage1_ref, teach
     assert_same_files(stage1_ref, tmp_path, [ckpt.RESUME_NAME, STAGE1_FILE])
 
 
-@pytest.mark.slow
 def test_stage1_sigterm_with_gradient_accumulation_resumes_exactly(teacher, tmp_path):
     """Two micro-batches per step: the sampler skips steps x 2 batches on resume."""
     args = STAGE1 + ["--model_path", teacher, "--gradient_accumulation_steps", "2", "--max_steps_per_epoch", "3"]
@@ -298,7 +297,7 @@ def stage2_ref(tmp_path_factory, stage2_args) -> Path:
 
 
 @pytest.mark.parametrize("sig, step", [("KILL", 5), pytest.param("TERM", 6, marks=pytest.mark.slow),
-                                       pytest.param("TERM", 4, marks=pytest.mark.slow)],
+                                       ("TERM", 4)],
                          ids=["sigkill-mid-epoch", "sigterm-mid-epoch", "sigterm-last-step-of-epoch"])
 def test_stage2_resumes_exactly(stage2_args, stage2_ref, tmp_path, sig, step):
     """Killed / stopped after global `step` (4 steps per epoch), resumed with --resume auto."""
