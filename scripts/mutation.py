@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # the method core: search maths, cost models, freeze / fit / export, checkpoint writing
 MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.py", "uvc/search/schedule.py",
-           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/cost/flops.py",
-           "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
+           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/search/structure.py",
+           "uvc/cost/flops.py", "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
            "uvc/deploy/export.py", "utils/checkpoint.py"]
 
 # module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
@@ -34,9 +34,11 @@ TESTS = {
     "uvc/search/schedule.py": ["tests/test_properties_search.py"],
     "uvc/search/controller.py": ["tests/test_properties_search.py"],
     "uvc/search/gates.py": ["tests/test_properties_search.py", "tests/test_search_control.py", "tests/test_model_kinds.py"],
-    "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_search_control.py",
-                           "tests/test_primal_dual.py"],
+    # (not tests/test_search_control.py: its whole searches take 10 s or more each, over 600 mutants)
+    "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
+                                  "tests/test_trial.py"],
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
+    "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
     "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
     "uvc/search/trial.py": ["tests/test_trial.py"],
     "uvc/cost/flops.py": ["tests/test_flops_exact.py", "tests/test_properties_freeze.py", "tests/test_budget.py",
@@ -45,7 +47,7 @@ TESTS = {
     "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
     # fit.py has about 900 mutants: its unit tests only (the property tests take 10 s or more each)
-    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py"],
+    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py", "tests/test_fit_bounds.py"],
     "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_model_kinds.py"],
     "utils/checkpoint.py": ["tests/test_properties_checkpoint.py"],  # (test_checkpoint.py: models/checkpoint.py)
 }
