@@ -36,7 +36,8 @@ TESTS = {
     "uvc/search/gates.py": ["tests/test_properties_search.py", "tests/test_search_control.py", "tests/test_model_kinds.py"],
     # (not tests/test_search_control.py: its whole searches take 10 s or more each, over 600 mutants)
     "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
-                                  "tests/test_trial.py"],
+                                  "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py",
+                                  "tests/test_trial.py", "tests/test_aligned_search.py"],
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
     "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
     "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
@@ -80,6 +81,38 @@ EQUIVALENT = {
         "dict alone keeps the caller's spec as it was",
     "uvc.deploy.fit.x_fit_to_budget__mutmut_41":
         "round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no rounding",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_14":
+        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
+        "gives every index for float ones as for bool ones",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_16":
+        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
+        "gives every index for float ones as for bool ones",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_13":
+        "zip stops at the four parameter names: a fifth None is never read",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_14":
+        "a gradient of R is None only for the parameters of a kind that is off (R does not depend on them), and "
+        "only the steps of the kinds that are on read theirs (structure_step: s, r; gate_step: gate, patch)",
+    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_64":
+        "a placeholder read only after it is set: with pruning, prepare (update_masks) sets the masks before any "
+        "step, prox or trial reads them; without pruning they reach only a Budget, which then ignores them",
+    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_65":
+        "a placeholder read only after it is set: update_masks and step() set the scores before the prox, "
+        "_importance or a trial reads them",
+    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_66":
+        "None is falsy as False is: `if not self._scores_fresh` reads them alike",
+    "uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_1":
+        "every caller passes `training` (UVCSearch.prepare, ReferencePrimalDual.prepare): the default is never used",
+    "uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_12":
+        "None is falsy as False is: `if not self._scores_fresh` reads them alike",
+    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_11":
+        "_scores_fresh only spares the next update_masks recomputing the scores: between step() and the next "
+        "prepare() the weights do not change (the optimizer steps before step()), so the same numbers come back",
+    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_12":
+        "_scores_fresh only spares the next update_masks recomputing the scores: between step() and the next "
+        "prepare() the weights do not change (the optimizer steps before step()), so the same numbers come back",
+    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_15":
+        "with pruning off the Budget takes full widths and never reads the masks it is given (expected_cost, "
+        "hard_ratio), so self.masks (set by UVCSearch.ratios) for None changes no ratio",
 }
 
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",
