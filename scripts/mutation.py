@@ -38,7 +38,7 @@ TESTS = {
     "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
                                   "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py",
                                   "tests/test_trial.py", "tests/test_aligned_search.py"],
-    "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
+    "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
     "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
     "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
     "uvc/search/trial.py": ["tests/test_trial.py"],
@@ -81,6 +81,13 @@ EQUIVALENT = {
         "dict alone keeps the caller's spec as it was",
     "uvc.deploy.fit.x_fit_to_budget__mutmut_41":
         "round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no rounding",
+    "uvc.search.masks.xǁMasksǁvalue_dims__mutmut_3":
+        "masks.heads is (L, H): summing over dim +1 is summing over dim -1",
+    "uvc.search.masks.xǁMasksǁvalue_dims__mutmut_9":
+        "the per-head kept dims are (L, H): amax over dim +1 is amax over dim -1",
+    "uvc.search.masks.x_lowest_k_mask__mutmut_5": "argsort's dim defaults to -1: the same sort",
+    "uvc.search.masks.x_least_sum__mutmut_15":
+        "the zero padded after csum[..., G] is never gathered: the indices gathered, k and hi, are at most G",
     "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_14":
         "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
         "gives every index for float ones as for bool ones",
