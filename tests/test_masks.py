@@ -223,3 +223,34 @@ def test_ties_are_removed_by_index_in_rows_of_any_length():
     mask = lowest_k_mask(scores, torch.tensor([4, 12]))
     assert (mask[0] == 0).nonzero().flatten().tolist() == [1, 2, 4, 5]
     assert (mask[1] == 0).nonzero().flatten().tolist() == [i for i in range(32) if i % 3][:12]
+
+
+def test_a_fresh_arch_state_removes_nothing_keeps_every_block_and_patch_and_starts_its_duals():
+    """s and r at LOWEST in groups (ceil gives 0), gates (skip 0, keep 4), patch logits 4, y = p = 1,
+    z = 0 and its integral 0 saved with the rest."""
+    arch = ArchState(small_dims())
+    assert torch.allclose(arch.s, torch.full((L, 2), LOWEST)) and torch.allclose(arch.r, torch.full((L, H), LOWEST))
+    assert arch.gate_logits.tolist() == [[0.0, 4.0]] * L and arch.patch_logits.tolist() == [4.0] * 4
+    assert arch.y.tolist() == [[1.0, 1.0]] * L and arch.p.tolist() == [[1.0] * H] * L
+    assert float(arch.z) == 0.0 and float(arch.state_dict()["z_integral"]) == 0.0
+
+
+def test_hard_keeps_break_ties_towards_keeping():
+    """A gate keeps its block when keep >= skip; a patch stays at logit >= 0; pi = sigmoid(logit)."""
+    arch = ArchState(small_dims())
+    with torch.no_grad():
+        arch.gate_logits.copy_(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+        arch.patch_logits.copy_(torch.tensor([0.0, -0.5, 0.5, 2.0]))
+    assert arch.block_keep_hard().tolist() == [1.0, 0.0]
+    assert arch.patch_keep_hard().tolist() == [True, False, True, True]
+    assert torch.allclose(arch.patch_keep_prob(), torch.sigmoid(arch.patch_logits))
+
+
+def test_removed_counts_stay_within_one_group_left_and_nothing_below_zero():
+    arch = ArchState(small_dims())
+    with torch.no_grad():
+        arch.s_frac.fill_(2.0)  # far past every bound
+        arch.r_frac.copy_(torch.tensor([[2.0, -3.0, 0.5], [-3.0, 2.0, 0.5]]))
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert k_heads.tolist() == [H - 1] * L and k_neurons.tolist() == [M - 1] * L
+    assert k_dims.tolist() == [[D_HEAD - 1, 0, 2], [0, D_HEAD - 1, 2]]
