@@ -88,6 +88,10 @@ EQUIVALENT = {
     "uvc.search.masks.x_lowest_k_mask__mutmut_5": "argsort's dim defaults to -1: the same sort",
     "uvc.search.masks.x_least_sum__mutmut_15":
         "the zero padded after csum[..., G] is never gathered: the indices gathered, k and hi, are at most G",
+    "uvc.search.structure.xǁArchStateǁste_counts__mutmut_7":
+        "round_to 1 then takes the aligned branch, which gives the same counts and gradients: aligned_removed "
+        "returns the count, clamp_min(0) changes nothing as s, r >= LOWEST (init and projection), and "
+        "x + (ceil(x) - x).detach() is ste_ceil itself",
     "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_14":
         "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
         "gives every index for float ones as for bool ones",
