@@ -40,7 +40,8 @@ TESTS = {
                                   "tests/test_trial.py", "tests/test_aligned_search.py"],
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
     "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
-    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
+    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py",
+                           "tests/test_reference_mode.py::test_reference_prox_shrinks_only_the_scoring_columns_unscaled"],
     "uvc/search/trial.py": ["tests/test_trial.py"],
     "uvc/cost/flops.py": ["tests/test_flops_exact.py", "tests/test_properties_freeze.py", "tests/test_budget.py",
                           "tests/test_model_kinds.py"],
@@ -92,6 +93,9 @@ EQUIVALENT = {
         "round_to 1 then takes the aligned branch, which gives the same counts and gradients: aligned_removed "
         "returns the count, clamp_min(0) changes nothing as s, r >= LOWEST (init and projection), and "
         "x + (ceil(x) - x).detach() is ste_ceil itself",
+    "uvc.search.prox.x_proximal_step__mutmut_1":
+        "its one caller, PrimalDual.proximal_step, always passes columns_only: the default is never used",
+    "uvc.search.prox.x_proximal_step__mutmut_90": "neuron_f is (L,): unsqueeze(+1) is unsqueeze(-1)",
     "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_14":
         "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
         "gives every index for float ones as for bool ones",
