@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # the method core: search maths, cost models, freeze / fit / export, checkpoint writing
 MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.py", "uvc/search/schedule.py",
-           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/cost/flops.py",
-           "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
+           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/search/structure.py",
+           "uvc/cost/flops.py", "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
            "uvc/deploy/export.py", "utils/checkpoint.py"]
 
 # module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
@@ -34,10 +34,14 @@ TESTS = {
     "uvc/search/schedule.py": ["tests/test_properties_search.py"],
     "uvc/search/controller.py": ["tests/test_properties_search.py"],
     "uvc/search/gates.py": ["tests/test_properties_search.py", "tests/test_search_control.py", "tests/test_model_kinds.py"],
-    "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_search_control.py",
-                           "tests/test_primal_dual.py"],
-    "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
-    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py"],
+    # (not tests/test_search_control.py: its whole searches take 10 s or more each, over 600 mutants)
+    "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
+                                  "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py",
+                                  "tests/test_trial.py", "tests/test_aligned_search.py"],
+    "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
+    "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
+    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py",
+                           "tests/test_reference_mode.py::test_reference_prox_shrinks_only_the_scoring_columns_unscaled"],
     "uvc/search/trial.py": ["tests/test_trial.py"],
     "uvc/cost/flops.py": ["tests/test_flops_exact.py", "tests/test_properties_freeze.py", "tests/test_budget.py",
                           "tests/test_model_kinds.py"],
@@ -45,7 +49,7 @@ TESTS = {
     "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
     # fit.py has about 900 mutants: its unit tests only (the property tests take 10 s or more each)
-    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py"],
+    "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py", "tests/test_fit_bounds.py"],
     "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_model_kinds.py"],
     "utils/checkpoint.py": ["tests/test_properties_checkpoint.py"],  # (test_checkpoint.py: models/checkpoint.py)
 }
@@ -78,6 +82,52 @@ EQUIVALENT = {
         "dict alone keeps the caller's spec as it was",
     "uvc.deploy.fit.x_fit_to_budget__mutmut_41":
         "round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no rounding",
+    "uvc.search.masks.xǁMasksǁvalue_dims__mutmut_3":
+        "masks.heads is (L, H): summing over dim +1 is summing over dim -1",
+    "uvc.search.masks.xǁMasksǁvalue_dims__mutmut_9":
+        "the per-head kept dims are (L, H): amax over dim +1 is amax over dim -1",
+    "uvc.search.masks.x_lowest_k_mask__mutmut_5": "argsort's dim defaults to -1: the same sort",
+    "uvc.search.masks.x_least_sum__mutmut_15":
+        "the zero padded after csum[..., G] is never gathered: the indices gathered, k and hi, are at most G",
+    "uvc.search.structure.xǁArchStateǁste_counts__mutmut_7":
+        "round_to 1 then takes the aligned branch, which gives the same counts and gradients: aligned_removed "
+        "returns the count, clamp_min(0) changes nothing as s, r >= LOWEST (init and projection), and "
+        "x + (ceil(x) - x).detach() is ste_ceil itself",
+    "uvc.search.prox.x_proximal_step__mutmut_1":
+        "its one caller, PrimalDual.proximal_step, always passes columns_only: the default is never used",
+    "uvc.search.prox.x_proximal_step__mutmut_90": "neuron_f is (L,): unsqueeze(+1) is unsqueeze(-1)",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_14":
+        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
+        "gives every index for float ones as for bool ones",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_16":
+        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
+        "gives every index for float ones as for bool ones",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_13":
+        "zip stops at the four parameter names: a fifth None is never read",
+    "uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_14":
+        "a gradient of R is None only for the parameters of a kind that is off (R does not depend on them), and "
+        "only the steps of the kinds that are on read theirs (structure_step: s, r; gate_step: gate, patch)",
+    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_64":
+        "a placeholder read only after it is set: with pruning, prepare (update_masks) sets the masks before any "
+        "step, prox or trial reads them; without pruning they reach only a Budget, which then ignores them",
+    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_65":
+        "a placeholder read only after it is set: update_masks and step() set the scores before the prox, "
+        "_importance or a trial reads them",
+    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_66":
+        "None is falsy as False is: `if not self._scores_fresh` reads them alike",
+    "uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_1":
+        "every caller passes `training` (UVCSearch.prepare, ReferencePrimalDual.prepare): the default is never used",
+    "uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_12":
+        "None is falsy as False is: `if not self._scores_fresh` reads them alike",
+    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_11":
+        "_scores_fresh only spares the next update_masks recomputing the scores: between step() and the next "
+        "prepare() the weights do not change (the optimizer steps before step()), so the same numbers come back",
+    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_12":
+        "_scores_fresh only spares the next update_masks recomputing the scores: between step() and the next "
+        "prepare() the weights do not change (the optimizer steps before step()), so the same numbers come back",
+    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_15":
+        "with pruning off the Budget takes full widths and never reads the masks it is given (expected_cost, "
+        "hard_ratio), so self.masks (set by UVCSearch.ratios) for None changes no ratio",
 }
 
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",

@@ -132,3 +132,22 @@ def test_the_search_prices_the_next_aligned_step_per_unit():
     imp = pd._importance()
     assert torch.allclose(neuron_slope, imp.neurons.sort(-1).values[:, :8].mean(-1))
     assert torch.allclose(dim_slope, imp.dims.sort(-1).values[..., :8].mean(-1))
+
+
+def test_round_to_2_aligns_and_round_to_1_leaves_every_count_the_whole_width_too():
+    counts = torch.tensor([0, 3, 8])
+    assert aligned_removed(counts, 8, 1).tolist() == [0, 3, 8]
+    assert aligned_removed(counts, 8, 2).tolist() == [0, 4, 6]  # kept 8, 5 -> 4, 0 -> at least 2
+    assert ArchState(dims(head_dim=8), round_to=8).count_steps() == (1, 8, 8)  # a width equal to N steps by N
+
+
+def test_a_fresh_aligned_search_removes_nothing_and_its_counts_follow_round_to_2():
+    """At the start (s, r at LOWEST) nothing is removed, also with round_to 2; a count of 3 neurons
+    (of 40) and 3 dims (of 16) is one aligned step of 2 more in the straight-through counts."""
+    arch = ArchState(dims(), round_to=2)
+    assert all(float(c.detach().abs().sum()) == 0 for c in arch.ste_counts())
+    with torch.no_grad():
+        arch.s_frac[:, 1] = 3 / 40
+        arch.r_frac.fill_(3 / 16)
+    _, neurons, value_dims = arch.ste_counts()
+    assert neurons.tolist() == [4.0, 4.0] and value_dims.flatten().tolist() == [4.0] * 4

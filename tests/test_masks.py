@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from uvc.cost.flops import ViTDims
-from uvc.search.masks import Scores, compute_masks, group_scores, least_sum, lowest_k_mask
+from uvc.search.masks import Scores, as_importance, compute_masks, full_masks, group_scores, least_sum, lowest_k_mask
 from uvc.search.structure import LOWEST, ArchState
 
 L, H, D_HEAD, M = 2, 3, 4, 5  # blocks, heads, dims per head, neurons
@@ -178,3 +178,79 @@ def test_least_sum_gradient_reaches_selected_scores():
     # and the selection is exactly the removal mask
     assert ((1 - lowest_k_mask(scores.detach(), k)) * torch.tensor([[1.], [2.]], dtype=torch.float64)
             ).tolist() == scores.grad.tolist()
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_least_sum_of_value_dims_is_taken_per_head(step):
+    """On (L, H, d) dim scores, LeastSum and its slope (the mean of the next `step` smallest) are those
+    of each head's own d scores, with k (L, H)."""
+    dims = hand_scores().dims  # (2, 3, 4)
+    k = torch.tensor([[0, 1, 3], [2, 0, 1]])
+    value, slope = least_sum(dims, k, step)
+    for l in range(L):
+        for h in range(H):
+            ordered = dims[l, h].sort().values
+            n = int(k[l, h])
+            nxt = ordered[min(n + step, D_HEAD) - step:min(n + step, D_HEAD)]
+            assert value[l, h] == pytest.approx(float(ordered[:n].sum()))
+            assert slope[l, h] == pytest.approx(float(nxt.mean()))
+
+
+def test_importance_makes_the_average_group_of_each_kind_worth_its_cost_share():
+    """as_importance: score / (the mean score of its kind) x the group's cost share, at any scale of
+    the scores (tiny ones too)."""
+    sc = Scores(heads=torch.tensor([[1.0, 3.0]]), dims=torch.tensor([[[2.0, 6.0]]]),
+                neurons=torch.tensor([[4.0, 12.0]]))
+    costs = Scores(heads=0.5, dims=0.25, neurons=0.125)
+    for scale in (1.0, 1e-6):
+        imp = as_importance(Scores(*(t * scale for t in sc)), costs)
+        assert torch.allclose(imp.heads, torch.tensor([[0.25, 0.75]]))
+        assert torch.allclose(imp.dims, torch.tensor([[[0.125, 0.375]]]))
+        assert torch.allclose(imp.neurons, torch.tensor([[0.0625, 0.1875]]))
+
+
+def test_full_masks_keep_every_group():
+    masks = full_masks(L, H, D_HEAD, M, device=torch.device("meta"))
+    assert [tuple(t.shape) for t in masks] == [(L, H), (L, H, D_HEAD), (L, M)]
+    assert all(t.device == torch.device("meta") for t in masks)
+    masks = full_masks(L, H, D_HEAD, M)
+    assert all(bool((t == 1).all()) for t in masks)
+
+
+def test_ties_are_removed_by_index_in_rows_of_any_length():
+    """Equal scores go by index, also in rows long enough for an unstable sort to reorder them (32)."""
+    scores = (torch.arange(32) % 3 == 0).float().repeat(2, 1)  # ties at 0 (i % 3 != 0) and at 1
+    mask = lowest_k_mask(scores, torch.tensor([4, 12]))
+    assert (mask[0] == 0).nonzero().flatten().tolist() == [1, 2, 4, 5]
+    assert (mask[1] == 0).nonzero().flatten().tolist() == [i for i in range(32) if i % 3][:12]
+
+
+def test_a_fresh_arch_state_removes_nothing_keeps_every_block_and_patch_and_starts_its_duals():
+    """s and r at LOWEST in groups (ceil gives 0), gates (skip 0, keep 4), patch logits 4, y = p = 1,
+    z = 0 and its integral 0 saved with the rest."""
+    arch = ArchState(small_dims())
+    assert torch.allclose(arch.s, torch.full((L, 2), LOWEST)) and torch.allclose(arch.r, torch.full((L, H), LOWEST))
+    assert arch.gate_logits.tolist() == [[0.0, 4.0]] * L and arch.patch_logits.tolist() == [4.0] * 4
+    assert arch.y.tolist() == [[1.0, 1.0]] * L and arch.p.tolist() == [[1.0] * H] * L
+    assert float(arch.z) == 0.0 and float(arch.state_dict()["z_integral"]) == 0.0
+
+
+def test_hard_keeps_break_ties_towards_keeping():
+    """A gate keeps its block when keep >= skip; a patch stays at logit >= 0; pi = sigmoid(logit)."""
+    arch = ArchState(small_dims())
+    with torch.no_grad():
+        arch.gate_logits.copy_(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
+        arch.patch_logits.copy_(torch.tensor([0.0, -0.5, 0.5, 2.0]))
+    assert arch.block_keep_hard().tolist() == [1.0, 0.0]
+    assert arch.patch_keep_hard().tolist() == [True, False, True, True]
+    assert torch.allclose(arch.patch_keep_prob(), torch.sigmoid(arch.patch_logits))
+
+
+def test_removed_counts_stay_within_one_group_left_and_nothing_below_zero():
+    arch = ArchState(small_dims())
+    with torch.no_grad():
+        arch.s_frac.fill_(2.0)  # far past every bound
+        arch.r_frac.copy_(torch.tensor([[2.0, -3.0, 0.5], [-3.0, 2.0, 0.5]]))
+    k_heads, k_neurons, k_dims = arch.removed_counts()
+    assert k_heads.tolist() == [H - 1] * L and k_neurons.tolist() == [M - 1] * L
+    assert k_dims.tolist() == [[D_HEAD - 1, 0, 2], [0, D_HEAD - 1, 2]]

@@ -156,14 +156,16 @@ def test_reference_prox_shrinks_only_the_scoring_columns_unscaled():
     p = torch.full((L, H), 2.0)
     lr = 0.1
     reference_prox(vit, sc, k_heads, k_dims, k_neurons, y, p, lr)
-    proj0, proj1 = before["blocks.0.attn.proj.weight"], vit.blocks[0].attn.proj.weight.detach()
-    lowest_head = int(sc.heads[0].argmin())
-    for h in range(H):
-        low = set(sc.dims[0, h].argsort()[:2].tolist())
-        for j in range(d):
-            div = (1 + 2 * lr * 2.0) if j in low else 1.0
-            div *= (1 + 2 * lr * 0.5) if h == lowest_head else 1.0
-            assert torch.allclose(proj1[:, h * d + j], proj0[:, h * d + j] / div, rtol=1e-6)
+    assert sorted(int(sc.heads[l].argmin()) for l in range(L)) == [0, 0, 1, 1]  # either head removed somewhere
+    for l in range(L):
+        proj0, proj1 = before[f"blocks.{l}.attn.proj.weight"], vit.blocks[l].attn.proj.weight.detach()
+        lowest_head = int(sc.heads[l].argmin())
+        for h in range(H):
+            low = set(sc.dims[l, h].argsort()[:2].tolist())
+            for j in range(d):
+                div = (1 + 2 * lr * 2.0) if j in low else 1.0
+                div *= (1 + 2 * lr * 0.5) if h == lowest_head else 1.0  # y[l, 0] for a removed head
+                assert torch.allclose(proj1[:, h * d + j], proj0[:, h * d + j] / div, rtol=1e-6)
     low_n = sc.neurons[0].argsort()[:3]
     fc2_0, fc2_1 = before["blocks.0.mlp.fc2.weight"], vit.blocks[0].mlp.fc2.weight.detach()
     assert torch.allclose(fc2_1[:, low_n], fc2_0[:, low_n] / (1 + 2 * lr * 0.25))

@@ -2,6 +2,7 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from data.probe import probe_batch
@@ -84,12 +85,12 @@ def test_a_block_that_computes_nothing_passes_its_trial():
     assert (trial.trials, trial.rejected) == (1, 0)
 
 
-def _search_with_moves_proposed(trial):
+def _search_with_moves_proposed(trial, with_model: bool = True, **flags):
     """A search whose next gate update both skips block 1 and drops patch 5 (their logits pushed
-    just past the boundary by the budget)."""
+    just past the boundary by the budget); the update is given the model unless `with_model` is False."""
     vit = noisy_tiny_vit()
     model = MaskedViT(vit)
-    search = UVCSearch(vit, demo_search_config(gating_interval=1), CPU, search_steps=400)
+    search = UVCSearch(vit, demo_search_config(gating_interval=1, **flags), CPU, search_steps=400)
     search.set_epoch(0)
     search.pd.trial = trial
     pd: PrimalDual = search.pd
@@ -105,7 +106,7 @@ def _search_with_moves_proposed(trial):
     grads["patch"][5] = 1.0  # and patch 5 towards drop
     search.arch.gate_logits.grad = torch.zeros(4, 2)
     search.arch.patch_logits.grad = torch.zeros(16)
-    pd.gate_step(grads, target=0.0, model=model)
+    pd.gate_step(grads, target=0.0, model=model if with_model else None)
     return search.arch.gate_logits.detach(), search.arch.patch_logits.detach()
 
 
@@ -116,6 +117,7 @@ class _Verdict(FlipTrial):
 
     def accept(self, model, flip, base, scores):
         self.seen.append((flip["patches_kept"], base["patches_kept"], [b["skipped"] for b in flip["blocks"]]))
+        self.inputs = (model, scores)
         return self.ok
 
 
@@ -130,3 +132,15 @@ def test_a_patch_drop_stands_only_if_its_trial_passes_and_block_skips_are_not_tr
         assert trial.seen == [([p for p in everything if p != 5], everything, [False, True, False, False])]
         assert gates[1, 0] - gates[1, 1] >= 1.0 - 1e-6  # skipped, no trial
         assert patches[5] == (-1.0 if verdict else 4.0)
+        model, scores = trial.inputs  # the search's model, and the group scores of its weights
+        assert isinstance(model, MaskedViT)
+        assert torch.equal(scores.dims, group_scores(*stacked_weights(model.vit), 2).dims)
+
+
+@pytest.mark.parametrize("pruning,with_model", [(0, True), (1, False)])
+def test_a_patch_drop_stands_untried_without_pruning_or_without_the_model(pruning, with_model):
+    """Without pruning there are no groups to take the same MACs from, and without the model there is
+    nothing to evaluate: the proposed drop stands without a trial (one that would refuse it)."""
+    trial = _Verdict(False)
+    _, patches = _search_with_moves_proposed(trial, with_model, enable_pruning=pruning)
+    assert trial.seen == [] and patches[5] == -1.0

@@ -46,25 +46,24 @@ HYSTERESIS = 1.0  # logits past the boundary a flipped gate or patch is set to: 
 REFUSED = 4.0  # the logit a refused patch drop is set back to: the initial patch_init
 
 
-@torch.no_grad()
 def settle_flips(logits: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     """Gates (L, 2) or patch logits (P,) that crossed the boundary in this update are set
     HYSTERESIS past it: a flip back then takes a sustained push, not one noisy update."""
-    if logits.dim() == 2:
-        was, now = before[:, 1] >= before[:, 0], logits[:, 1] >= logits[:, 0]
-        flipped = was != now
-        mid = (logits[flipped, 0] + logits[flipped, 1]) / 2
-        keep = logits[flipped, 1]  # keep - skip = 2 (keep - mid): at least HYSTERESIS past the boundary
-        keep = torch.where(now[flipped], torch.maximum(keep, mid + HYSTERESIS / 2),
-                           torch.minimum(keep, mid - HYSTERESIS / 2))
-        logits[flipped, 1], logits[flipped, 0] = keep, 2 * mid - keep
-    else:
-        flipped = (before >= 0) != (logits >= 0)
-        logits[flipped] = torch.where(logits[flipped] >= 0, HYSTERESIS, -HYSTERESIS)
-    return flipped
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        if logits.dim() == 2:
+            was, now = before[:, 1] >= before[:, 0], logits[:, 1] >= logits[:, 0]
+            flipped = was != now
+            mid = (logits[flipped, 0] + logits[flipped, 1]) / 2
+            keep = logits[flipped, 1]  # keep - skip = 2 (keep - mid): at least HYSTERESIS past the boundary
+            keep = torch.where(now[flipped], torch.maximum(keep, mid + HYSTERESIS / 2),
+                               torch.minimum(keep, mid - HYSTERESIS / 2))
+            logits[flipped, 1], logits[flipped, 0] = keep, 2 * mid - keep
+        else:
+            flipped = (before >= 0) != (logits >= 0)
+            logits[flipped] = torch.where(logits[flipped] >= 0, HYSTERESIS, -HYSTERESIS)
+        return flipped
 
 
-@torch.no_grad()
 def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_ok) -> None:
     """Gate safety after an update of the (L, 2) gate logits from `before`.
 
@@ -74,36 +73,37 @@ def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_
     is never skipped, and a skip is undone when `floor_ok()` says it took the hard
     ratio too far under the target. Every other flip is undone (its logits restored).
     """
-    logits = arch.gate_logits
-    was = before[:, 1] >= before[:, 0]
-    now = logits[:, 1] >= logits[:, 0]
-    flipped = torch.nonzero(was != now).flatten().tolist()
-    if not flipped:
-        return
-    reopened = [l for l in flipped if now[l]]
-    skips = [l for l in flipped if not now[l] and not protected[l]]
-    depth = (logits[:, 0] - logits[:, 1]).tolist()  # how far past the boundary each skip went
-    chosen = reopened[0] if reopened else (max(skips, key=lambda l: depth[l]) if skips else None)
-    for l in flipped:
-        if l != chosen:
-            logits[l] = before[l]
-    if chosen is not None and not now[chosen] and not floor_ok():
-        logits[chosen] = before[chosen]
-    settle_flips(logits, before)
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        logits = arch.gate_logits
+        was = before[:, 1] >= before[:, 0]
+        now = logits[:, 1] >= logits[:, 0]
+        flipped = torch.nonzero(was != now).flatten().tolist()
+        if not flipped:
+            return
+        reopened = [l for l in flipped if now[l]]
+        skips = [l for l in flipped if not now[l] and not protected[l]]
+        depth = (logits[:, 0] - logits[:, 1]).tolist()  # how far past the boundary each skip went
+        chosen = reopened[0] if reopened else (max(skips, key=lambda l: depth[l]) if skips else None)
+        for l in flipped:
+            if l != chosen:
+                logits[l] = before[l]
+        if chosen is not None and not now[chosen] and not floor_ok():
+            logits[chosen] = before[chosen]
+        settle_flips(logits, before)
 
 
-@torch.no_grad()
 def limit_patch_drops(logits: torch.Tensor, before: torch.Tensor, drop_ok) -> None:
     """Patch safety after an update of the (P,) patch logits from `before`: at most one
     patch is dropped (the one that went furthest past the boundary), and only when
     `drop_ok()` allows it; re-opened patches stay. A refused drop is set back to REFUSED
     (where the logits start), so it is proposed again only after a sustained push and
     the patch is not trained half-masked meanwhile. Flips are then settled (settle_flips)."""
-    dropped = torch.nonzero((before >= 0) & (logits < 0)).flatten()
-    if len(dropped):
-        chosen = dropped[logits[dropped].argmin()]
-        others = dropped[dropped != chosen]
-        logits[others] = before[others]
-        if not drop_ok():
-            logits[chosen] = torch.clamp(before[chosen], min=REFUSED)
-    settle_flips(logits, before)
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        dropped = torch.nonzero((before >= 0) & (logits < 0)).flatten()
+        if len(dropped):
+            chosen = dropped[logits[dropped].argmin()]
+            others = dropped[dropped != chosen]
+            logits[others] = before[others]
+            if not drop_ok():
+                logits[chosen] = torch.clamp(before[chosen], min=REFUSED)
+        settle_flips(logits, before)

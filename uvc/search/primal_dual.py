@@ -158,19 +158,19 @@ class PrimalDual:
         return target_ratio(self.t / self.rates.steps, self.budget.budget, self.cfg.ramp)
 
     # --- before the forward pass -------------------------------------------------
-    @torch.no_grad()
     def scores_now(self, vit) -> Scores:
         """Group scores of the current weights."""
-        return group_scores(*stacked_weights(vit), self.arch.dims.num_heads)
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            return group_scores(*stacked_weights(vit), self.arch.dims.num_heads)
 
-    @torch.no_grad()
     def update_masks(self, vit) -> Masks:
         """Re-rank groups by the current weights; the ceil(s) lowest are removed."""
-        if not self._scores_fresh:
-            self.scores = self.scores_now(vit)
-        k_heads, k_neurons, k_dims = self.arch.removed_counts()
-        self.masks = compute_masks(self.scores, k_heads, k_dims, k_neurons)
-        return self.masks
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            if not self._scores_fresh:
+                self.scores = self.scores_now(vit)
+            k_heads, k_neurons, k_dims = self.arch.removed_counts()
+            self.masks = compute_masks(self.scores, k_heads, k_dims, k_neurons)
+            return self.masks
 
     def protected_blocks(self, logits: torch.Tensor = None) -> torch.Tensor:
         """(L,) 1.0 for kept blocks that may not be skipped: with only `min_blocks` left, all of them.
@@ -273,23 +273,23 @@ class PrimalDual:
         return (least_sum(imp.heads, k_heads)[1], least_sum(imp.neurons, k_neurons, n_step)[1],
                 least_sum(imp.dims, k_dims, d_step)[1])
 
-    @torch.no_grad()
     def structure_step(self, grads: Dict[str, torch.Tensor]) -> None:
         """s, r <- s, r - lr (y dLeastSum/ds + z dR/ds) / (the layer's MAC share), then projected.
 
         In those units the step is lr (z - y x the relative importance per MAC of the next
         group): a layer loses groups while its next one is worth less than z / y."""
-        a = self.arch
-        head_slope, neuron_slope, dim_slope = self._slopes()
-        # d/ds_frac = G d/ds: the LeastSum slopes are per group, s_frac per fraction
-        least_grad_s = torch.stack([a.y[:, 0] * head_slope, a.y[:, 1] * neuron_slope], 1) * a.group_counts
-        least_grad_r = a.p * dim_slope * a.dims.head_dim * self.masks.heads
-        a.s_frac.grad = (least_grad_s + a.z * grads["s"]) / self.s_unit
-        a.r_frac.grad = (least_grad_r + a.z * grads["r"]) / self.r_unit
-        for opt in (self.s_opt, self.r_opt):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        a.project_()
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            a = self.arch
+            head_slope, neuron_slope, dim_slope = self._slopes()
+            # d/ds_frac = G d/ds: the LeastSum slopes are per group, s_frac per fraction
+            least_grad_s = torch.stack([a.y[:, 0] * head_slope, a.y[:, 1] * neuron_slope], 1) * a.group_counts
+            least_grad_r = a.p * dim_slope * a.dims.head_dim * self.masks.heads
+            a.s_frac.grad = (least_grad_s + a.z * grads["s"]) / self.s_unit
+            a.r_frac.grad = (least_grad_r + a.z * grads["r"]) / self.r_unit
+            for opt in (self.s_opt, self.r_opt):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            a.project_()
 
     def discard_loss_grads(self) -> None:
         """Drop the gate and patch loss gradients summed since the last gate update (a skipped AMP step
@@ -298,7 +298,6 @@ class PrimalDual:
         self.arch.patch_logits.grad = None
         self.grad_steps = 0
 
-    @torch.no_grad()
     def gate_step(self, grads: Dict[str, torch.Tensor], target: float, model: MaskedViT = None) -> None:
         """Gates and patch logits: loss gradients are summed in .grad by backward and
         averaged over `gating_interval` steps (and over ranks) before the update.
@@ -306,36 +305,37 @@ class PrimalDual:
         one patch, never skip a protected block, no flip may take the hard ratio more than
         `margin` under the target, a patch drop must pass its trial (uvc.search.trial), and a flip
         is settled past the boundary (uvc.search.gates)."""
-        a, r, sp = self.arch, self.rates, self.space
-        self.grad_steps += 1
-        if self.grad_steps < self.rates.gate_interval:
-            return
-        n, self.grad_steps = self.grad_steps, 0
-        z = float(a.z)
-        if self.t > self.coarse_end * r.steps:  # the last part of the search: gates and patches are settled
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            a, r, sp = self.arch, self.rates, self.space
+            self.grad_steps += 1
+            if self.grad_steps < self.rates.gate_interval:
+                return
+            n, self.grad_steps = self.grad_steps, 0
+            z = float(a.z)
+            if self.t > self.coarse_end * r.steps:  # the last part of the search: gates and patches are settled
+                a.gate_logits.grad = None
+                a.patch_logits.grad = None
+                return
+            if sp.block_gating:
+                before = a.gate_logits.detach().clone()
+                loss_grad = self._averaged_grad(a.gate_logits, n)
+                a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
+                self.gate_opt.step()
+                self._limit_gates(before, target)
+            if sp.patch_gating:
+                before = a.patch_logits.detach().clone()
+                loss_grad = self._averaged_grad(a.patch_logits, n)
+                pi = a.patch_keep_prob()
+                l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
+                a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
+                self.patch_opt.step()
+                proposed = torch.nonzero((before >= 0) & (a.patch_logits < 0)).flatten()
+                # every rank, every update: the trial below is collective, so the ranks must agree on it
+                same_on_every_rank(int(proposed[a.patch_logits[proposed].argmin()]) if len(proposed) else -1,
+                                   "the patch drop proposed to the trial")
+                self._limit_patches(before, target, model)
             a.gate_logits.grad = None
             a.patch_logits.grad = None
-            return
-        if sp.block_gating:
-            before = a.gate_logits.detach().clone()
-            loss_grad = self._averaged_grad(a.gate_logits, n)
-            a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
-            self.gate_opt.step()
-            self._limit_gates(before, target)
-        if sp.patch_gating:
-            before = a.patch_logits.detach().clone()
-            loss_grad = self._averaged_grad(a.patch_logits, n)
-            pi = a.patch_keep_prob()
-            l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
-            a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
-            self.patch_opt.step()
-            proposed = torch.nonzero((before >= 0) & (a.patch_logits < 0)).flatten()
-            # every rank, every update: the trial below is collective, so the ranks must agree on it
-            same_on_every_rank(int(proposed[a.patch_logits[proposed].argmin()]) if len(proposed) else -1,
-                               "the patch drop proposed to the trial")
-            self._limit_patches(before, target, model)
-        a.gate_logits.grad = None
-        a.patch_logits.grad = None
 
     def _limit_gates(self, before: torch.Tensor, target: float) -> None:
         """Gate safety (uvc.search.gates.limit_gate_flips), unless no_gate_safety."""
@@ -384,17 +384,17 @@ class PrimalDual:
         g = torch.zeros_like(param) if param.grad is None else param.grad / steps
         return all_reduce_mean(g.contiguous())
 
-    @torch.no_grad()
     def dual_step(self) -> None:
         """Dual ascent: y, p grow with the LeastSum (importance units) of the removed groups."""
-        a, r = self.arch, self.rates
-        imp = self._importance()
-        k_heads, k_neurons, k_dims = a.removed_counts()
-        a.y[:, 0] += r.y_step * least_sum(imp.heads, k_heads)[0]
-        a.y[:, 1] += r.y_step * least_sum(imp.neurons, k_neurons)[0]
-        a.p += r.p_step * least_sum(imp.dims, k_dims)[0] * self.masks.heads
-        a.y.clamp_(min=0)
-        a.p.clamp_(min=0)
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            a, r = self.arch, self.rates
+            imp = self._importance()
+            k_heads, k_neurons, k_dims = a.removed_counts()
+            a.y[:, 0] += r.y_step * least_sum(imp.heads, k_heads)[0]
+            a.y[:, 1] += r.y_step * least_sum(imp.neurons, k_neurons)[0]
+            a.p += r.p_step * least_sum(imp.dims, k_dims)[0] * self.masks.heads
+            a.y.clamp_(min=0)
+            a.p.clamp_(min=0)
 
     # --- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -120,13 +120,13 @@ class ArchState(nn.Module):
         straight = lambda x, value: x + (value - x).detach()  # noqa: E731
         return ste_ceil(s[:, 0]), straight(s[:, 1], neurons), straight(r, dims)
 
-    @torch.no_grad()
     def project_(self) -> None:
         """Into (-1, G - 1]: keep at least one head, one neuron and one dim per kept head."""
-        upper = (self.group_counts - 1) / self.group_counts
-        self.s_frac.copy_(torch.minimum(torch.maximum(self.s_frac, LOWEST / self.group_counts), upper))
-        d = self.dims.head_dim
-        self.r_frac.clamp_(LOWEST / d, (d - 1) / d)
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            upper = (self.group_counts - 1) / self.group_counts
+            self.s_frac.copy_(torch.minimum(torch.maximum(self.s_frac, LOWEST / self.group_counts), upper))
+            d = self.dims.head_dim
+            self.r_frac.clamp_(LOWEST / d, (d - 1) / d)
 
     # --- gates -------------------------------------------------------------
     def block_keep_hard(self) -> torch.Tensor:
