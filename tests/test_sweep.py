@@ -169,7 +169,7 @@ def test_the_front_check_names_a_peer_that_is_more_accurate_and_faster_than_a_uv
 
 
 def test_the_committed_digits_sweep_is_over_three_seeds_and_uvc_is_on_its_front():
-    """log/digits_sweep.json, the README's headline table: 3 seeds per method, both top-1 columns in
+    """log/digits_sweep.json, the README's headline table: 3 seeds per method and budget, both top-1 columns in
     every row, and no peer both more accurate and faster than UVC (what the README reads from it)."""
     import json
     import os
@@ -179,7 +179,9 @@ def test_the_committed_digits_sweep_is_over_three_seeds_and_uvc_is_on_its_front(
     assert result["seeds"] == [730, 731, 732] and result["finetune_epochs"] == 30
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"UVC", "uniform magnitude", "Torch-Pruning", "greedy fit"}
+    assert {r["budget"] for r in result["rows"]} == {0.3, 0.5, 0.7}
     for m in methods:
-        assert sorted(r["seed"] for r in result["rows"] if r["method"] == m) == [730, 731, 732]
+        for b in (0.3, 0.5, 0.7):
+            assert sorted(r["seed"] for r in result["rows"] if (r["method"], r["budget"]) == (m, b)) == [730, 731, 732]
     assert all(r["top1_best"] >= r["top1_last"] for r in result["rows"])
     assert dominations(result["rows"]) == []
