@@ -349,3 +349,31 @@ def test_a_skipped_amp_step_drops_the_gathered_gate_gradients():
     assert search.pd.grad_steps == 0 and search.arch.gate_logits.grad is None
     assert search.arch.patch_logits.grad is None
     assert all(torch.equal(before[k], v) for k, v in search.arch.named_parameters())
+
+
+def test_proximal_step_on_a_one_block_model_shrinks_the_removed_head_and_its_biases():
+    """A ViT of depth 1 (the qkv-bias check reads the first block): the removed head's q, k, v rows,
+    their biases and its proj columns shrink by 1 / (1 + 2 lr y / mean head score); the kept head and
+    every neuron stay (y = p = 0 for the rest)."""
+    from timm import create_model
+    from uvc.search.masks import Masks, Scores
+    from uvc.search.prox import proximal_step
+    torch.manual_seed(0)
+    vit = create_model(MODEL, depth=1)
+    H, d, M = 2, 16, 128
+    masks = Masks(heads=torch.tensor([[0.0, 1.0]]), dims=torch.tensor([[[0.0] * d, [1.0] * d]]),
+                  neurons=torch.ones(1, M))
+    scores = Scores(heads=torch.tensor([[1.0, 3.0]]), dims=torch.ones(1, H, d), neurons=torch.ones(1, M))
+    y, p, lr = torch.tensor([[2.0, 0.0]]), torch.zeros(1, H), 0.25
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    proximal_step(vit, masks, scores, y, p, lr)
+    f = 1.0 / (1.0 + 2 * lr * 2.0 / 2.0)  # mean head score 2
+    rows = torch.cat([torch.arange(part * H * d, part * H * d + d) for part in range(3)])  # head 0's q, k, v
+    after = vit.state_dict()
+    assert torch.allclose(after["blocks.0.attn.qkv.bias"][rows], before["blocks.0.attn.qkv.bias"][rows] * f)
+    assert torch.allclose(after["blocks.0.attn.qkv.weight"][rows], before["blocks.0.attn.qkv.weight"][rows] * f)
+    assert torch.allclose(after["blocks.0.attn.proj.weight"][:, :d], before["blocks.0.attn.proj.weight"][:, :d] * f)
+    kept = torch.ones(3 * H * d, dtype=torch.bool)
+    kept[rows] = False
+    assert torch.equal(after["blocks.0.attn.qkv.bias"][kept], before["blocks.0.attn.qkv.bias"][kept])
+    assert torch.equal(after["blocks.0.mlp.fc1.weight"], before["blocks.0.mlp.fc1.weight"])
