@@ -1,5 +1,7 @@
 """Helpers shared by the unit tests (plain functions; fixtures live in conftest.py)."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,16 @@ def clean_env(**extra) -> dict:
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def run_script(script: str, args, expect: int = 0, **env) -> str:
+    """Run an entry script of the repository as a user would (clean environment); its output, after
+    checking its exit code."""
+    proc = subprocess.run([sys.executable, script, *map(str, args)], cwd=Path(__file__).resolve().parents[1],
+                          env=clean_env(**env), capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == expect, f"{script} exited {proc.returncode}, expected {expect}:\n{out[-3000:]}"
+    return out
 
 
 def tree_diff(a, b, path: str = "") -> list:

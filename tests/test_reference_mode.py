@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same_files, clean_env, dense_checkpoint, load, noisy_tiny_vit
+from helpers import assert_same_files, clean_env, run_script, dense_checkpoint, load, noisy_tiny_vit
 
 from uvc.search import UVCSearch
 from uvc.search.masked_model import MaskedViT
@@ -213,11 +213,7 @@ ARGS = ["--config", "configs/digits_demo.py", "--model_type", TINY, "--determini
 
 
 def run(args, expect: int = 0, **env) -> str:
-    proc = subprocess.run([sys.executable, "joint_train.py", *map(str, args)], cwd=REPO, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == expect, out[-3000:]
-    return out
+    return run_script("joint_train.py", args, expect, **env)
 
 
 def test_digits_search_runs_exports_without_the_fit_and_resumes_exactly(tmp_path):

@@ -23,7 +23,7 @@ from data.loaders import EpochDistributedSampler, EpochRandomSampler
 from utils import checkpoint as ckpt
 from utils.amp import make_scaler
 from engine.run_state import EXIT_INTERRUPTED, EXIT_PREEMPTED, RunState, StopSignal
-from helpers import assert_same_files, clean_env, dense_checkpoint, load
+from helpers import assert_same_files, clean_env, dense_checkpoint, load, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_digits_tiny_patch2_8"
@@ -37,14 +37,6 @@ STAGE1 = COMMON + ["--warmup_epochs", "1", "--gating_interval", "3"]
 
 
 # --------------------------------------------------------------------------- helpers
-
-def run_script(script: str, args, expect: int = 0, **env) -> str:
-    proc = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == expect, f"{script} exited {proc.returncode}, expected {expect}:\n{out[-3000:]}"
-    return out
-
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
