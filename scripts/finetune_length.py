@@ -77,6 +77,17 @@ def curve(stage2_dir: str) -> List[float]:
     return [r["val_top1"] for r in records if "epoch" in r and "val_top1" in r]
 
 
+def epoch_counts(text: str) -> List[int]:
+    """--lengths: comma-separated epoch counts, sorted, each at least 1."""
+    try:
+        lengths = sorted({int(x) for x in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give epoch counts separated by commas, e.g. 10,20,40") from None
+    if lengths[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every length is at least 1 epoch")
+    return lengths
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30, help="stage-2 epochs of the measured runs")
     p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (the sweep's)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[731])
-    p.add_argument("--lengths", type=lambda t: sorted({int(x) for x in t.split(",")}), default=None,
+    p.add_argument("--lengths", type=epoch_counts, default=None,
                    help="compare runs of these stage-2 lengths (e.g. 10,20,30,40) instead of one long curve")
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--tolerance", type=float, default=0.2, help="top-1 points")

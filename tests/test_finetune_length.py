@@ -44,3 +44,29 @@ def test_the_length_chosen_is_where_longer_runs_no_longer_move_the_comparison():
 def test_two_methods_that_swap_places_within_the_tolerance_have_not_settled():
     ends = {"a": {10: 97.0, 20: 97.1, 30: 97.0}, "b": {10: 97.05, 20: 97.0, 30: 97.1}}
     assert length_by_comparison(ends, 0.2) is None
+
+
+def test_bad_lengths_stop_with_one_line(capsys):
+    import pytest
+    from scripts.finetune_length import parse_args
+    for bad in ("a,b", "0,10", "5", "10"):  # not numbers, a zero length, one length only
+        with pytest.raises(SystemExit):
+            parse_args(["--lengths", bad])
+        assert "--lengths" in capsys.readouterr().err
+    assert parse_args(["--lengths", "40,10,20"]).lengths == [10, 20, 40]
+
+
+def test_the_committed_digits_lengths_are_what_the_readme_reads():
+    """log/finetune_length_digits.json (README, headline text): 3 seeds at 10, 20 and 40 epochs, no
+    length chosen, and the greedy fit's end ahead of UVC's at every length by at most 0.6."""
+    import json
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "..", "log", "finetune_length_digits.json")) as f:
+        result = json.load(f)
+    assert result["seeds"] == [730, 731, 732] and result["lengths"] == [10, 20, 40]
+    assert result["chosen_epochs"] is None
+    ends = result["ends"]
+    gaps = [ends["greedy fit"][L] - ends["UVC"][L] for L in ("10", "20", "40")]
+    assert all(0 < g <= 0.6 for g in gaps), gaps
+    assert length_by_comparison({m: {int(L): e for L, e in v.items()} for m, v in ends.items()},
+                                result["tolerance"]) is None
