@@ -25,9 +25,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 # the method core: search maths, cost models, freeze / fit / export, checkpoint writing
 MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.py", "uvc/search/schedule.py",
-           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/search/structure.py",
+           "uvc/search/gates.py", "uvc/search/trial.py", "uvc/search/primal_dual.py", "uvc/search/gate_update.py",
+           "uvc/search/structure.py",
            "uvc/cost/flops.py", "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
            "uvc/deploy/export.py", "utils/checkpoint.py"]
+
+# the unit tests of --reference_rules (not its end-to-end digits search, 19 s a mutant)
+RULES_UNIT_TESTS = ["tests/test_reference_rules.py::" + name for name in (
+    "test_fixed_target_drives_z_by_the_expected_ratio_against_the_budget",
+    "test_integral_z_has_no_proportional_part_and_never_goes_negative",
+    "test_no_integral_cap_lets_the_integral_grow_past_kp_clip",
+    "test_absolute_leastsum_prices_the_absolute_scores",
+    "test_zero_start_puts_s_and_r_at_0_on_the_first_step",
+    "test_grad_clip_bounds_every_s_and_r_step_by_the_rate",
+    "test_grad_clip_takes_no_budget_gradient_while_the_gap_is_past_the_clip",
+    "test_plain_prox_is_the_reference_prox_of_the_removed_groups",
+    "test_gate_sgd_has_the_reference_optimizer_logits_and_fixed_temperature",
+    "test_no_gate_safety_lets_every_flip_stand_and_protects_no_block")]
 
 # module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
 TESTS = {
@@ -37,7 +51,9 @@ TESTS = {
     # (not tests/test_search_control.py: its whole searches take 10 s or more each, over 600 mutants)
     "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
                                   "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py",
-                                  "tests/test_trial.py", "tests/test_aligned_search.py"],
+                                  "tests/test_trial.py", "tests/test_aligned_search.py"] + RULES_UNIT_TESTS,
+    "uvc/search/gate_update.py": ["tests/test_properties_search.py", "tests/test_primal_dual_updates.py",
+                                  "tests/test_primal_dual_state.py", "tests/test_trial.py"] + RULES_UNIT_TESTS,
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
     "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
     "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py",

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from test_primal_dual import build, set_counts
-from uvc.search import primal_dual
+from uvc.search import gate_update
 from uvc.search.gates import soft_l0_keep
 from uvc.search.masks import as_importance
-from uvc.search.primal_dual import PrimalDual, _normalised
+from uvc.search.gate_update import _normalised
+from uvc.search.primal_dual import PrimalDual
 from uvc.search.structure import LOWEST
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,7 +170,7 @@ def test_every_patch_update_checks_its_proposed_drop_across_ranks(monkeypatch):
     pd, a = search.pd, search.arch
     search.prepare(model, training=True)  # the masks the floor check prices
     checked = []
-    monkeypatch.setattr(primal_dual, "same_on_every_rank", lambda value, what: checked.append((value, what)) or value)
+    monkeypatch.setattr(gate_update, "same_on_every_rank", lambda value, what: checked.append((value, what)) or value)
     with torch.no_grad():
         a.z.fill_(1.0)
     grads = {"gate": torch.zeros(4, 2), "patch": torch.zeros(16)}
