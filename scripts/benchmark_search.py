@@ -64,7 +64,7 @@ ROUND_TO = 8
 
 def run(cmd: List[str], log_path: str) -> None:
     """Run one of the project's scripts, echoing the command; its output goes to log_path."""
-    print("$ python " + " ".join(cmd), flush=True)
+    print("$ python " + shlex.join(cmd), flush=True)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS["n"]))
     with open(log_path, "w") as log:
@@ -143,7 +143,7 @@ def cell(name: str, budget: float, length: int, args, extra: List[str] = (), see
     if not os.path.exists(stage1_file):
         run(cmd, os.path.join(out, "stdout.log"))
     result = summarise(name, budget, length, out, seed)
-    result.update(masking=masking, command="python " + " ".join(cmd))
+    result.update(masking=masking, command="python " + shlex.join(cmd))
     if args.stage2:
         result["top1_after_stage2"] = stage2(name, stage1_file, os.path.join(out, "stage2"), args)
     return result

@@ -20,6 +20,7 @@ model, budget and seed, in top-1 at stage 2's last epoch and in |exported ratio 
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -28,7 +29,8 @@ from typing import Dict, List, Sequence
 
 from configs.common import REFERENCE_SEARCH
 from scripts import benchmark_search as bench
-from scripts.pipeline import finetune_top1, markdown_table
+from scripts.pipeline import finetune_top1, markdown_table, write_result
+from utils.checkpoint import atomic_write_text
 
 RULE = "--reference_rules"
 VARIANTS = {
@@ -101,9 +103,8 @@ def cell(name: str, variant: str, budget: float, seed: int, teacher: str, args) 
            "in_fit_window": FIT_WINDOW[0] <= final["macs_ratio"] - budget <= FIT_WINDOW[1],
            "warned": any("warning" in r for r in bench.records(out)),
            "seconds_stage1": round(seconds1, 1), "seconds_stage2": round(seconds2, 1),
-           "command": "python " + " ".join(s1)}
-    with open(done, "w") as f:
-        json.dump(row, f, indent=1)
+           "command": "python " + shlex.join(s1)}
+    atomic_write_text(json.dumps(row, indent=1), done)
     return row
 
 
@@ -138,16 +139,12 @@ def summary(rows: List[Dict]) -> str:
 
 
 def write(rows: List[Dict], out: str, command: str) -> None:
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump({"command": command, "rows": rows}, f, indent=1)
     seconds = [r["seconds_stage1"] + r["seconds_stage2"] for r in rows]
     text = (f"Produced by `{command}`.\n\nThe default search with one departure replaced by the reference's rule "
             f"(scripts/deviations.py). Differences are to `default` on the same model, budget and seed; top-1 "
             f"at the last epoch of stage 2, in %; B is the budget. {len(rows)} cells, "
             f"{sum(seconds) / max(len(seconds), 1):.0f} s each on average.\n\n{summary(rows)}\n")
-    with open(out + ".md", "w") as f:
-        f.write(text)
+    write_result(out, text, {"command": command, "rows": rows})
 
 
 def main(argv=None) -> int:
@@ -170,7 +167,7 @@ def main(argv=None) -> int:
     plan = [(m, v, b, s) for m in args.models for b in args.budgets for s in args.seeds for v in args.variants]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         rows = list(pool.map(lambda c: cell(c[0], c[1], c[2], c[3], teachers[c[0]], args), plan))
-    command = "python scripts/deviations.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/deviations.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write(rows, args.out, command.strip())
     print(summary(rows))
     return 0
