@@ -13,8 +13,8 @@ model's MACs, `uniform magnitude` and `greedy fit` (uvc.deploy.fit.fit_to_budget
 architecture with the teacher's scores, no search) by UVC's formula, `Torch-Pruning` (Taylor
 importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searches with
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
-within 3% of UVC's (scripts/latency_match.py). The seed drives the search and the fine-tuning of
-every method. Writes <name>_sweep.md (table), <name>_sweep.json ({"teacher_top1",
+within 3% of UVC's (scripts/latency_match.py); `--match macs,latency` runs both into one table.
+The seed drives the search and the fine-tuning of every method. Writes <name>_sweep.md (table), <name>_sweep.json ({"teacher_top1",
 "finetune_epochs", "seeds", "rows": [{"method", "budget", "match", "seed", "top1_last", "top1_best",
 "macs_ratio", "speedup_b64", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}]};
 top1_last / top1_best: validation top-1 at the last / the best fine-tuning epoch, from the run's
@@ -51,6 +51,7 @@ from scripts.sweep_report import ablation_table, front_text, plot_sweep, sweep_t
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
 DEFAULT_METHODS = METHODS[:4]
+MATCHES = ("macs", "latency")
 # y = p = 0 and no dual step: y, p start at --dual_init (1), so the rates alone do not remove the term
 IMPORTANCE_OFF = ["--ylr", "0", "--plr", "0", "--dual_init", "0"]
 # ablation row -> (stage-1 flags, stage-2 flags); "no search (greedy fit)" is the greedy-fit peer
@@ -108,8 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None,
                    help=f"the sweep's, comma-separated, from: {', '.join(METHODS)} (default: the first four; "
                         f"UVC always runs)")
-    p.add_argument("--match", choices=("macs", "latency"), default="macs",
-                   help="peers at UVC's MACs, or at its measured time ratio (UVC searching a latency budget)")
+    p.add_argument("--match", default="macs",
+                   help="peers at UVC's MACs (macs), or at its measured time ratio with UVC searching a latency "
+                        "budget (latency); macs,latency runs both into one table")
     p.add_argument("--ablations", action="store_true", help="run the ablations instead of the sweep")
     p.add_argument("--ablation_budget", type=float, default=None, help="--ablations: the budget (0.4)")
     p.add_argument("--ablation_rows", default=None,
@@ -134,7 +136,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     given = [f for f in other if getattr(args, f[2:]) is not None]
     if given:
         p.error(f"{given[0]} is for {'the sweep' if args.ablations else '--ablations'} only")
-    if args.ablations and args.match != "macs":
+    args.match = list(dict.fromkeys(m.strip() for m in args.match.split(",") if m.strip()))
+    bad = [m for m in args.match if m not in MATCHES]
+    if bad or not args.match:
+        p.error(f"--match {','.join(bad)}: choose macs, latency or macs,latency")
+    if args.ablations and args.match != ["macs"]:
         p.error("--match latency is for the sweep only (the ablations compare UVC's own variants)")
     if args.config is None:
         args.dataset = args.dataset or "mnist"
@@ -258,13 +264,14 @@ def measured(bench: Bench, runs: List[dict], dense) -> Dict:
 
 def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
     runs = []
-    joint = latency_flags(args) if args.match == "latency" else []
-    for seed in args.seeds:
-        for budget in args.budgets:
-            folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}" + ("_latency" if joint else ""))
-            uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, joint)
-            runs += [dict(r, budget=budget, seed=seed, match=args.match)
-                     for r in [uvc] + peers(bench, args.methods, teacher, folder, uvc, dense, seed, args.match)]
+    for match in args.match:
+        joint = latency_flags(args) if match == "latency" else []
+        for seed in args.seeds:
+            for budget in args.budgets:
+                folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}" + ("_latency" if joint else ""))
+                uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, joint)
+                runs += [dict(r, budget=budget, seed=seed, match=match)
+                         for r in [uvc] + peers(bench, args.methods, teacher, folder, uvc, dense, seed, match)]
     return measured(bench, runs, dense)
 
 
@@ -307,7 +314,7 @@ def main(argv=None) -> int:
               **result, "command": command}
     table = (ablation_table if args.ablations else sweep_table)(result)
     what = (f"budget {args.ablation_budget}" if args.ablations else
-            f"budgets {', '.join(map(str, args.budgets))}, matched by {args.match}")
+            f"budgets {', '.join(map(str, args.budgets))}, matched by {' and by '.join(args.match)}")
     text = (f"{name.rsplit('_', 1)[0]}, {what}, seeds {', '.join(map(str, args.seeds))}, "
             f"{1 if args.smoke else args.search_epochs} search epochs, {epochs} fine-tuning epochs; produced by "
             f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last fine-tuning epoch and "

@@ -58,6 +58,12 @@ def sweep_table(result: dict) -> str:
     return markdown_table(header, lines)
 
 
+def _more(a: float, b: float, margin: float) -> bool:
+    """a exceeds b by more than margin (top-1 points), not by a float's rounding: means of two-decimal
+    percentages are compared to 1e-6."""
+    return a - b > margin + 1e-6
+
+
 def dominations(rows: List[dict], top1_margin: float = 0.1, speed_margin: float = 0.02) -> List[str]:
     """Where UVC is off the accuracy-speed front: a peer point (method, budget, match; seed means of
     top1_last and speedup_b64) both more accurate than a UVC point of the same match by more than
@@ -69,20 +75,40 @@ def dominations(rows: List[dict], top1_margin: float = 0.1, speed_margin: float 
         if method == "UVC":
             continue
         for (u_method, u_match, u_budget), (u_top1, u_speed) in points.items():
-            if u_method == "UVC" and u_match == match and top1 > u_top1 + top1_margin \
+            if u_method == "UVC" and u_match == match and _more(top1, u_top1, top1_margin) \
                     and speed > u_speed * (1 + speed_margin):
                 out.append(f"{method} at {budget} ({top1:.2f}, {speed:.2f}x) beats UVC at {u_budget} "
                            f"({u_top1:.2f}, {u_speed:.2f}x), match {match}")
     return out
 
 
+def shortfalls(rows: List[dict], top1_margin: float = 0.1) -> List[str]:
+    """Where UVC loses at equal speed: under match latency, a peer whose seed mean of top1_last is more
+    than `top1_margin` above UVC's at the same budget (the peers run at UVC's measured time ratio).
+    One line each."""
+    points = {k: mean([r["top1_last"] for r in g]) for k, g in grouped(rows, ("method", "match", "budget")).items()}
+    return [f"{method} at {budget} ({top1:.2f}) ahead of UVC ({points[('UVC', match, budget)]:.2f}) at equal speed"
+            for (method, match, budget), top1 in points.items()
+            if match == "latency" and method != "UVC" and ("UVC", match, budget) in points
+            and _more(top1, points[("UVC", match, budget)], top1_margin)]
+
+
 def front_text(rows: List[dict]) -> str:
-    """The table's verdict line on the front (seed means of the last-epoch top-1)."""
+    """The table's verdict lines (seed means of the last-epoch top-1): on the front, and (with latency-
+    matched rows) at equal speed."""
     beaten = dominations(rows)
     if not beaten:
-        return ("On the front: no peer point is both more accurate than a UVC point (by more than 0.1, "
+        text = ("On the front: no peer point is both more accurate than a UVC point (by more than 0.1, "
                 "seed means of the last-epoch top-1) and faster (by more than 2%).")
-    return "Off the front: " + "; ".join(beaten) + "."
+    else:
+        text = "Off the front: " + "; ".join(beaten) + "."
+    if not any(r["match"] == "latency" for r in rows):
+        return text
+    behind = shortfalls(rows)
+    if not behind:
+        return text + (" At equal speed (match latency): at every budget UVC's top-1 is at least every peer's "
+                       "less 0.1.")
+    return text + " At equal speed (match latency): " + "; ".join(behind) + "."
 
 
 def ablation_table(result: dict) -> str:

@@ -72,16 +72,19 @@ def test_flags_are_checked():
     args = sweep.parse_args(["--methods", "Torch-Pruning", "--budgets", "0.3,0.5"])
     assert args.methods == ["UVC", "Torch-Pruning"] and args.budgets == [0.3, 0.5]
     assert sweep.bench_of(args).joint_extra == ["--epochs", str(args.search_epochs)]
-    assert args.seeds == [730] and args.match == "macs"
+    assert args.seeds == [730]
     assert (args.log_dir, args.figs_dir) == (sweep._path("log"), sweep._path("Figs"))  # the demos' results go there
     assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
     assert sweep.parse_args(["--seeds", "1,2,3"]).seeds == [1, 2, 3]
+    assert sweep.parse_args(["--match", "macs,latency"]).match == ["macs", "latency"]  # both, one table
+    assert args.match == ["macs"] and sweep.parse_args(["--match", "latency,latency"]).match == ["latency"]
     assert sweep.parse_args(["--ablations"]).ablation_rows == list(sweep.ABLATIONS)
     assert sweep.parse_args(["--ablations", "--ablation_rows", "UVC w/o importance term"]).ablation_rows == \
         ["UVC", "UVC w/o importance term"]  # UVC is the row every other one is read against
     for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"],
                 ["--ablations", "--budgets", "0.5"], ["--ablations", "--match", "latency"],  # a flag of the other mode
-                ["--match", "speed"], ["--dataset", "cifar10"],  # cifar10 needs --config
+                ["--match", "speed"], ["--match", "macs,speed"], ["--match", ","],
+                ["--ablations", "--match", "macs,latency"], ["--dataset", "cifar10"],  # cifar10 needs --config
                 ["--ablations", "--ablation_rows", "UVC w/o skips"], ["--ablation_rows", "UVC"]):
         with pytest.raises(SystemExit):
             sweep.parse_args(bad)
@@ -159,6 +162,7 @@ def test_the_front_check_names_a_peer_that_is_more_accurate_and_faster_than_a_uv
                 for i, t in enumerate(top1s)]
     base = rows("UVC", 0.5, [96.0, 96.2], 2.0) + rows("UVC", 0.4, [95.0, 95.2], 2.4)
     assert dominations(base + rows("greedy fit", 0.5, [96.2, 96.2], 2.03)) == []  # 0.1 better: not more
+    assert dominations(base + rows("greedy fit", 0.5, [96.2, 96.2], 2.2)) == []  # so, however much faster
     assert dominations(base + rows("greedy fit", 0.5, [96.3, 96.3], 2.03)) == []  # 1.5% faster: not more
     beaten = dominations(base + rows("greedy fit", 0.5, [96.3, 96.3], 2.05))
     assert len(beaten) == 1 and "greedy fit at 0.5" in beaten[0] and "UVC at 0.5" in beaten[0]
@@ -166,6 +170,28 @@ def test_the_front_check_names_a_peer_that_is_more_accurate_and_faster_than_a_uv
     assert dominations(base + rows("greedy fit", 0.4, [99.0], 3.0, match="latency")) == []  # other match
     assert front_text(base).startswith("On the front")
     assert front_text(base + rows("greedy fit", 0.4, [96.0], 2.5)).startswith("Off the front")
+
+
+def test_the_equal_speed_check_names_a_latency_matched_peer_more_accurate_than_uvc_at_its_budget():
+    """issue 24's criterion under --match latency: a peer more than 0.1 above UVC's seed mean of top1_last
+    at the same budget is named, whatever its speed; one within 0.1, at another budget or matched by MACs
+    is not."""
+    from scripts.sweep_report import front_text, shortfalls
+
+    def rows(method, budget, top1s, match="latency", speed=2.0):
+        return [{"method": method, "budget": budget, "match": match, "seed": i, "top1_last": t, "speedup_b64": speed}
+                for i, t in enumerate(top1s)]
+    base = rows("UVC", 0.5, [96.0, 96.2]) + rows("UVC", 0.4, [95.0, 95.2])
+    assert shortfalls(base + rows("Torch-Pruning", 0.5, [96.2, 96.2])) == []  # 0.1 better: not more
+    behind = shortfalls(base + rows("Torch-Pruning", 0.5, [96.25, 96.25], speed=1.0))
+    assert behind == ["Torch-Pruning at 0.5 (96.25) ahead of UVC (96.10) at equal speed"]
+    assert shortfalls(base + rows("Torch-Pruning", 0.5, [99.0], match="macs")) == []  # matched by MACs
+    assert shortfalls(base + rows("Torch-Pruning", 0.3, [99.0])) == []  # no UVC run at 0.3
+    assert shortfalls(base + rows("greedy fit", 0.4, [95.2, 95.3])) == ["greedy fit at 0.4 (95.25) ahead of UVC "
+                                                                           "(95.10) at equal speed"]
+    assert "at every budget UVC's top-1 is at least every peer's" in front_text(base)
+    assert "ahead of UVC" in front_text(base + rows("greedy fit", 0.4, [96.0]))
+    assert "equal speed" not in front_text(rows("UVC", 0.5, [96.0], match="macs"))  # no latency rows: no claim
 
 
 def test_the_committed_digits_sweep_is_over_three_seeds_and_uvc_is_on_its_front():
