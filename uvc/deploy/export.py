@@ -112,51 +112,51 @@ def _value_index(heads: List[Tuple[int, List[int]]], head_dim: int, value_dim: i
     return index.flatten(), keep.flatten()
 
 
-@torch.no_grad()
 def _export_attention(src: nn.Module, dst: nn.Module, heads: List[Tuple[int, List[int]]]) -> None:
     """Slice timm Attention `src` (qkv rows [q | k | v], each H*d) into CompactAttention `dst`."""
-    d, attn_dim = src.head_dim, src.num_heads * src.head_dim
-    head_ids = torch.as_tensor([h for h, _ in heads], dtype=torch.long)
-    qk = (head_ids[:, None] * d + torch.arange(d)).flatten()  # (H'*d,) q rows of kept heads
-    v, keep = _value_index(heads, d, dst.value_dim)  # (H'*dv,)
-    rows = torch.cat([qk, attn_dim + qk, 2 * attn_dim + v])
-    row_keep = torch.cat([torch.ones(2 * len(qk)), keep]).to(src.qkv.weight)
-    dst.qkv.weight.copy_(src.qkv.weight[rows] * row_keep[:, None])
-    if dst.qkv.bias is not None:
-        dst.qkv.bias.copy_(src.qkv.bias[rows] * row_keep)
-    dst.proj.weight.copy_(src.proj.weight[:, v] * keep.to(src.proj.weight)[None, :])
-    dst.proj.bias.copy_(src.proj.bias)
-    dst.q_norm.load_state_dict(src.q_norm.state_dict())  # qk-norm acts within a head: kept heads keep theirs
-    dst.k_norm.load_state_dict(src.k_norm.state_dict())
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        d, attn_dim = src.head_dim, src.num_heads * src.head_dim
+        head_ids = torch.as_tensor([h for h, _ in heads], dtype=torch.long)
+        qk = (head_ids[:, None] * d + torch.arange(d)).flatten()  # (H'*d,) q rows of kept heads
+        v, keep = _value_index(heads, d, dst.value_dim)  # (H'*dv,)
+        rows = torch.cat([qk, attn_dim + qk, 2 * attn_dim + v])
+        row_keep = torch.cat([torch.ones(2 * len(qk)), keep]).to(src.qkv.weight)
+        dst.qkv.weight.copy_(src.qkv.weight[rows] * row_keep[:, None])
+        if dst.qkv.bias is not None:
+            dst.qkv.bias.copy_(src.qkv.bias[rows] * row_keep)
+        dst.proj.weight.copy_(src.proj.weight[:, v] * keep.to(src.proj.weight)[None, :])
+        dst.proj.bias.copy_(src.proj.bias)
+        dst.q_norm.load_state_dict(src.q_norm.state_dict())  # qk-norm acts within a head: kept heads keep theirs
+        dst.k_norm.load_state_dict(src.k_norm.state_dict())
 
 
-@torch.no_grad()
 def _export_mlp(src: nn.Module, dst: nn.Module, neurons: List[int]) -> None:
     """Keep fc1 rows and fc2 columns of the kept neurons."""
-    kept = torch.as_tensor(neurons, dtype=torch.long)
-    dst.fc1.weight.copy_(src.fc1.weight[kept])
-    dst.fc1.bias.copy_(src.fc1.bias[kept])
-    dst.fc2.weight.copy_(src.fc2.weight[:, kept])
-    dst.fc2.bias.copy_(src.fc2.bias)
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        kept = torch.as_tensor(neurons, dtype=torch.long)
+        dst.fc1.weight.copy_(src.fc1.weight[kept])
+        dst.fc1.bias.copy_(src.fc1.bias[kept])
+        dst.fc2.weight.copy_(src.fc2.weight[:, kept])
+        dst.fc2.bias.copy_(src.fc2.bias)
 
 
-@torch.no_grad()
 def _export_embeddings(src: nn.Module, dst: CompactViT) -> None:
     """Patch embedding, prefix tokens, kept rows of pos_embed, norms and heads."""
-    kept = dst.patch_index.cpu()
-    if dst.structure["no_embed_class"]:  # pos_embed covers the patches only
-        rows = kept
-    else:
-        prefix = src.num_prefix_tokens
-        rows = torch.cat([torch.arange(prefix), prefix + kept])
-    dst.pos_embed.copy_(src.pos_embed[:, rows.to(src.pos_embed.device)])
-    for name in ("cls_token", "dist_token", "reg_token"):
-        if getattr(dst, name) is not None:
-            getattr(dst, name).copy_(getattr(src, name))
-    if dst.distilled:
-        dst.head_dist.load_state_dict(src.head_dist.state_dict())
-    for name in ("patch_embed", "norm_pre", "norm", "fc_norm", "head"):
-        getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        kept = dst.patch_index.cpu()
+        if dst.structure["no_embed_class"]:  # pos_embed covers the patches only
+            rows = kept
+        else:
+            prefix = src.num_prefix_tokens
+            rows = torch.cat([torch.arange(prefix), prefix + kept])
+        dst.pos_embed.copy_(src.pos_embed[:, rows.to(src.pos_embed.device)])
+        for name in ("cls_token", "dist_token", "reg_token"):
+            if getattr(dst, name) is not None:
+                getattr(dst, name).copy_(getattr(src, name))
+        if dst.distilled:
+            dst.head_dist.load_state_dict(src.head_dist.state_dict())
+        for name in ("patch_embed", "norm_pre", "norm", "fc_norm", "head"):
+            getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
 
 
 def export_compact(model: nn.Module, arch: dict) -> CompactViT:
@@ -192,7 +192,6 @@ def _scale_input(mask: torch.Tensor):
     return lambda module, args: (args[0] * mask,) + tuple(args[1:])
 
 
-@torch.no_grad()
 def masked_forward_reference(model: nn.Module, arch: dict, x: torch.Tensor):
     """Logits of the MASKED model: `model` with arch's removed groups zeroed by
     input masks on attn.proj (H*d,) and mlp.fc2 (M,), skipped blocks as identity
@@ -201,27 +200,28 @@ def masked_forward_reference(model: nn.Module, arch: dict, x: torch.Tensor):
     A slow, obviously correct reference for tests and for checking an export;
     `model` is left unchanged.
     """
-    handles = []
-    try:
-        for src, block in zip(model.blocks, arch["blocks"]):
-            d, weight = src.attn.head_dim, src.attn.proj.weight
-            columns = [h * d + j for h, dims in kept_heads(block) for j in dims]
-            proj_mask = _input_mask(weight.shape[1], torch.as_tensor(columns, dtype=torch.long), weight)
-            fc2_mask = _input_mask(src.mlp.fc2.in_features, torch.as_tensor(block["neurons"], dtype=torch.long),
-                                   src.mlp.fc2.weight)
-            handles.append(src.attn.proj.register_forward_pre_hook(_scale_input(proj_mask)))
-            handles.append(src.mlp.fc2.register_forward_pre_hook(_scale_input(fc2_mask)))
-        prefix = model.num_prefix_tokens
-        tokens = torch.cat([torch.arange(prefix), prefix + torch.as_tensor(arch["patches_kept"], dtype=torch.long)])
-        x = model._pos_embed(model.patch_embed(x)).index_select(1, tokens.to(x.device))  # (B, prefix + P', D)
-        x = model.norm_pre(model.patch_drop(x))
-        for src, block in zip(model.blocks, arch["blocks"]):
-            if not block["skipped"]:
-                x = src(x)
-        return model.forward_head(model.norm(x))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+        handles = []
+        try:
+            for src, block in zip(model.blocks, arch["blocks"]):
+                d, weight = src.attn.head_dim, src.attn.proj.weight
+                columns = [h * d + j for h, dims in kept_heads(block) for j in dims]
+                proj_mask = _input_mask(weight.shape[1], torch.as_tensor(columns, dtype=torch.long), weight)
+                fc2_mask = _input_mask(src.mlp.fc2.in_features, torch.as_tensor(block["neurons"], dtype=torch.long),
+                                       src.mlp.fc2.weight)
+                handles.append(src.attn.proj.register_forward_pre_hook(_scale_input(proj_mask)))
+                handles.append(src.mlp.fc2.register_forward_pre_hook(_scale_input(fc2_mask)))
+            prefix = model.num_prefix_tokens
+            tokens = torch.cat([torch.arange(prefix), prefix + torch.as_tensor(arch["patches_kept"], dtype=torch.long)])
+            x = model._pos_embed(model.patch_embed(x)).index_select(1, tokens.to(x.device))  # (B, prefix + P', D)
+            x = model.norm_pre(model.patch_drop(x))
+            for src, block in zip(model.blocks, arch["blocks"]):
+                if not block["skipped"]:
+                    x = src(x)
+            return model.forward_head(model.norm(x))
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 # ----------------------------------------------------------------------------- rebuilding the source

@@ -29,9 +29,9 @@ class BudgetController:
         self.kp, self.ki, self.clip = kp, ki, clip
         self.proportional, self.cap = proportional, kp * clip if capped else float("inf")
 
-    @torch.no_grad()
     def update(self, integral: torch.Tensor, ratio: float, target: float, ki_scale: float = 1.0) -> float:
         """Advance the integral in place and return z."""
-        e = max(-self.clip, min(self.clip, ratio - target))
-        integral.add_(self.ki * ki_scale * e).clamp_(0.0, self.cap)
-        return (self.kp * e if self.proportional else 0.0) + float(integral)
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            e = max(-self.clip, min(self.clip, ratio - target))
+            integral.add_(self.ki * ki_scale * e).clamp_(0.0, self.cap)
+            return (self.kp * e if self.proportional else 0.0) + float(integral)

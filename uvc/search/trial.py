@@ -41,22 +41,22 @@ class FlipTrial:
         self.trials, self.rejected = 0, 0
         self.last: Dict[str, float] = {}
 
-    @torch.no_grad()
     def loss(self, model, spec: dict) -> float:
         """Mean cross-entropy of the MaskedViT fixed to `spec` on the probe, averaged over ranks."""
-        device = model.vit.pos_embed.device
-        training = model.training
-        model.eval()
-        apply_spec(model, spec)
-        total = torch.zeros((), device=device)
-        for start in range(0, len(self.images), self.batch_size):
-            x = self.images[start:start + self.batch_size].to(device)
-            y = self.targets[start:start + self.batch_size].to(device)
-            out = model(x)
-            out = out[0] if isinstance(out, tuple) else out
-            total += F.cross_entropy(out.float(), y, reduction="sum")
-        model.train(training)
-        return float(all_reduce_mean(total / len(self.images)))
+        with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
+            device = model.vit.pos_embed.device
+            training = model.training
+            model.eval()
+            apply_spec(model, spec)
+            total = torch.zeros((), device=device)
+            for start in range(0, len(self.images), self.batch_size):
+                x = self.images[start:start + self.batch_size].to(device)
+                y = self.targets[start:start + self.batch_size].to(device)
+                out = model(x)
+                out = out[0] if isinstance(out, tuple) else out
+                total += F.cross_entropy(out.float(), y, reduction="sum")
+            model.train(training)
+            return float(all_reduce_mean(total / len(self.images)))
 
     def accept(self, model, flip: dict, base: dict, scores: Scores) -> bool:
         """Does the `flip` spec cost no more loss than `base` cut by greedy group removal to its MACs?"""
