@@ -46,13 +46,14 @@ RULES_UNIT_TESTS = ["tests/test_reference_rules.py::" + name for name in (
 # module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
 TESTS = {
     "uvc/search/schedule.py": ["tests/test_properties_search.py"],
-    "uvc/search/controller.py": ["tests/test_properties_search.py"],
+    "uvc/search/controller.py": ["tests/test_properties_search.py", "tests/test_primal_dual_state.py"] + RULES_UNIT_TESTS,
     "uvc/search/gates.py": ["tests/test_properties_search.py", "tests/test_search_control.py", "tests/test_model_kinds.py"],
     # (not tests/test_search_control.py: its whole searches take 10 s or more each, over 600 mutants)
     "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
                                   "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py",
                                   "tests/test_trial.py", "tests/test_aligned_search.py"] + RULES_UNIT_TESTS,
-    "uvc/search/gate_update.py": ["tests/test_properties_search.py", "tests/test_primal_dual_updates.py",
+    "uvc/search/gate_update.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
+                                  "tests/test_primal_dual_updates.py",
                                   "tests/test_primal_dual_state.py", "tests/test_trial.py"] + RULES_UNIT_TESTS,
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
     "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
