@@ -119,9 +119,28 @@ def spread(values: Sequence[float], fmt: str) -> List[str]:
     return [format(sum(values) / len(values), fmt), f"{format(min(values), fmt)} .. {format(max(values), fmt)}"]
 
 
+TOP1_MARGIN = 0.1  # top-1 points: a departure must keep more than this (issue 24's margin) ...
+GAP_MARGIN = 0.005  # ... or land closer to the budget by more than half the fit's tight window (0.01)
+
+
+def verdict(variant: str, d_top1: Sequence[float], d_gap: Sequence[float]) -> str:
+    """Keep a departure of ours when the default search, against the reference's rule in its place (the
+    no_<departure> variant), keeps more top-1 after stage 2 by more than TOP1_MARGIN or lands closer to
+    the budget by more than GAP_MARGIN, as means over the paired cells; otherwise it goes back to the
+    reference's rule. `d_top1`, `d_gap`: the variant minus the default, per cell."""
+    if not variant.startswith("no_") or not d_top1:
+        return "-"
+    reasons = []
+    if -sum(d_top1) / len(d_top1) > TOP1_MARGIN + 1e-9:  # (not by a float's rounding)
+        reasons.append("more top-1")
+    if sum(d_gap) / len(d_gap) > GAP_MARGIN + 1e-9:
+        reasons.append("lands closer")
+    return "keep: " + ", ".join(reasons) if reasons else "revert to the reference's rule"
+
+
 def summary(rows: List[Dict]) -> str:
     """Per variant: mean and range over its cells of the difference to `default` on the same model, budget
-    and seed (top-1 at stage 2's last epoch; |exported ratio - budget|), and its own means."""
+    and seed (top-1 at stage 2's last epoch; |exported ratio - budget|), its own means, and the verdict."""
     key = lambda r: (r["model"], r["budget"], r["seed"])  # noqa: E731
     default = {key(r): r for r in rows if r["variant"] == "default"}
     table = []
@@ -132,9 +151,10 @@ def summary(rows: List[Dict]) -> str:
         d_gap = [gap(r) - gap(d) for r, d in paired]
         table.append([variant, " ".join(VARIANTS[variant]) or "-", str(len(own)),
                       *spread([r["top1_last"] for r in own], ".2f")[:1], *spread(d_top1, "+.2f"),
-                      *spread([gap(r) for r in own], ".3f")[:1], *spread(d_gap, "+.3f")])
+                      *spread([gap(r) for r in own], ".3f")[:1], *spread(d_gap, "+.3f"),
+                      verdict(variant, d_top1, d_gap)])
     header = ["variant", "flags", "cells", "top-1 last", "vs default: mean", "range", "abs(exported - B)",
-              "vs default: mean", "range"]
+              "vs default: mean", "range", "the departure"]
     return markdown_table(header, table)
 
 
@@ -142,7 +162,9 @@ def write(rows: List[Dict], out: str, command: str) -> None:
     seconds = [r["seconds_stage1"] + r["seconds_stage2"] for r in rows]
     text = (f"Produced by `{command}`.\n\nThe default search with one departure replaced by the reference's rule "
             f"(scripts/deviations.py). Differences are to `default` on the same model, budget and seed; top-1 "
-            f"at the last epoch of stage 2, in %; B is the budget. {len(rows)} cells, "
+            f"at the last epoch of stage 2, in %; B is the budget. A departure is kept when the default keeps "
+            f"more than {TOP1_MARGIN} more top-1 or lands more than {GAP_MARGIN} closer to B than its no_ variant, "
+            f"as means over the cells; otherwise it goes back to the reference's rule. {len(rows)} cells, "
             f"{sum(seconds) / max(len(seconds), 1):.0f} s each on average.\n\n{summary(rows)}\n")
     write_result(out, text, {"command": command, "rows": rows})
 
