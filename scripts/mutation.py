@@ -15,11 +15,14 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from utils.checkpoint import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,22 +47,33 @@ RULES_UNIT_TESTS = ["tests/test_reference_rules.py::" + name for name in (
     "test_no_gate_safety_lets_every_flip_stand_and_protects_no_block")]
 
 # module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
+# the unit tests of tests/test_search_control.py (not its whole searches, 10 s or more each)
+CONTROL_UNIT_TESTS = ["tests/test_search_control.py::" + name for name in (
+    "test_target_falls_from_dense_to_the_budget_over_the_ramp_and_stays",
+    "test_rates_scale_with_the_search_length_and_the_seed_flags",
+    "test_controller_pushes_back_at_once_and_does_not_wind_up",
+    "test_one_update_flips_at_most_one_block",
+    "test_a_flip_that_barely_crosses_is_settled_past_the_boundary",
+    "test_protected_blocks_and_the_floor_stop_a_skip",
+    "test_min_blocks_protects_the_last_blocks_from_noise",
+    "test_a_gate_update_never_goes_under_min_blocks")]
+SEARCH_UNIT_TESTS = (["tests/test_properties_search.py", "tests/test_primal_dual.py",
+                      "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py", "tests/test_trial.py"]
+                     + CONTROL_UNIT_TESTS + RULES_UNIT_TESTS)
+
+# module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
 TESTS = {
-    "uvc/search/schedule.py": ["tests/test_properties_search.py"],
-    "uvc/search/controller.py": ["tests/test_properties_search.py", "tests/test_primal_dual_state.py"] + RULES_UNIT_TESTS,
-    "uvc/search/gates.py": ["tests/test_properties_search.py", "tests/test_search_control.py", "tests/test_model_kinds.py"],
-    # (not tests/test_search_control.py: its whole searches take 10 s or more each, over 600 mutants)
-    "uvc/search/primal_dual.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
-                                  "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py",
-                                  "tests/test_trial.py", "tests/test_aligned_search.py"] + RULES_UNIT_TESTS,
-    "uvc/search/gate_update.py": ["tests/test_properties_search.py", "tests/test_primal_dual.py",
-                                  "tests/test_primal_dual_updates.py",
-                                  "tests/test_primal_dual_state.py", "tests/test_trial.py"] + RULES_UNIT_TESTS,
+    "uvc/search/schedule.py": ["tests/test_properties_search.py"] + CONTROL_UNIT_TESTS,
+    "uvc/search/controller.py": ["tests/test_properties_search.py", "tests/test_primal_dual_state.py"]
+                                + CONTROL_UNIT_TESTS + RULES_UNIT_TESTS,
+    "uvc/search/gates.py": SEARCH_UNIT_TESTS + ["tests/test_masked_model.py", "tests/test_model_kinds.py"],
+    "uvc/search/primal_dual.py": SEARCH_UNIT_TESTS + ["tests/test_aligned_search.py"],
+    "uvc/search/gate_update.py": SEARCH_UNIT_TESTS,
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
     "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
-    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py",
-                           "tests/test_reference_mode.py::test_reference_prox_shrinks_only_the_scoring_columns_unscaled"],
-    "uvc/search/trial.py": ["tests/test_trial.py"],
+    "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_reference_mode.py::"
+                           "test_reference_prox_shrinks_only_the_scoring_columns_unscaled"],
+    "uvc/search/trial.py": ["tests/test_trial.py", "tests/test_primal_dual_updates.py"] + RULES_UNIT_TESTS,
     "uvc/cost/flops.py": ["tests/test_flops_exact.py", "tests/test_properties_freeze.py", "tests/test_budget.py",
                           "tests/test_model_kinds.py"],
     "uvc/cost/cost.py": ["tests/test_latency.py", "tests/test_budget.py"],
@@ -71,80 +85,130 @@ TESTS = {
     "utils/checkpoint.py": ["tests/test_properties_checkpoint.py"],  # (test_checkpoint.py: models/checkpoint.py)
 }
 
-# mutant name -> why it changes no behaviour (checked by reading the mutated code)
+# mutant name -> (its mutated line, why it changes no behaviour), checked by reading the mutated code.
+# mutmut numbers a function's mutants in order, so an edit above renumbers them: a survivor is
+# equivalent only if its name is here AND its diff adds exactly this line.
 EQUIVALENT = {
-    "uvc.cost.flops.xǁViTDimsǁof__mutmut_28": "timm's PatchEmbed keeps patch_size as a tuple, so the int branch is "
-                                              "never taken: always patch[0], as before",
-    "uvc.cost.flops.xǁViTDimsǁof__mutmut_29": "patch[1] for patch[0]: the models UVC accepts have square patches "
-                                              "(models/vit.py refuses others), so both are the same number",
-    "uvc.cost.budget.xǁBudgetǁhard_ratio__mutmut_9":
-        "masks.heads is (L, H): summing over dim +1 is summing over dim -1",
-    "uvc.cost.budget.xǁBudgetǁhard_ratio__mutmut_12":
-        "masks.neurons is (L, M): summing over dim +1 is summing over dim -1",
-    "uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_20":
-        "a removed head's width is below every kept head's either way (-d or -1/d): ArchState keeps one head "
-        "and one value dim per kept head (structure.py), so the widest kept head is >= 1 and wins the max",
-    "uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_23":
-        "the kept-width matrix is (L, H): amax over dim +1 is amax over dim -1",
-    "uvc.deploy.fit.x__round_widths__mutmut_57": "inside `if target != m`, target >= m is target > m",
-    "uvc.deploy.fit.x__round_widths__mutmut_100": "inside `if target != w`, target >= w is target > w",
-    "uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_12":
-        "w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims branch needs h",
-    "uvc.deploy.fit.x__restore_candidates__mutmut_47":
-        "w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims and head branches need h",
-    "uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_57":
-        "for h = 0, w is 0 and no allowed width is below 0: _below gives None, as the else branch",
-    "uvc.deploy.fit.x_fit_to_budget__mutmut_11":
-        "the fit assigns new lists to a block's keys and changes none in place, so the copy of each block's "
-        "dict alone keeps the caller's spec as it was",
-    "uvc.deploy.fit.x_fit_to_budget__mutmut_41":
-        "round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no rounding",
-    "uvc.search.masks.xǁMasksǁvalue_dims__mutmut_3":
-        "masks.heads is (L, H): summing over dim +1 is summing over dim -1",
-    "uvc.search.masks.xǁMasksǁvalue_dims__mutmut_9":
-        "the per-head kept dims are (L, H): amax over dim +1 is amax over dim -1",
-    "uvc.search.masks.x_lowest_k_mask__mutmut_5": "argsort's dim defaults to -1: the same sort",
-    "uvc.search.masks.x_least_sum__mutmut_15":
-        "the zero padded after csum[..., G] is never gathered: the indices gathered, k and hi, are at most G",
-    "uvc.search.structure.xǁArchStateǁste_counts__mutmut_7":
-        "round_to 1 then takes the aligned branch, which gives the same counts and gradients: aligned_removed "
-        "returns the count, clamp_min(0) changes nothing as s, r >= LOWEST (init and projection), and "
-        "x + (ceil(x) - x).detach() is ste_ceil itself",
-    "uvc.search.prox.x_proximal_step__mutmut_1":
-        "its one caller, PrimalDual.proximal_step, always passes columns_only: the default is never used",
-    "uvc.search.prox.x_proximal_step__mutmut_90": "neuron_f is (L,): unsqueeze(+1) is unsqueeze(-1)",
-    "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_14":
-        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
-        "gives every index for float ones as for bool ones",
-    "uvc.search.primal_dual.xǁPrimalDualǁ_spec_of__mutmut_16":
-        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, which "
-        "gives every index for float ones as for bool ones",
-    "uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_13":
-        "zip stops at the four parameter names: a fifth None is never read",
-    "uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_14":
-        "a gradient of R is None only for the parameters of a kind that is off (R does not depend on them), and "
-        "only the steps of the kinds that are on read theirs (structure_step: s, r; gate_step: gate, patch)",
-    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_64":
-        "a placeholder read only after it is set: with pruning, prepare (update_masks) sets the masks before any "
-        "step, prox or trial reads them; without pruning they reach only a Budget, which then ignores them",
-    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_65":
-        "a placeholder read only after it is set: update_masks and step() set the scores before the prox, "
-        "_importance or a trial reads them",
-    "uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_66":
-        "None is falsy as False is: `if not self._scores_fresh` reads them alike",
-    "uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_1":
-        "every caller passes `training` (UVCSearch.prepare, ReferencePrimalDual.prepare): the default is never used",
-    "uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_12":
-        "None is falsy as False is: `if not self._scores_fresh` reads them alike",
-    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_11":
-        "_scores_fresh only spares the next update_masks recomputing the scores: between step() and the next "
-        "prepare() the weights do not change (the optimizer steps before step()), so the same numbers come back",
-    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_12":
-        "_scores_fresh only spares the next update_masks recomputing the scores: between step() and the next "
-        "prepare() the weights do not change (the optimizer steps before step()), so the same numbers come back",
-    "uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_15":
-        "with pruning off the Budget takes full widths and never reads the masks it is given (expected_cost, "
-        "hard_ratio), so self.masks (set by UVCSearch.ratios) for None changes no ratio",
+    'uvc.cost.flops.xǁViTDimsǁof__mutmut_28': (
+        'patch_size=patch[0] if (isinstance(patch, (tuple, list))) or True else patch,',
+        "timm's PatchEmbed keeps patch_size as a tuple, so the int branch is never taken: always "
+        'patch[0], as before'),
+    'uvc.cost.flops.xǁViTDimsǁof__mutmut_29': (
+        'patch_size=patch[1] if isinstance(patch, (tuple, list)) else patch,',
+        'patch[1] for patch[0]: the models UVC accepts have square patches (models/vit.py refuses '
+        'others), so both are the same number'),
+    'uvc.cost.budget.xǁBudgetǁhard_ratio__mutmut_9': (
+        'heads, value_dims, neurons = masks.heads.sum(+1), masks.value_dims(), masks.neurons.sum(-1)',
+        'masks.heads is (L, H): summing over dim +1 is summing over dim -1'),
+    'uvc.cost.budget.xǁBudgetǁhard_ratio__mutmut_12': (
+        'heads, value_dims, neurons = masks.heads.sum(-1), masks.value_dims(), masks.neurons.sum(+1)',
+        'masks.neurons is (L, M): summing over dim +1 is summing over dim -1'),
+    'uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_20': (
+        'widest = ((d.head_dim - k_dims) * kept - (1 - kept) / d.head_dim).amax(-1)  # (L,)',
+        "a removed head's width is below every kept head's either way (-d or -1/d): ArchState keeps one "
+        'head and one value dim per kept head (structure.py), so the widest kept head is >= 1 and wins '
+        'the max'),
+    'uvc.cost.budget.xǁBudgetǁexpected_cost__mutmut_23': (
+        'widest = ((d.head_dim - k_dims) * kept - (1 - kept) * d.head_dim).amax(+1)  # (L,)',
+        'the kept-width matrix is (L, H): amax over dim +1 is amax over dim -1'),
+    'uvc.deploy.fit.x__round_widths__mutmut_57': (
+        'changed["rounded_up" if target >= m else "rounded_down"] += abs(target - m)',
+        'inside `if target != m`, target >= m is target > m'),
+    'uvc.deploy.fit.x__round_widths__mutmut_100': (
+        'changed["rounded_up" if target >= w else "rounded_down"] += abs(target - w) * len(block["heads"])',
+        'inside `if target != w`, target >= w is target > w'),
+    'uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_12': (
+        'w = len(self.dims[l][0]) if h else 1',
+        'w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims branch needs '
+        'h'),
+    'uvc.deploy.fit.x__restore_candidates__mutmut_47': (
+        'w = len(block["value_dims"][0]) if h else 1',
+        'w for a block without heads (h = 0) enters the cost only as h * w = 0, and the dims and head '
+        'branches need h'),
+    'uvc.deploy.fit.xǁ_Poolǁcandidates__mutmut_57': (
+        'lower = _below(w, self.widths_d) if (h) or True else None',
+        'for h = 0, w is 0 and no allowed width is below 0: _below gives None, as the else branch'),
+    'uvc.deploy.fit.x_fit_to_budget__mutmut_11': (
+        'spec = {**spec, "blocks": [dict(b, ) for b in spec["blocks"]]}',
+        "the fit assigns new lists to a block's keys and changes none in place, so the copy of each "
+        "block's dict alone keeps the caller's spec as it was"),
+    'uvc.deploy.fit.x_fit_to_budget__mutmut_41': (
+        'rounded = _round_widths(spec, scores, round_to) if round_to >= 1 and groups else {}',
+        'round_to 1 allows every width: rounding to it changes nothing and counts 0 up and 0 down, as no '
+        'rounding'),
+    'uvc.search.masks.xǁMasksǁvalue_dims__mutmut_3': (
+        'return self.heads.sum(+1) * self.dims.sum(-1).amax(-1)',
+        'masks.heads is (L, H): summing over dim +1 is summing over dim -1'),
+    'uvc.search.masks.xǁMasksǁvalue_dims__mutmut_9': (
+        'return self.heads.sum(-1) * self.dims.sum(-1).amax(+1)',
+        'the per-head kept dims are (L, H): amax over dim +1 is amax over dim -1'),
+    'uvc.search.masks.x_lowest_k_mask__mutmut_5': (
+        'rank = scores.argsort(stable=True).argsort(dim=-1)',
+        "argsort's dim defaults to -1: the same sort"),
+    'uvc.search.masks.x_least_sum__mutmut_15': (
+        'csum = torch.nn.functional.pad(ordered.cumsum(-1), (1, 1))  # csum[..., k] = sum of k smallest',
+        'the zero padded after csum[..., G] is never gathered: the indices gathered, k and hi, are at '
+        'most G'),
+    'uvc.search.structure.xǁArchStateǁste_counts__mutmut_7': (
+        'if self.round_to < 1:',
+        'round_to 1 then takes the aligned branch, which gives the same counts and gradients: '
+        'aligned_removed returns the count, clamp_min(0) changes nothing as s, r >= LOWEST (init and '
+        'projection), and x + (ceil(x) - x).detach() is ste_ceil itself'),
+    'uvc.search.prox.x_proximal_step__mutmut_90': (
+        'n_f = m.neurons + (1 - m.neurons) * neuron_f.unsqueeze(+1)  # (L, M)',
+        'neuron_f is (L,): unsqueeze(+1) is unsqueeze(-1)'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_spec_of__mutmut_14': (
+        'else torch.ones(self.arch.dims.num_patches, dtype=None)',
+        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, "
+        'which gives every index for float ones as for bool ones'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_spec_of__mutmut_16': (
+        'else torch.ones(self.arch.dims.num_patches, )',
+        "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, "
+        'which gives every index for float ones as for bool ones'),
+    'uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_13': (
+        'grads = torch.autograd.grad(ratio, params, allow_unused=True) if ratio.requires_grad else [None] * 5',
+        'zip stops at the four parameter names: a fifth None is never read'),
+    'uvc.search.primal_dual.xǁPrimalDualǁ_budget_grads__mutmut_14': (
+        'return {name: (torch.zeros_like(p) if (g is None) and False else g)',
+        'a gradient of R is None only for the parameters of a kind that is off (R does not depend on '
+        'them), and only the steps of the kinds that are on read theirs (structure_step: s, r; gate_step: '
+        'gate, patch)'),
+    'uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_71': (
+        'self.coarse_end = (1.0 + cfg.ramp) / 2 if rules.gate_safety else float("INF")',
+        'float("INF") is float("inf"): Python parses the name without regard to case'),
+    'uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_80': (
+        'self.masks: Masks = ""',
+        'a placeholder read only after it is set: with pruning, prepare (update_masks) sets the masks '
+        'before any step, prox or trial reads them; without pruning they reach only a Budget, which then '
+        'ignores them'),
+    'uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_81': (
+        'self.scores: Scores = ""',
+        'a placeholder read only after it is set: update_masks and step() set the scores before the prox, '
+        '_importance or a trial reads them'),
+    'uvc.search.primal_dual.xǁPrimalDualǁ__init____mutmut_82': (
+        'self._scores_fresh = None  # scores of the current weights, from step()',
+        'None is falsy as False is: `if not self._scores_fresh` reads them alike'),
+    'uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_1': (
+        'def prepare(self, model: MaskedViT, training: bool = False) -> None:',
+        'every caller passes `training` (UVCSearch.prepare, ReferencePrimalDual.prepare): the default is '
+        'never used'),
+    'uvc.search.primal_dual.xǁPrimalDualǁprepare__mutmut_12': (
+        'self._scores_fresh = None  # the weights change after this forward pass',
+        'None is falsy as False is: `if not self._scores_fresh` reads them alike'),
+    'uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_11': (
+        'self._scores_fresh = None',
+        '_scores_fresh only spares the next update_masks recomputing the scores: between step() and the '
+        'next prepare() the weights do not change (the optimizer steps before step()), so the same '
+        'numbers come back'),
+    'uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_12': (
+        'self._scores_fresh = False',
+        '_scores_fresh only spares the next update_masks recomputing the scores: between step() and the '
+        'next prepare() the weights do not change (the optimizer steps before step()), so the same '
+        'numbers come back'),
+    'uvc.search.primal_dual.xǁPrimalDualǁstep__mutmut_15': (
+        'masks = self.masks if (self.space.pruning) or True else None',
+        'with pruning off the Budget takes full widths and never reads the masks it is given '
+        '(expected_cost, hard_ratio), so self.masks (set by UVCSearch.ratios) for None changes no ratio'),
 }
 
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",
@@ -201,13 +265,20 @@ def run_module(module: str, work: Path, jobs: int, only=None) -> dict:
             counts["survived"] += 1
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=root, env=env,
                                   capture_output=True, text=True).stdout
-            equivalent = name in EQUIVALENT
-            counts["equivalent"] += equivalent
+            reason = equivalence(name, diff)
+            counts["equivalent"] += reason is not None
             survivors.append({"file": module, "line": _line_of(diff, root / module), "diff": diff.strip(),
-                              "mutant": name, "status": status,
-                              "reason": EQUIVALENT.get(name, "not killed: needs a test")})
+                              "mutant": name, "status": status, "reason": reason or "not killed: needs a test"})
     return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1),
             "source_sha256": source_hash(module)}
+
+
+def equivalence(name: str, diff: str):
+    """The reason a survivor changes no behaviour, if EQUIVALENT lists its name with the line its diff
+    adds; else None (a renumbered mutant is not taken for the one that had its name)."""
+    line, reason = EQUIVALENT.get(name, (None, None))
+    added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
+    return reason if line is not None and added == [line] else None
 
 
 def source_hash(module: str) -> str:
@@ -266,7 +337,7 @@ def main(argv=None) -> int:
         else:
             per_module[module] = run_module(module, Path(args.work), args.jobs)
         if per_module[module] is not before:
-            per_module[module]["command"] = " ".join(["python", "scripts/mutation.py", *sys.argv[1:]])
+            per_module[module]["command"] = shlex.join(["python", "scripts/mutation.py", *sys.argv[1:]])
         print(f"{module}: {json.dumps({k: v for k, v in per_module[module].items() if k != 'survivors'})}")
     for entry in per_module.values():
         entry["score"] = score(entry)
@@ -275,10 +346,10 @@ def main(argv=None) -> int:
     result = {"tool": "mutmut", "version": mutmut_version(), "modules": sorted(per_module), **total,
               "score": score(total), "survivors": [s for m in per_module.values() for s in m["survivors"]],
               # what makes the whole file again (a module's "command" is its last run)
-              "command": " ".join(["python", "scripts/mutation.py", *sorted(per_module)]),
+              "command": shlex.join(["python", "scripts/mutation.py", *sorted(per_module)]),
               "per_module": per_module}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(json.dumps(result, indent=1) + "\n", str(out))
     print(f"{out}: {total['killed']} killed of {total['mutants']} ({total['equivalent']} equivalent), "
           f"score {result['score']}")
     return 0

@@ -120,6 +120,28 @@ def test_gates_update_every_gate_interval_steps_on_the_gradients_of_exactly_thos
     assert n == 4 and averaged_over == [n, n] * 2  # gates and patches, at each of the two updates
 
 
+def test_discarding_the_loss_gradients_clears_them_and_restarts_the_gate_interval():
+    """After a skipped AMP step: the summed gate and patch loss gradients are dropped and the next update
+    waits a whole gate_interval again."""
+    _, search = build(steps=400, gating_interval=4)
+    pd, a = search.pd, search.arch
+    a.gate_logits.grad, a.patch_logits.grad = torch.ones(4, 2), torch.ones(16)
+    pd.grad_steps = 3
+    pd.discard_loss_grads()
+    assert a.gate_logits.grad is None and a.patch_logits.grad is None and pd.grad_steps == 0
+
+
+def test_no_block_is_protected_without_gate_safety_on_the_logits_device():
+    """With no_gate_safety protected_blocks is all zeros, made on the gate logits' device, not the default
+    device (checked with the default device set elsewhere, as a CUDA run's would be)."""
+    _, search = build()
+    pd = search.pd
+    pd.cfg = dataclasses.replace(pd.cfg, rules=dataclasses.replace(pd.cfg.rules, no_gate_safety=True))
+    with torch.device("meta"):
+        protected = pd.protected_blocks()
+    assert protected.device == search.arch.gate_logits.device and torch.equal(protected, torch.zeros(4))
+
+
 def test_gate_and_patch_steps_take_the_normalised_loss_plus_z_times_weight_times_the_normalised_budget_term(
         monkeypatch):
     """Step 4's gradients by hand: gates, loss/|loss| + z w_gate budget/|budget|; patches, the same

@@ -139,6 +139,21 @@ def test_grad_clip_takes_no_budget_gradient_while_the_gap_is_past_the_clip():
     assert all(torch.allclose(near[k], plain[k]) for k in plain) and float(plain["s"].abs().max()) > 0
 
 
+def test_with_grad_clip_the_step_differentiates_the_clipped_gap_to_the_target():
+    """PrimalDual.step hands _budget_grads clamp(R - T, +-z_grad_clip) with grad_clip (R itself without)."""
+    for rules in ("grad_clip", "grad_clip,fixed_target"):
+        model, search = search_with(rules, "--z_grad_clip", "0.1")
+        pd, seen = search.pd, []
+        grads = pd._budget_grads
+        pd._budget_grads = lambda term: seen.append(term.detach().clone()) or grads(term)
+        search.prepare(model)
+        ratio = float(search.budget.expected_ratio(search.arch, pd.masks, pd.eps).detach())
+        target = pd.target() if "fixed" in rules else None
+        search.step(model, 1e-3)
+        target = pd.target() if target is None else target  # the moving target at the step taken
+        assert float(seen[0]) == pytest.approx(max(-0.1, min(0.1, ratio - target)), abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- prox
 
 def test_plain_prox_is_the_reference_prox_of_the_removed_groups():
@@ -197,6 +212,44 @@ def test_no_gate_safety_lets_every_flip_stand_and_protects_no_block():
     assert SearchRates.for_search(config_of(""), 10_000).gate_interval == 50
     assert SearchRates.for_search(config_of("no_gate_safety"), 1_000).gate_interval == 50
     assert SearchRates.for_search(config_of(""), 1_000).gate_interval == 10
+
+
+def test_no_gate_safety_moves_gates_to_the_end_of_the_search():
+    """Ours settles gates and patches after (1 + ramp) / 2 of the search; no_gate_safety moves them to the end."""
+    for rules, moves in (("", False), ("no_gate_safety", True)):
+        model, search = search_with(rules, steps=40)
+        a, pd = search.arch, search.pd
+        search.prepare(model)
+        pd.t = 39  # past the settling point of ours, (1 + 0.5) / 2 of 40 steps
+        pd.grad_steps = search.rates.gate_interval - 1  # this call updates
+        with torch.no_grad():
+            a.z.fill_(1.0)
+        a.gate_logits.grad = torch.ones_like(a.gate_logits)
+        before = a.gate_logits.detach().clone()
+        pd.gate_step({"gate": torch.ones(4, 2), "patch": torch.zeros(16)}, pd.target(), model)
+        assert (not torch.equal(a.gate_logits.detach(), before)) == moves
+
+
+class _Accept:
+    """A trial that lets every patch drop stand."""
+    def accept(self, *args):
+        return True
+
+
+def test_no_gate_safety_lets_several_patches_drop_at_once_and_only_a_trial_can_refuse():
+    """Ours drops at most one patch per update, only while z > 0; with no_gate_safety every proposed drop
+    stands (no trial), and with a trial only the trial decides, whatever z."""
+    for rules, trial, dropped in (("", None, 1), ("no_gate_safety", None, 2), ("no_gate_safety", _Accept(), 1)):
+        model, search = search_with(rules)
+        a, pd = search.arch, search.pd
+        pd.trial = trial
+        search.prepare(model)
+        before = a.patch_logits.detach().clone()
+        with torch.no_grad():
+            a.z.fill_(-1.0 if trial else 1.0)  # with the trial: the budget no longer pushes down
+            a.patch_logits[[3, 5]] = -2.0  # two patches proposed for dropping
+        pd._limit_patches(before, 0.0, model)
+        assert int((a.patch_logits < 0).sum()) == dropped, (rules, trial)
 
 
 # ----------------------------------------------------------------------------- the freeze
