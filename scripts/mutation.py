@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -33,30 +34,18 @@ MODULES = ["uvc/search/masks.py", "uvc/search/prox.py", "uvc/search/controller.p
            "uvc/cost/flops.py", "uvc/cost/cost.py", "uvc/cost/budget.py", "uvc/deploy/freeze.py", "uvc/deploy/fit.py",
            "uvc/deploy/export.py", "utils/checkpoint.py"]
 
-# the unit tests of --reference_rules (not its end-to-end digits search, 19 s a mutant)
-RULES_UNIT_TESTS = ["tests/test_reference_rules.py::" + name for name in (
-    "test_fixed_target_drives_z_by_the_expected_ratio_against_the_budget",
-    "test_integral_z_has_no_proportional_part_and_never_goes_negative",
-    "test_no_integral_cap_lets_the_integral_grow_past_kp_clip",
-    "test_absolute_leastsum_prices_the_absolute_scores",
-    "test_zero_start_puts_s_and_r_at_0_on_the_first_step",
-    "test_grad_clip_bounds_every_s_and_r_step_by_the_rate",
-    "test_grad_clip_takes_no_budget_gradient_while_the_gap_is_past_the_clip",
-    "test_plain_prox_is_the_reference_prox_of_the_removed_groups",
-    "test_gate_sgd_has_the_reference_optimizer_logits_and_fixed_temperature",
-    "test_no_gate_safety_lets_every_flip_stand_and_protects_no_block")]
 
-# module -> the fast tests that exercise it (each mutant runs those of them that reach the mutated function)
-# the unit tests of tests/test_search_control.py (not its whole searches, 10 s or more each)
-CONTROL_UNIT_TESTS = ["tests/test_search_control.py::" + name for name in (
-    "test_target_falls_from_dense_to_the_budget_over_the_ramp_and_stays",
-    "test_rates_scale_with_the_search_length_and_the_seed_flags",
-    "test_controller_pushes_back_at_once_and_does_not_wind_up",
-    "test_one_update_flips_at_most_one_block",
-    "test_a_flip_that_barely_crosses_is_settled_past_the_boundary",
-    "test_protected_blocks_and_the_floor_stop_a_skip",
-    "test_min_blocks_protects_the_last_blocks_from_noise",
-    "test_a_gate_update_never_goes_under_min_blocks")]
+def unit_tests(test_file: str, *whole_runs: str):
+    """Node ids of the tests of `test_file` but `whole_runs` (end-to-end runs of 10 s or more, which
+    would take hours over hundreds of mutants): new unit tests join the selection by themselves."""
+    names = re.findall(r"^def (test_\w+)", (REPO / test_file).read_text(), flags=re.M)
+    return [f"{test_file}::{n}" for n in names if n not in whole_runs]
+
+
+RULES_UNIT_TESTS = unit_tests("tests/test_reference_rules.py",
+                              "test_digits_search_with_rules_logs_them_and_resumes_exactly")
+CONTROL_UNIT_TESTS = unit_tests("tests/test_search_control.py", "test_the_collapse_is_gone",
+                                "test_run_length_invariance")
 SEARCH_UNIT_TESTS = (["tests/test_properties_search.py", "tests/test_primal_dual.py",
                       "tests/test_primal_dual_updates.py", "tests/test_primal_dual_state.py", "tests/test_trial.py"]
                      + CONTROL_UNIT_TESTS + RULES_UNIT_TESTS)
