@@ -144,3 +144,106 @@ def test_a_patch_drop_stands_untried_without_pruning_or_without_the_model(prunin
     trial = _Verdict(False)
     _, patches = _search_with_moves_proposed(trial, with_model, enable_pruning=pruning)
     assert trial.seen == [] and patches[5] == -1.0
+
+
+def test_the_probe_loss_is_the_mean_cross_entropy_over_every_image_in_batches_of_any_size():
+    """loss() = sum of the per-image cross-entropy over the whole probe / its size, whatever the batch
+    size (here one that does not divide the 64 images), as one pass over it computes it."""
+    model, trial = _model_and_trial()
+    base = base_spec(model.vit, "")
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(trial.images).float(), trial.targets))
+    for batch in (64, 24, 1):
+        trial.batch_size = batch
+        assert trial.loss(model, base) == pytest.approx(expected, rel=1e-5)
+    assert trial.loss(model, _skip(base, 1)) != pytest.approx(expected, rel=1e-3)  # evaluated as the spec says
+
+
+class _Recorder:
+    """A stand-in model on the meta device that records the inputs of each forward pass."""
+    def __init__(self):
+        self.vit = type("V", (), {"pos_embed": torch.empty(1, device="meta")})()
+        self.training, self.seen = True, []
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode):
+        self.training = mode
+
+    def __call__(self, x):
+        self.seen.append(x)
+        self.out = torch.empty(len(x), 10, device=x.device), torch.empty(len(x), 10, device=x.device)
+        return self.out
+
+
+def test_the_probe_runs_on_the_models_device_in_batches_and_reads_the_class_token_head(monkeypatch):
+    """Images, targets and the running sum go to the device of the model (meta here, as a GPU's would
+    be), in batches of batch_size (at least 1); of a (cls, dist) output pair the first is scored; the
+    model's training mode is restored."""
+    from uvc.search import trial as trial_module
+    model, scored = _Recorder(), []
+    monkeypatch.setattr(trial_module, "apply_spec", lambda m, spec: None)
+    monkeypatch.setattr(trial_module.F, "cross_entropy",
+                        lambda out, y, reduction: scored.append((out, y, reduction)) or torch.tensor(0.0))
+    monkeypatch.setattr(trial_module, "all_reduce_mean", lambda t: scored.append(t) or torch.tensor(0.0))
+    images, targets = torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long)
+    for batch, calls in ((0, 3), (1, 3), (2, 2)):
+        model.seen, scored[:] = [], []
+        FlipTrial(images, targets, batch_size=batch).loss(model, {})
+        assert [len(x) for x in model.seen] == ([1, 1, 1] if calls == 3 else [2, 1])
+        assert all(x.device.type == "meta" for x in model.seen) and model.training
+        out, y, reduction = scored[-2]
+        assert out is model.out[0] and y.device.type == "meta" and reduction == "sum"
+        assert scored[-1].device.type == "meta"  # the sum, averaged over ranks
+
+
+class _Cost:
+    """A cost model of its own (a latency table's stand-in): what the trial must price with."""
+
+
+def test_the_alternative_is_fitted_to_the_flips_ratio_under_the_budgets_cost_model(monkeypatch):
+    """accept() prices both architectures with the budget's cost model (MACs, with the attention
+    matmuls as configured, when there is none), fits the flip with no change (budget 1, tolerance 1:
+    the same value-dim padding) and the alternative to the flip's cost ratio, and counts the trials
+    and the refusals over calls."""
+    from uvc.search import trial as trial_module
+    calls = []
+    monkeypatch.setattr(trial_module, "spec_cost", lambda cost, spec: 3.0)
+    monkeypatch.setattr(trial_module, "dense_cost", lambda cost: 4.0)
+    monkeypatch.setattr(trial_module, "fit_to_budget",
+                        lambda spec, scores, budget, **kw: calls.append((spec, budget, kw)) or (spec, {}))
+    losses = iter([1.0, 2.0, 2.0, 1.0])
+    monkeypatch.setattr(FlipTrial, "loss", lambda self, model, spec: next(losses))
+    images, targets = torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)
+    model = noisy_tiny_vit()
+    base = base_spec(model, "")
+    flip = _skip(base, 1)
+    own = _Cost()
+    trial = FlipTrial(images, targets, 1, cost=own)
+    assert trial.last == {}  # nothing tried yet
+    assert trial.accept(None, flip, base, None)
+    assert [(c[0], c[1], c[2]) for c in calls] == [(flip, 1.0, {"tolerance": 1.0, "cost": own}),
+                                                    (base, 0.75, {"tolerance": 1.0, "cost": own})]
+    assert not trial.accept(None, flip, base, None)
+    assert (trial.trials, trial.rejected) == (2, 1)
+    assert trial.last == {"trial_loss_flip": 2.0, "trial_loss_instead": 1.0}
+    for with_attn in (True, False):
+        calls.clear()
+        losses = iter([1.0, 1.0])
+        kwargs = {} if with_attn else {"with_attn": False}
+        FlipTrial(images, targets, 1, **kwargs).accept(None, flip, base, None)
+        cost = calls[0][2]["cost"]
+        assert isinstance(cost, trial_module.MacsCost) and cost.with_attn is with_attn and calls[1][2]["cost"] is cost
+
+
+def test_the_trial_counters_are_saved_and_restored():
+    trial = FlipTrial(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1)
+    trial.trials, trial.rejected = 7, 3
+    state = trial.state_dict()
+    assert state == {"flip_trials": 7, "flips_rejected": 3}
+    fresh = FlipTrial(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1)
+    fresh.load_state_dict({"flip_trials": torch.tensor(7), "flips_rejected": 3.0})  # as a checkpoint may hold them
+    assert (fresh.trials, fresh.rejected) == (7, 3) and type(fresh.trials) is int and type(fresh.rejected) is int
+    fresh.load_state_dict({})  # a checkpoint written without a trial
+    assert (fresh.trials, fresh.rejected) == (0, 0)
