@@ -55,7 +55,8 @@ TESTS = {
     "uvc/search/schedule.py": ["tests/test_properties_search.py"] + CONTROL_UNIT_TESTS,
     "uvc/search/controller.py": ["tests/test_properties_search.py", "tests/test_primal_dual_state.py"]
                                 + CONTROL_UNIT_TESTS + RULES_UNIT_TESTS,
-    "uvc/search/gates.py": SEARCH_UNIT_TESTS + ["tests/test_masked_model.py", "tests/test_model_kinds.py"],
+    "uvc/search/gates.py": SEARCH_UNIT_TESTS + ["tests/test_gates.py", "tests/test_masked_model.py",
+                                                "tests/test_model_kinds.py"],
     "uvc/search/primal_dual.py": SEARCH_UNIT_TESTS + ["tests/test_aligned_search.py"],
     "uvc/search/gate_update.py": SEARCH_UNIT_TESTS,
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
@@ -78,6 +79,21 @@ TESTS = {
 # mutmut numbers a function's mutants in order, so an edit above renumbers them: a survivor is
 # equivalent only if its name is here AND its diff adds exactly this line.
 EQUIVALENT = {
+    'uvc.search.gates.x_block_gate_sample__mutmut_3': (
+        'return F.gumbel_softmax(logits, tau=tau, hard=None, dim=-1)[:, 1]',
+        'gumbel_softmax branches on `if hard:`, where None reads as False'),
+    'uvc.search.gates.x_block_gate_sample__mutmut_7': (
+        'return F.gumbel_softmax(logits, tau=tau, dim=-1)[:, 1]',
+        "hard=False is gumbel_softmax's default"),
+    'uvc.search.gates.x_block_gate_sample__mutmut_8': (
+        'return F.gumbel_softmax(logits, tau=tau, hard=False, )[:, 1]',
+        "dim=-1 is gumbel_softmax's default"),
+    'uvc.search.gates.x_block_gate_sample__mutmut_10': (
+        'return F.gumbel_softmax(logits, tau=tau, hard=False, dim=+1)[:, 1]',
+        'the gate logits are (L, 2): dim +1 is dim -1'),
+    'uvc.search.gates.x_block_keep_prob__mutmut_2': (
+        'return logits.softmax(+1)[:, 1]',
+        'the gate logits are (L, 2): dim +1 is dim -1'),
     'uvc.cost.flops.xǁViTDimsǁof__mutmut_28': (
         'patch_size=patch[0] if (isinstance(patch, (tuple, list))) or True else patch,',
         "timm's PatchEmbed keeps patch_size as a tuple, so the int branch is never taken: always "
