@@ -79,6 +79,9 @@ TESTS = {
 # mutmut numbers a function's mutants in order, so an edit above renumbers them: a survivor is
 # equivalent only if its name is here AND its diff adds exactly this line.
 EQUIVALENT = {
+    'uvc.search.controller.xǁBudgetControllerǁ__init____mutmut_10': (
+        'self.proportional, self.cap = proportional, kp * clip if capped else float("INF")',
+        'float("INF") is float("inf"): Python parses the name without regard to case'),
     'uvc.search.gates.x_block_gate_sample__mutmut_3': (
         'return F.gumbel_softmax(logits, tau=tau, hard=None, dim=-1)[:, 1]',
         'gumbel_softmax branches on `if hard:`, where None reads as False'),
