@@ -94,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     p.add_argument("--budget", type=float, default=0.4)
     p.add_argument("--epochs", type=int, default=30, help="stage-2 epochs of the measured runs")
-    p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (the sweep's)")
+    p.add_argument("--search_epochs", type=int, default=None,
+                   help="stage-1 epochs (default: the config's, as the sweep's)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[731])
     p.add_argument("--lengths", type=epoch_counts, default=None,
                    help="compare runs of these stage-2 lengths (e.g. 10,20,30,40) instead of one long curve")
@@ -106,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true", help="reuse runs of the same command completed in --run_dir")
     args = p.parse_args(argv)
+    if args.search_epochs is not None and args.search_epochs < 1:
+        p.error(f"--search_epochs {args.search_epochs}: at least 1")
     if not 0.0 < args.budget <= 1.0:
         p.error(f"--budget {args.budget} is outside (0, 1]")
     if args.lengths is not None and (len(args.lengths) < 2 or args.lengths[0] < args.window):
@@ -151,8 +154,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python scripts/finetune_length.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     bench = Bench(args.dataset, args.cache_dir, 730, reuse=args.resume, threads=args.threads,
-                  joint_extra=["--epochs", str(args.search_epochs)],
                   post_extra=[] if args.lengths else ["--epochs", str(args.epochs)])
+    args.search_epochs = args.search_epochs or int(bench.config("joint").epochs)
+    bench.joint_extra = ["--epochs", str(args.search_epochs)]
     teacher = bench.teacher()
     if args.lengths:
         measure_lengths(args, bench, teacher, command)

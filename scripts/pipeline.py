@@ -209,9 +209,11 @@ class Bench:
         self.overrides = list(self.overrides)
 
     def config(self, stage: str, extra: Sequence[str] = ()):
-        """The resolved config of a stage with the overrides (ConfigError for a missing file or bad value)."""
+        """The resolved config of a stage with the overrides (ConfigError for a missing file or bad value),
+        as joint_train.py reads the stage "joint" and post_train.py the others."""
         from utils.config import parse_config
-        return parse_config("post", ["--config", f"{self.config_file}:{stage}", *self.overrides, *extra])
+        entry = "joint" if stage == "joint" else "post"
+        return parse_config(entry, ["--config", f"{self.config_file}:{stage}", *self.overrides, *extra])
 
     # ------------------------------------------------------------------------- the commands
     def config_key(self, stage: str, extra: List[str]) -> str:

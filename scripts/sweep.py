@@ -14,9 +14,9 @@ architecture with the teacher's scores, no search) by UVC's formula, `Torch-Prun
 importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searches with
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
 within 3% of UVC's (scripts/latency_match.py); `--match macs,latency` runs both into one table.
-The seed drives the search and the fine-tuning of every method. Writes <name>_sweep.md (table), <name>_sweep.json ({"teacher_top1",
-"finetune_epochs", "seeds", "rows": [{"method", "budget", "match", "seed", "top1_last", "top1_best",
-"macs_ratio", "speedup_b64", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}]};
+The seed drives the search and the fine-tuning of every method. Writes <name>_sweep.md (table),
+<name>_sweep.json ({"teacher_top1", "finetune_epochs", "seeds", "rows": [{"method", "budget", "match",
+"seed", "top1_last", "top1_best", "macs_ratio", "speedup_b64", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}]};
 top1_last / top1_best: validation top-1 at the last / the best fine-tuning epoch, from the run's
 log.jsonl; top1: the saved best model (model_file) evaluated here; removed: the blocks, heads,
 value dims, neurons and patches the method removed; latency-matched peers add latency_ratio,
@@ -33,9 +33,10 @@ UVC model). --ablation_rows picks some of the rows (UVC and the greedy fit alway
 Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every command run is
 printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
 --resume reuses the runs of the same command that already completed in --run_dir.
-Epochs are flags (--search_epochs 6 with 1 of warm-up, --finetune_epochs 3), sized so that the
-MNIST sweep (~25 min per seed) fits on a 2-core CPU with the teacher cached (--threads 1, the
-default: a CPU shared with other jobs is oversubscribed by one thread per core and per job).
+Epochs default to the config's stage 1 and stage 2 (the demos: configs/digits_demo.py and
+configs/mnist_demo.py, whose stage-2 length was measured by scripts/finetune_length.py), every
+method fine-tuned alike. --threads 1 (the default): a CPU shared with other jobs is
+oversubscribed by one thread per core and per job.
 """
 import argparse
 import json
@@ -120,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
                    help="seeds of every row, comma-separated (sweep: --seed; ablations: 730,731)")
     p.add_argument("--seed", type=int, default=730, help="the teacher's seed, and the sweep's default")
-    p.add_argument("--search_epochs", type=int, default=6, help="stage-1 epochs (1 of warm-up)")
-    p.add_argument("--finetune_epochs", type=int, default=3, help="stage-2 / fine-tuning epochs, every method")
+    p.add_argument("--search_epochs", type=int, default=None, help="stage-1 epochs (default: the config's)")
+    p.add_argument("--finetune_epochs", type=int, default=None,
+                   help="stage-2 / fine-tuning epochs, every method (default: the config's stage 2)")
     p.add_argument("--resume", action="store_true", help="reuse runs of the same command completed in --run_dir")
     p.add_argument("--threads", type=int, default=1,
                    help="threads of every training run (0: one per core; the measurements use one per core)")
@@ -166,7 +168,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for b in args.budgets + [args.ablation_budget]:
         if not 0.0 < b <= 1.0:
             p.error(f"budget {b} is outside (0, 1]: give the fraction of the dense MACs to keep")
-    if min(args.search_epochs, args.finetune_epochs) < 1:
+    if any(e is not None and e < 1 for e in (args.search_epochs, args.finetune_epochs)):
         p.error("--search_epochs and --finetune_epochs must be at least 1")
     _check_paths(p, args)
     return args
@@ -210,16 +212,21 @@ def slug(name: str) -> str:
 
 
 def bench_of(args) -> Bench:
-    epochs = not args.smoke  # --smoke sets its own epochs
+    """The runs' settings; --search_epochs / --finetune_epochs not given are the config's stage-1 / stage-2
+    epochs, resolved here and passed to every command (so a run given them is the same run)."""
     overrides = [] if args.config is None else (["--dataset", args.dataset] if args.dataset else [])
     for key in PASSED:
         if getattr(args, key) is not None:
             overrides += [f"--{key}", str(getattr(args, key))]
-    return Bench(args.dataset or "", args.cache_dir, args.seed, args.smoke, reuse=args.resume, threads=args.threads,
-                 joint_extra=["--epochs", str(args.search_epochs)] if epochs else [],
-                 post_extra=["--epochs", str(args.finetune_epochs)] if epochs else [],
-                 config_file=args.config or "", overrides=overrides, teacher_file=args.teacher,
-                 teacher_flags=[] if args.pretrained is None else ["--pretrained", str(args.pretrained)])
+    bench = Bench(args.dataset or "", args.cache_dir, args.seed, args.smoke, reuse=args.resume, threads=args.threads,
+                  config_file=args.config or "", overrides=overrides, teacher_file=args.teacher,
+                  teacher_flags=[] if args.pretrained is None else ["--pretrained", str(args.pretrained)])
+    args.search_epochs = args.search_epochs or int(bench.config("joint").epochs)
+    args.finetune_epochs = args.finetune_epochs or int(bench.config("post").epochs)
+    if not args.smoke:  # --smoke sets its own epochs
+        bench.joint_extra = ["--epochs", str(args.search_epochs)]
+        bench.post_extra = ["--epochs", str(args.finetune_epochs)]
+    return bench
 
 
 def latency_flags(args) -> List[str]:

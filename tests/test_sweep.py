@@ -71,7 +71,11 @@ def test_removed_counts_per_axis():
 def test_flags_are_checked():
     args = sweep.parse_args(["--methods", "Torch-Pruning", "--budgets", "0.3,0.5"])
     assert args.methods == ["UVC", "Torch-Pruning"] and args.budgets == [0.3, 0.5]
-    assert sweep.bench_of(args).joint_extra == ["--epochs", str(args.search_epochs)]
+    assert sweep.bench_of(args).joint_extra == ["--epochs", "10"] and args.search_epochs == 10  # the config's
+    assert sweep.bench_of(args).post_extra == ["--epochs", "10"] and args.finetune_epochs == 10
+    given = sweep.parse_args(["--dataset", "digits", "--search_epochs", "2", "--finetune_epochs", "3"])
+    assert (sweep.bench_of(given).joint_extra, sweep.bench_of(given).post_extra) == (["--epochs", "2"], ["--epochs", "3"])
+    assert sweep.bench_of(sweep.parse_args(["--dataset", "digits"])).post_extra == ["--epochs", "30"]
     assert args.seeds == [730]
     assert (args.log_dir, args.figs_dir) == (sweep._path("log"), sweep._path("Figs"))  # the demos' results go there
     assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
@@ -81,7 +85,7 @@ def test_flags_are_checked():
     assert sweep.parse_args(["--ablations"]).ablation_rows == list(sweep.ABLATIONS)
     assert sweep.parse_args(["--ablations", "--ablation_rows", "UVC w/o importance term"]).ablation_rows == \
         ["UVC", "UVC w/o importance term"]  # UVC is the row every other one is read against
-    for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"],
+    for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"], ["--finetune_epochs", "0"],
                 ["--ablations", "--budgets", "0.5"], ["--ablations", "--match", "latency"],  # a flag of the other mode
                 ["--match", "speed"], ["--match", "macs,speed"], ["--match", ","],
                 ["--ablations", "--match", "macs,latency"], ["--dataset", "cifar10"],  # cifar10 needs --config
