@@ -66,7 +66,7 @@ TESTS = {
     "uvc/search/trial.py": ["tests/test_trial.py", "tests/test_primal_dual_updates.py"] + RULES_UNIT_TESTS,
     "uvc/cost/flops.py": ["tests/test_flops_exact.py", "tests/test_properties_freeze.py", "tests/test_budget.py",
                           "tests/test_model_kinds.py"],
-    "uvc/cost/cost.py": ["tests/test_latency.py", "tests/test_budget.py"],
+    "uvc/cost/cost.py": ["tests/test_cost.py", "tests/test_latency.py", "tests/test_budget.py"],
     "uvc/cost/budget.py": ["tests/test_budget.py", "tests/test_primal_dual.py"],
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
     # fit.py has about 900 mutants: its unit tests only (the property tests take 10 s or more each)
