@@ -36,14 +36,14 @@ def test_smoke_ledger_writes_every_row_in_the_fit_window_and_resumes(tmp_path, c
 
 def test_a_departure_is_kept_only_when_it_keeps_more_top1_or_lands_closer_by_more_than_the_margins():
     """The verdict of the ledger on paired cells (variant minus default): keep when the default keeps more
-    than 0.1 more top-1 after stage 2, or lands more than 0.005 closer to the budget; else revert."""
-    def row(variant, seed, top1, exported):
+    than 0.1 more top-1 after stage 2, or its search lands more than 0.005 closer to the budget; else revert."""
+    def row(variant, seed, top1, searched):
         return {"variant": variant, "model": "digits", "budget": 0.5, "seed": seed, "top1_last": top1,
-                "exported_ratio": exported}
+                "searched_ratio": searched, "exported_ratio": 0.5}  # the fit lands every export
     default = [row("default", 1, 96.0, 0.50), row("default", 2, 96.2, 0.49)]
 
-    def verdict_of(top1s, exported):
-        table = deviations.summary(default + [row("no_fit", s, t, e) for s, t, e in zip((1, 2), top1s, exported)])
+    def verdict_of(top1s, searched):
+        table = deviations.summary(default + [row("no_fit", s, t, e) for s, t, e in zip((1, 2), top1s, searched)])
         return [line for line in table.splitlines() if line.startswith("| no_fit")][0].rsplit("|", 2)[-2].strip()
     assert verdict_of((96.0, 96.0), (0.50, 0.49)) == "revert to the reference's rule"  # 0.1 worse: not more ...
     assert verdict_of((95.9, 96.0), (0.50, 0.49)) == "keep: more top-1"  # ... 0.15 worse: more
