@@ -166,8 +166,9 @@ def write(rows: List[Dict], out: str, command: str) -> None:
     text = (f"Produced by `{command}`.\n\nThe default search with one departure replaced by the reference's rule "
             f"(scripts/deviations.py). Differences are to `default` on the same model, budget and seed; top-1 "
             f"at the last epoch of stage 2, in %; B is the budget. A departure is kept when the default keeps "
-            f"more than {TOP1_MARGIN} more top-1, or its search lands more than {GAP_MARGIN} closer to B, than its no_ variant; "
-            f"as means over the cells; otherwise it goes back to the reference's rule. {len(rows)} cells, "
+            f"more than {TOP1_MARGIN} more top-1, or its search lands more than {GAP_MARGIN} closer to B, than "
+            f"its no_ variant, as means over the cells; otherwise it goes back to the reference's rule. "
+            f"{len(rows)} cells, "
             f"{sum(seconds) / max(len(seconds), 1):.0f} s each on average.\n\n{summary(rows)}\n")
     write_result(out, text, {"command": command, "rows": rows})
 
