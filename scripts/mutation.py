@@ -71,7 +71,7 @@ TESTS = {
     "uvc/deploy/freeze.py": ["tests/test_freeze.py", "tests/test_properties_freeze.py", "tests/test_model_kinds.py"],
     # fit.py has about 900 mutants: its unit tests only (the property tests take 10 s or more each)
     "uvc/deploy/fit.py": ["tests/test_freeze.py", "tests/test_align.py", "tests/test_fit_bounds.py"],
-    "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_model_kinds.py"],
+    "uvc/deploy/export.py": ["tests/test_export.py", "tests/test_export_spec.py", "tests/test_model_kinds.py"],
     "utils/checkpoint.py": ["tests/test_properties_checkpoint.py"],  # (test_checkpoint.py: models/checkpoint.py)
 }
 
@@ -79,6 +79,22 @@ TESTS = {
 # mutmut numbers a function's mutants in order, so an edit above renumbers them: a survivor is
 # equivalent only if its name is here AND its diff adds exactly this line.
 EQUIVALENT = {
+    'uvc.deploy.export.x__check_supported__mutmut_13': (
+        'attn = model.blocks[1].attn',
+        "models.vit.check_supported, called first, refuses a model whose blocks' attention shapes differ: "
+        'block 1 has block 0\'s heads and head dim (and a one-block model fails both ways alike)'),
+    'uvc.deploy.export.x__scale_input__mutmut_6': (
+        'return lambda module, args: (args[0] * mask,) + tuple(args[2:])',
+        'the hooks sit on nn.Linear layers (attn.proj, mlp.fc2), whose forward takes one input: args[1:] '
+        'and args[2:] are both empty'),
+    'uvc.deploy.export.x__value_index__mutmut_18': (
+        'index[row, :len(dims)] = h * head_dim + torch.as_tensor(dims, dtype=None)',
+        'kept_heads leaves out heads with no kept dim, so `dims` is a non-empty list of Python ints, '
+        'which as_tensor makes int64 without a dtype'),
+    'uvc.deploy.export.x__value_index__mutmut_20': (
+        'index[row, :len(dims)] = h * head_dim + torch.as_tensor(dims, )',
+        'kept_heads leaves out heads with no kept dim, so `dims` is a non-empty list of Python ints, '
+        'which as_tensor makes int64 without a dtype'),
     'uvc.search.controller.xǁBudgetControllerǁ__init____mutmut_10': (
         'self.proportional, self.cap = proportional, kp * clip if capped else float("INF")',
         'float("INF") is float("inf"): Python parses the name without regard to case'),
@@ -219,6 +235,24 @@ EQUIVALENT = {
         '(expected_cost, hard_ratio), so self.masks (set by UVCSearch.ratios) for None changes no ratio'),
 }
 
+# mutant name -> (its mutated line, why no test here can kill it): a tensor left on the CPU (`.to(None)`,
+# no device) differs from the model's device only on a GPU, which this machine lacks. Not equivalent:
+# these stay survivors in the score.
+NEEDS_A_GPU = {name: (line, "leaves a tensor on the CPU where the model's device is asked for: the same on a "
+                            "CPU, a device mismatch on a GPU, which this machine does not have")
+               for name, line in (
+    ("uvc.deploy.export.x__export_attention__mutmut_26",
+     "row_keep = torch.cat([torch.ones(2 * len(qk)), keep]).to(None)"),
+    ("uvc.deploy.export.x__export_attention__mutmut_38",
+     "dst.proj.weight.copy_(src.proj.weight[:, v] * keep.to(None)[None, :])"),
+    ("uvc.deploy.export.x__export_embeddings__mutmut_11", "dst.pos_embed.copy_(src.pos_embed[:, rows.to(None)])"),
+    ("uvc.deploy.export.x__input_mask__mutmut_4", "mask = torch.zeros(size, dtype=like.dtype, device=None)"),
+    ("uvc.deploy.export.x__input_mask__mutmut_7", "mask = torch.zeros(size, dtype=like.dtype, )"),
+    ("uvc.deploy.export.x__input_mask__mutmut_9", "mask[kept.to(None)] = 1.0"),
+    ("uvc.deploy.export.x_export_compact__mutmut_9", "compact.to(None)"),
+    ("uvc.deploy.export.x_masked_forward_reference__mutmut_63",
+     "x = model._pos_embed(model.patch_embed(x)).index_select(1, tokens.to(None))  # (B, prefix + P', D)"))}
+
 COPIED = ["uvc", "engine", "utils", "models", "data", "configs", "baselines", "scripts", "tests", "conftest.py",
           "pytest.ini", "joint_train.py", "post_train.py", "requirements.txt"]
 
@@ -275,18 +309,24 @@ def run_module(module: str, work: Path, jobs: int, only=None) -> dict:
                                   capture_output=True, text=True).stdout
             reason = equivalence(name, diff)
             counts["equivalent"] += reason is not None
+            reason = reason or listed(NEEDS_A_GPU, name, diff) or "not killed: needs a test"
             survivors.append({"file": module, "line": _line_of(diff, root / module), "diff": diff.strip(),
-                              "mutant": name, "status": status, "reason": reason or "not killed: needs a test"})
+                              "mutant": name, "status": status, "reason": reason})
     return {**counts, "survivors": survivors, "seconds": round(time.monotonic() - start, 1),
             "source_sha256": source_hash(module)}
 
 
-def equivalence(name: str, diff: str):
-    """The reason a survivor changes no behaviour, if EQUIVALENT lists its name with the line its diff
-    adds; else None (a renumbered mutant is not taken for the one that had its name)."""
-    line, reason = EQUIVALENT.get(name, (None, None))
+def listed(table: dict, name: str, diff: str):
+    """The reason `table` gives a survivor, if it lists its name with the line its diff adds; else None
+    (a renumbered mutant is not taken for the one that had its name)."""
+    line, reason = table.get(name, (None, None))
     added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
     return reason if line is not None and added == [line] else None
+
+
+def equivalence(name: str, diff: str):
+    """The reason a survivor changes no behaviour (EQUIVALENT), or None."""
+    return listed(EQUIVALENT, name, diff)
 
 
 def source_hash(module: str) -> str:
