@@ -84,9 +84,10 @@ def test_an_update_keeps_a_reopened_block_before_any_skip():
 def test_a_tie_counts_as_kept_before_and_after_an_update():
     """keep >= skip is kept: a gate moved onto the tie did not flip, nor did one moved off it upwards."""
     after = torch.tensor([[0.5, 0.5], [0.5, 0.6], [0.0, 1.0]])
-    arch = SimpleNamespace(gate_logits=after.clone())
-    limit_gate_flips(arch, torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.0, 1.0]]), torch.zeros(3), lambda: True)
-    assert torch.equal(arch.gate_logits, after)  # nothing flipped: nothing settled or restored
+    for floor in (True, False):  # a refusing floor would put back a block taken for a skip
+        arch = SimpleNamespace(gate_logits=after.clone())
+        limit_gate_flips(arch, torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.0, 1.0]]), torch.zeros(3), lambda: floor)
+        assert torch.equal(arch.gate_logits, after)  # nothing flipped: nothing settled or restored
 
 
 def test_a_patch_at_zero_after_the_update_is_not_a_drop():

@@ -213,7 +213,7 @@ def test_the_alternative_is_fitted_to_the_flips_ratio_under_the_budgets_cost_mod
     monkeypatch.setattr(trial_module, "dense_cost", lambda cost: 4.0)
     monkeypatch.setattr(trial_module, "fit_to_budget",
                         lambda spec, scores, budget, **kw: calls.append((spec, budget, kw)) or (spec, {}))
-    losses = iter([1.0, 2.0, 2.0, 1.0])
+    losses = iter([2.0, 1.0, 1.0, 2.0])  # refused, then accepted
     monkeypatch.setattr(FlipTrial, "loss", lambda self, model, spec: next(losses))
     images, targets = torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)
     model = noisy_tiny_vit()
@@ -222,12 +222,12 @@ def test_the_alternative_is_fitted_to_the_flips_ratio_under_the_budgets_cost_mod
     own = _Cost()
     trial = FlipTrial(images, targets, 1, cost=own)
     assert trial.last == {}  # nothing tried yet
-    assert trial.accept(None, flip, base, None)
+    assert not trial.accept(None, flip, base, None)
     assert [(c[0], c[1], c[2]) for c in calls] == [(flip, 1.0, {"tolerance": 1.0, "cost": own}),
                                                     (base, 0.75, {"tolerance": 1.0, "cost": own})]
-    assert not trial.accept(None, flip, base, None)
-    assert (trial.trials, trial.rejected) == (2, 1)
-    assert trial.last == {"trial_loss_flip": 2.0, "trial_loss_instead": 1.0}
+    assert trial.accept(None, flip, base, None)
+    assert (trial.trials, trial.rejected) == (2, 1)  # counted over the calls
+    assert trial.last == {"trial_loss_flip": 1.0, "trial_loss_instead": 2.0}
     for with_attn in (True, False):
         calls.clear()
         losses = iter([1.0, 1.0])
