@@ -79,6 +79,15 @@ TESTS = {
 # mutmut numbers a function's mutants in order, so an edit above renumbers them: a survivor is
 # equivalent only if its name is here AND its diff adds exactly this line.
 EQUIVALENT = {
+    'uvc.deploy.export.x__check_supported__mutmut_6': (
+        'check_supported(model, arch.get("model_type", None))',
+        'check_supported names the model by `model_type or its class name`: None and "" both give the class'),
+    'uvc.deploy.export.x__check_supported__mutmut_8': (
+        'check_supported(model, arch.get("model_type", ))',
+        'check_supported names the model by `model_type or its class name`: None and "" both give the class'),
+    'uvc.deploy.export.x_build_masked_source__mutmut_16': (
+        'result = model.load_state_dict(state, strict=None)  # a shape mismatch still raises',
+        'load_state_dict tests `if strict:`, where None reads as False'),
     'uvc.deploy.export.x__check_supported__mutmut_13': (
         'attn = model.blocks[1].attn',
         "models.vit.check_supported, called first, refuses a model whose blocks' attention shapes differ: "

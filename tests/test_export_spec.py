@@ -43,15 +43,17 @@ def test_the_dense_sizes_of_a_compact_spec_also_without_the_recorded_patch_and_p
         assert (spec_dims(old).num_patches, spec_dims(old).num_prefix_tokens) == (16, prefix)
         assert type(spec_dims(old).num_patches) is int
     assert compact_macs(spec, with_attn=False) < compact_macs(spec)  # the N^2 terms as asked
+    assert spec_dims(dict(spec, num_patches=9)).num_patches == 9  # what the spec records wins
 
 
 def test_an_arch_without_model_kwargs_rebuilds_its_model_type_at_its_resolution_on_the_cpu():
     model, arch = _arch()
     rebuilt = dense_model_of(arch)
     assert next(rebuilt.parameters()).device.type == "cpu"
-    arch = dict(arch, model_kwargs=None, img_size=32, num_classes=7)
-    older = dense_model_of(arch)
+    older = dense_model_of(dict(arch, model_kwargs=None, img_size=32, num_classes=7))
     assert older.patch_embed.img_size == (32, 32) and older.num_classes == 7
+    recorded = dense_model_of(dict(arch, model_kwargs=dict(arch["model_kwargs"], num_classes=5), num_classes=7))
+    assert recorded.num_classes == 5  # the recorded kwargs, not the sizes
 
 
 def test_a_model_that_does_not_fit_the_arch_is_refused_with_what_differs():
@@ -63,8 +65,11 @@ def test_a_model_that_does_not_fit_the_arch_is_refused_with_what_differs():
         with pytest.raises(ValueError) as e:
             export_compact(model, dict(arch, **{key: value}))
         assert str(e.value) == message
-    with pytest.raises(ValueError, match="vit_digits_patch2_8"):  # named by the arch's model type
+    with pytest.raises(ValueError, match="vit_digits_patch2_8 builds Linear"):  # named by the arch's model type
         export_compact(torch.nn.Linear(2, 2), arch)
+    untyped = {k: v for k, v in arch.items() if k != "model_type"}
+    with pytest.raises(ValueError, match="^Linear builds Linear"):  # or by the class, when the arch has none
+        export_compact(torch.nn.Linear(2, 2), untyped)
 
 
 def test_the_source_of_a_checkpoint_is_rebuilt_from_its_arch_and_weights_even_from_ddp():
@@ -83,11 +88,12 @@ def test_the_source_of_a_checkpoint_is_rebuilt_from_its_arch_and_weights_even_fr
     with pytest.raises(ValueError) as e:
         build_masked_source({"arch": arch, "model": extra})
     assert str(e.value) == "the weights do not fit vit_digits_patch2_8: 2 unexpected keys (first: extra.a)"
-    wrong = dict(model.state_dict(), **{"head.weight": torch.zeros(3, 3)})
+    wrong = {k: torch.zeros(1) for k in model.state_dict()}  # every shape wrong: a long error, cut short
     with pytest.raises(ValueError) as e:
         build_masked_source({"arch": arch, "model": wrong})
-    assert str(e.value).startswith("cannot rebuild 'vit_digits_patch2_8': Error(s) in loading state_dict")
-    assert "\n" not in str(e.value) and len(str(e.value)) <= len("cannot rebuild 'vit_digits_patch2_8': ") + 300
+    prefix = "cannot rebuild 'vit_digits_patch2_8': "
+    assert str(e.value).startswith(prefix + "Error(s) in loading state_dict")
+    assert "\n" not in str(e.value) and len(str(e.value)) == len(prefix) + 300
 
 
 def test_the_masked_reference_runs_in_the_models_precision():
