@@ -155,9 +155,10 @@ def summary(rows: List[Dict]) -> str:
         table.append([variant, " ".join(VARIANTS[variant]) or "-", str(len(own)),
                       *spread([r["top1_last"] for r in own], ".2f")[:1], *spread(d_top1, "+.2f"),
                       *spread([gap(r) for r in own], ".3f")[:1], *spread(d_gap, "+.3f"),
+                      *spread([r["exported_ratio"] - r["budget"] for r in own], "+.3f")[:1],
                       verdict(variant, d_top1, d_gap)])
     header = ["variant", "flags", "cells", "top-1 last", "vs default: mean", "range", "abs(searched - B)",
-              "vs default: mean", "range", "the departure"]
+              "vs default: mean", "range", "exported - B", "the departure"]
     return markdown_table(header, table)
 
 
