@@ -34,8 +34,8 @@ Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every com
 printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
 --resume reuses the runs of the same command that already completed in --run_dir.
 Epochs default to the config's stage 1 and stage 2 (the demos: configs/digits_demo.py and
-configs/mnist_demo.py, whose stage-2 length was measured by scripts/finetune_length.py), every
-method fine-tuned alike. --threads 1 (the default): a CPU shared with other jobs is
+configs/mnist_demo.py), every method fine-tuned alike; a comparison passes the stage-2 length
+measured by scripts/finetune_length.py (--finetune_epochs). --threads 1 (the default): a CPU shared with other jobs is
 oversubscribed by one thread per core and per job.
 """
 import argparse
