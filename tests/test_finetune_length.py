@@ -70,3 +70,18 @@ def test_the_committed_digits_lengths_are_what_the_readme_reads():
     assert all(0 < g <= 0.6 for g in gaps), gaps
     assert length_by_comparison({m: {int(L): e for L, e in v.items()} for m, v in ends.items()},
                                 result["tolerance"]) is None
+
+
+def test_the_committed_mnist_lengths_are_what_the_readme_reads():
+    """log/finetune_length_mnist.json (README, headline text): MNIST at 0.4, 3 seeds at 10, 20 and 40 epochs,
+    no length chosen; UVC moves by less than 0.2 from 20 to 40 epochs while the greedy fit rises by more
+    than 0.5 and passes it at 40 (the order changes)."""
+    import json
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "..", "log", "finetune_length_mnist.json")) as f:
+        result = json.load(f)
+    assert result["seeds"] == [730, 731, 732] and result["lengths"] == [10, 20, 40] and result["budget"] == 0.4
+    assert result["chosen_epochs"] is None
+    uvc, greedy = result["ends"]["UVC"], result["ends"]["greedy fit"]
+    assert abs(uvc["40"] - uvc["20"]) < 0.2 and greedy["40"] - greedy["20"] > 0.5
+    assert uvc["10"] > greedy["10"] and uvc["20"] > greedy["20"] and greedy["40"] > uvc["40"]
