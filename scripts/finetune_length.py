@@ -118,6 +118,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def bench_of(args) -> Bench:
+    """The runs' settings; stage 1 runs --search_epochs, or the config's stage-1 epochs."""
+    bench = Bench(args.dataset, args.cache_dir, 730, reuse=args.resume, threads=args.threads,
+                  post_extra=[] if args.lengths else ["--epochs", str(args.epochs)])
+    args.search_epochs = bench.epochs("joint", args.search_epochs)
+    bench.joint_extra = ["--epochs", str(args.search_epochs)]
+    return bench
+
+
 def measure_lengths(args, bench: Bench, teacher: str, command: str) -> None:
     """Fine-tune each seed's UVC and greedy-fit stage-1 files once per length; choose by comparison."""
     runs = []
@@ -153,10 +162,7 @@ def measure_lengths(args, bench: Bench, teacher: str, command: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python scripts/finetune_length.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    bench = Bench(args.dataset, args.cache_dir, 730, reuse=args.resume, threads=args.threads,
-                  post_extra=[] if args.lengths else ["--epochs", str(args.epochs)])
-    args.search_epochs = args.search_epochs or int(bench.config("joint").epochs)
-    bench.joint_extra = ["--epochs", str(args.search_epochs)]
+    bench = bench_of(args)
     teacher = bench.teacher()
     if args.lengths:
         measure_lengths(args, bench, teacher, command)

@@ -215,6 +215,10 @@ class Bench:
         entry = "joint" if stage == "joint" else "post"
         return parse_config(entry, ["--config", f"{self.config_file}:{stage}", *self.overrides, *extra])
 
+    def epochs(self, stage: str, given: Optional[int] = None) -> int:
+        """`given` epochs of a stage, or (None) the config's for that stage."""
+        return int(given) if given is not None else int(self.config(stage).epochs)
+
     # ------------------------------------------------------------------------- the commands
     def config_key(self, stage: str, extra: List[str]) -> str:
         """A short hash of the resolved config of a stage (plus overrides): the teacher cache key. The

@@ -221,8 +221,8 @@ def bench_of(args) -> Bench:
     bench = Bench(args.dataset or "", args.cache_dir, args.seed, args.smoke, reuse=args.resume, threads=args.threads,
                   config_file=args.config or "", overrides=overrides, teacher_file=args.teacher,
                   teacher_flags=[] if args.pretrained is None else ["--pretrained", str(args.pretrained)])
-    args.search_epochs = args.search_epochs or int(bench.config("joint").epochs)
-    args.finetune_epochs = args.finetune_epochs or int(bench.config("post").epochs)
+    args.search_epochs = bench.epochs("joint", args.search_epochs)
+    args.finetune_epochs = bench.epochs("post", args.finetune_epochs)
     if not args.smoke:  # --smoke sets its own epochs
         bench.joint_extra = ["--epochs", str(args.search_epochs)]
         bench.post_extra = ["--epochs", str(args.finetune_epochs)]
