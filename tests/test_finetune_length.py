@@ -54,6 +54,16 @@ def test_bad_lengths_stop_with_one_line(capsys):
             parse_args(["--lengths", bad])
         assert "--lengths" in capsys.readouterr().err
     assert parse_args(["--lengths", "40,10,20"]).lengths == [10, 20, 40]
+    with pytest.raises(SystemExit):
+        parse_args(["--search_epochs", "0"])
+    assert "--search_epochs 0: at least 1" in capsys.readouterr().err
+
+
+def test_stage_1_runs_the_configs_epochs_unless_given():
+    from scripts.finetune_length import bench_of, parse_args
+    assert bench_of(parse_args(["--dataset", "digits"])).joint_extra == ["--epochs", "30"]
+    assert bench_of(parse_args(["--dataset", "mnist"])).joint_extra == ["--epochs", "10"]
+    assert bench_of(parse_args(["--search_epochs", "4"])).joint_extra == ["--epochs", "4"]
 
 
 def test_the_committed_digits_lengths_are_what_the_readme_reads():
