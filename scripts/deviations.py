@@ -32,6 +32,7 @@ from typing import Dict, List, Sequence
 from configs.common import REFERENCE_SEARCH
 from scripts import benchmark_search as bench
 from scripts.pipeline import finetune_top1, markdown_table, write_result
+from scripts.sweep_report import exceeds
 from utils.checkpoint import atomic_write_text
 
 RULE = "--reference_rules"
@@ -134,9 +135,9 @@ def verdict(variant: str, d_top1: Sequence[float], d_gap: Sequence[float]) -> st
     if not variant.startswith("no_") or not d_top1:
         return "-"
     reasons = []
-    if -sum(d_top1) / len(d_top1) > TOP1_MARGIN + 1e-9:  # (not by a float's rounding)
+    if exceeds(0.0, sum(d_top1) / len(d_top1), TOP1_MARGIN):
         reasons.append("more top-1")
-    if sum(d_gap) / len(d_gap) > GAP_MARGIN + 1e-9:
+    if exceeds(sum(d_gap) / len(d_gap), 0.0, GAP_MARGIN):
         reasons.append("lands closer")
     return "keep: " + ", ".join(reasons) if reasons else "revert to the reference's rule"
 

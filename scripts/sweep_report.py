@@ -58,9 +58,9 @@ def sweep_table(result: dict) -> str:
     return markdown_table(header, lines)
 
 
-def _more(a: float, b: float, margin: float) -> bool:
-    """a exceeds b by more than margin (top-1 points), not by a float's rounding: means of two-decimal
-    percentages are compared to 1e-6."""
+def exceeds(a: float, b: float, margin: float) -> bool:
+    """a exceeds b by more than margin, not by a float's rounding: means of two-decimal percentages (or
+    of ratios) are compared to 1e-6."""
     return a - b > margin + 1e-6
 
 
@@ -75,7 +75,7 @@ def dominations(rows: List[dict], top1_margin: float = 0.1, speed_margin: float 
         if method == "UVC":
             continue
         for (u_method, u_match, u_budget), (u_top1, u_speed) in points.items():
-            if u_method == "UVC" and u_match == match and _more(top1, u_top1, top1_margin) \
+            if u_method == "UVC" and u_match == match and exceeds(top1, u_top1, top1_margin) \
                     and speed > u_speed * (1 + speed_margin):
                 out.append(f"{method} at {budget} ({top1:.2f}, {speed:.2f}x) beats UVC at {u_budget} "
                            f"({u_top1:.2f}, {u_speed:.2f}x), match {match}")
@@ -90,7 +90,7 @@ def shortfalls(rows: List[dict], top1_margin: float = 0.1) -> List[str]:
     return [f"{method} at {budget} ({top1:.2f}) ahead of UVC ({points[('UVC', match, budget)]:.2f}) at equal speed"
             for (method, match, budget), top1 in points.items()
             if match == "latency" and method != "UVC" and ("UVC", match, budget) in points
-            and _more(top1, points[("UVC", match, budget)], top1_margin)]
+            and exceeds(top1, points[("UVC", match, budget)], top1_margin)]
 
 
 def front_text(rows: List[dict]) -> str:
