@@ -12,12 +12,14 @@ the default search with that departure of ours replaced by the reference's rule:
 (--round_to 1). Models are those of scripts/benchmark_search.py (its configs, data, 1x search
 length, --round_to 8 and cached dense teachers). Per cell: the search's hard ratio at its end, the
 exported ratio, the fraction of groups the greedy fit changed (or would have changed, when the
-export takes the search as it ended), top-1 after the freeze, and top-1 at the last and the best
-epoch of stage 2, with the seconds each stage took. Writes <out>.json ({"command", "rows"}) and
-<out>.md: per variant, the mean and range over cells of its difference to `default` on the same
-model, budget and seed, in top-1 at stage 2's last epoch and in where the search landed, |searched
-ratio - budget| (the greedy fit brings every exported ratio into its window, so the exported ratio
-cannot tell one search from another).
+export takes the search as it ended), top-1 after the freeze, top-1 at the last and the best epoch of
+stage 2, the seconds each stage took, and the compact model's speedup at batch 64 (every variant of a
+model, budget and seed timed side by side with the dense model once all cells are done). Writes
+<out>.json ({"command", "cells"}) and <out>.md: per variant, the mean and range over cells of its
+difference to `default` on the same model, budget and seed, in top-1 at stage 2's last epoch, in
+where the search landed, |searched ratio - budget| (the greedy fit brings every exported ratio into
+its window, so the exported ratio cannot tell one search from another; `no_fit` is measured where it
+acts, at the export), and in speed; and the verdict on the departure (`verdict`).
 """
 import argparse
 import json
@@ -82,10 +84,14 @@ def timed(cmd: List[str], log_path: str) -> float:
     return time.time() - start
 
 
+def folder(run_dir: str, name: str, variant: str, budget: float, seed: int) -> str:
+    return os.path.join(run_dir, f"{variant}-{name.replace('@', '-')}-b{budget}-s{seed}")
+
+
 def cell(name: str, variant: str, budget: float, seed: int, teacher: str, args) -> Dict:
     """One cell: stage 1, then stage 2, from scratch (its folder emptied first); its row, also saved as
     <folder>/row.json, which `--resume` reads back instead of running the cell again."""
-    out = os.path.join(args.run_dir, f"{variant}-{name.replace('@', '-')}-b{budget}-s{seed}")
+    out = folder(args.run_dir, name, variant, budget, seed)
     done = os.path.join(out, "row.json")
     if args.resume and os.path.exists(done):
         with open(done) as f:
@@ -111,9 +117,34 @@ def cell(name: str, variant: str, budget: float, seed: int, teacher: str, args) 
     return row
 
 
+AT_EXPORT = ("no_fit",)  # departures that act after the search: they land (or not) at the export
+
+
 def gap(row: Dict) -> float:
-    """How far from the budget the search itself ended (before any fit)."""
-    return abs(row["searched_ratio"] - row["budget"])
+    """How far from the budget the search itself ended (before any fit); for a departure of AT_EXPORT,
+    how far the exported model is."""
+    ratio = row["exported_ratio"] if row["variant"] in AT_EXPORT else row["searched_ratio"]
+    return abs(ratio - row["budget"])
+
+
+def speedups(rows: List[Dict], teachers: Dict[str, str], args) -> List[Dict]:
+    """`rows`, each with `speedup_b64`: its compact model's images/s over the dense teacher's at batch 64,
+    every variant of one model, budget and seed timed side by side with the dense model (interleaved
+    rounds, scripts.pipeline.Bench.throughput)."""
+    from models.compact import load_compact
+    from scripts.pipeline import Bench
+    speedup = {}
+    for name, budget, seed in dict.fromkeys((r["model"], r["budget"], r["seed"]) for r in rows):
+        m = bench.MODELS[name]
+        runner = Bench(config_file=m["config"], overrides=m["data"], smoke=args.smoke, teacher_file=teachers[name])
+        models = {"dense": runner.dense_model(teachers[name])}
+        for r in rows:
+            if (r["model"], r["budget"], r["seed"]) == (name, budget, seed):
+                cell_dir = folder(args.run_dir, name, r["variant"], budget, seed)
+                models[r["variant"]] = load_compact(os.path.join(cell_dir, "stage2", "compact.pth"))
+        speed = runner.throughput(models, 64)
+        speedup.update({(v, name, budget, seed): speed[v] / speed["dense"] for v in models if v != "dense"})
+    return [{**r, "speedup_b64": speedup[(r["variant"], r["model"], r["budget"], r["seed"])]} for r in rows]
 
 
 def spread(values: Sequence[float], fmt: str) -> List[str]:
@@ -124,55 +155,72 @@ def spread(values: Sequence[float], fmt: str) -> List[str]:
 
 
 TOP1_MARGIN = 0.1  # top-1 points: a departure must keep more than this (issue 24's margin) ...
-GAP_MARGIN = 0.005  # ... or land closer to the budget by more than half the fit's tight window (0.01)
+GAP_MARGIN = 0.005  # ... or land closer to the budget by more than half the fit's tight window (0.01) ...
+SPEED_MARGIN = 0.02  # ... or give a compact model faster by more than this fraction (issue 24's margin)
 
 
-def verdict(variant: str, d_top1: Sequence[float], d_gap: Sequence[float]) -> str:
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def verdict(variant: str, d_top1: Sequence[float], d_gap: Sequence[float], d_speed: Sequence[float] = ()) -> str:
     """Keep a departure of ours when the default search, against the reference's rule in its place (the
-    no_<departure> variant), keeps more top-1 after stage 2 by more than TOP1_MARGIN or lands closer to
-    the budget by more than GAP_MARGIN, as means over the paired cells; otherwise it goes back to the
-    reference's rule. `d_top1`, `d_gap`: the variant minus the default, per cell."""
+    no_<departure> variant), keeps more top-1 after stage 2 by more than TOP1_MARGIN, lands closer to
+    the budget by more than GAP_MARGIN, or gives a faster compact model by more than SPEED_MARGIN, as
+    means over the paired cells; otherwise it goes back to the reference's rule. `d_top1`, `d_gap`: the
+    variant minus the default, per cell; `d_speed`: the variant's speedup over the default's, less 1."""
     if not variant.startswith("no_") or not d_top1:
         return "-"
     reasons = []
-    if exceeds(0.0, sum(d_top1) / len(d_top1), TOP1_MARGIN):
+    if exceeds(0.0, mean(d_top1), TOP1_MARGIN):
         reasons.append("more top-1")
-    if exceeds(sum(d_gap) / len(d_gap), 0.0, GAP_MARGIN):
+    if exceeds(mean(d_gap), 0.0, GAP_MARGIN):
         reasons.append("lands closer")
+    if d_speed and exceeds(0.0, mean(d_speed), SPEED_MARGIN):
+        reasons.append("faster")
     return "keep: " + ", ".join(reasons) if reasons else "revert to the reference's rule"
 
 
 def summary(rows: List[Dict]) -> str:
     """Per variant: mean and range over its cells of the difference to `default` on the same model, budget
-    and seed (top-1 at stage 2's last epoch; |searched ratio - budget|), its own means, and the verdict."""
+    and seed (top-1 at stage 2's last epoch; `gap`; speedup, where timed), its own means, and the verdict."""
     key = lambda r: (r["model"], r["budget"], r["seed"])  # noqa: E731
     default = {key(r): r for r in rows if r["variant"] == "default"}
+    timed = all("speedup_b64" in r for r in rows)
     table = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         own = [r for r in rows if r["variant"] == variant]
         paired = [(r, default[key(r)]) for r in own if key(r) in default]
         d_top1 = [r["top1_last"] - d["top1_last"] for r, d in paired]
-        d_gap = [gap(r) - gap(d) for r, d in paired]
+        d_gap = [gap(r) - gap({**d, "variant": variant}) for r, d in paired]  # the default measured alike
+        d_speed = [r["speedup_b64"] / d["speedup_b64"] - 1 for r, d in paired] if timed else []
+        speed = ([*spread([r["speedup_b64"] for r in own], ".2f")[:1], *spread(d_speed, "+.1%")[:1]]
+                 if timed else [])
         table.append([variant, " ".join(VARIANTS[variant]) or "-", str(len(own)),
                       *spread([r["top1_last"] for r in own], ".2f")[:1], *spread(d_top1, "+.2f"),
                       *spread([gap(r) for r in own], ".3f")[:1], *spread(d_gap, "+.3f"),
-                      *spread([r["exported_ratio"] - r["budget"] for r in own], "+.3f")[:1],
-                      verdict(variant, d_top1, d_gap)])
-    header = ["variant", "flags", "cells", "top-1 last", "vs default: mean", "range", "abs(searched - B)",
-              "vs default: mean", "range", "exported - B", "the departure"]
-    return markdown_table(header, table)
+                      *spread([r["exported_ratio"] - r["budget"] for r in own], "+.3f")[:1], *speed,
+                      verdict(variant, d_top1, d_gap, d_speed)])
+    header = ["variant", "flags", "cells", "top-1 last", "vs default: mean", "range", "landing gap",
+              "vs default: mean", "range", "exported - B"] + (["speedup b64", "vs default"] if timed else [])
+    return markdown_table(header + ["the departure"], table)
 
 
 def write(rows: List[Dict], out: str, command: str) -> None:
+    """<out>.md (the summary) and <out>.json: {"command", "cells"}, each cell its row with
+    `top1_after_stage2` (top-1 at stage 2's last epoch)."""
     seconds = [r["seconds_stage1"] + r["seconds_stage2"] for r in rows]
     text = (f"Produced by `{command}`.\n\nThe default search with one departure replaced by the reference's rule "
             f"(scripts/deviations.py). Differences are to `default` on the same model, budget and seed; top-1 "
-            f"at the last epoch of stage 2, in %; B is the budget. A departure is kept when the default keeps "
-            f"more than {TOP1_MARGIN} more top-1, or its search lands more than {GAP_MARGIN} closer to B, than "
-            f"its no_ variant, as means over the cells; otherwise it goes back to the reference's rule. "
-            f"{len(rows)} cells, "
+            f"at the last epoch of stage 2, in %; B is the budget; the landing gap is |searched ratio - B| "
+            f"(for {', '.join(AT_EXPORT)}: |exported ratio - B|, both sides); speedups are images/s over the "
+            f"dense model's at batch 64, each model, budget and seed timed side by side. A departure is kept "
+            f"when the default keeps more than {TOP1_MARGIN} more top-1, lands more than {GAP_MARGIN} closer "
+            f"to B, or is faster by more than {SPEED_MARGIN:.0%}, than its no_ variant, as means over the "
+            f"cells; otherwise it goes back to the reference's rule. {len(rows)} cells, "
             f"{sum(seconds) / max(len(seconds), 1):.0f} s each on average.\n\n{summary(rows)}\n")
-    write_result(out, text, {"command": command, "rows": rows})
+    cells = [{**r, "top1_after_stage2": r["top1_last"]} for r in rows]
+    write_result(out, text, {"command": command, "cells": cells})
 
 
 def main(argv=None) -> int:
@@ -195,6 +243,7 @@ def main(argv=None) -> int:
     plan = [(m, v, b, s) for m in args.models for b in args.budgets for s in args.seeds for v in args.variants]
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         rows = list(pool.map(lambda c: cell(c[0], c[1], c[2], c[3], teachers[c[0]], args), plan))
+    rows = speedups(rows, teachers, args)
     command = "python scripts/deviations.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write(rows, args.out, command.strip())
     print(summary(rows))

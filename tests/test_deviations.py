@@ -8,7 +8,8 @@ from scripts import deviations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KEYS = ("variant", "flags", "model", "budget", "seed", "searched_ratio", "exported_ratio", "greedy_changed_frac",
-        "top1_after_freeze", "top1_last", "top1_best", "seconds_stage1", "seconds_stage2", "command")
+        "top1_after_freeze", "top1_last", "top1_best", "top1_after_stage2", "seconds_stage1", "seconds_stage2",
+        "command", "speedup_b64")
 
 
 def test_smoke_ledger_writes_every_row_in_the_fit_window_and_resumes(tmp_path, capsys):
@@ -18,20 +19,22 @@ def test_smoke_ledger_writes_every_row_in_the_fit_window_and_resumes(tmp_path, c
             "--out", str(out)]
     assert deviations.main(argv) == 0
     ledger = json.loads((tmp_path / "my ledger" / "dev.json").read_text())
-    assert set(ledger) == {"command", "rows"}
+    assert set(ledger) == {"command", "cells"}
     assert shlex.split(ledger["command"]) == ["python", "scripts/deviations.py", *argv]
-    rows = ledger["rows"]
+    rows = ledger["cells"]
     assert [r["variant"] for r in rows] == ["default", "no_gate_safety"]
     for r in rows:
         assert all(k in r for k in KEYS)
         assert r["budget"] - 0.03 <= r["exported_ratio"] <= r["budget"] + 0.01 and r["in_fit_window"]
+        assert r["top1_after_stage2"] == r["top1_last"] and 1.0 < r["speedup_b64"] < 10  # half the MACs
     assert "--reference_rules no_gate_safety" in rows[1]["command"]
     md = (tmp_path / "my ledger" / "dev.md").read_text()
-    assert "| no_gate_safety | --reference_rules no_gate_safety | 1 |" in md
+    assert "| no_gate_safety | --reference_rules no_gate_safety | 1 |" in md and "speedup b64" in md
     capsys.readouterr()
     assert deviations.main(argv + ["--resume"]) == 0  # every cell read back: no command runs
     assert "$ python" not in capsys.readouterr().out
-    assert json.loads((tmp_path / "my ledger" / "dev.json").read_text())["rows"] == rows
+    untimed = lambda cells: [{k: v for k, v in c.items() if k != "speedup_b64"} for c in cells]  # noqa: E731
+    assert untimed(json.loads((tmp_path / "my ledger" / "dev.json").read_text())["cells"]) == untimed(rows)
 
 
 def test_a_departure_is_kept_only_when_it_keeps_more_top1_or_lands_closer_by_more_than_the_margins():
@@ -43,11 +46,38 @@ def test_a_departure_is_kept_only_when_it_keeps_more_top1_or_lands_closer_by_mor
     default = [row("default", 1, 96.0, 0.50), row("default", 2, 96.2, 0.49)]
 
     def verdict_of(top1s, searched):
-        table = deviations.summary(default + [row("no_fit", s, t, e) for s, t, e in zip((1, 2), top1s, searched)])
-        return [line for line in table.splitlines() if line.startswith("| no_fit")][0].rsplit("|", 2)[-2].strip()
+        table = deviations.summary(default + [row("no_moving_target", s, t, e)
+                                              for s, t, e in zip((1, 2), top1s, searched)])
+        return [line for line in table.splitlines()
+                if line.startswith("| no_moving_target")][0].rsplit("|", 2)[-2].strip()
     assert verdict_of((96.0, 96.0), (0.50, 0.49)) == "revert to the reference's rule"  # 0.1 worse: not more ...
     assert verdict_of((95.9, 96.0), (0.50, 0.49)) == "keep: more top-1"  # ... 0.15 worse: more
     assert verdict_of((96.0, 96.1), (0.51, 0.49)) == "revert to the reference's rule"  # 0.005 further: not more
     assert verdict_of((96.0, 96.1), (0.52, 0.49)) == "keep: lands closer"  # 0.01 further
     assert verdict_of((90.0, 90.0), (0.45, 0.45)) == "keep: more top-1, lands closer"
     assert deviations.verdict("default", [0.0], [0.0]) == "-" and deviations.verdict("no_fit", [], []) == "-"
+
+
+def test_a_departure_that_only_gives_speed_is_kept_by_more_than_two_percent():
+    """Speed is the third reason (issue 24's margin): the variant's compact model slower than the
+    default's by more than 2% on the mean of the paired cells."""
+    def verdict_of(*speed_ratios):
+        return deviations.verdict("no_round_to", [0.0] * len(speed_ratios), [0.0] * len(speed_ratios),
+                                  [r - 1 for r in speed_ratios])
+    assert verdict_of(0.98, 0.98) == "revert to the reference's rule"  # 2% slower: not more
+    assert verdict_of(0.97, 0.98) == "keep: faster"
+    assert verdict_of(0.90, 1.08) == "revert to the reference's rule"  # the mean, not one cell
+
+
+def test_the_fit_is_measured_where_it_acts_at_the_export():
+    """no_fit's search is the default's: its landing gap, on both sides of the pair, is the exported ratio's."""
+    def row(variant, seed, searched, exported):
+        return {"variant": variant, "model": "digits", "budget": 0.5, "seed": seed, "top1_last": 96.0,
+                "searched_ratio": searched, "exported_ratio": exported, "speedup_b64": 2.0}
+    rows = [row("default", 1, 0.52, 0.50), row("no_fit", 1, 0.52, 0.52),
+            row("no_moving_target", 1, 0.52, 0.50)]
+    table = deviations.summary(rows).splitlines()
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in table[2:]}
+    assert lines["no_fit"][6:8] == ["0.020", "+0.020"] and lines["no_fit"][-1] == "keep: lands closer"
+    assert lines["no_moving_target"][6:8] == ["0.020", "+0.000"]  # the search's own landing, as default's
+    assert lines["default"][6] == "0.020"
