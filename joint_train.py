@@ -14,7 +14,6 @@ from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.search.masked_model import MaskedViT
 from uvc.deploy.stagefile import stage1_record
 from uvc.search import UVCSearch
-from uvc.search.schedule import MIN_STEERING_STEPS
 from utils.amp import make_scaler
 from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
@@ -28,77 +27,7 @@ from engine.build import (build_data, build_loss, build_optimizer, build_student
 from engine.entry import run_entry
 from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
-
-
-def log_architecture(logger: RunLogger, search: UVCSearch, model: MaskedViT, step: int) -> dict:
-    """Tensorboard histograms/images of the current architecture; returns its counts."""
-    a, dims = search.arch, search.dims
-    spec = search.spec(model, "")
-    kept = {"heads": [len(b["heads"]) for b in spec["blocks"]],
-            "value_dims": [sum(len(v) for v in b["value_dims"]) for b in spec["blocks"]],
-            "neurons": [len(b["neurons"]) for b in spec["blocks"]],
-            "skipped": [int(b["skipped"]) for b in spec["blocks"]],
-            "patches_kept": len(spec["patches_kept"])}
-    for name in ("heads", "value_dims", "neurons"):
-        logger.scalars(f"arch_kept_{name}", {str(l): v for l, v in enumerate(kept[name])}, step)
-    keep_prob = a.gate_logits.detach().softmax(-1)[:, 1]
-    logger.scalars("arch_block_keep_prob", {str(l): float(p) for l, p in enumerate(keep_prob)}, step)
-    logger.histogram("arch/patch_keep_prob", a.patch_keep_prob(), step)
-    side = int(dims.num_patches ** 0.5)
-    logger.image("arch/patch_keep_map", a.patch_keep_prob().detach().view(side, side), step)
-    logger.histogram("arch/y", a.y, step)
-    logger.histogram("arch/p", a.p, step)
-    return kept
-
-
-def warn_if_too_short(logger: RunLogger, search_steps: int, steps_per_epoch: int) -> None:
-    """A search under MIN_STEERING_STEPS cannot steer to its budget: the greedy fit would do the work."""
-    if search_steps >= MIN_STEERING_STEPS:
-        return
-    epochs = -(-MIN_STEERING_STEPS // max(steps_per_epoch, 1))
-    logger.warning(f"WARNING: the search has {search_steps} steps, fewer than the {MIN_STEERING_STEPS} it needs to "
-                   f"steer itself to the budget: the freeze's greedy fit will do most of the compression; give it "
-                   f"at least {epochs} search epoch(s) of {steps_per_epoch} steps (--epochs beyond --warmup_epochs)")
-
-
-def warn_if_collapsed(logger: RunLogger, top1: float, teacher_top1) -> None:
-    """A result far under the teacher must not look like success: stderr and log.jsonl."""
-    if teacher_top1 is None or top1 >= 0.5 * teacher_top1:
-        return
-    text = (f"WARNING: stage 1 ended at top-1 {top1:.2f}, under half the teacher's {teacher_top1:.2f}: the "
-            f"search has damaged the model (budget too low, or too short a search?); stage 2 may not recover it")
-    logger.warning(text)
-
-
-def log_latency_check(logger: RunLogger, fit: dict, budget: float) -> None:
-    """The frozen model timed whole against the dense one (uvc.cost.latency_check); loud if still off."""
-    checks = fit.get("latency_checks")
-    if not checks:
-        return
-    logger.info("latency check, compact time / dense time, timed whole: " + "; ".join(
-        f"fit to {c['target']:.3f} -> estimated {c['estimated']:.3f}, measured {c['measured']:.3f}"
-        + (" (kept)" if c["kept"] else "") for c in checks))
-    measured = fit["measured_latency_ratio"]
-    if abs(measured - budget) > 0.1 * budget:
-        logger.warning(f"WARNING: the frozen model takes {measured:.3f} of the dense model's time, more than 10% "
-                       f"off budget {budget} after {len(checks)} fits: timings on this device are unsteady, or the "
-                       f"fit cannot reach it; a higher --latency_check allows more fits")
-
-
-def log_frozen(logger: RunLogger, fit: dict, budget: float, top1: float) -> None:
-    """One line on the frozen architecture: what the greedy fit did, or (a search exported as it ended) how far the
-    search ended from the budget and what the fit would have changed."""
-    if fit.get("exported_as_searched"):
-        logger.info(f"frozen architecture as searched (no fit): MACs ratio {fit['macs_ratio']:.4f}, "
-                    f"{fit['budget_gap']:+.4f} from budget {budget} in {fit['budget_metric']}; the greedy fit "
-                    f"would have changed {100 * fit['greedy_would_change_frac']:.1f}% of the groups; top-1 {top1:.2f}")
-        return
-    logger.info(f"frozen architecture: MACs ratio {fit['macs_ratio']:.4f} (search ended at "
-                f"{fit['searched_macs_ratio']:.4f}; to fit budget {budget} the greedy pass removed "
-                f"{fit['groups_removed_to_fit']} groups and restored {fit['restored_neurons']} neurons, "
-                f"{fit['restored_dims']} value dims, {fit['restored_heads']} heads, {fit['restored_blocks']} "
-                f"blocks; widths at multiples of {fit['round_to']}: {fit['rounded_up']} groups rounded up, "
-                f"{fit['rounded_down']} down); top-1 {top1:.2f}")
+from engine.stage1_log import log_epoch, log_freeze, log_search_start
 
 
 def main(argv=None) -> None:
@@ -134,16 +63,7 @@ def main(argv=None) -> None:
     logger.start(plan.line(), plan.record())
     if resumed:
         logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
-    dense = f"{teacher_top1:.2f}" if teacher_top1 is not None else "not measured (no dense weights)"
-    if search.reference:
-        logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps of the reference's algorithm "
-                    f"(--search_algorithm reference) against budget {config.budget}, exported with no fit")
-    else:
-        rules = search.rules.names()
-        logger.info(f"dense top-1 {dense}; search: {search.rates.steps} steps, the target reaches budget "
-                    f"{config.budget} after {config.target_ramp:.0%} of them"
-                    + (f"; the reference's rules in place of ours: {', '.join(rules)}" if rules else ""))
-        warn_if_too_short(logger, search.rates.steps, steps)
+    log_search_start(logger, search, config.budget, config.target_ramp, teacher_top1, steps)
 
     on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)
     stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
@@ -170,15 +90,7 @@ def main(argv=None) -> None:
             if "stopped_at" in stats:
                 run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
             metrics = evaluate(ddp_model, data.val_loader, env.device, search, config.fp16)
-            ratios = search.ratios(model)
-            kept = log_architecture(logger, search, model, run.global_step)
-            record = {"epoch": epoch, "step": run.global_step, "searching": search.active,
-                      **{f"train_{k}": v for k, v in stats.items()}, **{f"val_{k}": v for k, v in metrics.items()},
-                      **ratios, "z": float(search.arch.z), "y_mean": float(search.arch.y.mean()),
-                      "p_mean": float(search.arch.p.mean()), "z_integral": float(search.arch.z_integral),
-                      **search.record(), **kept}
-            logger.scalars("epoch", {k: v for k, v in record.items() if isinstance(v, (int, float))}, epoch)
-            logger.epoch(record)
+            log_epoch(logger, search, model, epoch, run.global_step, stats, metrics)
             run.epoch = epoch + 1
             if stop.requested():
                 run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
@@ -193,18 +105,7 @@ def main(argv=None) -> None:
     final = evaluate(ddp_model, data.val_loader, env.device, None, config.fp16)
     fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
     fit.update(search.trial_state())  # flip trials, refused
-    log_frozen(logger, fit, float(config.budget), final["top1"])
-    metric = fit["budget_metric"]
-    if metric != "macs":
-        logger.info(f"frozen {metric} ratio {fit[metric + '_ratio']:.4f} (search ended at "
-                    f"{fit['searched_' + metric + '_ratio']:.4f})")
-    log_latency_check(logger, fit, float(config.budget))
-    if fit.get("fit_window") == "missed" and (fit["round_to"] > 1 or metric != "macs"):
-        logger.warning(f"WARNING: the frozen architecture's {metric} ratio {fit[metric + '_ratio']:.4f} is outside "
-                       f"[budget - 0.03, budget + 0.01] of budget {config.budget}: the greedy fit (MLP widths and "
-                       f"value dims at multiples of --round_to {fit['round_to']}) could not reach it from where "
-                       f"the search ended; a lower --round_to gives finer steps")
-    warn_if_collapsed(logger, final["top1"], teacher_top1)
+    log_freeze(logger, fit, config.budget, final["top1"], teacher_top1)
     if is_main_process():
         path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
         atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit,

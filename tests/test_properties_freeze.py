@@ -8,6 +8,7 @@ import torch
 from hypothesis import Phase, assume, given, settings, strategies as st
 
 import joint_train
+from engine import stage1_log
 from models import create_model
 from tests.test_model_kinds import modelled_ops
 from tests.test_report import random_arch
@@ -105,7 +106,7 @@ def test_collapse_warning_under_half_the_teacher(tmp_path, capsys, top1, warned)
     """README: when stage 1 ends under half the dense model's top-1, a WARNING line goes to stderr
     and a {"warning": ...} record to log.jsonl."""
     logger = RunLogger(str(tmp_path))
-    joint_train.warn_if_collapsed(logger, top1, 80.0)
+    stage1_log.warn_if_collapsed(logger, top1, 80.0)
     logger.close()
     err = capsys.readouterr().err.strip().splitlines()
     records = _warnings(tmp_path)
@@ -122,7 +123,7 @@ def test_latency_check_warns_more_than_ten_percent_off(tmp_path, capsys, measure
     logger = RunLogger(str(tmp_path))
     fit = {"latency_checks": [{"target": 0.5, "estimated": 0.5, "measured": measured, "kept": True}],
            "measured_latency_ratio": measured}
-    joint_train.log_latency_check(logger, fit, 0.5)
+    stage1_log.log_latency_check(logger, fit, 0.5)
     logger.close()
     err = capsys.readouterr().err.strip().splitlines()
     if warned:
