@@ -8,6 +8,10 @@ distillation from the dense model. Ends by freezing the architecture into
 """
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 from data import probe_batch
 from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
@@ -15,24 +19,46 @@ from uvc.search.masked_model import MaskedViT
 from uvc.deploy.stagefile import stage1_record
 from uvc.search import UVCSearch
 from utils.amp import make_scaler
-from utils.batch import batch_plan
+from utils.batch import BatchPlan, batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import cleanup, init_distributed, is_main_process
+from utils.dist import DistInfo, cleanup, init_distributed, is_main_process
 from utils.logger import RunLogger
 from engine import evaluate, train_one_epoch
-from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                          check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                          teacher_record, wrap_ddp)
+from engine.build import (Data, build_data, build_loss, build_optimizer, build_student, build_teacher,
+                          check_output_dir, seed_everything, steps_per_epoch, teacher_record, wrap_ddp)
 from engine.entry import run_entry
 from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
+from engine.stage import close_epoch, open_run, settle_epoch, start_epoch
 from engine.stage1_log import log_epoch, log_freeze, log_search_start
 
 
-def main(argv=None) -> None:
-    config = parse_config("joint", argv, prog="joint_train.py")
-    check_output_dir(config.output_dir)
+@dataclass
+class Stage1:
+    """What a stage-1 run is made of."""
+    config: object
+    env: DistInfo
+    data: Data
+    vit: torch.nn.Module
+    model_type: str
+    model: MaskedViT
+    ddp_model: torch.nn.Module
+    criterion: torch.nn.Module
+    search: UVCSearch
+    plan: BatchPlan
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    steps: int  # optimizer steps per epoch
+    teacher_top1: Optional[float]  # the dense model's top-1, None without dense weights
+    run: RunState
+
+
+def build(config) -> Stage1:
+    """Data, student, teacher, search, optimizer and run state. The dense model's top-1, what the end of
+    the search is checked against, is measured here: before a resume restores the RNG (a loader's
+    iterator draws from it)."""
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
     data = build_data(config, env)
@@ -51,66 +77,74 @@ def main(argv=None) -> None:
     optimizer, scheduler = build_optimizer(config, vit, search_epochs, steps, plan.peak_lr)
     scaler = make_scaler(env.device, config.fp16)
     yardstick = teacher if teacher is not None else (vit if config.pretrained and config.model_path else None)
-    # the dense model's top-1, what the end of the search is checked against; before a resume restores
-    # the RNG (a loader's iterator draws from it)
     teacher_top1 = None
     if yardstick is not None:
         teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, config.fp16)["top1"]
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
-    resumed = run.maybe_resume(config.resume, config.output_dir)
-    prepare_output_dir(config.output_dir)  # every check has passed: the first write
-    logger = RunLogger(config.output_dir)
-    logger.start(plan.line(), plan.record())
-    if resumed:
-        logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
-    log_search_start(logger, search, config.budget, config.target_ramp, teacher_top1, steps)
+    return Stage1(config, env, data, vit, model_type, model, ddp_model, criterion, search, plan, optimizer,
+                  scheduler, scaler, steps, teacher_top1, run)
 
-    on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, search)
+
+def run_epoch(s: Stage1, epoch: int, logger: RunLogger, on_step, stop: StopSignal) -> None:
+    """One epoch: warm-up (weights only, at --warmup_lr) or search (the cosine schedule runs over the
+    search epochs), then its evaluation, record and checkpoint."""
+    config, run, search = s.config, s.run, s.search
+    warmup_steps = search.warmup_epochs * s.steps
+    search.set_epoch(epoch)
+    skip_steps, progress = start_epoch(run, config, s.data, epoch)  # > 0: resuming a run stopped mid-epoch
+    if not search.active:
+        for group in s.optimizer.param_groups:
+            group["lr"] = config.warmup_lr
+    else:
+        s.scheduler.step_update(num_updates=run.global_step - warmup_steps)
+    stats = train_one_epoch(
+        s.ddp_model, s.criterion, s.data.train_loader, s.optimizer, s.scaler, s.env.device, epoch,
+        lr_scheduler=s.scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=s.data.mixup,
+        arch_step=search, amp=config.fp16, clip_grad=config.clip_grad,
+        accumulation=config.gradient_accumulation_steps,
+        max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
+        skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
+    settle_epoch(run, stats, config, logger, stop)  # stopped mid-epoch: saves, exits 143
+    metrics = evaluate(s.ddp_model, s.data.val_loader, s.env.device, search, config.fp16)
+    log_epoch(logger, search, s.model, epoch, run.global_step, stats, metrics)
+    close_epoch(run, epoch, config, logger, stop)  # after a signal: saves, exits 143
+
+
+def freeze_and_save(s: Stage1, logger: RunLogger) -> None:
+    """Freeze the searched architecture (fitted to the budget), zero the removed weights, evaluate the
+    frozen model and write <output_dir>/<model_type>_uvc.pth, the input of post_train.py."""
+    config, vit, search = s.config, s.vit, s.search
+    spec, fit = search.freeze(s.model, s.model_type)
+    keep = param_keep_masks(vit, spec)
+    zero_removed_weights(vit, keep)
+    apply_spec(s.model, spec)
+    final = evaluate(s.ddp_model, s.data.val_loader, s.env.device, None, config.fp16)
+    fit.update(final_top1=final["top1"], teacher_top1=s.teacher_top1, search_steps=search.rates.steps)
+    fit.update(search.trial_state())  # flip trials, refused
+    log_freeze(logger, fit, config.budget, final["top1"], s.teacher_top1)
+    if is_main_process():
+        path = os.path.join(config.output_dir, f"{s.model_type}_uvc.pth")
+        atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit,
+                                  teacher_record(config, vit, s.model_type), search.latency_table), path)
+        logger.epoch({"stage1_file": path, **fit})
+
+
+def main(argv=None) -> None:
+    config = parse_config("joint", argv, prog="joint_train.py")
+    check_output_dir(config.output_dir)
+    s = build(config)
+    logger = open_run(s.run, config, s.plan)  # resumes, then the first write
+    log_search_start(logger, s.search, config.budget, config.target_ramp, s.teacher_top1, s.steps)
+
+    on_step = step_hook(config, logger, s.ddp_model, s.data.val_loader, s.env.device, s.search)
     stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
     try:
-        warmup_steps = search.warmup_epochs * steps
-        for epoch in range(run.epoch, config.epochs):
-            skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
-            search.set_epoch(epoch)
-            data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
-                                         * data.train_loader.batch_size)
-            if not search.active:  # warm-up: weights only, at --warmup_lr
-                for group in optimizer.param_groups:
-                    group["lr"] = config.warmup_lr
-            else:  # the cosine schedule runs over the search epochs
-                scheduler.step_update(num_updates=run.global_step - warmup_steps)
-            stats = train_one_epoch(
-                ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
-                lr_scheduler=scheduler if search.active else None, lr_step_offset=warmup_steps, mixup=data.mixup,
-                arch_step=search, amp=config.fp16, clip_grad=config.clip_grad,
-                accumulation=config.gradient_accumulation_steps,
-                max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
-                skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
-            run.global_step = stats.pop("global_step")
-            if "stopped_at" in stats:
-                run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
-            metrics = evaluate(ddp_model, data.val_loader, env.device, search, config.fp16)
-            log_epoch(logger, search, model, epoch, run.global_step, stats, metrics)
-            run.epoch = epoch + 1
-            if stop.requested():
-                run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
-            run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
+        for epoch in range(s.run.epoch, config.epochs):
+            run_epoch(s, epoch, logger, on_step, stop)
     finally:  # also when the run stops on an error: Ctrl-C and SIGTERM get their handlers back
         stop.close()
 
-    spec, fit = search.freeze(model, model_type)
-    keep = param_keep_masks(vit, spec)
-    zero_removed_weights(vit, keep)
-    apply_spec(model, spec)
-    final = evaluate(ddp_model, data.val_loader, env.device, None, config.fp16)
-    fit.update(final_top1=final["top1"], teacher_top1=teacher_top1, search_steps=search.rates.steps)
-    fit.update(search.trial_state())  # flip trials, refused
-    log_freeze(logger, fit, config.budget, final["top1"], teacher_top1)
-    if is_main_process():
-        path = os.path.join(config.output_dir, f"{model_type}_uvc.pth")
-        atomic_save(stage1_record(spec, vit.state_dict(), config.to_dict(), fit,
-                                  teacher_record(config, vit, model_type), search.latency_table), path)
-        logger.epoch({"stage1_file": path, **fit})
+    freeze_and_save(s, logger)
     logger.close()
     cleanup()
 
