@@ -14,6 +14,10 @@ teacher is made for a new dataset.
 """
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 from models import model_kwargs_of, resolve_model_type
 from models.compact import save_compact
@@ -23,23 +27,47 @@ from uvc.search.masked_model import MaskedViT
 from uvc.deploy.frozen import FrozenArchitecture
 from uvc.deploy.stagefile import data_record, read_stage1, read_stage_file, stage2_record
 from utils.amp import make_scaler
-from utils.batch import batch_plan
+from utils.batch import BatchPlan, batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import cleanup, init_distributed, is_main_process
+from utils.dist import DistInfo, cleanup, init_distributed, is_main_process
 from utils.logger import RunLogger
 from engine import evaluate, train_one_epoch
-from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                          check_output_dir, prepare_output_dir, seed_everything, steps_per_epoch,
-                          wrap_ddp)
+from engine.build import (Data, build_data, build_loss, build_optimizer, build_student, build_teacher,
+                          check_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
 from engine.entry import run_entry
 from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
+from engine.stage import close_epoch, open_run, settle_epoch, start_epoch
 
 
-def main(argv=None) -> None:
-    config = parse_config("post", argv, prog="post_train.py")
-    check_output_dir(config.output_dir)
+@dataclass
+class Stage2:
+    """What a stage-2 run (or, without a stage-1 file, a dense training run) is made of."""
+    config: object
+    env: DistInfo
+    data: Data
+    vit: torch.nn.Module
+    model_type: str
+    stage1: Optional[dict]  # the stage-1 file; None on the dense path
+    frozen: Optional[FrozenArchitecture]
+    ddp_model: torch.nn.Module
+    criterion: torch.nn.Module
+    plan: BatchPlan
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    run: RunState
+
+    @property
+    def best_path(self) -> str:
+        kind = "uvc_post" if self.stage1 is not None else "dense"
+        return os.path.join(self.config.output_dir, f"{self.model_type}_{kind}_best.pth")
+
+
+def build(config) -> Stage2:
+    """Data, student (the stage-1 file fixes its type, shape, resolution and weights), teacher,
+    optimizer and run state."""
     env = init_distributed(config.gpu_num, config.local_rank)
     seed_everything(config.seed, config.deterministic)
     compress = bool(config.checkpoint_dir)
@@ -62,63 +90,74 @@ def main(argv=None) -> None:
                                            plan.peak_lr)
     scaler = make_scaler(env.device, config.fp16)
     run = RunState("post", vit, optimizer, scheduler, scaler, config)
-    resumed = run.maybe_resume(config.resume, config.output_dir)
-    prepare_output_dir(config.output_dir)  # every check has passed: the first write
-    logger = RunLogger(config.output_dir)
-    logger.start(plan.line(), plan.record())
-    if resumed:
-        logger.info(f"resumed from {resumed} at epoch {run.epoch}, step {run.global_step}")
-    best_path = os.path.join(config.output_dir, f"{model_type}_{'uvc_post' if compress else 'dense'}_best.pth")
+    return Stage2(config, env, data, vit, model_type, stage1, frozen, ddp_model, criterion, plan, optimizer,
+                  scheduler, scaler, run)
 
-    def record_of_model() -> dict:
-        """The best-model file: a stage-2 file, or the dense model in DeiT's layout."""
-        if not compress:  # DeiT's layout, plus what rebuilds the model (python -m uvc.evaluate, uvc.report)
-            return {"model": vit.state_dict(), "model_type": model_type, "model_kwargs": model_kwargs_of(vit),
-                    "config": config.to_dict()}
-        return stage2_record(stage1, model_type, vit.state_dict(), config.to_dict())
 
-    on_step = step_hook(config, logger, ddp_model, data.val_loader, env.device, frozen)
+def best_record(s: Stage2) -> dict:
+    """The best-model file: a stage-2 file, or the dense model in DeiT's layout."""
+    if s.stage1 is None:  # DeiT's layout, plus what rebuilds the model (python -m uvc.evaluate, uvc.report)
+        return {"model": s.vit.state_dict(), "model_type": s.model_type, "model_kwargs": model_kwargs_of(s.vit),
+                "config": s.config.to_dict()}
+    return stage2_record(s.stage1, s.model_type, s.vit.state_dict(), s.config.to_dict())
+
+
+def run_epoch(s: Stage2, epoch: int, logger: RunLogger, on_step, stop: StopSignal) -> None:
+    """One epoch of fine-tuning, its evaluation and record; the best model so far is written to
+    s.best_path, the run state to the checkpoint."""
+    config, run = s.config, s.run
+    skip_steps, progress = start_epoch(run, config, s.data, epoch)  # > 0: resuming a run stopped mid-epoch
+    stats = train_one_epoch(
+        s.ddp_model, s.criterion, s.data.train_loader, s.optimizer, s.scaler, s.env.device, epoch,
+        lr_scheduler=s.scheduler, mixup=s.data.mixup, arch_step=s.frozen, amp=config.fp16,
+        clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
+        max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
+        skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
+    settle_epoch(run, stats, config, logger, stop)  # stopped mid-epoch: saves, exits 143
+    metrics = evaluate(s.ddp_model, s.data.val_loader, s.env.device, s.frozen, config.fp16)
+    is_best = metrics["top1"] > run.best_top1
+    run.best_top1 = max(run.best_top1, metrics["top1"])
+    record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},
+              **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": run.best_top1}
+    logger.scalars("epoch", record, epoch)
+    logger.epoch(record)
+    if is_main_process() and is_best:
+        atomic_save(best_record(s), s.best_path)
+    close_epoch(run, epoch, config, logger, stop)  # after a signal: saves, exits 143
+
+
+def export_best(s: Stage2, logger: RunLogger) -> None:
+    """The last record: the best model's file and top-1; after a stage-1 file, also the best model
+    exported physically smaller to <output_dir>/compact.pth."""
+    if not is_main_process():
+        return
+    if s.stage1 is None:
+        logger.epoch({"best_file": s.best_path, "best_top1": s.run.best_top1})
+        return
+    best = read_stage_file(s.best_path)
+    s.vit.load_state_dict(best["model"])
+    compact = export_compact(s.vit.eval(), best["arch"])
+    compact_path = os.path.join(s.config.output_dir, "compact.pth")
+    save_compact(compact, compact_path, data_record(s.config))
+    logger.epoch({"best_file": s.best_path, "best_top1": s.run.best_top1, "compact_file": compact_path,
+                  "macs_ratio": spec_ratio(best["arch"])})
+
+
+def main(argv=None) -> None:
+    config = parse_config("post", argv, prog="post_train.py")
+    check_output_dir(config.output_dir)
+    s = build(config)
+    logger = open_run(s.run, config, s.plan)  # resumes, then the first write
+
+    on_step = step_hook(config, logger, s.ddp_model, s.data.val_loader, s.env.device, s.frozen)
     stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
     try:
-        for epoch in range(run.epoch, config.epochs):
-            skip_steps, progress = run.take_resume_point()  # > 0: resuming a run stopped mid-epoch
-            data.train_sampler.set_epoch(epoch, skip=skip_steps * config.gradient_accumulation_steps
-                                         * data.train_loader.batch_size)
-            stats = train_one_epoch(
-                ddp_model, criterion, data.train_loader, optimizer, scaler, env.device, epoch,
-                lr_scheduler=scheduler, mixup=data.mixup, arch_step=frozen, amp=config.fp16,
-                clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
-                max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
-                skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
-            run.global_step = stats.pop("global_step")
-            if "stopped_at" in stats:
-                run.exit_preempted(config.output_dir, logger, stats, stop.exit_code())  # saves mid-epoch, exits 143
-            metrics = evaluate(ddp_model, data.val_loader, env.device, frozen, config.fp16)
-            is_best = metrics["top1"] > run.best_top1
-            run.best_top1 = max(run.best_top1, metrics["top1"])
-            record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},
-                      **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": run.best_top1}
-            logger.scalars("epoch", record, epoch)
-            logger.epoch(record)
-            run.epoch = epoch + 1
-            if is_main_process() and is_best:
-                atomic_save(record_of_model(), best_path)
-            if stop.requested():
-                run.exit_preempted(config.output_dir, logger, code=stop.exit_code())  # saves, exits 143
-            run.save(config.output_dir)  # on every rank: checks that the ranks agree, rank 0 writes
+        for epoch in range(s.run.epoch, config.epochs):
+            run_epoch(s, epoch, logger, on_step, stop)
     finally:  # also when the run stops on an error: Ctrl-C and SIGTERM get their handlers back
         stop.close()
 
-    if compress and is_main_process():
-        best = read_stage_file(best_path)
-        vit.load_state_dict(best["model"])
-        compact = export_compact(vit.eval(), best["arch"])
-        compact_path = os.path.join(config.output_dir, "compact.pth")
-        save_compact(compact, compact_path, data_record(config))
-        logger.epoch({"best_file": best_path, "best_top1": run.best_top1, "compact_file": compact_path,
-                      "macs_ratio": spec_ratio(best["arch"])})
-    elif is_main_process():
-        logger.epoch({"best_file": best_path, "best_top1": run.best_top1})
+    export_best(s, logger)
     logger.close()
     cleanup()
 
