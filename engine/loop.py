@@ -8,7 +8,7 @@ search (`UVCSearch`, whose step is the primal-dual update), stage 2 the fixed
 architecture (`FrozenArchitecture`), the dense path None.
 """
 from contextlib import nullcontext
-from typing import Callable, Dict, Optional, Protocol
+from typing import Callable, Dict, Optional, Protocol, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,14 +86,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
     model.train()
     criterion.train()
     inner = _unwrap(model)
-    sampler_skip = getattr(getattr(loader, "sampler", None), "skip", None)  # samples the sampler leaves out
-    if sampler_skip is not None and sampler_skip != skip_steps * accumulation * (loader.batch_size or 1):
-        raise ValueError(f"train_one_epoch(skip_steps={skip_steps}) needs the sampler to skip "
-                         f"{skip_steps * accumulation * (loader.batch_size or 1)} samples, it skips {sampler_skip}")
-    drop_batches = 0 if sampler_skip is not None else skip_steps * accumulation
-    steps_per_epoch = (len(loader) - drop_batches) // accumulation + skip_steps
-    if max_steps:
-        steps_per_epoch = min(steps_per_epoch, max_steps)
+    drop_batches, steps_per_epoch = _epoch_length(loader, skip_steps, accumulation, max_steps)
     stats = Averages()
     if progress is not None:
         stats.load_state_dict(progress)
@@ -107,47 +100,13 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
     stopped_at = None
     for step in range(skip_steps, steps_per_epoch):
         batches = [next(it) for _ in range(accumulation)]
-        for micro, (images, targets) in enumerate(batches):
-            if arch_step is not None:  # per micro-batch: each backward needs its own gate/patch graph
-                arch_step.prepare(inner, training=True)
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            last = micro == accumulation - 1
-            sync = model.no_sync() if (hasattr(model, "no_sync") and not last) else nullcontext()
-            with sync:
-                with autocast_context(device, amp):
-                    outputs = model(images)
-                    loss = criterion(images, outputs, targets)
-                if any_rank(not torch.isfinite(loss)):  # every rank stops at the same step
-                    bar.close()  # clear the progress line: the error gets a line of its own
-                    where = "" if torch.isfinite(loss) else f"loss is {loss.item()} "
-                    raise NonFiniteLossError(
-                        f"{where or 'another rank saw a non-finite loss '}at epoch {epoch} step {global_step + 1}; "
-                        f"stopping. The last good "
-                        f"checkpoint is kept: lower --learning_rate, set --clip_grad, or turn off --fp16")
-                scaler.scale(loss / accumulation).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = None
-        if clip_grad > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(inner.parameters(), clip_grad))
-        scale_before = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        loss = _forward_backward(model, criterion, batches, scaler, device, mixup, arch_step, amp, bar,
+                                 f"at epoch {epoch} step {global_step + 1}")
+        grad_norm, skipped = _optimizer_step(inner, optimizer, scaler, clip_grad)
         global_step += 1
         lr = optimizer.param_groups[0]["lr"]
-        scalars = {"loss": loss.item(), "lr": lr}
-        last_parts = getattr(criterion, "last", None)
-        if last_parts:
-            scalars.update({f"loss_{k}": float(v) for k, v in last_parts.items()})
-        if grad_norm is not None:
-            scalars["grad_norm"] = grad_norm
-        skipped = scale_before is not None and scaler.get_scale() < scale_before
-        if scale_before is not None:
-            amp_skipped += int(skipped)
-            scalars["amp_skipped"] = float(skipped)
+        scalars = _step_scalars(loss, lr, criterion, grad_norm, skipped)
+        amp_skipped += int(bool(skipped))
         if arch_step is not None and skipped:  # inf/nan gradients: the architecture does not move either
             arch_step.skip_step(inner)
         elif arch_step is not None:
@@ -163,13 +122,95 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, device, epoch: 
             stopped_at = step + 1
             break
     bar.close()
+    return _epoch_result(stats, amp_skipped if scaler.is_enabled() else None, global_step, stopped_at)
+
+
+def _epoch_result(stats: Averages, amp_skipped: Optional[int], global_step: int,
+                  stopped_at: Optional[int]) -> Dict[str, float]:
+    """The epoch's averages, the steps AMP skipped (when the scaler is on) and the last global step; for
+    an epoch stopped early also the steps done and the partial averages, to resume from."""
     out = stats.means()
-    if scaler.is_enabled():
+    if amp_skipped is not None:
         out["amp_skipped_steps"] = amp_skipped
     out["global_step"] = global_step
     if stopped_at is not None:
         out.update(stopped_at=stopped_at, progress=stats.state_dict())
     return out
+
+
+def _epoch_length(loader, skip_steps: int, accumulation: int, max_steps: int) -> Tuple[int, int]:
+    """(batches to draw and drop before the first step, the epoch's steps counting the skipped ones).
+    A sampler that skips must leave out exactly the samples of the `skip_steps` steps already done."""
+    sampler_skip = getattr(getattr(loader, "sampler", None), "skip", None)  # samples the sampler leaves out
+    if sampler_skip is not None and sampler_skip != skip_steps * accumulation * (loader.batch_size or 1):
+        raise ValueError(f"train_one_epoch(skip_steps={skip_steps}) needs the sampler to skip "
+                         f"{skip_steps * accumulation * (loader.batch_size or 1)} samples, it skips {sampler_skip}")
+    drop_batches = 0 if sampler_skip is not None else skip_steps * accumulation
+    steps_per_epoch = (len(loader) - drop_batches) // accumulation + skip_steps
+    if max_steps:
+        steps_per_epoch = min(steps_per_epoch, max_steps)
+    return drop_batches, steps_per_epoch
+
+
+def _forward_backward(model, criterion, batches, scaler, device, mixup, arch_step: Optional[ArchStep],
+                      amp: bool, bar, where: str) -> torch.Tensor:
+    """Forward and backward over the micro-batches of one step (gradients synchronised across ranks at
+    the last one only); returns the last micro-batch's loss. A non-finite loss on any rank stops every
+    rank at the same step with NonFiniteLossError (`where` names the step)."""
+    inner = _unwrap(model)
+    accumulation = len(batches)
+    for micro, (images, targets) in enumerate(batches):
+        if arch_step is not None:  # per micro-batch: each backward needs its own gate/patch graph
+            arch_step.prepare(inner, training=True)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+        last = micro == accumulation - 1
+        sync = model.no_sync() if (hasattr(model, "no_sync") and not last) else nullcontext()
+        with sync:
+            with autocast_context(device, amp):
+                outputs = model(images)
+                loss = criterion(images, outputs, targets)
+            if any_rank(not torch.isfinite(loss)):  # every rank stops at the same step
+                bar.close()  # clear the progress line: the error gets a line of its own
+                seen = "" if torch.isfinite(loss) else f"loss is {loss.item()} "
+                raise NonFiniteLossError(
+                    f"{seen or 'another rank saw a non-finite loss '}{where}; stopping. The last good "
+                    f"checkpoint is kept: lower --learning_rate, set --clip_grad, or turn off --fp16")
+            scaler.scale(loss / accumulation).backward()
+    return loss
+
+
+def _optimizer_step(inner, optimizer, scaler, clip_grad: float) -> Tuple[Optional[float], Optional[bool]]:
+    """Unscale, clip to `clip_grad` (> 0), step and zero the gradients: (the gradient norm before
+    clipping, or None without clipping; whether AMP's scaler skipped the step (inf/nan gradients: its
+    scale fell), or None when the scaler is off)."""
+    scaler.unscale_(optimizer)
+    grad_norm = None
+    if clip_grad > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(inner.parameters(), clip_grad))
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    skipped = None if scale_before is None else scaler.get_scale() < scale_before
+    return grad_norm, skipped
+
+
+def _step_scalars(loss: torch.Tensor, lr: float, criterion, grad_norm: Optional[float],
+                  skipped: Optional[bool]) -> Dict[str, float]:
+    """What one step logs: the loss and its parts (the criterion's `last`), the learning rate, the
+    gradient norm when clipping, and whether AMP skipped the step when the scaler is on."""
+    scalars = {"loss": loss.item(), "lr": lr}
+    last_parts = getattr(criterion, "last", None)
+    if last_parts:
+        scalars.update({f"loss_{k}": float(v) for k, v in last_parts.items()})
+    if grad_norm is not None:
+        scalars["grad_norm"] = grad_norm
+    if skipped is not None:
+        scalars["amp_skipped"] = float(skipped)
+    return scalars
 
 
 @torch.no_grad()
