@@ -217,14 +217,34 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
     training = vit.training
     vit.eval()
     inputs = example_input(vit) if inputs is None else inputs
-    dense_fv, dense_formula = fvcore_macs(vit, inputs), formula_macs(vit)
-    unpruned = dense_fv - dense_formula  # what fvcore counts beyond the formula: the LayerNorms
+    dense = (fvcore_macs(vit, inputs), formula_macs(vit))
     dims = ViTDims.of(vit)
     if setting.global_pruning:
         k = 0 if heads_removed is None else int(heads_removed)  # tp_prune refuses k > 0 here
     else:
         k = choose_heads_removed(dims, target_ratio) if heads_removed is None else int(heads_removed)
     trials = []
+    found = _search_pruning_ratio(vit, target_ratio, tolerance, k, max_trials, inputs, setting, dense, trials)
+    vit.train(training)
+    if found is None:
+        raise ValueError(f"Torch-Pruning did not reach {target_ratio} of the dense MACs within {tolerance:.0%} "
+                         f"in {len(trials)} trials (last ratio {trials[-1][2]:.4f})")
+    model, r, mlp = found
+    info = _pruned_info(vit, model, inputs, dense, target_ratio, tolerance, setting, r, mlp, k)
+    info["trials"] = len(trials)
+    return model.eval(), info
+
+
+def _search_pruning_ratio(vit: nn.Module, target_ratio: float, tolerance: float, k: int, max_trials: int,
+                          inputs: torch.Tensor, setting: TPSetting, dense: Tuple[float, float],
+                          trials: list) -> Optional[Tuple[nn.Module, float, Optional[float]]]:
+    """Bisect Torch-Pruning's ratio until the MACs ratio (the formula's count plus what fvcore counts
+    beyond it, the LayerNorms) is within `tolerance` of the target: head dims and neurons together, the
+    closed form's ratio first; then neurons alone. (model, ratio, MLP ratio or None), or None when
+    `max_trials` prunings (each appended to `trials` as (ratio, MLP ratio, MACs ratio)) do not reach it."""
+    dense_fv, dense_formula = dense
+    unpruned = dense_fv - dense_formula  # what fvcore counts beyond the formula: the LayerNorms
+    dims = ViTDims.of(vit)
 
     def attempt(r: float, mlp: Optional[float] = None):
         model = tp_prune(vit, r, k, mlp, inputs, setting)
@@ -247,24 +267,26 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
             lo, hi = (mid, hi) if ratio > target_ratio else (lo, mid)
         return None, lo
 
-    # head dims and neurons together, the closed form's ratio first; then neurons alone
     model, r = bisect(attempt, 0.0, predicted_pruning_ratio(dims, k, target_ratio))
-    found = (model, r, None) if model is not None else None
-    if found is None:
-        attn_ratio = r
-        model, mlp = bisect(lambda m: attempt(attn_ratio, m), attn_ratio)
-        found = (model, attn_ratio, mlp) if model is not None else None
-    vit.train(training)
-    if found is None:
-        raise ValueError(f"Torch-Pruning did not reach {target_ratio} of the dense MACs within {tolerance:.0%} "
-                         f"in {len(trials)} trials (last ratio {trials[-1][2]:.4f})")
-    model, r, mlp = found
+    if model is not None:
+        return model, r, None
+    attn_ratio = r
+    model, mlp = bisect(lambda m: attempt(attn_ratio, m), attn_ratio)
+    return (model, attn_ratio, mlp) if model is not None else None
+
+
+def _pruned_info(vit: nn.Module, model: nn.Module, inputs: torch.Tensor, dense: Tuple[float, float],
+                 target_ratio: float, tolerance: float, setting: TPSetting, r: float, mlp: Optional[float],
+                 k: int) -> dict:
+    """The pruned model counted by fvcore (refused outside `tolerance` of the target: the search's count
+    disagreed) and by the formula, its shapes and parameters, and the setting and ratios that made it."""
+    dense_fv, dense_formula = dense
     macs_fv, macs_formula = fvcore_macs(model, inputs), formula_macs(model)
     ratio = macs_fv / dense_fv
     if abs(ratio / target_ratio - 1) > tolerance:
         raise ValueError(f"fvcore counts {ratio:.4f} of the dense MACs for the pruned model, outside "
                          f"{tolerance:.0%} of {target_ratio} (the search's count disagreed)")
-    info = {
+    return {
         "method": METHOD, "setting": setting.name, "importance": setting.importance,
         "global_pruning": setting.global_pruning, "isomorphic": setting.isomorphic,
         "torch_pruning_version": tp.__version__, "target_ratio": float(target_ratio),
@@ -276,9 +298,7 @@ def prune_to_macs(vit: nn.Module, target_ratio: float, tolerance: float = 0.01,
         "blocks": [{"heads": b.attn.num_heads, "head_dim": b.attn.head_dim, "neurons": b.mlp.fc1.out_features}
                    for b in model.blocks],
         "embed_dim": model.embed_dim, "params": param_count(model), "dense_params": param_count(vit),
-        "trials": len(trials),
     }
-    return model.eval(), info
 
 
 # --- command line ------------------------------------------------------------------------------
