@@ -434,7 +434,20 @@ _FLAGS_01 = ("enable_pruning", "enable_block_gating", "enable_patch_gating", "us
 
 
 def validate(config: ml_collections.ConfigDict, stage: str) -> None:
-    """Reject values the method cannot run with, one line each."""
+    """Reject values the method cannot run with, one line each (the first problem found)."""
+    _check_kinds(config)
+    _check_stage(config, stage)
+    _check_search(config)
+    _check_training(config, stage)
+    for key in SHAPE_KEYS + ("num_classes",):
+        if config[key] < 0:
+            raise ConfigError(f"--{key} must be positive (or 0 for the model type's own), got {config[key]}")
+    parse_model_kwargs(config.model_kwargs)
+    _check_zlr_schedule(config)
+
+
+def _check_kinds(config) -> None:
+    """Keys with a fixed set of choices hold one of them; on/off keys hold bools."""
     for key, choices in _CHOICES.items():
         if key in config and config[key] not in choices:
             raise ConfigError(f"--{key} {config[key]!r} is not supported; choose one of {', '.join(choices)}")
@@ -442,12 +455,21 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
         if key in config and not isinstance(config[key], bool):
             raise ConfigError(f"config key {key} must be True or False, got {config[key]!r}: on/off keys "
                               f"are bools (configs/common.py)")
+
+
+def _check_stage(config, stage: str) -> None:
+    """--uvc_train belongs to stage 1, and stage 1 is nothing without it."""
     if stage == "joint" and not config.uvc_train:
         raise ConfigError("--uvc_train 0: joint_train.py is the UVC search and has nothing else to do; to train "
                           "or fine-tune the dense model use post_train.py without --checkpoint_dir")
     if stage == "post" and config.uvc_train:
         raise ConfigError("--uvc_train is a stage-1 flag: post_train.py fine-tunes the architecture in "
                           "--checkpoint_dir; run the search with joint_train.py")
+
+
+def _check_search(config) -> None:
+    """The budget, the target's ramp, the fit's floors and widths, the search's learning rates, the
+    patch probe and the latency check lie in their ranges."""
     if not 0.0 < float(config.budget) <= 1.0:
         raise ConfigError(f"--budget {config.budget} is out of range: give the fraction of the dense "
                           f"MACs to keep, in (0, 1], e.g. --budget 0.5")
@@ -467,6 +489,11 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
     if int(config.latency_check) < 0:
         raise ConfigError(f"--latency_check must be 0 (no timing of the frozen model) or more, got "
                           f"{config.latency_check}")
+
+
+def _check_training(config, stage: str) -> None:
+    """The distillation weight, batch sizes, accumulation and epochs lie in their ranges, and stage 1
+    leaves at least one search epoch after its warm-up."""
     if not 0.0 <= float(config.distillation_alpha) <= 1.0:
         raise ConfigError(f"--distillation-alpha {config.distillation_alpha} must lie in [0, 1]")
     for key in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "gating_interval",
@@ -480,10 +507,11 @@ def validate(config: ml_collections.ConfigDict, stage: str) -> None:
                           f"{config.warmup_epochs}: the search would never run and the freeze's greedy fit would "
                           f"do all the compression; raise --epochs or lower --warmup_epochs (0: search from the "
                           f"first step)")
-    for key in SHAPE_KEYS + ("num_classes",):
-        if config[key] < 0:
-            raise ConfigError(f"--{key} must be positive (or 0 for the model type's own), got {config[key]}")
-    parse_model_kwargs(config.model_kwargs)
+
+
+def _check_zlr_schedule(config) -> None:
+    """--zlr_schedule_list: z's learning rates for the reference's search, else the epochs at which z's
+    learning rate doubles."""
     if config.get("search_algorithm") == "reference":
         try:
             if reference_zlr(config.zlr_schedule_list) < 0:
