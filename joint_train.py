@@ -11,48 +11,35 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
 from data import probe_batch
 from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.search.masked_model import MaskedViT
 from uvc.deploy.stagefile import stage1_record
 from uvc.search import UVCSearch
 from utils.amp import make_scaler
-from utils.batch import BatchPlan, batch_plan
+from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import DistInfo, cleanup, init_distributed, is_main_process
+from utils.dist import cleanup, init_distributed, is_main_process
 from utils.logger import RunLogger
 from engine import evaluate, train_one_epoch
-from engine.build import (Data, build_data, build_loss, build_optimizer, build_student, build_teacher,
+from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                           check_output_dir, seed_everything, steps_per_epoch, teacher_record, wrap_ddp)
 from engine.entry import run_entry
 from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
-from engine.stage import close_epoch, open_run, settle_epoch, start_epoch
+from engine.stage import Stage, close_epoch, open_run, settle_epoch, start_epoch
 from engine.stage1_log import log_epoch, log_freeze, log_search_start
 
 
-@dataclass
-class Stage1:
-    """What a stage-1 run is made of."""
-    config: object
-    env: DistInfo
-    data: Data
-    vit: torch.nn.Module
-    model_type: str
+@dataclass(kw_only=True)
+class Stage1(Stage):
+    """A stage-1 run: the masked model, the search, the steps per epoch and the dense model's top-1
+    (None without dense weights)."""
     model: MaskedViT
-    ddp_model: torch.nn.Module
-    criterion: torch.nn.Module
     search: UVCSearch
-    plan: BatchPlan
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: object
     steps: int  # optimizer steps per epoch
-    teacher_top1: Optional[float]  # the dense model's top-1, None without dense weights
-    run: RunState
+    teacher_top1: Optional[float]
 
 
 def build(config) -> Stage1:
@@ -81,8 +68,8 @@ def build(config) -> Stage1:
     if yardstick is not None:
         teacher_top1 = evaluate(yardstick, data.val_loader, env.device, None, config.fp16)["top1"]
     run = RunState("joint", vit, optimizer, scheduler, scaler, config, search=search)
-    return Stage1(config, env, data, vit, model_type, model, ddp_model, criterion, search, plan, optimizer,
-                  scheduler, scaler, steps, teacher_top1, run)
+    return Stage1(config, env, data, vit, model_type, ddp_model, criterion, plan, optimizer, scheduler, scaler,
+                  run, model=model, search=search, steps=steps, teacher_top1=teacher_top1)
 
 
 def run_epoch(s: Stage1, epoch: int, logger: RunLogger, on_step, stop: StopSignal) -> None:

@@ -17,8 +17,6 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
 from models import model_kwargs_of, resolve_model_type
 from models.compact import save_compact
 from uvc.deploy.export import export_compact
@@ -27,37 +25,26 @@ from uvc.search.masked_model import MaskedViT
 from uvc.deploy.frozen import FrozenArchitecture
 from uvc.deploy.stagefile import data_record, read_stage1, read_stage_file, stage2_record
 from utils.amp import make_scaler
-from utils.batch import BatchPlan, batch_plan
+from utils.batch import batch_plan
 from utils.checkpoint import atomic_save
 from utils.config import parse_config
-from utils.dist import DistInfo, cleanup, init_distributed, is_main_process
+from utils.dist import cleanup, init_distributed, is_main_process
 from utils.logger import RunLogger
 from engine import evaluate, train_one_epoch
-from engine.build import (Data, build_data, build_loss, build_optimizer, build_student, build_teacher,
+from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                           check_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
 from engine.entry import run_entry
 from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
-from engine.stage import close_epoch, open_run, settle_epoch, start_epoch
+from engine.stage import Stage, close_epoch, open_run, settle_epoch, start_epoch
 
 
-@dataclass
-class Stage2:
-    """What a stage-2 run (or, without a stage-1 file, a dense training run) is made of."""
-    config: object
-    env: DistInfo
-    data: Data
-    vit: torch.nn.Module
-    model_type: str
-    stage1: Optional[dict]  # the stage-1 file; None on the dense path
+@dataclass(kw_only=True)
+class Stage2(Stage):
+    """A stage-2 run (or, without a stage-1 file, a dense training run): the stage-1 file and the fixed
+    architecture, both None on the dense path."""
+    stage1: Optional[dict]
     frozen: Optional[FrozenArchitecture]
-    ddp_model: torch.nn.Module
-    criterion: torch.nn.Module
-    plan: BatchPlan
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: object
-    run: RunState
 
     @property
     def best_path(self) -> str:
@@ -90,8 +77,8 @@ def build(config) -> Stage2:
                                            plan.peak_lr)
     scaler = make_scaler(env.device, config.fp16)
     run = RunState("post", vit, optimizer, scheduler, scaler, config)
-    return Stage2(config, env, data, vit, model_type, stage1, frozen, ddp_model, criterion, plan, optimizer,
-                  scheduler, scaler, run)
+    return Stage2(config, env, data, vit, model_type, ddp_model, criterion, plan, optimizer, scheduler, scaler,
+                  run, stage1=stage1, frozen=frozen)
 
 
 def best_record(s: Stage2) -> dict:

@@ -1,11 +1,33 @@
-"""The steps both entry scripts take around their epochs: open the run (resume, then the first
-write), start an epoch where the run stands, turn a stopped epoch into a checkpoint, and close an
-epoch with a checkpoint (or a save and exit after SIGTERM/Ctrl-C)."""
+"""What both entry scripts build (`Stage`) and the steps they take around their epochs: open the
+run (resume, then the first write), start an epoch where the run stands, turn a stopped epoch into
+a checkpoint, and close an epoch with a checkpoint (or a save and exit after SIGTERM/Ctrl-C)."""
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import torch
+
+from utils.batch import BatchPlan
+from utils.dist import DistInfo
 from utils.logger import RunLogger
-from engine.build import prepare_output_dir
+from engine.build import Data, prepare_output_dir
 from engine.run_state import RunState, StopSignal
+
+
+@dataclass
+class Stage:
+    """What either stage builds before its epochs; each entry script adds its own parts."""
+    config: object
+    env: DistInfo
+    data: Data
+    vit: torch.nn.Module
+    model_type: str
+    ddp_model: torch.nn.Module
+    criterion: torch.nn.Module
+    plan: BatchPlan
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    run: RunState
 
 
 def open_run(run: RunState, config, plan) -> RunLogger:
