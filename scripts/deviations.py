@@ -127,23 +127,33 @@ def gap(row: Dict) -> float:
     return abs(ratio - row["budget"])
 
 
+def shape_of(model) -> str:
+    """What a compact model's time depends on: per block its heads, value dims and MLP width, and the
+    patches it keeps (not its weights)."""
+    blocks = [(b["heads"], b["value_dim"], b["mlp_hidden"]) for b in model.spec["blocks"]]
+    return json.dumps([blocks, len(model.spec["patches_kept"])])
+
+
 def speedups(rows: List[Dict], teachers: Dict[str, str], args) -> List[Dict]:
-    """`rows`, each with `speedup_b64`: its compact model's images/s over the dense teacher's at batch 64,
-    every variant of one model, budget and seed timed side by side with the dense model (interleaved
-    rounds, scripts.pipeline.Bench.throughput)."""
+    """`rows`, each with `speedup_b64`: its compact model's images/s over the dense teacher's at batch 64.
+    The distinct shapes among the variants of one model, budget and seed are timed side by side with the
+    dense model (interleaved rounds, scripts.pipeline.Bench.throughput); variants that ended at the same
+    shape share one timing, so timing noise cannot tell them apart."""
     from models.compact import load_compact
     from scripts.pipeline import Bench
     speedup = {}
     for name, budget, seed in dict.fromkeys((r["model"], r["budget"], r["seed"]) for r in rows):
         m = bench.MODELS[name]
         runner = Bench(config_file=m["config"], overrides=m["data"], smoke=args.smoke, teacher_file=teachers[name])
-        models = {"dense": runner.dense_model(teachers[name])}
+        models, shape = {"dense": runner.dense_model(teachers[name])}, {}
         for r in rows:
             if (r["model"], r["budget"], r["seed"]) == (name, budget, seed):
                 cell_dir = folder(args.run_dir, name, r["variant"], budget, seed)
-                models[r["variant"]] = load_compact(os.path.join(cell_dir, "stage2", "compact.pth"))
+                compact = load_compact(os.path.join(cell_dir, "stage2", "compact.pth"))
+                shape[r["variant"]] = shape_of(compact)
+                models.setdefault(shape[r["variant"]], compact)
         speed = runner.throughput(models, 64)
-        speedup.update({(v, name, budget, seed): speed[v] / speed["dense"] for v in models if v != "dense"})
+        speedup.update({(v, name, budget, seed): speed[k] / speed["dense"] for v, k in shape.items()})
     return [{**r, "speedup_b64": speedup[(r["variant"], r["model"], r["budget"], r["seed"])]} for r in rows]
 
 

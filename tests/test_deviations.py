@@ -1,5 +1,6 @@
-"""scripts/deviations.py in smoke mode: the ledger's rows and files, and --resume reading them back."""
+"""scripts/deviations.py: the ledger's rows and files in smoke mode, --resume reading them back, its verdict and its timing."""
 import json
+import os
 import shlex
 
 import pytest
@@ -81,3 +82,39 @@ def test_the_fit_is_measured_where_it_acts_at_the_export():
     assert lines["no_fit"][6:8] == ["0.020", "+0.020"] and lines["no_fit"][-1] == "keep: lands closer"
     assert lines["no_moving_target"][6:8] == ["0.020", "+0.000"]  # the search's own landing, as default's
     assert lines["default"][6] == "0.020"
+
+
+def test_variants_that_end_at_one_shape_share_one_timing(monkeypatch, tmp_path):
+    """speedups(): a compact model's time depends on its shape only, so the variants of one cell that ended
+    at the same shape are timed once, side by side with the dense model and the other shapes."""
+    import types
+    import models.compact
+    import scripts.pipeline
+
+    def compact(blocks):
+        return types.SimpleNamespace(spec={"blocks": [dict(heads=h, value_dim=v, mlp_hidden=m) for h, v, m in blocks],
+                                           "patches_kept": [0, 1, 2]})
+    shapes = {"default": [(3, 48, 96)], "no_fit": [(3, 48, 96)], "no_round_to": [(3, 45, 91)]}
+    monkeypatch.setattr(models.compact, "load_compact",
+                        lambda path: compact(shapes[os.path.basename(os.path.dirname(os.path.dirname(path)))
+                                                    .split("-")[0]]))
+    timed = []
+
+    class FakeBench:
+        def __init__(self, **kwargs):
+            pass
+
+        def dense_model(self, path):
+            return "dense"
+
+        def throughput(self, models, batch_size):
+            timed.append(list(models))
+            return {k: 100.0 * (i + 1) for i, k in enumerate(models)}  # every model its own speed
+    monkeypatch.setattr(scripts.pipeline, "Bench", FakeBench)
+    rows = [{"variant": v, "model": "digits", "budget": 0.5, "seed": 730} for v in shapes]
+    args = types.SimpleNamespace(run_dir=str(tmp_path), smoke=True)
+    out = deviations.speedups(rows, {"digits": "teacher.pth"}, args)
+    assert len(timed) == 1 and len(timed[0]) == 3  # the dense model and two shapes
+    speed = {r["variant"]: r["speedup_b64"] for r in out}
+    assert speed["default"] == speed["no_fit"] != speed["no_round_to"]
+    assert [r["variant"] for r in out] == list(shapes)
