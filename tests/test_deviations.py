@@ -118,3 +118,24 @@ def test_variants_that_end_at_one_shape_share_one_timing(monkeypatch, tmp_path):
     speed = {r["variant"]: r["speedup_b64"] for r in out}
     assert speed["default"] == speed["no_fit"] != speed["no_round_to"]
     assert [r["variant"] for r in out] == list(shapes)
+
+
+def test_the_committed_ledger_is_what_the_readme_shows():
+    """log/deviations.json (issue 25): default, reference and at least 10 no_ variants, each on 2 models x
+    2 budgets x 2 seeds, every cell timed; the README's table is summary() of those cells, line for line."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "log", "deviations.json")) as f:
+        ledger = json.load(f)
+    cells = ledger["cells"]
+    variants = dict.fromkeys(c["variant"] for c in cells)
+    assert "default" in variants and "reference" in variants
+    assert sum(v.startswith("no_") for v in variants) >= 10
+    for v in variants:
+        own = {(c["model"], c["budget"], c["seed"]) for c in cells if c["variant"] == v}
+        assert len(own) == 8 and len({m for m, _, _ in own}) == 2 and len({b for _, b, _ in own}) == 2, v
+    assert all(k in c for c in cells for k in KEYS)
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    for line in deviations.summary(cells).splitlines():
+        assert line in readme, line
+    assert ledger["command"] in readme.replace("\n", " ")
