@@ -26,9 +26,8 @@ from engine import evaluate, train_one_epoch
 from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                           check_output_dir, seed_everything, steps_per_epoch, teacher_record, wrap_ddp)
 from engine.entry import run_entry
-from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
-from engine.stage import Stage, close_epoch, open_run, settle_epoch, start_epoch
+from engine.stage import Stage, close_epoch, open_run, run_epochs, settle_epoch, start_epoch
 from engine.stage1_log import log_epoch, log_freeze, log_search_start
 
 
@@ -123,14 +122,7 @@ def main(argv=None) -> None:
     logger = open_run(s.run, config, s.plan)  # resumes, then the first write
     log_search_start(logger, s.search, config.budget, config.target_ramp, s.teacher_top1, s.steps)
 
-    on_step = step_hook(config, logger, s.ddp_model, s.data.val_loader, s.env.device, s.search)
-    stop = StopSignal()  # SIGTERM or Ctrl-C: save between two steps and exit
-    try:
-        for epoch in range(s.run.epoch, config.epochs):
-            run_epoch(s, epoch, logger, on_step, stop)
-    finally:  # also when the run stops on an error: Ctrl-C and SIGTERM get their handlers back
-        stop.close()
-
+    run_epochs(s, logger, s.search, run_epoch)
     freeze_and_save(s, logger)
     logger.close()
     cleanup()

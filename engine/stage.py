@@ -2,7 +2,7 @@
 run (resume, then the first write), start an epoch where the run stands, turn a stopped epoch into
 a checkpoint, and close an epoch with a checkpoint (or a save and exit after SIGTERM/Ctrl-C)."""
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -10,6 +10,7 @@ from utils.batch import BatchPlan
 from utils.dist import DistInfo
 from utils.logger import RunLogger
 from engine.build import Data, prepare_output_dir
+from engine.loop import step_hook
 from engine.run_state import RunState, StopSignal
 
 
@@ -66,3 +67,16 @@ def close_epoch(run: RunState, epoch: int, config, logger: RunLogger, stop: Stop
     if stop.requested():
         run.exit_preempted(config.output_dir, logger, code=stop.exit_code())
     run.save(config.output_dir)
+
+
+def run_epochs(s: Stage, logger: RunLogger, arch_step, one_epoch: Callable) -> None:
+    """The epochs from where the run stands: `one_epoch(s, epoch, logger, on_step, stop)` each, with the
+    periodic work after every step (engine.loop.step_hook, evaluated with `arch_step`) and SIGTERM or
+    Ctrl-C saving between two steps; the signal handlers are given back however the loop ends."""
+    on_step = step_hook(s.config, logger, s.ddp_model, s.data.val_loader, s.env.device, arch_step)
+    stop = StopSignal()
+    try:
+        for epoch in range(s.run.epoch, s.config.epochs):
+            one_epoch(s, epoch, logger, on_step, stop)
+    finally:
+        stop.close()
