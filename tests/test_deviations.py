@@ -139,3 +139,14 @@ def test_the_committed_ledger_is_what_the_readme_shows():
     for line in deviations.summary(cells).splitlines():
         assert line in readme, line
     assert ledger["command"] in readme.replace("\n", " ")
+    # what the README's text reads from it: the reference's search never left the dense model at 0.3 and
+    # skipped every block at 0.5; the integral cap never bound (its cells are the default's); exported as
+    # searched, every no_fit cell stayed in the fit's window
+    of = lambda variant: {(c["model"], c["budget"], c["seed"]): c for c in cells if c["variant"] == variant}  # noqa
+    assert all(c["exported_ratio"] == 1.0 if b == 0.3 else c["exported_ratio"] < 0.05
+               for (_, b, _), c in of("reference").items())
+    default = of("default")
+    assert all((c["top1_last"], c["searched_ratio"], c["exported_ratio"]) ==
+               (default[k]["top1_last"], default[k]["searched_ratio"], default[k]["exported_ratio"])
+               for k, c in of("no_integral_cap").items())
+    assert all(c["in_fit_window"] for c in of("no_fit").values())
