@@ -22,7 +22,7 @@ from utils.checkpoint import atomic_save
 from utils.config import parse_config
 from utils.dist import cleanup, init_distributed, is_main_process
 from utils.logger import RunLogger
-from engine import evaluate, train_one_epoch
+from engine.loop import evaluate, train_one_epoch
 from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
                           check_output_dir, seed_everything, steps_per_epoch, teacher_record, wrap_ddp)
 from engine.entry import run_entry
