@@ -29,8 +29,8 @@ REFERENCE_SEARCH = dict(slr=0.02, rlr=0.02, ylr=1e-4, plr=1e-4, dual_init=1e-3, 
                         gating_interval=100, zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5,
                         gumbel_tau_decay=1.0, patch_probe=0)
 # `--reference_rules` (uvc/search/rules.py): its names, each a rule of the reference in place of ours
-REFERENCE_RULES = ("fixed_target", "integral_z", "no_integral_cap", "absolute_leastsum", "zero_start", "grad_clip",
-                   "plain_prox", "gate_sgd", "no_gate_safety", "no_fit")
+REFERENCE_RULES = ("fixed_target", "integral_z", "absolute_leastsum", "zero_start", "grad_clip", "gate_sgd",
+                   "no_gate_safety")
 # and the reference's values a rule sets where neither the config file
 # nor a flag sets the key (gate_sgd: the reference's fixed Gumbel temperature)
 RULE_DEFAULTS = {"gate_sgd": {k: REFERENCE_SEARCH[k] for k in ("gumbel_tau", "gumbel_tau_decay")}}
@@ -107,21 +107,22 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     # --- UVC search (stage 1) ---------------------------------------------
     c.uvc_train = stage == "joint"  # the seed's flag: 1 in stage 1 (the search), 0 in stage 2
     c.budget = 0.5  # target fraction of the dense MACs
-    c.search_algorithm = "uvc"  # uvc: this search; reference: the reference's stage-1 rules and rate defaults, exported with no fit (docs/design.md)
+    c.search_algorithm = "uvc"  # uvc: this search; reference: the reference's stage-1 rules and rate defaults (docs/design.md)
     c.flops_with_mhsa = True  # count the N^2 attention terms in R
     c.enable_pruning = True  # search heads, head dims and MLP neurons
     c.enable_block_gating = True  # search whole-block skips (gates)
     c.enable_patch_gating = True  # search patch positions to drop (0 or 1; the reference's dynamic mode 2 is not supported)
-    c.reference_rules = ""  # comma-separated rules of the reference in place of ours, one departure each (uvc/search/rules.py: fixed_target, integral_z, no_integral_cap, absolute_leastsum, zero_start, grad_clip, plain_prox, gate_sgd, no_gate_safety, no_fit)
+    c.reference_rules = ""  # comma-separated rules of the reference in place of ours, one departure each (uvc/search/rules.py: fixed_target, integral_z, absolute_leastsum, zero_start, grad_clip, gate_sgd, no_gate_safety)
     c.target_ramp = 0.5  # fraction of the search over which the target MACs ratio falls to the budget
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
     c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
+    c.greedy_fit = False  # the freeze fits the searched architecture into [budget - 0.01, budget] greedily (uvc/deploy/fit.py); default: exported as the search ended, as the reference
     c.round_to = 8  # MLP widths and value dims per head kept at multiples of this (1: any width, as the paper)
     c.budget_metric = "macs"  # macs: R counts MACs; latency: R is time, from a table measured on the training device (or --latency_cache)
     c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
     c.latency_batch = 64  # batch size the latency table is measured at
-    c.latency_check = 4  # with --budget_metric latency: fits timed whole against the dense model at the freeze, refitted while off the budget (0: none)
+    c.latency_check = 4  # with --budget_metric latency: the frozen model timed whole against the dense model; with --greedy_fit, refitted while off the budget, at most this many fits (0: no timing)
     # Rates below: each default is 1x of a rule set per search length (uvc/search/schedule.py); the flag scales it.
     # The names are the reference's, the meaning is not: there slr = rlr = 0.02 and ylr = plr = 1e-4 are
     # per-step SGD rates, and the seed's command sets none of them.

@@ -2,12 +2,13 @@
 
     python scripts/freeze_padding.py runs/benchmark_search/*/ --out log/freeze_padding
 
-Stage 1 ends by fitting the searched architecture to the budget (uvc.deploy.fit): every
+With `--greedy_fit 1` (the default of the runs this was measured on), stage 1 ends by fitting the
+searched architecture to the budget (uvc.deploy.fit): every
 kept head of a block is widened to the block's widest (the compact model pads to
 that width anyway), and groups are put back or removed until the ratio is in the
 window. The groups put back carry the weights the search left them, which the
 proximal step had been driving toward zero while they were removed ("restore",
-what joint_train.py does). The compact model could instead compute them as zeros
+what joint_train.py --greedy_fit 1 does). The compact model could instead compute them as zeros
 at the same cost ("zero-pad"). For every finished stage-1 run directory given
 (its checkpoint.pth holds the weights and the search state at the end of the
 search) this evaluates both on the run's validation set and writes a table
@@ -72,6 +73,7 @@ def both_ways(run_dir: str) -> dict:
         config.update(ck["config"])
         if "round_to" not in ck["config"]:  # ... except the fit's width: before --round_to it was any width
             config.round_to = 1
+        config.greedy_fit = True  # what this script measures: what the greedy fit puts back
     device = torch.device("cpu")
     img_size, in_chans = model_input(config)
     val_set, num_classes = build_eval_dataset(config, img_size, in_chans)

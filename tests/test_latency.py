@@ -181,7 +181,8 @@ def _latency_config(tmp_path, dims, **overrides):
 def test_search_budget_gradient_moves_s_and_r_and_freeze_fits_the_latency(tmp_path, tiny):
     vit, dims, _ = tiny
     model = MaskedViT(vit)
-    search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=0), torch.device("cpu"), search_steps=100)
+    search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=0, greedy_fit=True), torch.device("cpu"),
+                       search_steps=100)
     search.set_epoch(0)
     pd, arch = search.pd, search.arch
     assert search.budget.cost.name == "latency" and search.latency_table["device_name"] == "synthetic"
@@ -207,7 +208,8 @@ def test_the_freeze_times_the_fit_and_refits_until_it_meets_the_budget(tmp_path,
     1.2 x its estimate); the freeze refits to the corrected target and keeps the fit closest to the budget."""
     import uvc.search.driver as search_module
     vit, dims, _ = tiny
-    search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=3), torch.device("cpu"), search_steps=100)
+    search = UVCSearch(vit, _latency_config(tmp_path, dims, latency_check=3, greedy_fit=True), torch.device("cpu"),
+                       search_steps=100)
     cost, dense = search.budget.cost, search.budget.dense
     timed = []
 
@@ -223,6 +225,10 @@ def test_the_freeze_times_the_fit_and_refits_until_it_meets_the_budget(tmp_path,
     assert checks[1]["kept"] and not checks[0]["kept"]
     assert fit["measured_latency_ratio"] == pytest.approx(1.2 * spec_cost(cost, spec) / dense)
     assert abs(fit["measured_latency_ratio"] - 0.5) <= 0.02
+    search.greedy_fit, timed[:] = False, []  # exported as searched: timed once, for the record, not refitted
+    spec, fit = search.freeze(MaskedViT(vit), TINY_MODEL)
+    assert fit["exported_as_searched"] and timed == [64] and "latency_checks" not in fit
+    assert fit["measured_latency_ratio"] == pytest.approx(1.2 * spec_cost(cost, spec) / dense)
 
 
 def test_the_check_brackets_a_jump_and_keeps_the_closest():

@@ -132,6 +132,22 @@ def test_latency_check_warns_more_than_ten_percent_off(tmp_path, capsys, measure
         assert err == [] and _warnings(tmp_path) == []
 
 
+@pytest.mark.parametrize("gap,warned", [(-0.05, False), (-0.05 - 1e-6, True), (0.02, False), (0.02 + 1e-6, True),
+                                        (0.0, False)])
+def test_a_search_exported_outside_its_landing_window_is_a_warning(tmp_path, capsys, gap, warned):
+    """README: a search exported as it ended outside [B - 0.05, B + 0.02] gets a WARNING naming the remedies."""
+    logger = RunLogger(str(tmp_path))
+    fit = {"exported_as_searched": True, "budget_metric": "macs", "budget_gap": gap}
+    stage1_log.warn_if_off_budget(logger, fit, 0.5)
+    logger.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    if warned:
+        assert len(err) == 1 and "outside [budget - 0.05, budget + 0.02]" in err[0] and "--greedy_fit 1" in err[0]
+        assert _warnings(tmp_path) == err
+    else:
+        assert err == [] and _warnings(tmp_path) == []
+
+
 DIGITS = ["--config", "configs/digits_demo.py", "--model_type", "vit_digits_patch2_8", "--max_steps_per_epoch", "2",
           "--train_batch_size", "32", "--pretrained", "0", "--distillation-type", "none", "--epochs", "2",
           "--warmup_epochs", "1"]
@@ -141,7 +157,8 @@ DIGITS = ["--config", "configs/digits_demo.py", "--model_type", "vit_digits_patc
 def test_fit_window_missed_is_a_warning(tmp_path, capsys, round_to, warned):
     """README: fit_window `missed` comes with a WARNING (a budget below the smallest aligned shape)."""
     out = tmp_path / "out"
-    joint_train.main(DIGITS + ["--budget", "0.1", "--round_to", str(round_to), "--output_dir", str(out)])
+    joint_train.main(DIGITS + ["--budget", "0.1", "--round_to", str(round_to), "--greedy_fit", "1",
+                               "--output_dir", str(out)])
     record = torch.load(out / "vit_digits_patch2_8_uvc.pth", map_location="cpu", weights_only=True)
     missed = [w for w in _warnings(out) if "is outside [budget - 0.03, budget + 0.01]" in w]
     err = [line for line in capsys.readouterr().err.splitlines() if "is outside [budget - 0.03" in line]

@@ -13,7 +13,7 @@ from helpers import assert_same_files, clean_env, run_script, dense_checkpoint, 
 from uvc.search import UVCSearch
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import Scores
-from uvc.search.prox import reference_prox
+from uvc.search.prox import proximal_step
 from uvc.search.reference import bounded_sgd_step
 from utils.config import parse_config, reference_zlr
 
@@ -155,7 +155,7 @@ def test_reference_prox_shrinks_only_the_scoring_columns_unscaled():
     y = torch.tensor([[0.5, 0.25]] * L)
     p = torch.full((L, H), 2.0)
     lr = 0.1
-    reference_prox(vit, sc, k_heads, k_dims, k_neurons, y, p, lr)
+    proximal_step(vit, sc, k_heads, k_dims, k_neurons, y, p, lr)
     assert sorted(int(sc.heads[l].argmin()) for l in range(L)) == [0, 0, 1, 1]  # either head removed somewhere
     for l in range(L):
         proj0, proj1 = before[f"blocks.{l}.attn.proj.weight"], vit.blocks[l].attn.proj.weight.detach()

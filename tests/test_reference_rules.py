@@ -14,7 +14,7 @@ from helpers import assert_same_files, clean_env, run_script, dense_checkpoint, 
 from uvc.search import UVCSearch
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import least_sum
-from uvc.search.prox import reference_prox
+from uvc.search.prox import proximal_step
 from uvc.search.rules import Rules, budget_term
 from uvc.search.schedule import SearchRates
 from uvc.search.structure import LOWEST
@@ -75,14 +75,16 @@ def test_integral_z_has_no_proportional_part_and_never_goes_negative():
     assert default.pd.controller.update(torch.zeros(()), ratio=0.2, target=0.5) < 0
 
 
-def test_no_integral_cap_lets_the_integral_grow_past_kp_clip():
-    for rules, capped in (("", True), ("no_integral_cap", False)):
-        _, search = search_with(rules)
-        controller, integral = search.pd.controller, torch.zeros(())
-        for _ in range(10_000):
-            controller.update(integral, ratio=1.0, target=0.5)
-        cap = controller.kp * controller.clip
-        assert (float(integral) == pytest.approx(cap)) if capped else float(integral) > 10 * cap
+def test_the_integral_of_z_grows_without_a_cap_and_never_below_zero():
+    """The reference's clamp at 0 only (a cap at kp x clip was measured inert, log/deviations.md)."""
+    _, search = search_with()
+    controller, integral = search.pd.controller, torch.zeros(())
+    for _ in range(10_000):
+        controller.update(integral, ratio=1.0, target=0.5)
+    assert float(integral) > 10 * controller.kp * controller.clip
+    for _ in range(10_000):
+        controller.update(integral, ratio=0.0, target=0.5)
+    assert float(integral) == 0.0
 
 
 # ----------------------------------------------------------------------------- s, r and the duals
@@ -156,24 +158,21 @@ def test_with_grad_clip_the_step_differentiates_the_clipped_gap_to_the_target():
 
 # ----------------------------------------------------------------------------- prox
 
-def test_plain_prox_is_the_reference_prox_of_the_removed_groups():
-    model, search = search_with("plain_prox")
+def test_the_default_prox_is_the_reference_prox_of_the_removed_groups():
+    model, search = search_with()
     remove_some(search)
     a, pd = search.arch, search.pd
     search.prepare(model)
     expected = copy.deepcopy(model.vit)
     k_heads, k_neurons, k_dims = a.removed_counts()
-    reference_prox(expected, pd.scores, k_heads, k_dims, k_neurons, a.y, a.p, 0.1)
-    qkv = model.vit.blocks[0].attn.qkv.weight.detach().clone()
+    assert int(k_heads.sum() + k_neurons.sum() + k_dims.sum()) > 0
+    proximal_step(expected, pd.scores, k_heads, k_dims, k_neurons, a.y, a.p, 0.1)
+    before = copy.deepcopy(model.vit)
     pd.proximal_step(model.vit, 0.1)
     for mine, theirs in zip(model.vit.parameters(), expected.parameters()):
         assert torch.equal(mine, theirs)
-    assert torch.equal(model.vit.blocks[0].attn.qkv.weight, qkv)  # rows untouched
-    model, default = search_with()
-    remove_some(default)
-    default.prepare(model)
-    default.pd.proximal_step(model.vit, 0.1)
-    assert not torch.equal(model.vit.blocks[0].attn.qkv.weight, qkv)  # ours shrinks the q, k, v rows too
+    assert any(not torch.equal(m, b) for m, b in zip(model.vit.parameters(), before.parameters()))
+    assert torch.equal(model.vit.blocks[0].attn.qkv.weight, before.blocks[0].attn.qkv.weight)  # rows untouched
 
 
 # ----------------------------------------------------------------------------- gates
@@ -254,15 +253,25 @@ def test_no_gate_safety_lets_several_patches_drop_at_once_and_only_a_trial_can_r
 
 # ----------------------------------------------------------------------------- the freeze
 
-def test_no_fit_exports_the_architecture_the_search_ended_with():
-    model, search = search_with("no_fit")
+def test_the_freeze_exports_the_architecture_the_search_ended_with():
+    model, search = search_with()
     remove_some(search)
     search.prepare(model)
     spec, fit = search.freeze(model, "vit_digits_tiny_patch2_8")
-    assert fit["exported_as_searched"] and fit["search_algorithm"] == "uvc" and fit["reference_rules"] == ["no_fit"]
+    assert fit["exported_as_searched"] and fit["search_algorithm"] == "uvc" and fit["reference_rules"] == []
     assert fit["macs_ratio"] == fit["searched_macs_ratio"] and fit["greedy_changed_frac"] == 0.0
     assert fit["budget_gap"] == pytest.approx(fit["macs_ratio"] - 0.5)
     assert all(len(b["heads"]) == 1 for b in spec["blocks"])  # the head the search removed stays removed
+    assert fit["greedy_would_change_frac"] > 0  # 0.5 was not reached: the fit would have cut more
+
+
+def test_greedy_fit_fits_the_searched_architecture_into_the_budget():
+    model, search = search_with("", "--greedy_fit", "1", "--round_to", "1")
+    remove_some(search)
+    search.prepare(model)
+    spec, fit = search.freeze(model, "vit_digits_tiny_patch2_8")
+    assert "exported_as_searched" not in fit and fit["greedy_changed_frac"] > 0
+    assert fit["searched_macs_ratio"] > 0.5 >= fit["macs_ratio"] >= 0.49 and fit["fit_window"] == "tight"
 
 
 # ----------------------------------------------------------------------------- the flag
@@ -290,7 +299,7 @@ def test_every_name_is_a_rule_and_the_default_is_none():
 TINY = "vit_digits_tiny_patch2_8"
 ARGS = ["--config", "configs/digits_demo.py", "--model_type", TINY, "--deterministic", "1", "--max_steps_per_epoch",
         "4", "--epochs", "3", "--warmup_epochs", "1", "--gating_interval", "3", "--reference_rules",
-        "grad_clip,gate_sgd,zero_start,fixed_target,integral_z,no_fit"]
+        "grad_clip,gate_sgd,zero_start,fixed_target,integral_z"]
 
 
 def run(args, expect: int = 0, **env) -> str:
@@ -301,8 +310,8 @@ def test_digits_search_with_rules_logs_them_and_resumes_exactly(tmp_path):
     teacher = dense_checkpoint(tmp_path)
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     out = run(ARGS + ["--model_path", teacher, "--output_dir", whole])
-    assert "the reference's rules in place of ours: fixed_target, integral_z, zero_start, grad_clip, gate_sgd, " \
-           "no_fit" in out and "as searched (no fit)" in out
+    assert "the reference's rules in place of ours: fixed_target, integral_z, zero_start, grad_clip, " \
+           "gate_sgd" in out and "as searched (no fit)" in out
     stage1 = torch.load(whole / f"{TINY}_uvc.pth", map_location="cpu", weights_only=False)
     assert stage1["config"]["reference_rules"] == ARGS[-1] and stage1["fit"]["exported_as_searched"]
     args = ARGS + ["--model_path", teacher, "--output_dir", stopped]

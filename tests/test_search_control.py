@@ -48,14 +48,14 @@ def test_rates_scale_with_the_search_length_and_the_seed_flags():
 
 # ----------------------------------------------------------------------------- the controller
 
-def test_controller_pushes_back_at_once_and_does_not_wind_up():
+def test_controller_pushes_back_at_once_and_does_not_wind_up_below_zero():
     c = BudgetController(kp=30.0, ki=2.0, clip=0.5)
     integral = torch.zeros(())
     z_above = c.update(integral, ratio=0.6, target=0.5)
     assert z_above == pytest.approx(30 * 0.1 + 0.2)  # proportional at once, plus the integral
-    for _ in range(20):  # a long time above the target: the integral grows, up to kp x clip
+    for _ in range(20):  # a long time above the target: the integral grows by ki x clip a step
         c.update(integral, ratio=1.5, target=0.5)
-    assert float(integral) == pytest.approx(15.0)
+    assert float(integral) == pytest.approx(20.2)
     z_under = c.update(integral, ratio=0.3, target=0.5)
     assert z_under < float(integral)  # under the target z drops at once by kp x gap
     for _ in range(100):

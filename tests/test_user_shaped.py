@@ -52,7 +52,8 @@ def test_user_shaped_grey_vit_runs_both_stages(tmp_path):
     assert record["model"]["pos_embed"].shape == (1, 16, 32) and record["model"]["reg_token"].shape == (1, 4, 32)
 
     joint_train.main(data + SHAPE + ["--model_path", str(teacher), "--epochs", "2", "--warmup_epochs", "1",
-                                     "--budget", "0.6", "--gating_interval", "1", "--output_dir", str(s1)])
+                                     "--budget", "0.6", "--gating_interval", "1", "--greedy_fit", "1",
+                                     "--output_dir", str(s1)])
     stage1 = s1 / f"{MODEL}_uvc.pth"
     arch = read_stage_file(str(stage1))["arch"]
     assert arch["model_kwargs"] == record["model_kwargs"] and arch["num_reg_tokens"] == 4

@@ -353,7 +353,8 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "search_masking", "round_to",
+STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "search_masking",
+               "greedy_fit", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "dual_init", "zlr", "zlr_schedule_list", "z_grad_clip",
@@ -504,8 +505,7 @@ def _check_training(config, stage: str) -> None:
         raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
     if stage == "joint" and config.enable_warmup and int(config.epochs) <= int(config.warmup_epochs):
         raise ConfigError(f"--epochs {config.epochs} leaves no search epoch after --warmup_epochs "
-                          f"{config.warmup_epochs}: the search would never run and the freeze's greedy fit would "
-                          f"do all the compression; raise --epochs or lower --warmup_epochs (0: search from the "
+                          f"{config.warmup_epochs}: the search would never run and nothing would be compressed; raise --epochs or lower --warmup_epochs (0: search from the "
                           f"first step)")
 
 

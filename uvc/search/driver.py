@@ -55,7 +55,7 @@ class UVCSearch:
     any search (uvc.search.schedule). `probe`: (images, targets) of training images on
     which each proposed patch drop is tried (uvc.search.trial); None: no trial.
     `--search_algorithm reference`: the reference's updates (uvc.search.reference), its initial
-    values, no trial, and a freeze with no greedy fit. `--reference_rules`: some of the reference's
+    values and no trial. `--reference_rules`: some of the reference's
     rules in the default search (uvc.search.rules), its initial values among them.
     """
 
@@ -71,6 +71,7 @@ class UVCSearch:
                               dual_init=float(config.dual_init), **init).to(device)
         self.device, self.latency_batch = device, int(config.latency_batch)
         self.latency_check = int(config.latency_check)  # fits timed whole at the freeze (latency metric)
+        self.greedy_fit = bool(config.greedy_fit)  # the freeze fits the architecture into the budget
         self.rates = SearchRates.for_search(config, search_steps)
         self.warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
         self.active = self.warmup_epochs == 0
@@ -155,14 +156,13 @@ class UVCSearch:
         return spec_from_search(model.vit, model_type, masks, keep, patches)
 
     def freeze(self, model: MaskedViT, model_type: str):
-        """The final architecture, fitted into [budget - 0.01, budget] of the dense MACs
-        (uvc.deploy.fit; without pruning only skipped blocks can be put back), with MLP widths and
-        value dims per head at multiples of `round_to` (then in [budget - 0.03, budget + 0.01]
-        when the aligned steps cannot fill the narrow window). With the latency metric the fit
-        is timed whole on the device and refitted while off the budget (uvc.cost.latency_check;
-        rank 0 times, every rank takes its architecture). `--search_algorithm reference`: no fit
-        (freeze_as_searched), and so with `--reference_rules no_fit`."""
-        if self.reference or self.rules.no_fit:
+        """The final architecture: as the search ended (the reference's rule; freeze_as_searched), or with
+        `--greedy_fit` fitted into [budget - 0.01, budget] of the dense cost (uvc.deploy.fit; without
+        pruning only skipped blocks can be put back), with MLP widths and value dims per head at multiples
+        of `round_to` (then in [budget - 0.03, budget + 0.01] when the aligned steps cannot fill the
+        narrow window). With the latency metric the fit is timed whole on the device and refitted while
+        off the budget (uvc.cost.latency_check; rank 0 times, every rank takes its architecture)."""
+        if not self.greedy_fit:
             return self.freeze_as_searched(model, model_type)
         spec = self.spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
@@ -176,16 +176,14 @@ class UVCSearch:
             return fitted, info, spec_cost(cost, fitted) / dense
 
         checks = None
-        if self.metric == "latency" and self.latency_check > 0:
-            timed = None
-            if is_main_process():
-                measure = lambda s: measured_ratio(s, self.device, self.latency_batch)  # noqa: E731
-                timed = checked_fit(fit_to, measure, self.budget.budget, self.latency_check)
+        if self.timed_freeze:
+            timed = checked_fit(fit_to, self._measure, self.budget.budget, self.latency_check) \
+                if is_main_process() else None
             spec, fit, checks = broadcast_object(timed)
         else:
             spec, fit, _ = fit_to(self.budget.budget)
         fit = dict(fit, budget_metric=self.metric, searched_macs_ratio=searched,
-                   macs_ratio=spec_ratio(spec, True, self.space.with_attn),
+                   macs_ratio=spec_ratio(spec, True, self.space.with_attn), search_algorithm=self.algorithm,
                    greedy_changed_frac=greedy_changed_frac(fit, self.dims), reference_rules=list(self.rules.names()))
         if self.metric != "macs":
             fit.update({f"searched_{self.metric}_ratio": searched_cost,
@@ -194,10 +192,19 @@ class UVCSearch:
             fit.update(latency_checks=checks, measured_latency_ratio=next(c["measured"] for c in checks if c["kept"]))
         return spec, fit
 
+    @property
+    def timed_freeze(self) -> bool:
+        """Whether the freeze times the frozen model against the dense one (latency metric, --latency_check)."""
+        return self.metric == "latency" and self.latency_check > 0
+
+    def _measure(self, spec: dict) -> float:
+        return measured_ratio(spec, self.device, self.latency_batch)
+
     def freeze_as_searched(self, model: MaskedViT, model_type: str):
         """The architecture the search ended with, as the reference exports it (the export still pads
         value dims per block). The greedy fit runs on a copy, for the record only: `greedy_would_change_frac`
-        is what it would have changed; `budget_gap` is the ratio of the budget's metric minus the budget."""
+        is what it would have changed; `budget_gap` is the ratio of the budget's metric minus the budget.
+        With the latency metric the frozen model is timed whole once (`measured_latency_ratio`)."""
         spec = self.spec(model, model_type)
         cost, dense, with_attn = self.budget.cost, self.budget.dense, self.space.with_attn
         _, would = fit_to_budget(copy.deepcopy(spec), self.pd.scores_now(model.vit), self.budget.budget, with_attn,
@@ -210,6 +217,8 @@ class UVCSearch:
                "greedy_would_change_frac": greedy_changed_frac(would, self.dims), "round_to": self.round_to}
         if self.metric != "macs":
             fit.update({f"searched_{self.metric}_ratio": metric_ratio, f"{self.metric}_ratio": metric_ratio})
+        if self.timed_freeze:
+            fit["measured_latency_ratio"] = broadcast_object(self._measure(spec) if is_main_process() else None)
         return spec, fit
 
     # --- checkpointing -----------------------------------------------------------------

@@ -36,9 +36,7 @@ Scale (what makes one set of rates fit every model, data set and run length):
 - The gates' and patches' loss and budget gradients are each divided by their
   mean magnitude over blocks (patches), so `gating_weight` and `patch_weight`
   are exchange rates without units.
-The prox (uvc.search.prox) is applied per unit of the layer's mean group score S_l / G,
-W_G / (1 + 2 lr y G / S_l): a group of average score then decays at the same
-rate in every layer and model.
+The prox (uvc.search.prox) is the reference's: W_G / (1 + 2 lr y) on the scoring columns.
 
 `--reference_rules` (uvc.search.rules) replaces any of these departures from the reference by the
 reference's rule, one at a time, for the ledger of departures (scripts/deviations.py).
@@ -54,7 +52,7 @@ from uvc.search.gate_update import GateUpdate
 from uvc.search.gates import block_gate_sample, patch_attn_bias
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import Masks, Scores, as_importance, compute_masks, group_scores, least_sum, stacked_weights
-from uvc.search.prox import proximal_step, reference_prox
+from uvc.search.prox import proximal_step
 from uvc.search.rules import Rules, budget_term, clip_before_step, gate_optimizer
 from uvc.search.schedule import SearchRates, target_ratio
 from uvc.search.structure import ArchState
@@ -109,8 +107,7 @@ class PrimalDual(GateUpdate):
             clip_before_step(self.r_opt)
         self.gate_opt = gate_optimizer(rules, arch.gate_logits, rates.gate_lr)
         self.patch_opt = torch.optim.Adam([arch.patch_logits], lr=rates.patch_lr)
-        self.controller = BudgetController(rates.z_kp, rates.z_ki, cfg.z_grad_clip, proportional=not rules.integral_z,
-                                           capped=not rules.no_integral_cap)
+        self.controller = BudgetController(rates.z_kp, rates.z_ki, cfg.z_grad_clip, proportional=not rules.integral_z)
         self.costs = budget.group_costs()
         # the MAC share of one layer's heads / neurons / one head's dims: the unit of the s, r gradients
         c, d = self.costs, budget.dims
@@ -231,14 +228,10 @@ class PrimalDual(GateUpdate):
                 for name, p, g in zip(("s", "r", "gate", "patch"), params, grads)}
 
     def proximal_step(self, vit, lr: float) -> None:
-        """Step 2: the prox of y ||W_G||^2 on the removed groups (uvc.search.prox); with plain_prox
-        the reference's, on the same groups."""
-        if self.cfg.rules.plain_prox:
-            k_heads, k_neurons, k_dims = self.arch.removed_counts()
-            reference_prox(vit, self.scores, k_heads, k_dims, k_neurons, self.arch.y, self.arch.p, lr)
-            return
-        proximal_step(vit, self.masks, self.scores, self.arch.y, self.arch.p, lr,
-                      columns_only=self.cfg.masking == "soft")
+        """Step 2: the prox of y ||W_G||^2 on the removed groups, as the reference applies it
+        (uvc.search.prox)."""
+        k_heads, k_neurons, k_dims = self.arch.removed_counts()
+        proximal_step(vit, self.scores, k_heads, k_dims, k_neurons, self.arch.y, self.arch.p, lr)
 
     def _importance(self) -> Scores:
         """The current scores in MAC-share units, computed once per set of scores (s, r and the

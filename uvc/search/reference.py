@@ -5,7 +5,8 @@ step after the weights' step, with s, r in groups (counts) and the weights' lear
 
   0. gate (and, with patch gating, patch) logits take the weights' AdamW step on their loss
      gradient: in the reference they are parameters of the model, inside its optimizer
-  1. prox on the columns of attn.proj and mlp.fc2 only, unscaled (uvc.search.prox.reference_prox)
+  1. prox on the columns of attn.proj and mlp.fc2 only, unscaled (uvc.search.prox; the default
+     search takes it too)
   2. R = R(ceil s, ceil r, gates, patches) from the current scores, and c = clamp(R - B, +-z_grad_clip):
        g_s = y dLeastSum(scores, ceil s)/ds + z dc/ds     (the same for r with p, every head)
      dLeastSum/ds = the (ceil s + 1)-th smallest score (straight-through ceil); dc = 0 outside the clip
@@ -30,7 +31,7 @@ from uvc.search.gates import block_gate_sample, patch_attn_bias
 from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import least_sum
 from uvc.search.primal_dual import PrimalDual
-from uvc.search.prox import reference_prox
+from uvc.search.prox import proximal_step
 from uvc.search.rules import GATE_MOMENTUM, GATE_WEIGHT_DECAY, inf_norm_clip_
 from uvc.search.structure import ArchState
 
@@ -173,7 +174,7 @@ class ReferencePrimalDual(PrimalDual):
     def proximal_step(self, vit, lr: float) -> None:
         """Step 1 on the scores of the weights after their step; the scores are then taken again."""
         k_heads, k_neurons, k_dims = self.arch.removed_counts()
-        reference_prox(vit, self.scores_now(vit), k_heads, k_dims, k_neurons, self.arch.y, self.arch.p, lr)
+        proximal_step(vit, self.scores_now(vit), k_heads, k_dims, k_neurons, self.arch.y, self.arch.p, lr)
         self.scores, self._scores_fresh = self.scores_now(vit), True
 
     @torch.no_grad()

@@ -7,12 +7,10 @@ alone (scripts/deviations.py, the ledger of issue 25):
   fixed_target       z is driven by the expected ratio against the fixed budget B, not the hard
                      ratio against the moving target T(u) (which then is B everywhere)
   integral_z         z = its integral alone: no proportional term, so z >= 0
-  no_integral_cap    the integral of z is not capped at kp x --z_grad_clip
   absolute_leastsum  LeastSum (s, r slopes and dual ascent) over the absolute scores, not MAC-share units
   zero_start         s and r start at 0 (the first push removes a group), not one group under it
   grad_clip          the budget term is z d clamp(R - T, +-z_grad_clip)/d(s, r) (no push while the
                      gap is past the clip), and the s and r gradients are clipped to inf-norm 1
-  plain_prox         the reference's prox: unscaled, on the proj and fc2 columns only (reference_prox)
   gate_sgd           the gates take SGD with momentum 0.9 and weight decay 1e-4 (at the rule's rate),
                      start at the reference's logits (skip, keep) = (-1, 1), and the Gumbel temperature
                      is the reference's, fixed (configs.common.RULE_DEFAULTS)
@@ -20,10 +18,11 @@ alone (scripts/deviations.py, the ledger of issue 25):
                      protected blocks, no z > 0 / margin floor, no settling of flips, gates move to the
                      end of the search, no minimum of gate updates (the patch trial, --patch_probe,
                      still tries each proposed drop alone)
-  no_fit             the freeze exports the architecture the search ended with (no greedy fit)
 
 What is not here has a flag of its own: y, p from the reference's value (--dual_init 0.001), no patch
-trial (--patch_probe 0), any width (--round_to 1).
+trial (--patch_probe 0), any width (--round_to 1). Three former departures measured no better than the
+reference's rule and are gone (log/deviations.md): the cap of z's integral, the scaled prox, and the
+freeze's greedy fit (now opt-in, `--greedy_fit`).
 """
 from dataclasses import dataclass, fields
 
@@ -48,14 +47,11 @@ class Rules:
     """Which rules are the reference's (True) instead of ours."""
     fixed_target: bool = False
     integral_z: bool = False
-    no_integral_cap: bool = False
     absolute_leastsum: bool = False
     zero_start: bool = False
     grad_clip: bool = False
-    plain_prox: bool = False
     gate_sgd: bool = False
     no_gate_safety: bool = False
-    no_fit: bool = False
 
     @classmethod
     def of(cls, text: str) -> "Rules":

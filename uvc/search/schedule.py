@@ -53,6 +53,7 @@ GATE_TRAVEL = 40.0  # gate logits over the search at full push (a flip from keep
 PATCH_TRAVEL = 40.0
 MIN_GATE_UPDATES = 100
 MIN_STEERING_STEPS = 60  # under this the per-step proportional loop is not stable (above): too short to steer
+LANDING = (0.05, 0.02)  # under, over the budget: where a search of at least MIN_STEERING_STEPS ends (benchmark_search)
 PATCH_L1 = 0.1  # the L1 pull on patch keep probabilities, in units of the mean loss gradient
 
 
