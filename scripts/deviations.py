@@ -43,14 +43,11 @@ VARIANTS = {
     "reference": ["--search_algorithm", "reference"],
     "no_moving_target": [RULE, "fixed_target"],
     "no_proportional_z": [RULE, "integral_z"],
-    "no_integral_cap": [RULE, "no_integral_cap"],
     "no_macshare_leastsum": [RULE, "absolute_leastsum"],
     "no_minus_one_start": [RULE, "zero_start"],
     "no_unclipped_grads": [RULE, "grad_clip"],
-    "no_scaled_prox": [RULE, "plain_prox"],
     "no_gate_adam": [RULE, "gate_sgd"],
     "no_gate_safety": [RULE, "no_gate_safety"],
-    "no_fit": [RULE, "no_fit"],
     "no_dual_init": ["--dual_init", str(REFERENCE_SEARCH["dual_init"])],
     "no_patch_trial": ["--patch_probe", "0"],
     "no_round_to": ["--round_to", "1"],
@@ -206,7 +203,7 @@ def summary(rows: List[Dict]) -> str:
         d_speed = [r["speedup_b64"] / d["speedup_b64"] - 1 for r, d in paired] if timed else []
         speed = ([*spread([r["speedup_b64"] for r in own], ".2f")[:1], *spread(d_speed, "+.1%")[:1]]
                  if timed else [])
-        table.append([variant, " ".join(VARIANTS[variant]) or "-", str(len(own)),
+        table.append([variant, " ".join(own[0]["flags"]) or "-", str(len(own)),
                       *spread([r["top1_last"] for r in own], ".2f")[:1], *spread(d_top1, "+.2f"),
                       *spread([gap(r) for r in own], ".3f")[:1], *spread(d_gap, "+.3f"),
                       *spread([r["exported_ratio"] - r["budget"] for r in own], "+.3f")[:1], *speed,
