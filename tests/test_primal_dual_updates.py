@@ -106,6 +106,31 @@ def test_least_sum_pulls_s_back_by_each_kinds_own_dual_and_slope():
     assert grads["s_frac"] is None and grads["r_frac"] is None
 
 
+def test_least_sum_pulls_r_back_by_p_times_the_next_dims_slope_in_each_kept_head():
+    """Step 3 for r by hand with z = 0: r_frac <- r_frac - r_step x p x (the next value dim's importance)
+    x head_dim x (the head is kept) / the MAC share of a layer's value dims; d/dr_frac = head_dim d/d(count),
+    as G d/ds for s. A removed head's r does not move."""
+    model, search = build()
+    pd, arch = search.pd, search.arch
+    set_counts(arch, heads=[1, 0, 1, 0], neurons=[0] * 4, dims=[[3, 3]] * 4)
+    search.prepare(model, training=True)
+    pd.scores = pd.scores_now(model.vit)
+    assert arch.count_steps()[2] == 1  # value dims one by one: the slope is the next dim's importance
+    with torch.no_grad():
+        arch.z.fill_(0.0)
+        arch.y.fill_(0.0)
+        arch.p.copy_(torch.tensor([[2e-3, 1e-3]] * 4))
+    nxt = as_importance(pd.scores, pd.costs).dims.sort(-1).values[..., 3]  # (L, H): the 4th smallest dim
+    kept, d = pd.masks.heads, arch.dims.head_dim
+    assert kept.sum(-1).tolist() == [1, 2, 1, 2]
+    grad = arch.p * nxt * d * kept / (pd.costs.dims * d)
+    before = arch.r_frac.detach().clone()
+    pd.structure_step({"s": torch.zeros(4, 2), "r": torch.zeros(4, 2)})
+    assert torch.allclose(arch.r_frac.detach(), before - pd.rates.r_step * grad, rtol=1e-5, atol=1e-9)
+    moved = arch.r_frac.detach() != before
+    assert moved.tolist() == kept.bool().tolist()
+
+
 def test_gates_update_every_gate_interval_steps_on_the_gradients_of_exactly_those_steps(monkeypatch):
     """The loss gradients summed by backward are averaged over the `gate_interval` steps since the last
     update, and the count starts again from 0 after each update."""
