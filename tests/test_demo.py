@@ -83,3 +83,17 @@ def test_demo_compare_smoke(tmp_path):
         assert abs(m["macs_ratio"] / uvc - 1) <= 0.01, m
     assert (tmp_path / "log" / "digits_compare.md").exists()
     assert (tmp_path / "figs" / "digits_top1_vs_macs.png").exists()
+
+
+def test_the_readme_demo_table_is_log_digits_demo_and_within_one_image_of_the_teacher():
+    """The README's demo table is log/digits_demo.md's, row for row, and what its text says of it holds:
+    UVC within one of the 360 validation images (100 / 360 points) of the teacher, at about half the MACs."""
+    with open(os.path.join(ROOT, "log", "digits_demo.md")) as f:
+        log = f.read()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    rows = [line for line in log.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and all(line in readme for line in rows)
+    summary = json.loads(log[log.index("```json") + len("```json"):log.index("```", log.index("```json") + 7)])
+    assert summary["teacher_top1"] - summary["uvc_top1"] <= 100 / 360 + 1e-6
+    assert abs(summary["uvc_macs_ratio"] - 0.5) <= 0.01 and "within one of the 360" in " ".join(readme.split())
