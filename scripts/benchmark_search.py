@@ -31,6 +31,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Sequence
 
+from uvc.search.schedule import LANDING
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BUDGETS = (0.3, 0.5, 0.7)
@@ -157,11 +159,12 @@ def fit_share(c: Dict) -> float:
 
 
 def ok(c: Dict) -> bool:
-    """The issue's acceptance window for one cell: the search's own end in [B - 0.05, B + 0.02], at most 5%
-    of the groups left to the fit, no warning, and (a fitted export) the export in the fit's window."""
+    """The issue's acceptance window for one cell: the search's own end in [B - 0.05, B + 0.02] (LANDING, the
+    window stage 1 warns outside of), at most 5% of the groups left to the fit, no warning, and (a fitted
+    export) the export in the fit's window."""
     b = c["budget"]
     fitted = c.get("greedy_would_change_frac") is None
-    return (b - 0.05 <= c["searched_ratio"] <= b + 0.02 and fit_share(c) <= 0.05
+    return (b - LANDING[0] <= c["searched_ratio"] <= b + LANDING[1] and fit_share(c) <= 0.05
             and (not fitted or b - 0.03 <= c["exported_ratio"] <= b + 0.01) and not c["warned"])
 
 

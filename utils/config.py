@@ -505,8 +505,8 @@ def _check_training(config, stage: str) -> None:
         raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
     if stage == "joint" and config.enable_warmup and int(config.epochs) <= int(config.warmup_epochs):
         raise ConfigError(f"--epochs {config.epochs} leaves no search epoch after --warmup_epochs "
-                          f"{config.warmup_epochs}: the search would never run and nothing would be compressed; raise --epochs or lower --warmup_epochs (0: search from the "
-                          f"first step)")
+                          f"{config.warmup_epochs}: the search would never run and nothing would be compressed; "
+                          f"raise --epochs or lower --warmup_epochs (0: search from the first step)")
 
 
 def _check_zlr_schedule(config) -> None:
