@@ -56,7 +56,7 @@ def build(config) -> Stage1:
     steps = steps_per_epoch(config, data.train_loader)
     warmup_epochs = int(config.warmup_epochs) if config.enable_warmup else 0
     search_epochs = max(config.epochs - warmup_epochs, 1)
-    probe = probe_batch(data.train_loader.dataset, config.patch_probe, config.seed)
+    probe = probe_batch(data.train_loader.dataset, max(config.patch_probe, config.skip_probe), config.seed)
     search = UVCSearch(vit, config, env.device, search_steps=search_epochs * steps, probe=probe)
     ddp_model = wrap_ddp(model, env)
     plan = batch_plan(config, "joint", env.world_size)  # --learning_rate unscaled in stage 1

@@ -27,7 +27,7 @@ RECIPES = {
 # 0.5, no decay; duals start at 1e-3), set where neither the config file nor a flag sets the key.
 REFERENCE_SEARCH = dict(slr=0.02, rlr=0.02, ylr=1e-4, plr=1e-4, dual_init=1e-3, glr=1e-3, gating_weight=5.0,
                         gating_interval=100, zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5,
-                        gumbel_tau_decay=1.0, patch_probe=0)
+                        gumbel_tau_decay=1.0, patch_probe=0, skip_probe=0)
 # `--reference_rules` (uvc/search/rules.py): its names, each a rule of the reference in place of ours
 REFERENCE_RULES = ("fixed_target", "integral_z", "absolute_leastsum", "zero_start", "grad_clip", "gate_sgd",
                    "no_gate_safety")
@@ -116,6 +116,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.target_ramp = 0.5  # fraction of the search over which the target MACs ratio falls to the budget
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
     c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)
+    c.skip_probe = 256  # training images each block skip is tried on before it stands (0: no trial; the reference tries none)
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
     c.greedy_fit = False  # the freeze fits the searched architecture into [budget - 0.01, budget] greedily (uvc/deploy/fit.py); default: exported as the search ended, as the reference
     c.round_to = 8  # MLP widths and value dims per head kept at multiples of this (1: any width, as the paper)

@@ -353,7 +353,8 @@ def apply_overrides(config: ml_collections.ConfigDict, args: argparse.Namespace,
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "search_masking",
+STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "skip_probe",
+               "search_masking",
                "greedy_fit", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
@@ -383,6 +384,7 @@ REFERENCE_UNREAD = {"zlr": "z takes SGD steps at the first entry of --zlr_schedu
                     "target_ramp": "the constraint is the fixed budget, no moving target",
                     "min_blocks": "the reference protects no block",
                     "patch_probe": "patch drops are not tried",
+                    "skip_probe": "block skips are not tried",
                     "patchlr": "patch logits move with the weights' optimizer",
                     "patch_weight": "the budget does not push the patch logits",
                     "patch_l1_weight": "the reference's patch losses are parsed and never used"}
@@ -485,8 +487,9 @@ def _check_search(config) -> None:
     for key in ("slr", "rlr", "ylr", "plr", "dual_init", "zlr"):
         if float(config[key]) < 0:
             raise ConfigError(f"--{key} must be 0 or more, got {config[key]}")
-    if int(config.patch_probe) < 0:
-        raise ConfigError(f"--patch_probe must be 0 (no trial of patch drops) or more, got {config.patch_probe}")
+    for key, move in (("patch_probe", "patch drops"), ("skip_probe", "block skips")):
+        if int(config[key]) < 0:
+            raise ConfigError(f"--{key} must be 0 (no trial of {move}) or more, got {config[key]}")
     if int(config.latency_check) < 0:
         raise ConfigError(f"--latency_check must be 0 (no timing of the frozen model) or more, got "
                           f"{config.latency_check}")

@@ -53,7 +53,8 @@ class UVCSearch:
     everything" and only the weights train. `search_steps` (optimizer steps after
     warm-up) sets the pace: the target reaches the budget at the same fraction of
     any search (uvc.search.schedule). `probe`: (images, targets) of training images on
-    which each proposed patch drop is tried (uvc.search.trial); None: no trial.
+    whose first --patch_probe each proposed patch drop, and first --skip_probe each proposed
+    block skip, is tried (uvc.search.trial); None: no trial.
     `--search_algorithm reference`: the reference's updates (uvc.search.reference), its initial
     values and no trial. `--reference_rules`: some of the reference's
     rules in the default search (uvc.search.rules), its initial values among them.
@@ -79,9 +80,14 @@ class UVCSearch:
         if self.reference:  # the reference counts its steps from the first warm-up step
             per_epoch = self.rates.steps // max(int(config.epochs) - self.warmup_epochs, 1)
             self.pd_config = ReferenceConfig.from_config(config, step_offset=self.warmup_epochs * per_epoch)
-        self.trial = None  # (images, targets) of `probe`: the trial of every patch drop
-        if probe is not None and len(probe[0]) and not self.reference:
-            self.trial = FlipTrial(probe[0], probe[1], int(config.train_batch_size), self.space.with_attn)
+        self.trial = self.skip_trial = None  # the trials of every patch drop and of every block skip
+        if probe is not None and not self.reference:
+            batch, attn = int(config.train_batch_size), self.space.with_attn
+            n, m = int(config.patch_probe), int(config.skip_probe)
+            if n > 0 and len(probe[0]):
+                self.trial = FlipTrial(probe[0][:n], probe[1][:n], batch, attn)
+            if m > 0 and len(probe[0]):
+                self.skip_trial = FlipTrial(probe[0][:m], probe[1][:m], batch, attn, kind="skip")
         cost, table = budget_cost(vit, config, device)
         self.set_cost(cost, table)
 
@@ -89,12 +95,13 @@ class UVCSearch:
         """The budget in units of `cost` (uvc.cost.cost) and the primal-dual updates that depend on it."""
         self.budget = Budget(self.dims, self.target_budget, self.space, cost)
         self.metric, self.latency_table = cost.name, latency_table  # macs | latency
-        if self.trial is not None:
-            self.trial.cost = cost
+        for trial in (self.trial, self.skip_trial):
+            if trial is not None:
+                trial.cost = cost
         if self.reference:
             self.pd = ReferencePrimalDual(self.arch, self.budget, self.pd_config)
         else:
-            self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates, self.trial)
+            self.pd = PrimalDual(self.arch, self.budget, self.pd_config, self.rates, self.trial, self.skip_trial)
 
     def set_epoch(self, epoch: int) -> None:
         self.active = epoch >= self.warmup_epochs
@@ -143,8 +150,9 @@ class UVCSearch:
         return {**self.pd.record(), "search_progress": self.progress}
 
     def trial_state(self) -> Dict[str, int]:
-        """The counts of the patch-drop trials (empty without a probe)."""
-        return self.trial.state_dict() if self.trial is not None else {}
+        """The counts of the patch-drop and block-skip trials (empty without a probe)."""
+        trials = [t for t in (self.trial, self.skip_trial) if t is not None]
+        return {k: v for t in trials for k, v in t.state_dict().items()}
 
     @torch.no_grad()
     def spec(self, model: MaskedViT, model_type: str) -> dict:

@@ -8,12 +8,13 @@ ranks); each update then takes
 so `gating_weight` and `patch_weight` are exchange rates without units. The safety rules around it
 (uvc.search.gates): at most one block flips and one patch drops per update, a protected block is
 never skipped, a skip or drop happens only while z > 0 and leaves the hard ratio at least the
-target less `margin`, a patch drop passes its trial (uvc.search.trial), and gates and patches
-settle in the last part of the search. `--reference_rules no_gate_safety` turns the rules off.
+target less `margin`, a patch drop (--patch_probe) and a block skip (--skip_probe) pass their trial
+(uvc.search.trial), and gates and patches settle in the last part of the search.
+`--reference_rules no_gate_safety` turns the rules off but the trials.
 
 `GateUpdate` is a part of `PrimalDual` (uvc.search.primal_dual), which sets what it reads: arch,
-budget, cfg, rates, space, masks, scores, trial, gate_opt, patch_opt, margin, coarse_end, t and
-grad_steps.
+budget, cfg, rates, space, masks, scores, trial, skip_trial, gate_opt, patch_opt, margin,
+coarse_end, t and grad_steps.
 """
 from typing import Dict, Optional
 
@@ -41,6 +42,11 @@ class GateUpdate:
         logits = self.arch.gate_logits.detach() if logits is None else logits
         keep = (logits[:, 1] >= logits[:, 0]).float()
         return keep if keep.sum() <= self.cfg.min_blocks else torch.zeros_like(keep)
+
+    def trial_counts(self) -> Dict[str, float]:
+        """The trials' counters so far (patch drops: flip_*, block skips: skip_*), for the log."""
+        trials = [t for t in (self.trial, self.skip_trial) if t is not None]
+        return {k: float(v) for t in trials for k, v in t.state_dict().items()}
 
     def discard_loss_grads(self) -> None:
         """Drop the gate and patch loss gradients summed since the last gate update (a skipped AMP step
@@ -72,7 +78,7 @@ class GateUpdate:
                 loss_grad = self._averaged_grad(a.gate_logits, n)
                 a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
                 self.gate_opt.step()
-                self._limit_gates(before, target)
+                self._limit_gates(before, target, model)
             if sp.patch_gating:
                 before = a.patch_logits.detach().clone()
                 loss_grad = self._averaged_grad(a.patch_logits, n)
@@ -88,10 +94,23 @@ class GateUpdate:
             a.gate_logits.grad = None
             a.patch_logits.grad = None
 
-    def _limit_gates(self, before: torch.Tensor, target: float) -> None:
-        """Gate safety (uvc.search.gates.limit_gate_flips), unless no_gate_safety."""
+    def _limit_gates(self, before: torch.Tensor, target: float, model: Optional[MaskedViT] = None) -> None:
+        """Gate safety and the skip trial (uvc.search.gates.limit_gate_flips); with no_gate_safety,
+        the trial alone (if any)."""
+        trial = self._skip_check(model, before)
         if self.cfg.rules.gate_safety:
-            limit_gate_flips(self.arch, before, self.protected_blocks(before), self._floor_check(target))
+            limit_gate_flips(self.arch, before, self.protected_blocks(before), self._floor_check(target), trial)
+        elif trial is not None:
+            limit_gate_flips(self.arch, before, torch.zeros_like(before[:, 0]), lambda: True, trial)
+
+    def _skip_check(self, model: Optional[MaskedViT], before: torch.Tensor):
+        """A callable: does the proposed skip cost the probe no more loss than the same MACs taken
+        from the groups (uvc.search.trial)? None without a skip trial, a model or pruning."""
+        if self.skip_trial is None or model is None or not self.space.pruning:
+            return None
+        a = self.arch
+        return lambda: self.skip_trial.accept(model, self._spec_of(model, a.gate_logits, a.patch_logits),
+                                              self._spec_of(model, before, a.patch_logits), self.scores)
 
     def _limit_patches(self, before: torch.Tensor, target: float, model: Optional[MaskedViT]) -> None:
         """Patch safety and trial (limit_patch_drops); with no_gate_safety, the trial alone (if any)."""

@@ -43,7 +43,7 @@ def patch_attn_bias(patch_logits: torch.Tensor, num_prefix_tokens: int) -> torch
 
 
 HYSTERESIS = 1.0  # logits past the boundary a flipped gate or patch is set to: noise cannot flip it back
-REFUSED = 4.0  # the logit a refused patch drop is set back to: the initial patch_init
+REFUSED = 4.0  # a refused patch drop's logit, a refused skip's keep - skip: where they start (patch_init, gate_init)
 
 
 def settle_flips(logits: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
@@ -64,14 +64,17 @@ def settle_flips(logits: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
         return flipped
 
 
-def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_ok) -> None:
+def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_ok, trial_ok=None) -> None:
     """Gate safety after an update of the (L, 2) gate logits from `before`.
 
     At most one block changes its hard state (so one update moves the MACs ratio
     by at most one block's share): a re-opened block first, else the skip that
     went furthest past the boundary. A protected block (see PrimalDual.protected_blocks)
     is never skipped, and a skip is undone when `floor_ok()` says it took the hard
-    ratio too far under the target. Every other flip is undone (its logits restored).
+    ratio too far under the target. A skip the floor allows then faces `trial_ok()`
+    (uvc.search.trial; None: no trial): refused, it goes back to REFUSED on the keep
+    side, so it is proposed again only after a sustained push. Every other flip is
+    undone (its logits restored).
     """
     with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
         logits = arch.gate_logits
@@ -87,8 +90,13 @@ def limit_gate_flips(arch, before: torch.Tensor, protected: torch.Tensor, floor_
         for l in flipped:
             if l != chosen:
                 logits[l] = before[l]
-        if chosen is not None and not now[chosen] and not floor_ok():
-            logits[chosen] = before[chosen]
+        if chosen is not None and not now[chosen]:
+            if not floor_ok():
+                logits[chosen] = before[chosen]
+            elif trial_ok is not None and not trial_ok():
+                mid = (before[chosen, 0] + before[chosen, 1]) / 2
+                keep = torch.maximum(before[chosen, 1], mid + REFUSED / 2)
+                logits[chosen, 1], logits[chosen, 0] = keep, 2 * mid - keep
         settle_flips(logits, before)
 
 

@@ -17,8 +17,8 @@ the optimizer has updated W. `step()` runs, in this order:
   4. gates and patch logits, every `gate_interval` steps (uvc.search.schedule), from the averaged
      loss gradient and z dR/d(logits) (+ the L1 pull on patches), each term
      normalised; at most one block flips and one patch drops per update (uvc.search.gates);
-     a skip or a patch drop only while z > 0, a patch drop only if it costs the
-     probe loss no more than taking its MACs from the cheapest groups (uvc.search.trial),
+     a skip or a patch drop only while z > 0, and only if it costs the probe loss
+     no more than taking its MACs from the cheapest groups (uvc.search.trial),
      and none in the last quarter of the search (halfway from the end of the
      ramp), which s and r settle
   5. dual ascent on y, p (LeastSum of the removed groups)
@@ -97,7 +97,7 @@ class PrimalDual(GateUpdate):
     """Owns the updates of s, r, gates, patch logits and the duals y, p, z."""
 
     def __init__(self, arch: ArchState, budget: Budget, cfg: PrimalDualConfig, rates: SearchRates,
-                 trial: Optional[FlipTrial] = None):
+                 trial: Optional[FlipTrial] = None, skip_trial: Optional[FlipTrial] = None):
         self.arch, self.budget, self.cfg, self.rates, self.space = arch, budget, cfg, rates, budget.space
         self.s_opt = _optimizer(cfg.soptim, [arch.s_frac], rates.s_step)
         self.r_opt = _optimizer(cfg.roptim, [arch.r_frac], rates.r_step)
@@ -127,7 +127,7 @@ class PrimalDual(GateUpdate):
         self.scores: Scores = None
         self._scores_fresh = False  # scores of the current weights, from step()
         self._importance_cache, self._importance_of = None, None
-        self.trial = trial  # None: no trial; else patch drops are tried on a probe (uvc.search.trial)
+        self.trial, self.skip_trial = trial, skip_trial  # patch drops, block skips tried on a probe; None: not
 
     # --- schedules -----------------------------------------------------------
     def set_epoch(self, epoch: int, search_epoch: int) -> None:
@@ -214,11 +214,7 @@ class PrimalDual(GateUpdate):
             self.dual_step()
         return {"expected_ratio": float(ratio.detach()), "hard_ratio": hard, "target_ratio": target,
                 "z": float(a.z), "z_integral": float(a.z_integral), "y_mean": float(a.y.mean()),
-                "p_mean": float(a.p.mean()), "tau": self.tau, **self._trial_counts()}
-
-    def _trial_counts(self) -> Dict[str, float]:
-        t = self.trial
-        return {} if t is None else {"flip_trials": float(t.trials), "flips_rejected": float(t.rejected)}
+                "p_mean": float(a.p.mean()), "tau": self.tau, **self.trial_counts()}
 
     def _budget_grads(self, ratio: torch.Tensor) -> Dict[str, torch.Tensor]:
         params = self.arch.architecture_parameters()
@@ -287,7 +283,8 @@ class PrimalDual(GateUpdate):
                 "gate_opt": self.gate_opt.state_dict(),
                 "patch_opt": self.patch_opt.state_dict(), "grad_steps": self.grad_steps, "t": self.t,
                 "max_undershoot": self.max_undershoot,
-                "trial": self.trial.state_dict() if self.trial is not None else {}}
+                "trial": self.trial.state_dict() if self.trial is not None else {},
+                "skip_trial": self.skip_trial.state_dict() if self.skip_trial is not None else {}}
 
     def load_state_dict(self, state: dict) -> None:
         self.s_opt.load_state_dict(state["s_opt"])
@@ -298,3 +295,5 @@ class PrimalDual(GateUpdate):
         self.max_undershoot = float(state["max_undershoot"])
         if self.trial is not None:
             self.trial.load_state_dict(state.get("trial", {}))
+        if self.skip_trial is not None:
+            self.skip_trial.load_state_dict(state.get("skip_trial", {}))

@@ -1,5 +1,5 @@
-"""The trial of a patch drop: it stands only if it costs the loss no more than taking
-the same MACs from the cheapest groups.
+"""The trial of a patch drop or a block skip: it stands only if it costs the loss no more
+than taking the same MACs from the cheapest groups.
 
 The patch update sees gradients, and a patch's loss gradient through log(pi)
 vanishes as pi -> 1 while the gradient terms are normalised to one scale
@@ -12,11 +12,11 @@ training images:
              per MAC removed (uvc.deploy.fit) until it costs no more than the flip
 
 Both are evaluated deterministically (eval mode, hard masks) on the same probe;
-the drop stands when its cross-entropy is not higher. Block skips are not tried
-this way: a dropped patch takes information that no training can bring back,
-so its immediate cost is its cost, while the blocks after a skipped one re-learn
-(log/search_benchmark_gate_trial.md against log/search_benchmark.md). Without pruning (gates or
-patches only) there is nothing to compare with and every drop stands.
+the drop stands when its cross-entropy is not higher. Block skips are tried the same
+way (--skip_probe): the gate update prices a skip by normalised gradients, not against
+what its MACs would cost taken from the groups, and untried skips cost top-1 that
+fine-tuning did not bring back (docs/design.md). Without pruning (gates or patches
+only) there is nothing to compare with and every move stands.
 """
 from typing import Dict
 
@@ -34,8 +34,8 @@ class FlipTrial:
     """A fixed probe (images, targets) and the comparison of a flip against its alternative."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, with_attn: bool = True,
-                 cost=None):
-        self.images, self.targets = images, targets
+                 cost=None, kind: str = "flip"):
+        self.images, self.targets, self.kind = images, targets, kind  # kind names the counters: flip | skip
         self.batch_size, self.with_attn = max(int(batch_size), 1), with_attn
         self.cost = cost  # the budget's cost model (uvc.cost.cost); None: MACs
         self.trials, self.rejected = 0, 0
@@ -72,7 +72,8 @@ class FlipTrial:
         return ok
 
     def state_dict(self) -> dict:
-        return {"flip_trials": self.trials, "flips_rejected": self.rejected}
+        return {f"{self.kind}_trials": self.trials, f"{self.kind}s_rejected": self.rejected}
 
     def load_state_dict(self, state: dict) -> None:
-        self.trials, self.rejected = int(state.get("flip_trials", 0)), int(state.get("flips_rejected", 0))
+        self.trials = int(state.get(f"{self.kind}_trials", 0))
+        self.rejected = int(state.get(f"{self.kind}s_rejected", 0))
