@@ -8,9 +8,9 @@ a time replaced by the reference's rule, each through stage 2, next to the defau
 Variants (VARIANTS): `default`; `reference` (--search_algorithm reference); and `no_<departure>`,
 the default search with that departure of ours replaced by the reference's rule: one
 `--reference_rules` name each (uvc/search/rules.py), and y, p starting at the reference's value
-(--dual_init, configs.common.REFERENCE_SEARCH), no patch trial (--patch_probe 0), any width
-(--round_to 1). Models are those of scripts/benchmark_search.py (its configs, data, 1x search
-length, --round_to 8 and cached dense teachers). Per cell: the search's hard ratio at its end, the
+(--dual_init, configs.common.REFERENCE_SEARCH), no patch trial (--patch_probe 0), no skip trial
+(--skip_probe 0), any width (--round_to 1). Models are those of scripts/benchmark_search.py (its
+configs, data, 1x search length, --round_to 8 and cached dense teachers). Per cell: the search's hard ratio at its end, the
 exported ratio, the fraction of groups the greedy fit changed (or would have changed, when the
 export takes the search as it ended), top-1 after the freeze, top-1 at the last and the best epoch of
 stage 2, the seconds each stage took, and the compact model's speedup at batch 64 (every variant of a
@@ -50,6 +50,7 @@ VARIANTS = {
     "no_gate_safety": [RULE, "no_gate_safety"],
     "no_dual_init": ["--dual_init", str(REFERENCE_SEARCH["dual_init"])],
     "no_patch_trial": ["--patch_probe", "0"],
+    "no_skip_trial": ["--skip_probe", "0"],
     "no_round_to": ["--round_to", "1"],
 }
 SMOKE_TEACHER = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # and stage 2

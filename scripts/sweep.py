@@ -25,9 +25,10 @@ uvc_latency_ratio, matched, macs_target, match_tries and tries) under --log_dir,
 
 Ablations (--ablations), at budget 0.4 over --seeds (730,731; one teacher): UVC; UVC without
 block gates, without patch gates, without head/dim/neuron pruning (gates and patches only),
-without distillation, without the patch trial (--patch_probe 0), without the importance term
-(y = p = 0 and no dual step), with the freeze's greedy fit (--greedy_fit 1); and no search at
-all (the greedy fit at the MACs of that seed's UVC model). --ablation_rows picks some of the rows
+without distillation, without the patch trial (--patch_probe 0), without the skip trial
+(--skip_probe 0), without the importance term (y = p = 0 and no dual step), with the freeze's
+greedy fit (--greedy_fit 1); and no search at all (the greedy fit at the MACs of that seed's UVC
+model). --ablation_rows picks some of the rows
 (UVC and the greedy fit always run; with --resume and the sweep's --run_dir they are the sweep's
 own runs). Writes <name>_ablations.md / .json.
 
@@ -64,6 +65,7 @@ ABLATIONS = {
     "UVC w/o head/dim/neuron pruning": (["--enable_pruning", "0"], []),
     "UVC w/o distillation": (["--distillation-type", "none"], ["--distillation-type", "none"]),
     "UVC w/o patch trial": (["--patch_probe", "0"], []),
+    "UVC w/o skip trial": (["--skip_probe", "0"], []),
     "UVC w/o importance term": (IMPORTANCE_OFF, []),
     "UVC with the greedy fit": (["--greedy_fit", "1"], []),
 }
