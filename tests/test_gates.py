@@ -94,3 +94,34 @@ def test_a_patch_at_zero_after_the_update_is_not_a_drop():
     before, logits = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])
     limit_patch_drops(logits, before, lambda: False)  # a refusal would set a drop back to REFUSED
     assert logits.tolist() == [0.0, 1.0] and REFUSED > 1.0
+
+
+def test_the_skip_trial_is_asked_only_for_a_skip_the_floor_allows():
+    """A skip the floor refuses is put back as it was, untried; one it allows faces the trial, and a
+    refused skip goes back to keep - skip = REFUSED about its midpoint; a re-opening is never tried."""
+    before, after = [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]]
+    for floor, verdict in ((False, True), (True, False), (True, True)):
+        asked = []
+        arch = SimpleNamespace(gate_logits=torch.tensor(after))
+        limit_gate_flips(arch, torch.tensor(before), torch.zeros(3), lambda: floor,
+                         lambda: asked.append(1) or verdict)
+        assert asked == ([1] if floor else [])
+        skip, keep = arch.gate_logits[1].tolist()
+        if not floor:
+            assert (skip, keep) == (0.0, 1.0)
+        elif not verdict:
+            assert (keep - skip, (keep + skip) / 2) == (pytest.approx(REFUSED), pytest.approx(0.5))
+        else:
+            assert skip - keep >= HYSTERESIS
+    asked = []
+    arch = SimpleNamespace(gate_logits=torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]))
+    limit_gate_flips(arch, torch.tensor(before), torch.zeros(3), lambda: True, lambda: asked.append(1) or False)
+    assert asked == [] and arch.gate_logits[0, 1] > arch.gate_logits[0, 0]  # block 0 re-opened, untried
+
+
+def test_a_refused_skip_far_on_the_keep_side_keeps_its_logits():
+    """REFUSED is a floor on keep - skip: a gate that started further on the keep side (6 here) and
+    was pushed past the boundary in one update goes back to where it was."""
+    arch = SimpleNamespace(gate_logits=torch.tensor([[3.0, -3.0], [0.0, 1.0]]))
+    limit_gate_flips(arch, torch.tensor([[-3.0, 3.0], [0.0, 1.0]]), torch.zeros(2), lambda: True, lambda: False)
+    assert arch.gate_logits[0].tolist() == [-3.0, 3.0]

@@ -189,7 +189,8 @@ def test_print_config_shows_the_reference_defaults_and_the_mode():
     c = print_config("--search_algorithm", "reference", "--glr", "0.3")
     assert c["search_algorithm"] == "reference"
     expected = dict(slr=0.02, rlr=0.02, ylr=1e-4, plr=1e-4, dual_init=1e-3, gating_weight=5.0, gating_interval=100,
-                    zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5, gumbel_tau_decay=1.0, patch_probe=0)
+                    zlr_schedule_list="10,20,30,40,50", gumbel_tau=0.5, gumbel_tau_decay=1.0, patch_probe=0,
+                    skip_probe=0)
     assert {k: c[k] for k in expected} == expected
     assert c["glr"] == 0.3  # a flag given wins
     default = print_config()

@@ -11,6 +11,7 @@ from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import group_scores, stacked_weights
 from uvc.search.primal_dual import PrimalDual
 from uvc.search import UVCSearch
+from uvc.search.gates import HYSTERESIS, REFUSED
 from uvc.search.trial import FlipTrial
 from tests.helpers import demo_search_config, noisy_tiny_vit
 
@@ -85,9 +86,10 @@ def test_a_block_that_computes_nothing_passes_its_trial():
     assert (trial.trials, trial.rejected) == (1, 0)
 
 
-def _search_with_moves_proposed(trial, with_model: bool = True, **flags):
+def _search_with_moves_proposed(trial, with_model: bool = True, before_update=None, **flags):
     """A search whose next gate update both skips block 1 and drops patch 5 (their logits pushed
-    just past the boundary by the budget); the update is given the model unless `with_model` is False."""
+    just past the boundary by the budget); the update is given the model unless `with_model` is False.
+    `trial`: the patch trial; `before_update(search)`: called just before the update."""
     vit = noisy_tiny_vit()
     model = MaskedViT(vit)
     search = UVCSearch(vit, demo_search_config(gating_interval=1, **flags), CPU, search_steps=400)
@@ -106,6 +108,8 @@ def _search_with_moves_proposed(trial, with_model: bool = True, **flags):
     grads["patch"][5] = 1.0  # and patch 5 towards drop
     search.arch.gate_logits.grad = torch.zeros(4, 2)
     search.arch.patch_logits.grad = torch.zeros(16)
+    if before_update is not None:
+        before_update(search)
     pd.gate_step(grads, target=0.0, model=model if with_model else None)
     return search.arch.gate_logits.detach(), search.arch.patch_logits.detach()
 
@@ -121,10 +125,10 @@ class _Verdict(FlipTrial):
         return self.ok
 
 
-def test_a_patch_drop_stands_only_if_its_trial_passes_and_block_skips_are_not_tried():
+def test_a_patch_drop_stands_only_if_its_trial_passes_and_the_patch_trial_does_not_try_skips():
     """The trial sees the architecture with and without the proposed patch drop (the block skip of
     the same update already in both); a refused drop goes back to REFUSED, an accepted one is
-    settled HYSTERESIS past the boundary. The skip stands without a trial."""
+    settled HYSTERESIS past the boundary. Without a skip trial the skip stands untried."""
     everything = list(range(16))
     for verdict in (False, True):
         trial = _Verdict(verdict)
@@ -247,3 +251,81 @@ def test_the_trial_counters_are_saved_and_restored():
     assert (fresh.trials, fresh.rejected) == (7, 3) and type(fresh.trials) is int and type(fresh.rejected) is int
     fresh.load_state_dict({})  # a checkpoint written without a trial
     assert (fresh.trials, fresh.rejected) == (0, 0)
+
+
+class _SkipVerdict(FlipTrial):
+    def __init__(self, ok: bool):
+        super().__init__(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1, kind="skip")
+        self.ok, self.seen = ok, []
+
+    def accept(self, model, flip, base, scores):
+        self.seen.append(([b["skipped"] for b in flip["blocks"]], [b["skipped"] for b in base["blocks"]],
+                          flip["patches_kept"], base["patches_kept"]))
+        self.inputs = (model, scores)
+        return self.ok
+
+
+def _search_with_a_skip_trial(verdict: bool, with_model: bool = True, **flags):
+    trial = _SkipVerdict(verdict)
+
+    def proposed(search):
+        search.pd.skip_trial = trial
+    gates, patches = _search_with_moves_proposed(None, with_model, before_update=proposed, **flags)
+    return trial, gates, patches
+
+
+def test_a_block_skip_stands_only_if_its_skip_trial_passes():
+    """The skip trial sees the architecture with and without the proposed skip, before this update's
+    patch drop (patches move after gates). Passed, the skip is settled HYSTERESIS past the boundary;
+    refused, the gate goes back to keep - skip = REFUSED about its midpoint (0.005), like a fresh gate."""
+    everything = list(range(16))
+    for verdict in (False, True):
+        trial, gates, patches = _search_with_a_skip_trial(verdict)
+        assert trial.seen == [([False, True, False, False], [False] * 4, everything, everything)]
+        skip, keep = gates[1].tolist()
+        if verdict:
+            assert skip - keep >= HYSTERESIS - 1e-6
+        else:
+            assert (keep - skip, (keep + skip) / 2) == (pytest.approx(REFUSED), pytest.approx(0.005))
+        assert patches[5] == -1.0  # no patch trial here: the drop stands
+        model, scores = trial.inputs
+        assert isinstance(model, MaskedViT)
+        assert torch.equal(scores.neurons, group_scores(*stacked_weights(model.vit), 2).neurons)
+
+
+@pytest.mark.parametrize("pruning,with_model", [(0, True), (1, False)])
+def test_a_block_skip_stands_untried_without_pruning_or_without_the_model(pruning, with_model):
+    trial, gates, _ = _search_with_a_skip_trial(False, with_model, enable_pruning=pruning)
+    assert trial.seen == [] and gates[1, 0] - gates[1, 1] >= HYSTERESIS - 1e-6
+
+
+def test_with_no_gate_safety_the_skip_trial_still_tries_the_proposed_skip():
+    trial, gates, _ = _search_with_a_skip_trial(False, reference_rules="no_gate_safety")
+    assert len(trial.seen) == 1 and gates[1, 1] - gates[1, 0] == pytest.approx(REFUSED)
+
+
+def test_each_trial_takes_the_first_images_of_the_probe_its_flag_asks_for():
+    """--patch_probe and --skip_probe images: the first ones of one probe (drawn at the larger size,
+    data.probe: a prefix is the probe of that size). 0: that move is not tried."""
+    vit = noisy_tiny_vit()
+    images, targets = torch.randn(10, 1, 8, 8), torch.arange(10)
+    search = UVCSearch(vit, demo_search_config(patch_probe=4, skip_probe=7), CPU, 40, probe=(images, targets))
+    assert torch.equal(search.trial.images, images[:4]) and torch.equal(search.skip_trial.targets, targets[:7])
+    assert search.pd.trial is search.trial and search.pd.skip_trial is search.skip_trial
+    assert search.trial_state() == {"flip_trials": 0, "flips_rejected": 0, "skip_trials": 0, "skips_rejected": 0}
+    search.skip_trial.trials, search.skip_trial.rejected = 3, 2
+    assert search.pd.trial_counts() == {"flip_trials": 0.0, "flips_rejected": 0.0, "skip_trials": 3.0,
+                                        "skips_rejected": 2.0}
+    fresh = UVCSearch(vit, demo_search_config(patch_probe=4, skip_probe=7), CPU, 40, probe=(images, targets))
+    fresh.pd.load_state_dict(search.pd.state_dict())
+    assert (fresh.skip_trial.trials, fresh.skip_trial.rejected, fresh.trial.trials) == (3, 2, 0)
+    alone = UVCSearch(vit, demo_search_config(patch_probe=0, skip_probe=7), CPU, 40, probe=(images, targets))
+    assert alone.trial is None and len(alone.skip_trial.images) == 7
+    assert UVCSearch(vit, demo_search_config(skip_probe=0), CPU, 40, probe=(images, targets)).skip_trial is None
+
+
+def test_a_smaller_probe_is_the_first_images_of_a_larger_one():
+    """joint_train.py draws one probe at max(--patch_probe, --skip_probe); each trial's prefix is then
+    the probe it would have drawn alone."""
+    small, large = probe_batch(_Noisy(), 5, seed=3), probe_batch(_Noisy(), 9, seed=3)
+    assert torch.equal(small[0], large[0][:5]) and torch.equal(small[1], large[1][:5])
