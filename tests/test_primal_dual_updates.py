@@ -255,3 +255,28 @@ def test_each_training_forward_ranks_groups_by_the_weights_it_sees():
         model.vit.blocks[0].attn.proj.weight[:, kept * 16:(kept + 1) * 16] *= 1e-3
     search.prepare(model, training=True)
     assert search.pd.masks.heads[0].tolist() == [float(h != kept) for h in range(2)]
+
+
+def test_with_a_skip_trial_every_gate_update_checks_its_proposed_skip_across_ranks(monkeypatch):
+    """With a skip trial each gate update hands same_on_every_rank the skip it proposes: of the blocks
+    kept before (keep >= skip) and skipped after, the one furthest past; -1 for none (a tie is kept).
+    Without a skip trial there is nothing collective to agree on."""
+    from uvc.search.trial import FlipTrial
+    model, search = build(gating_interval=1, enable_patch_gating=0)
+    pd, a = search.pd, search.arch
+    search.prepare(model, training=True)
+    checked = []
+    monkeypatch.setattr(gate_update, "same_on_every_rank", lambda value, what: checked.append((value, what)) or value)
+    monkeypatch.setattr(pd, "_limit_gates", lambda *args: None)  # what is checked, not what stands
+    grads = {"gate": torch.zeros(4, 2), "patch": torch.zeros(16)}
+    steps = (([[0, 1], [0, 2], [0, 1], [3, 0]], [[2, 1], [5, 2], [0, 1], [9, 0]]),  # 0 and 1 skip; 1 further
+             ([[0, 1], [0, 1], [0, 1], [0, 1]], [[1, 1], [0, 1], [0, 1], [0, 1]]))  # a tie: none
+    for trial in (None, FlipTrial(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1, kind="skip")):
+        pd.skip_trial = trial
+        for start, end in steps:
+            with torch.no_grad():
+                a.gate_logits.copy_(torch.tensor(start, dtype=torch.float))
+            end = torch.tensor(end, dtype=torch.float)
+            monkeypatch.setattr(pd.gate_opt, "step", lambda end=end: a.gate_logits.data.copy_(end))
+            pd.gate_step(grads, target=0.0)
+    assert checked == [(1, "the block skip proposed to the trial"), (-1, "the block skip proposed to the trial")]

@@ -26,6 +26,12 @@ from uvc.search.masked_model import MaskedViT
 from utils.dist import all_reduce_mean, same_on_every_rank
 
 
+def _furthest(was_kept: torch.Tensor, past: torch.Tensor) -> int:
+    """The index that was kept and is now furthest past the boundary (`past` > 0), or -1."""
+    moved = torch.nonzero(was_kept & (past > 0)).flatten()
+    return int(moved[past[moved].argmax()]) if len(moved) else -1
+
+
 def _normalised(t: torch.Tensor) -> torch.Tensor:
     """t over its mean magnitude: the direction and the ranking, without the units."""
     return t / t.abs().mean().clamp_min(1e-30)
@@ -60,8 +66,8 @@ class GateUpdate:
         averaged over `gating_interval` steps (and over ranks) before the update.
         Each term is normalised; the update may flip at most one block and drop at most
         one patch, never skip a protected block, no flip may take the hard ratio more than
-        `margin` under the target, a patch drop must pass its trial (uvc.search.trial), and a flip
-        is settled past the boundary (uvc.search.gates)."""
+        `margin` under the target, a patch drop or a block skip must pass its trial
+        (uvc.search.trial), and a flip is settled past the boundary (uvc.search.gates)."""
         with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
             a, r, sp = self.arch, self.rates, self.space
             self.grad_steps += 1
@@ -78,6 +84,10 @@ class GateUpdate:
                 loss_grad = self._averaged_grad(a.gate_logits, n)
                 a.gate_logits.grad = _normalised(loss_grad) + z * r.gate_weight * _normalised(grads["gate"])
                 self.gate_opt.step()
+                if self.skip_trial is not None:  # every rank, every update: the trial below is collective
+                    past = a.gate_logits[:, 0] - a.gate_logits[:, 1]  # skip - keep: > 0 is skipped
+                    same_on_every_rank(_furthest(before[:, 1] >= before[:, 0], past),
+                                       "the block skip proposed to the trial")
                 self._limit_gates(before, target, model)
             if sp.patch_gating:
                 before = a.patch_logits.detach().clone()
@@ -86,10 +96,8 @@ class GateUpdate:
                 l1 = r.patch_l1 * _normalised(pi * (1 - pi))  # d mean(pi) / da, unit-free
                 a.patch_logits.grad = _normalised(loss_grad) + z * r.patch_weight * _normalised(grads["patch"]) + l1
                 self.patch_opt.step()
-                proposed = torch.nonzero((before >= 0) & (a.patch_logits < 0)).flatten()
                 # every rank, every update: the trial below is collective, so the ranks must agree on it
-                same_on_every_rank(int(proposed[a.patch_logits[proposed].argmin()]) if len(proposed) else -1,
-                                   "the patch drop proposed to the trial")
+                same_on_every_rank(_furthest(before >= 0, -a.patch_logits), "the patch drop proposed to the trial")
                 self._limit_patches(before, target, model)
             a.gate_logits.grad = None
             a.patch_logits.grad = None
