@@ -186,3 +186,35 @@ def test_the_committed_default_change_is_what_the_readme_shows():
     assert change["command"] in readme.replace("\n", " ") and change["before_commit"] in readme
     over = max(c["after"]["exported_ratio"] - c["budget"] for c in cells)  # as searched, no fit
     assert 0 < over <= 0.02 and f"({over:.3f} here at most)" in " ".join(readme.split())
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def test_the_committed_skip_trial_is_what_the_docs_show():
+    """log/skip_trial.json (the ledger's 8 cells) and log/skip_trial_untuned.json (DeiT-Tiny at budgets it was
+    not tuned on, 0.4 and 0.7, seeds 732 and 733): the default, whose block skips are tried, against
+    `--skip_probe 0`, every cell timed. docs/design.md shows summary() of each, line for line, with its command;
+    the README's sentence reads their mean top-1 and speed differences."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "docs", "design.md")) as f:
+        design = f.read()
+    with open(os.path.join(root, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    for name, models in (("skip_trial", {"deit_tiny@32", "digits"}), ("skip_trial_untuned", {"deit_tiny@32"})):
+        with open(os.path.join(root, "log", f"{name}.json")) as f:
+            ledger = json.load(f)
+        cells = ledger["cells"]
+        n = 4 * len(models)
+        assert sorted(c["variant"] for c in cells) == ["default"] * n + ["no_skip_trial"] * n
+        assert {c["model"] for c in cells} == models and all(c["speedup_b64"] > 0 for c in cells)
+        assert all(c["flags"] == ([] if c["variant"] == "default" else ["--skip_probe", "0"]) for c in cells)
+        for line in deviations.summary(cells).splitlines():
+            assert line in design, line
+        assert ledger["command"] in " ".join(design.split())
+        of = {(c["model"], c["budget"], c["seed"], c["variant"]): c for c in cells}
+        pairs = [(of[k], of[k[:3] + ("no_skip_trial",)]) for k in of if k[3] == "default"]
+        top1 = _mean([d["top1_last"] - u["top1_last"] for d, u in pairs])
+        speed = _mean([d["speedup_b64"] / u["speedup_b64"] - 1 for d, u in pairs])
+        assert f"{top1:+.2f} top-1" in readme and f"{speed:+.1%} speed" in readme, (name, top1, speed)
