@@ -215,3 +215,38 @@ def test_the_committed_digits_sweep_is_over_three_seeds_and_uvc_is_on_its_front(
             assert sorted(r["seed"] for r in result["rows"] if (r["method"], r["budget"]) == (m, b)) == [730, 731, 732]
     assert all(r["top1_best"] >= r["top1_last"] for r in result["rows"])
     assert dominations(result["rows"]) == []
+
+
+def _seed_means(rows, key="top1_last"):
+    out = {}
+    for r in rows:
+        out.setdefault((r["method"], r["budget"]), []).append(r[key])
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def test_the_readme_reads_the_committed_digits_sweep_and_ablations():
+    """README, "Headline results": the table is log/digits_sweep.md's; UVC's last-epoch seed mean is the
+    highest at every budget, quoted with the best peer's; untried skips cost the UVC row of
+    log/digits_ablations.json 1.76 (two blocks skipped in every seed) and no importance term 1.30."""
+    import json
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "README.md")) as f:
+        text = f.read()
+    readme = " ".join(text.split())
+    with open(os.path.join(root, "log", "digits_sweep.md")) as f:
+        assert all(line in text for line in f.read().splitlines() if line.startswith("|"))
+    with open(os.path.join(root, "log", "digits_sweep.json")) as f:
+        means = _seed_means(json.load(f)["rows"])
+    uvc = [means["UVC", b] for b in (0.3, 0.5, 0.7)]
+    best_peer = [max(v for (m, bb), v in means.items() if bb == b and m != "UVC") for b in (0.3, 0.5, 0.7)]
+    assert all(u > p for u, p in zip(uvc, best_peer))
+    assert (f"({uvc[0]:.2f}, {uvc[1]:.2f} and {uvc[2]:.2f} against the best peer's {best_peer[0]:.2f}, "
+            f"{best_peer[1]:.2f} and {best_peer[2]:.2f};") in readme
+    with open(os.path.join(root, "log", "digits_ablations.json")) as f:
+        rows = json.load(f)["rows"]
+    ab = {m: v for (m, _), v in _seed_means(rows).items()}
+    assert sorted({r["seed"] for r in rows}) == [730, 731, 732]
+    assert all(r["removed"]["blocks"] == 2 for r in rows if r["method"] == "UVC w/o skip trial")
+    assert f"kept {ab['UVC'] - ab['UVC w/o skip trial']:.2f} less top-1" in readme
+    assert f"without its importance term {ab['UVC'] - ab['UVC w/o importance term']:.2f} less" in readme
