@@ -184,6 +184,9 @@ EQUIVALENT = {
         'round_to 1 then takes the aligned branch, which gives the same counts and gradients: '
         'aligned_removed returns the count, clamp_min(0) changes nothing as s, r >= LOWEST (init and '
         'projection), and x + (ceil(x) - x).detach() is ste_ceil itself'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_limit_gates__mutmut_30': (
+        'limit_gate_flips(self.arch, before, torch.zeros_like(before[:, 1]), lambda: True, trial)',
+        'before[:, 1] has the shape, dtype and device of before[:, 0]: the same zeros'),
     'uvc.search.gate_update.xǁGateUpdateǁ_spec_of__mutmut_14': (
         'else torch.ones(self.arch.dims.num_patches, dtype=None)',
         "the all-kept patches without patch gating reach only Architecture.from_search's torch.nonzero, "

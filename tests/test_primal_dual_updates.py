@@ -270,7 +270,9 @@ def test_with_a_skip_trial_every_gate_update_checks_its_proposed_skip_across_ran
     monkeypatch.setattr(pd, "_limit_gates", lambda *args: None)  # what is checked, not what stands
     grads = {"gate": torch.zeros(4, 2), "patch": torch.zeros(16)}
     steps = (([[0, 1], [0, 2], [0, 1], [3, 0]], [[2, 1], [5, 2], [0, 1], [9, 0]]),  # 0 and 1 skip; 1 further
-             ([[0, 1], [0, 1], [0, 1], [0, 1]], [[1, 1], [0, 1], [0, 1], [0, 1]]))  # a tie: none
+             ([[0, 1], [0, 1], [0, 1], [0, 1]], [[1, 1], [0, 1], [0, 1], [0, 1]]),  # a tie: none
+             ([[0, 1], [0, 1], [0, 1], [0, 1]], [[0, 1], [0, 1], [0.5, 0], [0, 1]]),  # 2, half a logit past
+             ([[0, 1], [1, 1], [0, 1], [0, 1]], [[0, 1], [2, 1], [0, 1], [0, 1]]))  # 1 was at a tie: kept
     for trial in (None, FlipTrial(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), 1, kind="skip")):
         pd.skip_trial = trial
         for start, end in steps:
@@ -279,4 +281,4 @@ def test_with_a_skip_trial_every_gate_update_checks_its_proposed_skip_across_ran
             end = torch.tensor(end, dtype=torch.float)
             monkeypatch.setattr(pd.gate_opt, "step", lambda end=end: a.gate_logits.data.copy_(end))
             pd.gate_step(grads, target=0.0)
-    assert checked == [(1, "the block skip proposed to the trial"), (-1, "the block skip proposed to the trial")]
+    assert checked == [(v, "the block skip proposed to the trial") for v in (1, -1, 2, 1)]
