@@ -243,6 +243,13 @@ def test_the_readme_reads_the_committed_digits_sweep_and_ablations():
     assert all(u > p for u, p in zip(uvc, best_peer))
     assert (f"({uvc[0]:.2f}, {uvc[1]:.2f} and {uvc[2]:.2f} against the best peer's {best_peer[0]:.2f}, "
             f"{best_peer[1]:.2f} and {best_peer[2]:.2f};") in readme
+    with open(os.path.join(root, "log", "digits_sweep.json")) as f:
+        sweep_rows = json.load(f)["rows"]
+    for b in (0.3, 0.5, 0.7):  # "the seed ranges overlap at every budget": UVC's with the best peer's
+        peer = max((m for (m, bb) in means if bb == b and m != "UVC"), key=lambda m: means[m, b])
+        u, p = ([r["top1_last"] for r in sweep_rows if (r["method"], r["budget"]) == (m, b)] for m in ("UVC", peer))
+        assert min(u) <= max(p) and min(p) <= max(u), b
+    assert "the seed ranges overlap at every budget" in readme
     with open(os.path.join(root, "log", "digits_ablations.json")) as f:
         rows = json.load(f)["rows"]
     ab = {m: v for (m, _), v in _seed_means(rows).items()}
