@@ -6,7 +6,8 @@ process and on 2 gloo processes. The seed's --eval_every 1000 once crashed the f
 evaluation of both stages (an int where torch.amp wants a bool).
 
 Every run: 3 epochs of 4 steps (global steps 1-12). Stage 1 warms up for 1 epoch, then searches
-for 8 steps with a gate update every 3 (2 updates, 2 gradient steps left pending).
+for 8 steps with a gate update every 3 (2 updates, 2 gradient steps left pending), one of which
+proposes a block skip that is tried (--skip_probe) before it stands.
 """
 import json
 import subprocess
@@ -88,6 +89,8 @@ def assert_periodic_paths(out_dir: Path, stage: str) -> None:
         assert pd["grad_steps"] == search_steps % GATING_INTERVAL
         gate_steps = [s["step"] for s in pd["gate_opt"]["state"].values()]
         assert gate_steps and all(int(s) == search_steps // GATING_INTERVAL for s in gate_steps)
+        assert pd["skip_trial"]["skip_trials"] >= 1  # a block skip was tried on these paths too
+        assert max(r.get("skip_trials", 0) for r in records) == pd["skip_trial"]["skip_trials"]
         assert (out_dir / STAGE1_FILE).is_file()
     else:
         assert (out_dir / "compact.pth").is_file()
