@@ -126,6 +126,7 @@ def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dic
             "kept_heads": last["heads"], "kept_value_dims": last["value_dims"], "kept_neurons": last["neurons"],
             "skipped_blocks": last["skipped"], "patches_kept": last["patches_kept"],
             "flip_trials": final.get("flip_trials", 0), "flips_rejected": final.get("flips_rejected", 0),
+            "skip_trials": final.get("skip_trials", 0), "skips_rejected": final.get("skips_rejected", 0),
             "warned": any("warning" in r for r in recs)}
 
 
@@ -199,7 +200,8 @@ def allocation(cells: List[Dict]) -> str:
         dims = ["-" if s else str(n) for n, s in zip(c["kept_value_dims"], c["skipped_blocks"])]
         lines.append(f"- {c['model']} b{c['budget']} {c['length']} {c['masking']} s{c['seed']}: neurons [{' '.join(neurons)}], value dims "
                      f"[{' '.join(dims)}], heads {c['kept_heads']}, patches kept {c['patches_kept']}; patch drops "
-                     f"tried {c.get('flip_trials', 0)}, refused {c.get('flips_rejected', 0)}")
+                     f"tried {c.get('flip_trials', 0)}, refused {c.get('flips_rejected', 0)}; block skips tried "
+                     f"{c.get('skip_trials', 0)}, refused {c.get('skips_rejected', 0)}")
     return "\n".join(lines)
 
 
