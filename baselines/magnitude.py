@@ -207,7 +207,7 @@ def build_dense(config, from_config_file: bool):
     from data.datasets import build_eval_dataset
     from engine.build import head_classes, model_input
     from models import create_model, load_exact, resolve_model_type
-    from utils.config import model_overrides
+    from utils.config_checks import model_overrides
 
     model_type = resolve_model_type(config.model_type, config.enable_deit)
     classes = int(config.num_classes) or None

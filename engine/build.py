@@ -16,7 +16,7 @@ from data import DataError, build_criterion, build_datasets, build_loaders, buil
 from models import (CheckpointError, CheckpointWarning, create_model, load_pretrained, model_kwargs_of, rebuild,
                     resolve_model_type)
 from engine.distill import DistillationLoss
-from utils.config import ConfigError, model_overrides
+from utils.config_checks import ConfigError, model_overrides
 from utils.dist import DistInfo
 
 

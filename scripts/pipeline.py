@@ -222,8 +222,8 @@ class Bench:
     # ------------------------------------------------------------------------- the commands
     def config_key(self, stage: str, extra: List[str]) -> str:
         """A short hash of the resolved config of a stage (plus overrides): the teacher cache key. The
-        search's own keys (utils.config.STAGE1_ONLY) cannot change a dense teacher and are left out."""
-        from utils.config import STAGE1_ONLY
+        search's own keys (utils.config_checks.STAGE1_ONLY) cannot change a dense teacher and are left out."""
+        from utils.config_checks import STAGE1_ONLY
         text = json.dumps({k: v for k, v in self.config(stage, extra).to_dict().items()
                            if k not in ("output_dir", "resume") + STAGE1_ONLY}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -352,7 +352,7 @@ class Bench:
         """The dense model of the config (randomly initialised without `path`)."""
         from models.checkpoint import load_pretrained
         from models.vit import create_model
-        from utils.config import model_overrides
+        from utils.config_checks import model_overrides
         config = self.config("post")
         model = create_model(self.model_type, num_classes=self.num_classes, img_size=config.input_size or None,
                              **model_overrides(config))

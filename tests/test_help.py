@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import STAGE1_ONLY, STAGE2_ONLY, build_parser, config_comments, load_config_file
+from utils.config import build_parser, config_comments, load_config_file
+from utils.config_checks import STAGE1_ONLY, STAGE2_ONLY
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ["model", "data", "optimisation of the weights", "distillation", "UVC search (stage 1)", "stage 2",

@@ -15,7 +15,8 @@ from uvc.search.masked_model import MaskedViT
 from uvc.search.masks import Scores
 from uvc.search.prox import proximal_step
 from uvc.search.reference import bounded_sgd_step
-from utils.config import parse_config, reference_zlr
+from utils.config import parse_config
+from utils.config_checks import reference_zlr
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

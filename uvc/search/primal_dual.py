@@ -79,7 +79,7 @@ class PrimalDualConfig:
 
     @classmethod
     def from_config(cls, c, depth: int) -> "PrimalDualConfig":
-        from utils.config import zlr_schedule
+        from utils.config_checks import zlr_schedule
         names = ("soptim", "roptim", "z_grad_clip", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay")
         min_blocks = int(c.min_blocks) if int(c.min_blocks) > 0 else (depth + 1) // 2
         return cls(zlr_milestones=tuple(zlr_schedule(c.zlr_schedule_list)), ramp=float(c.target_ramp),

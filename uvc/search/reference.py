@@ -61,7 +61,7 @@ class ReferenceConfig:
 
     @classmethod
     def from_config(cls, c, step_offset: int) -> "ReferenceConfig":
-        from utils.config import reference_zlr
+        from utils.config_checks import reference_zlr
         names = ("slr", "rlr", "ylr", "plr", "glr", "gating_weight", "z_grad_clip", "weight_decay", "gumbel_tau",
                  "gumbel_tau_decay", "eps", "eps_decay")
         return cls(zlr=reference_zlr(c.zlr_schedule_list), gating_interval=int(c.gating_interval),
