@@ -37,7 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
             "mnist": ("configs/mnist_demo.py", "vit_mnist_patch4_28")}
 SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
-SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0"]  # and stage 1 searches from its first step
+# and stage 1 searches from its first step; two steps cannot steer to the budget (the search warns), so
+# the freeze fits the result into it and the peers are pruned to a ratio they can reach
+SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0", "--greedy_fit", "1"]
 AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, counted per axis (`removed`)
 # baselines.torch_pruning flags of its "Torch-Pruning (local magnitude)" setting (default: Taylor, global)
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
