@@ -165,9 +165,9 @@ def test_the_committed_ledger_is_what_the_readme_shows():
     assert all(c["in_fit_window"] for c in of("no_fit").values())
 
 
-def test_the_committed_default_change_is_what_the_readme_shows():
+def test_the_committed_default_change_is_what_the_design_doc_shows():
     """log/default_change.json (issue 25's reverts): the default before and after on the ledger's 8 cells
-    and on cells not tuned on, both sides timed; the README's table is its summary, line for line."""
+    and on cells not tuned on, both sides timed; docs/design.md's table is its summary, line for line."""
     from scripts import default_change
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, "log", "default_change.json")) as f:
@@ -179,13 +179,13 @@ def test_the_committed_default_change_is_what_the_readme_shows():
         (m, b, s) for m in ("deit_tiny@32", "digits") for b in (0.3, 0.5) for s in (730, 731)}
     assert all(c[side]["speedup_b64"] > 0 for c in cells for side in ("before", "after"))
     assert all("--greedy_fit" not in c["after"]["command"] for c in cells)
-    with open(os.path.join(root, "README.md")) as f:
-        readme = f.read()
+    with open(os.path.join(root, "docs", "design.md")) as f:
+        doc = f.read()
     for line in default_change.summary(cells, lambda c: c["tuned"]).splitlines():
-        assert line in readme, line
-    assert change["command"] in readme.replace("\n", " ") and change["before_commit"] in readme
+        assert line in doc, line
+    assert change["command"] in doc.replace("\n", " ") and change["before_commit"] in doc
     over = max(c["after"]["exported_ratio"] - c["budget"] for c in cells)  # as searched, no fit
-    assert 0 < over <= 0.02 and f"({over:.3f} here at most)" in " ".join(readme.split())
+    assert 0 < over <= 0.02 and f"({over:.3f} here at most)" in " ".join(doc.split())
 
 
 def _mean(values):
