@@ -161,6 +161,47 @@ def test_latency_matching_converges_with_an_injected_timer():
     assert next_target(tries) == pytest.approx(0.3)  # then the secant: 1.5 -> 1.25 per 0.1 of target, 1 at 0.3
 
 
+class _TimedBench:
+    """What peer_at_latency asks of a Bench: one-shot prunings (recorded), side-by-side timings (given)."""
+
+    def __init__(self, speeds, reuse):
+        self.speeds, self.reuse, self.pruned = iter(speeds), reuse, []
+
+    def one_shot_prune(self, method, teacher, out, target):
+        self.pruned.append(target)
+        return out + ".pth"
+
+    def throughput(self, models, batch):
+        return next(self.speeds)
+
+    def one_shot(self, name, method, teacher, path, target, seed, stage1_file):
+        return {"name": name, "target": target, "stage1_file": stage1_file}
+
+
+def test_a_resumed_latency_match_reuses_the_match_it_decided(tmp_path, monkeypatch):
+    """Timings differ between runs: --resume must fine-tune the peer matched before (same UVC model and
+    teacher), not re-time and prune another; a changed UVC model or no --resume matches again."""
+    from scripts.latency_match import peer_at_latency
+    monkeypatch.setattr(pipeline, "compact_of_stage1", lambda f: torch.nn.Identity())
+    (tmp_path / "teacher.pth").write_bytes(b"teacher")
+    (tmp_path / "uvc.pth").write_bytes(b"uvc")
+    uvc = {"model_file": str(tmp_path / "uvc.pth"), "after": torch.nn.Identity()}
+
+    def match(speeds, reuse):
+        bench = _TimedBench(speeds, reuse)
+        run = peer_at_latency(bench, "greedy fit", str(tmp_path / "teacher.pth"), str(tmp_path / "peer"), uvc,
+                              torch.nn.Identity(), 730, (0.5, 0.5))
+        return bench, run
+
+    first, run = match([{"dense": 100, "uvc": 200, "peer": 150}, {"dense": 100, "uvc": 200, "peer": 199}], False)
+    assert len(first.pruned) == 2 and run["latency_match"]["matched"] and run["target"] == first.pruned[1]
+    again, rerun = match([{"dense": 100, "uvc": 100, "peer": 300}], True)  # a timer that would now disagree
+    assert again.pruned == [] and rerun == run
+    assert match([{"dense": 100, "uvc": 200, "peer": 200}], False)[0].pruned == [0.5]  # no --resume: re-timed
+    (tmp_path / "uvc.pth").write_bytes(b"another search")
+    assert match([{"dense": 100, "uvc": 200, "peer": 200}], True)[0].pruned == [0.5]  # another UVC model
+
+
 def test_latency_matching_steps_back_from_a_target_out_of_reach():
     """A peer whose smallest model has 0.3 of the MACs: a try below it is skipped upwards."""
     def prune(target):
