@@ -132,6 +132,26 @@ def test_sweep_and_ablations_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_sweep_at_equal_latency_smoke_and_its_resume(tmp_path):
+    """--match latency through the real scripts: UVC searches a latency budget, a one-shot peer and
+    Torch-Pruning are pruned to its measured time; a --resume pass re-times nothing and retrains nothing."""
+    dirs = ["--run_dir", tmp_path / "runs", "--cache_dir", tmp_path / "cache", "--log_dir", tmp_path / "log",
+            "--figs_dir", tmp_path / "figs", "--budgets", "0.5", "--match", "latency", "--threads", "1",
+            "--methods", "greedy fit,Torch-Pruning"]
+    out = run_script("sweep.py", *dirs)
+    assert "--budget_metric latency" in out
+    rows = json.loads((tmp_path / "log" / "mnist_sweep.json").read_text())["rows"]
+    assert [(r["method"], r["match"]) for r in rows] == [(m, "latency") for m in ("UVC", "greedy fit", "Torch-Pruning")]
+    for r in rows[1:]:
+        assert {"latency_ratio", "uvc_latency_ratio", "matched", "macs_target", "match_tries"} <= set(r), r
+    again = run_script("sweep.py", *dirs, "--resume")
+    assert again.count("reusing its latency match") == 2  # no new timing, no new pruning
+    assert again.count("\n$ ") == again.count("(reused: completed before") > 0  # no run trained again
+    assert json.loads((tmp_path / "log" / "mnist_sweep.json").read_text())["rows"][1]["macs_target"] == \
+        rows[1]["macs_target"]
+
+
+@pytest.mark.slow
 def test_demo_mnist_smoke(tmp_path):
     run_script("demo.py", "--dataset", "mnist", "--run_dir", tmp_path / "run", "--cache_dir", tmp_path / "cache",
                "--log_dir", tmp_path / "log")
