@@ -72,7 +72,7 @@ def test_flags_are_checked():
     args = sweep.parse_args(["--methods", "Torch-Pruning", "--budgets", "0.3,0.5"])
     assert args.methods == ["UVC", "Torch-Pruning"] and args.budgets == [0.3, 0.5]
     assert sweep.bench_of(args).joint_extra == ["--epochs", "10"] and args.search_epochs == 10  # the config's
-    assert sweep.bench_of(args).post_extra == ["--epochs", "10"] and args.finetune_epochs == 10
+    assert sweep.bench_of(args).post_extra == ["--epochs", "40"] and args.finetune_epochs == 40  # measured
     given = sweep.parse_args(["--dataset", "digits", "--search_epochs", "2", "--finetune_epochs", "3"])
     assert (sweep.bench_of(given).joint_extra, sweep.bench_of(given).post_extra) == (["--epochs", "2"], ["--epochs", "3"])
     assert sweep.bench_of(sweep.parse_args(["--dataset", "digits"])).post_extra == ["--epochs", "30"]
