@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from utils.checkpoint import atomic_write_text
+
 LATENCY_TOLERANCE = 0.03  # |peer's time ratio / UVC's - 1|
 MAX_TRIES = 6
 LOWEST_TARGET = 0.02  # MACs targets are kept in [LOWEST_TARGET, 1]
@@ -118,7 +120,6 @@ def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense:
         found = match_latency(prune, lambda c: latency_ratios(bench, dense, uvc["after"], c["model"]),
                               targets[0] if one_shot else targets[1])
         found = dict(found, candidate={"file": found["candidate"].get("file")})  # the file, not the model
-        from utils.checkpoint import atomic_write_text
         atomic_write_text(json.dumps({"key": key, "found": found}, indent=1), os.path.join(tries_dir, MATCH_FILE))
     else:
         print(f"{name}: reusing its latency match in {tries_dir} (same UVC model and teacher)", flush=True)
@@ -136,6 +137,7 @@ def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense:
 
 
 def _digest(path: str) -> str:
+    """A file's content hash: what the saved match is keyed by (paths stay, files get rewritten)."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
