@@ -105,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_dir", default="runs/cache", help="where trained teachers are kept")
     p.add_argument("--out", default="log/finetune_length", help="writes <out>.json and <out>.md")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--resume", action="store_true", help="reuse runs of the same command completed in --run_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse runs of the same command completed in --run_dir; continue one stopped part-way")
     args = p.parse_args(argv)
     if args.search_epochs is not None and args.search_epochs < 1:
         p.error(f"--search_epochs {args.search_epochs}: at least 1")

@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from utils.checkpoint import atomic_write_text
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --dataset -> (config file with dense/joint/post stages, model type)
@@ -45,34 +47,51 @@ AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, 
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
 
 
+# entry scripts whose runs save <output_dir>/checkpoint.pth every epoch and continue from it (--resume auto)
+RESUMABLE = ("joint_train.py", "post_train.py")
+
+
 def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) -> None:
     """Run one of the project's commands, echoing it; its output also goes to log_path.
 
     With `reuse`, a command that already completed with this log_path (same text, recorded
-    in <its folder>/done.cmd) is not run again. `threads` > 0 sets OMP_NUM_THREADS for it."""
-    done = os.path.join(os.path.dirname(log_path), "done.cmd")
+    in <its folder>/done.cmd) is not run again, and an entry-script run of the same command that
+    stopped part-way (started.cmd, and its checkpoint.pth) continues with --resume auto, which
+    carries on exactly as the uninterrupted run would have (engine.run_state): a stopped sweep
+    loses no finished epoch. Any other entry-script start is fresh: the log.jsonl and checkpoint.pth
+    an earlier command left in its --output_dir go. `threads` > 0 sets OMP_NUM_THREADS for it."""
+    folder = os.path.dirname(log_path)
+    done, started = os.path.join(folder, "done.cmd"), os.path.join(folder, "started.cmd")
     text = " ".join(cmd)
-    if reuse and os.path.exists(done) and _read(done) == text:
-        print(f"\n$ {text}\n(reused: completed before in {os.path.dirname(log_path)})", flush=True)
+    if reuse and _read(done) == text:
+        print(f"\n$ {text}\n(reused: completed before in {folder})", flush=True)
         return
-    print("\n$ " + text, flush=True)
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    if os.path.exists(done):
-        os.remove(done)
-    with open(log_path, "w") as log:
+    out = cmd[cmd.index("--output_dir") + 1] if "--output_dir" in cmd else folder
+    entry = cmd[0] in RESUMABLE  # its --output_dir is its own: the log and the checkpoint are this command's
+    resume = reuse and entry and _read(started) == text and os.path.isfile(os.path.join(out, "checkpoint.pth"))
+    print("\n$ " + text + ("\n(continued from its checkpoint.pth: --resume auto)" if resume else ""), flush=True)
+    os.makedirs(folder, exist_ok=True)
+    fresh = [os.path.join(out, f) for f in ("log.jsonl", "checkpoint.pth")] if entry and not resume else []
+    for stale in [done] + fresh:
+        if os.path.exists(stale):
+            os.remove(stale)
+    atomic_write_text(text, started)
+    with open(log_path, "a" if resume else "w") as log:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
-        proc = subprocess.Popen([sys.executable] + cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, env=env)
+        proc = subprocess.Popen([sys.executable] + cmd + (["--resume", "auto"] if resume else []), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
         if proc.wait() != 0:
             raise SystemExit(f"'{' '.join(cmd[:2])} ...' failed (exit {proc.returncode}); see {log_path}")
-    with open(done, "w") as f:
-        f.write(text)
+    atomic_write_text(text, done)
 
 
-def _read(path: str) -> str:
+def _read(path: str) -> Optional[str]:
+    """The file's text, None if there is none."""
+    if not os.path.exists(path):
+        return None
     with open(path) as f:
         return f.read()
 
@@ -156,7 +175,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def write_result(out: str, text: str, record: dict) -> None:
     """A benchmark's result: the table as <out>.md, the numbers (with the command) as <out>.json, both
     written atomically."""
-    from utils.checkpoint import atomic_write_text
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     atomic_write_text(text, out + ".md")
     atomic_write_text(json.dumps(record, indent=1), out + ".json")

@@ -33,7 +33,8 @@ and the sweep's --run_dir they are the sweep's own runs). Writes <name>_ablation
 
 Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every command run is
 printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
---resume reuses the runs of the same command that already completed in --run_dir.
+--resume reuses the runs of the same command that already completed in --run_dir and continues
+a search or fine-tuning stopped part-way from its last checkpoint (a Torch-Pruning run starts over).
 Epochs default to the config's stage 1 and stage 2 (the demos: configs/digits_demo.py and
 configs/mnist_demo.py), every method fine-tuned alike; a comparison passes the stage-2 length
 measured by scripts/finetune_length.py (--finetune_epochs). --threads 1 (the default): a CPU shared with other jobs is
@@ -127,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--search_epochs", type=int, default=None, help="stage-1 epochs (default: the config's)")
     p.add_argument("--finetune_epochs", type=int, default=None,
                    help="stage-2 / fine-tuning epochs, every method (default: the config's stage 2)")
-    p.add_argument("--resume", action="store_true", help="reuse runs of the same command completed in --run_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse runs of the same command completed in --run_dir; continue one stopped part-way")
     p.add_argument("--threads", type=int, default=1,
                    help="threads of every training run (0: one per core; the measurements use one per core)")
     p.add_argument("--smoke", action="store_true", help="a few steps per run: checks the plumbing only")
