@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from engine.run_state import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from utils.checkpoint import atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +84,10 @@ def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) ->
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
-        if proc.wait() != 0:
+        if proc.wait() in (EXIT_PREEMPTED, EXIT_INTERRUPTED) and entry:  # it saved its checkpoint first
+            raise SystemExit(f"'{' '.join(cmd[:2])} ...' stopped (exit {proc.returncode}); the same command with "
+                             f"--resume continues it from {os.path.join(out, 'checkpoint.pth')}")
+        if proc.returncode != 0:
             raise SystemExit(f"'{' '.join(cmd[:2])} ...' failed (exit {proc.returncode}); see {log_path}")
     atomic_write_text(text, done)
 

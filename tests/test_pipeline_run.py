@@ -29,7 +29,7 @@ def test_a_stopped_run_continues_and_ends_as_the_uninterrupted_one(tmp_path, mon
         m.setenv("UVC_TEST_CRASH_AT_STEP", "4")
         m.setenv("UVC_TEST_CRASH_RANK", "0")
         m.setenv("UVC_TEST_CRASH_SIGNAL", "TERM")
-        with pytest.raises(SystemExit, match="exit 143"):
+        with pytest.raises(SystemExit, match=r"stopped \(exit 143\); the same command with --resume continues it"):
             pipeline.run(command(stopped), str(stopped / "stdout.log"), reuse=True)
     assert not (stopped / "done.cmd").exists() and (stopped / "checkpoint.pth").exists()
     assert len(epochs(stopped)) == 1
