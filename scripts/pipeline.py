@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from engine.run_state import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from utils.checkpoint import atomic_write_text
+from utils.checkpoint import RESUME_NAME, atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,10 +69,10 @@ def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) ->
         return
     out = cmd[cmd.index("--output_dir") + 1] if "--output_dir" in cmd else folder
     entry = cmd[0] in RESUMABLE  # its --output_dir is its own: the log and the checkpoint are this command's
-    resume = reuse and entry and _read(started) == text and os.path.isfile(os.path.join(out, "checkpoint.pth"))
+    resume = reuse and entry and _read(started) == text and os.path.isfile(os.path.join(out, RESUME_NAME))
     print("\n$ " + text + ("\n(continued from its checkpoint.pth: --resume auto)" if resume else ""), flush=True)
     os.makedirs(folder, exist_ok=True)
-    fresh = [os.path.join(out, f) for f in ("log.jsonl", "checkpoint.pth")] if entry and not resume else []
+    fresh = [os.path.join(out, f) for f in ("log.jsonl", RESUME_NAME)] if entry and not resume else []
     for stale in [done] + fresh:
         if os.path.exists(stale):
             os.remove(stale)
@@ -86,7 +86,7 @@ def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) ->
             log.write(line)
         if proc.wait() in (EXIT_PREEMPTED, EXIT_INTERRUPTED) and entry:  # it saved its checkpoint first
             raise SystemExit(f"'{' '.join(cmd[:2])} ...' stopped (exit {proc.returncode}); the same command with "
-                             f"--resume continues it from {os.path.join(out, 'checkpoint.pth')}")
+                             f"--resume continues it from {os.path.join(out, RESUME_NAME)}")
         if proc.returncode != 0:
             raise SystemExit(f"'{' '.join(cmd[:2])} ...' failed (exit {proc.returncode}); see {log_path}")
     atomic_write_text(text, done)
