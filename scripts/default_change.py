@@ -23,7 +23,7 @@ from typing import Dict, List
 
 from scripts import benchmark_search as bench
 from scripts import deviations as dev
-from scripts.pipeline import markdown_table, write_result
+from scripts.results import markdown_table, write_result
 
 
 def read_cells(run_dir: str) -> Dict[tuple, Dict]:

@@ -34,8 +34,8 @@ import sys
 import time
 from typing import List
 
-from scripts.pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, finetune_top1, macs_ratio_of, markdown_table,
-                              params, removed_text, stage1_ratio, stage1_run)
+from scripts.pipeline import DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, params, stage1_ratio, stage1_run
+from scripts.results import finetune_top1, markdown_table, removed_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -33,7 +33,7 @@ from typing import Dict, List, Sequence
 
 from configs.common import REFERENCE_SEARCH
 from scripts import benchmark_search as bench
-from scripts.pipeline import finetune_top1, markdown_table, write_result
+from scripts.results import finetune_top1, markdown_table, write_result
 from scripts.sweep_report import exceeds
 from utils.checkpoint import atomic_write_text
 

@@ -29,7 +29,8 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from scripts.pipeline import Bench, markdown_table, stage1_ratio, write_result
+from scripts.pipeline import Bench, stage1_ratio
+from scripts.results import markdown_table, write_result
 
 
 def settled_at(top1: Sequence[float], window: int, tolerance: float) -> Optional[int]:

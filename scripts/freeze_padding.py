@@ -23,7 +23,7 @@ import torch
 
 from configs.common import base_config
 from data import build_eval_dataset, build_eval_loader
-from scripts.pipeline import write_result
+from scripts.results import write_result
 from engine.loop import evaluate
 from uvc.deploy.freeze import apply_spec, param_keep_masks, zero_removed_weights
 from uvc.search.masked_model import MaskedViT

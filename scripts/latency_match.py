@@ -110,7 +110,7 @@ def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense:
                 stage1 = bench.one_shot_prune(slug_of(name), teacher, out, target)
                 return {"file": stage1, "model": compact_of_stage1(stage1)}
             return {"model": bench.torch_pruning_prune(teacher, out, target, seed, flags)}
-        except (SystemExit, ValueError) as e:  # a failed command (pipeline.run) or, in process, its error
+        except (SystemExit, ValueError) as e:  # a failed command (scripts.command.run) or, in process, its error
             print(f"{name}: MACs target {target:.4f} out of its reach ({e}); trying a larger one", flush=True)
             return None
 

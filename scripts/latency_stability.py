@@ -20,7 +20,8 @@ import statistics
 import subprocess
 import sys
 
-from scripts.pipeline import ROOT, markdown_table, write_result
+from scripts.command import ROOT
+from scripts.results import markdown_table, write_result
 
 HEAP = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30)}
 

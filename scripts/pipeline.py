@@ -23,18 +23,14 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from engine.run_state import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from utils.checkpoint import RESUME_NAME, atomic_write_text
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts.command import run
+from scripts.results import AXES, finetune_top1, removed_of_pruned, removed_of_spec
 
 # --dataset -> (config file with dense/joint/post stages, model type)
 DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
@@ -43,61 +39,8 @@ SMOKE = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # --smoke, every stage
 # and stage 1 searches from its first step; two steps cannot steer to the budget (the search warns), so
 # the freeze fits the result into it and the peers are pruned to a ratio they can reach
 SMOKE_SEARCH = SMOKE + ["--warmup_epochs", "0", "--greedy_fit", "1"]
-AXES = ("blocks", "heads", "dims", "neurons", "patches")  # what a run removed, counted per axis (`removed`)
 # baselines.torch_pruning flags of its "Torch-Pruning (local magnitude)" setting (default: Taylor, global)
 LOCAL_MAGNITUDE_FLAGS = ("--importance", "magnitude", "--global_pruning", "0")
-
-
-# entry scripts whose runs save <output_dir>/checkpoint.pth every epoch and continue from it (--resume auto)
-RESUMABLE = ("joint_train.py", "post_train.py")
-
-
-def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) -> None:
-    """Run one of the project's commands, echoing it; its output also goes to log_path.
-
-    With `reuse`, a command that already completed with this log_path (same text, recorded
-    in <its folder>/done.cmd) is not run again, and an entry-script run of the same command that
-    stopped part-way (started.cmd, and its checkpoint.pth) continues with --resume auto, which
-    carries on exactly as the uninterrupted run would have (engine.run_state): a stopped sweep
-    loses no finished epoch. Any other entry-script start is fresh: the log.jsonl and checkpoint.pth
-    an earlier command left in its --output_dir go. `threads` > 0 sets OMP_NUM_THREADS for it."""
-    folder = os.path.dirname(log_path)
-    done, started = os.path.join(folder, "done.cmd"), os.path.join(folder, "started.cmd")
-    text = " ".join(cmd)
-    if reuse and _read(done) == text:
-        print(f"\n$ {text}\n(reused: completed before in {folder})", flush=True)
-        return
-    out = cmd[cmd.index("--output_dir") + 1] if "--output_dir" in cmd else folder
-    entry = cmd[0] in RESUMABLE  # its --output_dir is its own: the log and the checkpoint are this command's
-    resume = reuse and entry and _read(started) == text and os.path.isfile(os.path.join(out, RESUME_NAME))
-    print("\n$ " + text + ("\n(continued from its checkpoint.pth: --resume auto)" if resume else ""), flush=True)
-    os.makedirs(folder, exist_ok=True)
-    fresh = [os.path.join(out, f) for f in ("log.jsonl", RESUME_NAME)] if entry and not resume else []
-    for stale in [done] + fresh:
-        if os.path.exists(stale):
-            os.remove(stale)
-    atomic_write_text(text, started)
-    with open(log_path, "a" if resume else "w") as log:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
-        proc = subprocess.Popen([sys.executable] + cmd + (["--resume", "auto"] if resume else []), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-        if proc.wait() in (EXIT_PREEMPTED, EXIT_INTERRUPTED) and entry:  # it saved its checkpoint first
-            raise SystemExit(f"'{' '.join(cmd[:2])} ...' stopped (exit {proc.returncode}); the same command with "
-                             f"--resume continues it from {os.path.join(out, RESUME_NAME)}")
-        if proc.returncode != 0:
-            raise SystemExit(f"'{' '.join(cmd[:2])} ...' failed (exit {proc.returncode}); see {log_path}")
-    atomic_write_text(text, done)
-
-
-def _read(path: str) -> Optional[str]:
-    """The file's text, None if there is none."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return f.read()
 
 
 def params(model: torch.nn.Module) -> int:
@@ -126,62 +69,10 @@ def macs_ratio_of(model: torch.nn.Module, dense: torch.nn.Module) -> float:
     return matched_target(dense, model)
 
 
-def removed_of_spec(spec: dict) -> Dict[str, int]:
-    """What an architecture spec removes, per axis: skipped blocks, and in the kept blocks heads,
-    value dims of kept heads and MLP neurons; dropped patch positions."""
-    H, d, M = spec["num_heads"], spec["head_dim"], spec["mlp_hidden"]
-    kept = [b for b in spec["blocks"] if not b["skipped"]]
-    return {"blocks": len(spec["blocks"]) - len(kept), "heads": sum(H - len(b["heads"]) for b in kept),
-            "dims": sum(d - len(v) for b in kept for v in b["value_dims"]),
-            "neurons": sum(M - len(b["neurons"]) for b in kept),
-            "patches": (spec["img_size"] // spec["patch_size"]) ** 2 - len(spec["patches_kept"])}
-
-
-def removed_of_pruned(model: torch.nn.Module, dense: torch.nn.Module) -> Dict[str, int]:
-    """The same counts for a Torch-Pruning model (a head dim goes from q, k and v together)."""
-    attn, M = dense.blocks[0].attn, dense.blocks[0].mlp.fc1.out_features
-    return {"blocks": 0, "heads": sum(attn.num_heads - b.attn.num_heads for b in model.blocks),
-            "dims": sum(b.attn.num_heads * (attn.head_dim - b.attn.head_dim) for b in model.blocks),
-            "neurons": sum(M - b.mlp.fc1.out_features for b in model.blocks), "patches": 0}
-
-
-def removed_text(removed: Dict[str, int]) -> str:
-    """"blocks/heads/dims/neurons/patches" removed, for the tables."""
-    return "/".join(str(removed[k]) for k in AXES)
-
-
 def stage1_ratio(stage1_file: str) -> float:
     """The MACs ratio of a stage-1 file's architecture by UVC's formula (what the budget counts)."""
     from uvc.deploy.freeze import spec_ratio
     return spec_ratio(torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"])
-
-
-def finetune_top1(log_path: str) -> Dict[str, float]:
-    """{"top1_last", "top1_best"}: validation top-1 at the last fine-tuning epoch and at the best one, from
-    the log.jsonl post_train.py and baselines.finetune write (one record per epoch with "epoch" and
-    "val_top1"; an epoch logged again after a resume counts once, as its last record)."""
-    by_epoch = {}
-    with open(log_path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "epoch" in record and "val_top1" in record:
-                by_epoch[int(record["epoch"])] = float(record["val_top1"])
-    if not by_epoch:
-        raise SystemExit(f"{log_path} holds no epoch record: the fine-tuning run did not finish an epoch")
-    return {"top1_last": by_epoch[max(by_epoch)], "top1_best": max(by_epoch.values())}
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def write_result(out: str, text: str, record: dict) -> None:
-    """A benchmark's result: the table as <out>.md, the numbers (with the command) as <out>.json, both
-    written atomically."""
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    atomic_write_text(text, out + ".md")
-    atomic_write_text(json.dumps(record, indent=1), out + ".json")
 
 
 @dataclass

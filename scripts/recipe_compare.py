@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from data import mnist
-from scripts.pipeline import Bench, markdown_table, stage1_ratio
+from scripts.pipeline import Bench, stage1_ratio
+from scripts.results import markdown_table
 
 RECIPES = ("reference", "deit")
 IN_MEMORY = "none (--dataset mnist)"  # the benchmark's own training: a random shift of up to 2 pixels, no mixup

@@ -34,7 +34,8 @@ import statistics
 import subprocess
 import sys
 
-from scripts.pipeline import ROOT, markdown_table, write_result
+from scripts.command import ROOT
+from scripts.results import markdown_table, write_result
 
 MODELS = {"DeiT-Tiny": "deit_tiny_patch16_224", "DeiT-Small": "deit_small_patch16_224"}
 # (model, budget metric, round_to, --latency_check) of the random-weight searches at budget 0.5

@@ -49,7 +49,8 @@ import sys
 from typing import Dict, List
 
 from scripts.latency_match import peer_at_latency
-from scripts.pipeline import (DATASETS, LOCAL_MAGNITUDE_FLAGS, ROOT, Bench, macs_ratio_of, stage1_ratio)
+from scripts.command import ROOT
+from scripts.pipeline import DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, stage1_ratio
 from scripts.sweep_report import ablation_table, front_text, plot_sweep, sweep_table
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")

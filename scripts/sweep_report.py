@@ -10,7 +10,7 @@ import os
 import textwrap
 from typing import Dict, List, Sequence, Tuple
 
-from scripts.pipeline import markdown_table, removed_text
+from scripts.results import markdown_table, removed_text
 
 REMOVED = "removed: blocks/heads/dims/neurons/patches"
 

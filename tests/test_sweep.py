@@ -53,19 +53,19 @@ def test_spread_is_mean_and_range():
 
 
 def test_removed_counts_per_axis():
-    from scripts import pipeline
+    from scripts import results
     from helpers import noisy_tiny_vit
     from uvc.deploy.freeze import base_spec
 
     vit = noisy_tiny_vit()
     spec = base_spec(vit, "vit_digits_tiny_patch2_8")  # D=32, L=4, H=2, d=16, M=128, 16 patches
-    assert pipeline.removed_of_spec(spec) == dict.fromkeys(pipeline.AXES, 0)
+    assert results.removed_of_spec(spec) == dict.fromkeys(results.AXES, 0)
     spec["blocks"][0].update(skipped=True, heads=[0])  # a skipped block counts once, as a block
     spec["blocks"][1].update(heads=[1], value_dims=[list(range(10))], neurons=list(range(100)))
     spec["patches_kept"] = spec["patches_kept"][3:]
-    assert pipeline.removed_of_spec(spec) == {"blocks": 1, "heads": 1, "dims": 6, "neurons": 28, "patches": 3}
-    assert pipeline.removed_text(pipeline.removed_of_spec(spec)) == "1/1/6/28/3"
-    assert pipeline.removed_of_pruned(vit, vit) == dict.fromkeys(pipeline.AXES, 0)
+    assert results.removed_of_spec(spec) == {"blocks": 1, "heads": 1, "dims": 6, "neurons": 28, "patches": 3}
+    assert results.removed_text(results.removed_of_spec(spec)) == "1/1/6/28/3"
+    assert results.removed_of_pruned(vit, vit) == dict.fromkeys(results.AXES, 0)
 
 
 def test_flags_are_checked():
@@ -164,7 +164,7 @@ def test_demo_mnist_smoke(tmp_path):
 def test_finetune_top1_reads_the_last_and_the_best_epoch(tmp_path):
     """post_train.py's and baselines.finetune's log.jsonl: epoch records, other records in between, and an
     epoch logged again after a resume (its last record counts)."""
-    from scripts.pipeline import finetune_top1
+    from scripts.results import finetune_top1
     records = [{"batch": 64}, {"epoch": 0, "val_top1": 90.0}, {"eval_step": 5, "top1": 99.0},
                {"epoch": 1, "val_top1": 95.0}, {"epoch": 2, "val_top1": 93.0}, {"epoch": 2, "val_top1": 94.0},
                {"best_file": "x", "best_top1": 95.0}]

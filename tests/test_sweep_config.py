@@ -48,7 +48,7 @@ def dense_file(folder, num_classes=CLASSES, img_size=SIZE):
 
 @pytest.fixture
 def in_process(monkeypatch):
-    """pipeline.run calls the command's main() here; returns the list of commands run."""
+    """Bench's run (scripts.command.run) calls the command's main() here; returns the list of commands run."""
     commands = []
 
     def run(cmd, log_path, reuse=False, threads=0):

@@ -1,11 +1,11 @@
-"""scripts.pipeline.run with reuse, what a resumed sweep or demo relies on: a completed command is not run
+"""scripts.command.run with reuse, what a resumed sweep or demo relies on: a completed command is not run
 again, a stopped entry-script run continues from its checkpoint.pth and ends as the uninterrupted run does,
 and a different command in the same folder starts fresh, keeping nothing of the earlier run's log."""
 import json
 
 import pytest
 
-from scripts import pipeline
+from scripts.command import run
 from tests.helpers import TINY_MODEL
 
 
@@ -24,22 +24,22 @@ def epochs(out):
 def test_a_stopped_run_continues_and_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    pipeline.run(command(whole), str(whole / "stdout.log"), reuse=True)
+    run(command(whole), str(whole / "stdout.log"), reuse=True)
     with monkeypatch.context() as m:  # SIGTERM after step 4 (in epoch 1): the run saves and exits 143
         m.setenv("UVC_TEST_CRASH_AT_STEP", "4")
         m.setenv("UVC_TEST_CRASH_RANK", "0")
         m.setenv("UVC_TEST_CRASH_SIGNAL", "TERM")
         with pytest.raises(SystemExit, match=r"stopped \(exit 143\); the same command with --resume continues it"):
-            pipeline.run(command(stopped), str(stopped / "stdout.log"), reuse=True)
+            run(command(stopped), str(stopped / "stdout.log"), reuse=True)
     assert not (stopped / "done.cmd").exists() and (stopped / "checkpoint.pth").exists()
     assert len(epochs(stopped)) == 1
     capsys.readouterr()
-    pipeline.run(command(stopped), str(stopped / "stdout.log"), reuse=True)
+    run(command(stopped), str(stopped / "stdout.log"), reuse=True)
     assert "(continued from its checkpoint.pth: --resume auto)" in capsys.readouterr().out
     assert epochs(stopped) == epochs(whole) and len(epochs(whole)) == 3
     assert (stopped / "done.cmd").read_text() == " ".join(command(stopped))  # the command, not its --resume
     capsys.readouterr()
-    pipeline.run(command(stopped), str(stopped / "stdout.log"), reuse=True)
+    run(command(stopped), str(stopped / "stdout.log"), reuse=True)
     assert "(reused: completed before in" in capsys.readouterr().out
 
 
@@ -51,9 +51,9 @@ def test_another_command_in_the_folder_starts_fresh(tmp_path, monkeypatch, capsy
         m.setenv("UVC_TEST_CRASH_RANK", "0")
         m.setenv("UVC_TEST_CRASH_SIGNAL", "TERM")
         with pytest.raises(SystemExit):
-            pipeline.run(command(out), str(out / "stdout.log"), reuse=True)
+            run(command(out), str(out / "stdout.log"), reuse=True)
     capsys.readouterr()
-    pipeline.run(command(out, seed=1), str(out / "stdout.log"), reuse=True)  # not the stopped command
+    run(command(out, seed=1), str(out / "stdout.log"), reuse=True)  # not the stopped command
     assert "continued" not in capsys.readouterr().out
     assert [e for e, _ in epochs(out)] == [0, 1, 2]  # the stopped run's epoch 0 went with its log
     assert (out / "started.cmd").read_text() == (out / "done.cmd").read_text() == " ".join(command(out, seed=1))
