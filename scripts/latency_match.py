@@ -92,12 +92,12 @@ def latency_ratios(bench, dense: torch.nn.Module, uvc: torch.nn.Module, peer: to
     return speed["dense"] / speed["peer"], speed["dense"] / speed["uvc"]
 
 
-def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense: torch.nn.Module,
-                    seed: Optional[int], targets: Tuple[float, float], flags=()) -> dict:
-    """One peer (a one-shot method or a Torch-Pruning setting) pruned to UVC's measured latency ratio,
-    then fine-tuned; the run carries "latency_match": the chosen try's ratios, whether it matched, and
-    every try. `targets`: the first MACs target of a one-shot peer (UVC's formula) and of Torch-Pruning
-    (fvcore)."""
+def latency_target(bench, name: str, teacher: str, path: str, uvc: dict, dense: torch.nn.Module,
+                   seed: Optional[int], targets: Tuple[float, float], flags=()) -> dict:
+    """The MACs target at which one peer (a one-shot method or a Torch-Pruning setting) runs at UVC's
+    measured latency ratio: `match_latency`'s result with the chosen try's file, saved in <path>-latency
+    (match.json) and, with the bench's reuse, read back from there. `targets`: the first MACs target of a
+    one-shot peer (UVC's formula) and of Torch-Pruning (fvcore)."""
     from scripts.pipeline import compact_of_stage1
     tries_dir = path + "-latency"
     one_shot = not name.startswith("Torch-Pruning")
@@ -126,7 +126,15 @@ def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense:
     if not found["matched"]:
         print(f"{name}: no MACs target within {MAX_TRIES} tries put its time within {LATENCY_TOLERANCE:.0%} of "
               f"UVC's; kept the closest ({found['latency_ratio']:.3f} against {found['uvc_latency_ratio']:.3f})")
-    if one_shot:
+    return found
+
+
+def peer_at_latency(bench, name: str, teacher: str, path: str, uvc: dict, dense: torch.nn.Module,
+                    seed: Optional[int], targets: Tuple[float, float], flags=()) -> dict:
+    """One peer pruned to UVC's measured latency ratio (`latency_target`), then fine-tuned; the run carries
+    "latency_match": the chosen try's ratios, whether it matched, and every try."""
+    found = latency_target(bench, name, teacher, path, uvc, dense, seed, targets, flags)
+    if not name.startswith("Torch-Pruning"):
         run = bench.one_shot(name, slug_of(name), teacher, path, found["target"], seed, found["candidate"]["file"])
     else:
         run = bench.torch_pruning(name, teacher, path, found["target"], seed, setting=flags)

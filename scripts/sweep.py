@@ -14,6 +14,9 @@ architecture with the teacher's scores, no search) by UVC's formula, `Torch-Prun
 importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searches with
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
 within 3% of UVC's (scripts/latency_match.py); `--match macs,latency` runs both into one table.
+The timings that match the peers need a quiet machine: to run seeds as parallel jobs, first match
+with one job, `--match latency --prune_only` (UVC runs, the peers are pruned and their matches saved,
+not fine-tuned), then the parallel jobs with --resume fine-tune those matches.
 The seed drives the search and the fine-tuning of every method. Writes <name>_sweep.md (table),
 <name>_sweep.json ({"teacher_top1", "finetune_epochs", "seeds", "rows": [{"method", "budget", "match",
 "seed", "top1_last", "top1_best", "macs_ratio", "speedup_b64", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}]};
@@ -48,9 +51,10 @@ import shlex
 import sys
 from typing import Dict, List
 
-from scripts.latency_match import peer_at_latency
+from scripts.latency_match import latency_target, peer_at_latency
 from scripts.command import ROOT
 from scripts.pipeline import DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, stage1_ratio
+from scripts.results import markdown_table
 from scripts.sweep_report import ablation_table, front_text, plot_sweep, sweep_table
 
 METHODS = ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit", "Torch-Pruning (local magnitude)")
@@ -118,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--match", default="macs",
                    help="peers at UVC's MACs (macs), or at its measured time ratio with UVC searching a latency "
                         "budget (latency); macs,latency runs both into one table")
+    p.add_argument("--prune_only", action="store_true",
+                   help="--match latency: run UVC, prune every peer to UVC's measured time and save the match, "
+                        "without fine-tuning the peers (time on a quiet machine; the sweep with --resume then "
+                        "reuses the matches)")
     p.add_argument("--ablations", action="store_true", help="run the ablations instead of the sweep")
     p.add_argument("--ablation_budget", type=float, default=None, help="--ablations: the budget (0.4)")
     p.add_argument("--ablation_rows", default=None,
@@ -148,6 +156,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [m for m in args.match if m not in MATCHES]
     if bad or not args.match:
         p.error(f"--match {','.join(bad)}: choose macs, latency or macs,latency")
+    if args.prune_only and (args.ablations or args.match != ["latency"]):
+        p.error("--prune_only matches the peers to UVC's measured time: give it with --match latency alone")
     if args.ablations and args.match != ["macs"]:
         p.error("--match latency is for the sweep only (the ablations compare UVC's own variants)")
     if args.config is None:
@@ -288,6 +298,26 @@ def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
     return measured(bench, runs, dense)
 
 
+def matches(args, bench: Bench, teacher: str, dense) -> str:
+    """--prune_only: UVC's latency runs, and every peer's match to their measured time (saved in its
+    run folder), without fine-tuning the peers; a table of the matches."""
+    lines = []
+    for seed in args.seeds:
+        for budget in args.budgets:
+            folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}_latency")
+            uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, latency_flags(args))
+            targets = (stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["after"], dense))
+            for name in args.methods[1:]:
+                flags = LOCAL_MAGNITUDE_FLAGS if "local" in name else ()
+                found = latency_target(bench, name, teacher, os.path.join(folder, slug(name)), uvc, dense, seed,
+                                       targets, flags)
+                lines.append([name, f"{budget}", f"{seed}", f"{found['target']:.4f}", f"{found['latency_ratio']:.3f}",
+                              f"{found['uvc_latency_ratio']:.3f}", "yes" if found["matched"] else "no",
+                              f"{len(found['tries'])}"])
+    return markdown_table(["method", "budget", "seed", "MACs target", "time ratio", "UVC's time ratio", "matched",
+                           "tries"], lines)
+
+
 def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
     runs, budget = [], args.ablation_budget
     for seed in args.seeds:
@@ -320,6 +350,10 @@ def main(argv=None) -> int:
     dense = bench.dense_model(teacher)
     command = "python scripts/sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     name = results_name(args)
+    if args.prune_only:
+        print(f"\nLatency matches (peers not fine-tuned; `{command.replace(' --prune_only', '')}` with --resume "
+              f"fine-tunes them):\n\n{matches(args, bench, teacher, dense)}")
+        return 0
     result = (ablations if args.ablations else sweep)(args, bench, teacher, dense)
     result.pop("runs")  # run folders stay under --run_dir
     epochs = 1 if args.smoke else args.finetune_epochs

@@ -52,10 +52,15 @@ def in_process(monkeypatch):
     commands = []
 
     def run(cmd, log_path, reuse=False, threads=0):
+        done = os.path.join(os.path.dirname(log_path), "done.cmd")
+        if reuse and os.path.isfile(done) and open(done).read() == " ".join(cmd):
+            return  # completed before, as scripts.command.run skips it
         commands.append(cmd)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         module, argv = (cmd[1], cmd[2:]) if cmd[0] == "-m" else (cmd[0][:-len(".py")], cmd[1:])
         importlib.import_module(module).main(list(argv))
+        with open(done, "w") as f:
+            f.write(" ".join(cmd))
 
     monkeypatch.setattr(pipeline, "run", run)
     return commands
@@ -88,6 +93,31 @@ def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in
         assert abs(r["macs_ratio"] / result["rows"][0]["macs_ratio"] - 1) <= 0.01, r  # at UVC's MACs
     assert (tmp_path / "runs" / "deit_tiny_imagenet_sweep.md").exists()
     assert (tmp_path / "runs" / "deit_tiny_imagenet_sweep_top1_vs_macs.png").exists()
+
+
+def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tree, tmp_path, in_process, one_thread,
+                                                                             capsys):
+    """--prune_only (timing on a quiet machine): UVC runs, the peer is pruned to its measured time and the
+    match saved, nothing of the peer is fine-tuned; the sweep with --resume then fine-tunes that match
+    without timing or pruning again."""
+    flags = user_flags(tree, tmp_path) + ["--teacher", dense_file(tmp_path), "--budgets", "0.5", "--match",
+                                          "latency", "--methods", "greedy fit", "--resume"]
+    sweep.main(flags + ["--prune_only"])
+    folder = tmp_path / "runs" / "budget0.5_seed730_latency"
+    assert [c[0] for c in in_process].count("joint_train.py") == 1  # UVC's search, then its stage 2
+    assert not [c for c in in_process if c[0] == "post_train.py" and "greedy-fit" in " ".join(c)]
+    assert (folder / "greedy-fit-latency" / "match.json").is_file()
+    assert "| greedy fit | 0.5 | 730 |" in capsys.readouterr().out  # the table of matches
+    assert not (tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").exists()  # no results: nothing fine-tuned
+
+    in_process.clear()
+    sweep.main(flags)
+    assert "reusing its latency match" in capsys.readouterr().out
+    assert [c[0] for c in in_process] == ["post_train.py"]  # the peer's fine-tuning only
+    saved = json.loads((folder / "greedy-fit-latency" / "match.json").read_text())["found"]
+    row = json.loads((tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").read_text())["rows"][1]
+    assert row["method"] == "greedy fit" and row["macs_target"] == saved["target"]
+    assert in_process[0][in_process[0].index("--checkpoint_dir") + 1] == saved["candidate"]["file"]
 
 
 def test_the_teacher_run_of_a_config_trains_the_users_model(tree, tmp_path, in_process, one_thread):
