@@ -117,6 +117,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.min_blocks = 0  # blocks never skipped (0: half the depth, rounded up)
     c.patch_probe = 256  # training images each patch drop is tried on before it stands (0: no trial)
     c.skip_probe = 256  # training images each block skip is tried on before it stands (0: no trial; the reference tries none)
+    c.trial_margin = 0.0  # a tried patch drop / block skip stands only if its probe loss is below the alternative's by this many paired standard errors (0: not above it)
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
     c.greedy_fit = False  # the freeze fits the searched architecture into [budget - 0.01, budget] greedily (uvc/deploy/fit.py); default: exported as the search ended, as the reference
     c.round_to = 8  # MLP widths and value dims per head kept at multiples of this (1: any width, as the paper)

@@ -189,7 +189,7 @@ def test_the_probe_runs_on_the_models_device_in_batches_and_reads_the_class_toke
     model, scored = _Recorder(), []
     monkeypatch.setattr(trial_module, "apply_spec", lambda m, spec: None)
     monkeypatch.setattr(trial_module.F, "cross_entropy",
-                        lambda out, y, reduction: scored.append((out, y, reduction)) or torch.tensor(0.0))
+                        lambda out, y, reduction: scored.append((out, y, reduction)) or torch.zeros(len(y), device=y.device))
     monkeypatch.setattr(trial_module, "all_reduce_mean", lambda t: scored.append(t) or torch.tensor(0.0))
     images, targets = torch.zeros(3, 1, 8, 8), torch.zeros(3, dtype=torch.long)
     for batch, calls in ((0, 3), (1, 3), (2, 2)):
@@ -198,8 +198,8 @@ def test_the_probe_runs_on_the_models_device_in_batches_and_reads_the_class_toke
         assert [len(x) for x in model.seen] == ([1, 1, 1] if calls == 3 else [2, 1])
         assert all(x.device.type == "meta" for x in model.seen) and model.training
         out, y, reduction = scored[-2]
-        assert out is model.out[0] and y.device.type == "meta" and reduction == "sum"
-        assert scored[-1].device.type == "meta"  # the sum, averaged over ranks
+        assert out is model.out[0] and y.device.type == "meta" and reduction == "none"
+        assert scored[-1].device.type == "meta"  # the mean, averaged over ranks
 
 
 class _Cost:
@@ -218,7 +218,7 @@ def test_the_alternative_is_fitted_to_the_flips_ratio_under_the_budgets_cost_mod
     monkeypatch.setattr(trial_module, "fit_to_budget",
                         lambda spec, scores, budget, **kw: calls.append((spec, budget, kw)) or (spec, {}))
     losses = iter([2.0, 1.0, 1.0, 2.0])  # refused, then accepted
-    monkeypatch.setattr(FlipTrial, "loss", lambda self, model, spec: next(losses))
+    monkeypatch.setattr(FlipTrial, "losses", lambda self, model, spec: torch.tensor([next(losses)]))
     images, targets = torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)
     model = noisy_tiny_vit()
     base = base_spec(model, "")
@@ -231,7 +231,7 @@ def test_the_alternative_is_fitted_to_the_flips_ratio_under_the_budgets_cost_mod
                                                     (base, 0.75, {"tolerance": 1.0, "cost": own})]
     assert trial.accept(None, flip, base, None)
     assert (trial.trials, trial.rejected) == (2, 1)  # counted over the calls
-    assert trial.last == {"trial_loss_flip": 1.0, "trial_loss_instead": 2.0}
+    assert trial.last == {"trial_loss_flip": 1.0, "trial_loss_instead": 2.0, "trial_loss_se": 0.0}
     for with_attn in (True, False):
         calls.clear()
         losses = iter([1.0, 1.0])
@@ -239,6 +239,28 @@ def test_the_alternative_is_fitted_to_the_flips_ratio_under_the_budgets_cost_mod
         FlipTrial(images, targets, 1, **kwargs).accept(None, flip, base, None)
         cost = calls[0][2]["cost"]
         assert isinstance(cost, trial_module.MacsCost) and cost.with_attn is with_attn and calls[1][2]["cost"] is cost
+
+
+def test_a_margin_asks_the_flip_to_be_cheaper_by_that_many_paired_standard_errors(monkeypatch):
+    """d = per-image CE(flip) - CE(instead) = [-0.5, 0.1, -0.2, 0]: mean -0.15, paired standard error
+    sqrt(0.07 / 4) = 0.1323. The flip stands at margins 0 and 1 (-0.018), not at 1.2 (+0.009); a tie on
+    every image stands at any margin."""
+    from uvc.search import trial as trial_module
+    monkeypatch.setattr(trial_module, "spec_cost", lambda cost, spec: 3.0)
+    monkeypatch.setattr(trial_module, "dense_cost", lambda cost: 4.0)
+    monkeypatch.setattr(trial_module, "fit_to_budget", lambda spec, scores, budget, **kw: (spec, {}))
+    per_image = {"flip": torch.ones(4), "instead": torch.tensor([1.5, 0.9, 1.2, 1.0])}
+    monkeypatch.setattr(FlipTrial, "losses", lambda self, model, spec: per_image[spec])
+    images, targets = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    verdicts = {m: FlipTrial(images, targets, 4, cost=_Cost(), margin=m).accept(None, "flip", "instead", None)
+                for m in (0.0, 1.0, 1.2)}
+    assert verdicts == {0.0: True, 1.0: True, 1.2: False}
+    trial = FlipTrial(images, targets, 4, cost=_Cost(), margin=1.0)
+    trial.accept(None, "flip", "instead", None)
+    assert trial.last["trial_loss_se"] == pytest.approx((0.07 / 4) ** 0.5)
+    assert trial.last["trial_loss_instead"] == pytest.approx(1.15) and trial.last["trial_loss_flip"] == 1.0
+    per_image["instead"] = torch.ones(4)
+    assert FlipTrial(images, targets, 4, cost=_Cost(), margin=3.0).accept(None, "flip", "instead", None)
 
 
 def test_the_trial_counters_are_saved_and_restored():

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 # Keys only one stage reads: given on the other stage's command line they would be
 # parsed and silently ignored, so they are refused instead.
-STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "skip_probe",
+STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "skip_probe", "trial_margin",
                "search_masking",
                "greedy_fit", "round_to",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
@@ -56,6 +56,7 @@ REFERENCE_UNREAD = {"zlr": "z takes SGD steps at the first entry of --zlr_schedu
                     "min_blocks": "the reference protects no block",
                     "patch_probe": "patch drops are not tried",
                     "skip_probe": "block skips are not tried",
+                    "trial_margin": "patch drops and block skips are not tried",
                     "patchlr": "patch logits move with the weights' optimizer",
                     "patch_weight": "the budget does not push the patch logits",
                     "patch_l1_weight": "the reference's patch losses are parsed and never used"}
@@ -155,7 +156,7 @@ def _check_search(config) -> None:
     if int(config.round_to) < 1:
         raise ConfigError(f"--round_to must be at least 1 (1: any width, as the paper; 8: multiples of 8), "
                           f"got {config.round_to}")
-    for key in ("slr", "rlr", "ylr", "plr", "dual_init", "zlr"):
+    for key in ("slr", "rlr", "ylr", "plr", "dual_init", "zlr", "trial_margin"):
         if float(config[key]) < 0:
             raise ConfigError(f"--{key} must be 0 or more, got {config[key]}")
     for key, move in (("patch_probe", "patch drops"), ("skip_probe", "block skips")):

@@ -85,9 +85,10 @@ class UVCSearch:
             batch, attn = int(config.train_batch_size), self.space.with_attn
             n, m = int(config.patch_probe), int(config.skip_probe)
             if n > 0 and len(probe[0]):
-                self.trial = FlipTrial(probe[0][:n], probe[1][:n], batch, attn)
+                self.trial = FlipTrial(probe[0][:n], probe[1][:n], batch, attn, margin=float(config.trial_margin))
             if m > 0 and len(probe[0]):
-                self.skip_trial = FlipTrial(probe[0][:m], probe[1][:m], batch, attn, kind="skip")
+                self.skip_trial = FlipTrial(probe[0][:m], probe[1][:m], batch, attn, kind="skip",
+                                            margin=float(config.trial_margin))
         cost, table = budget_cost(vit, config, device)
         self.set_cost(cost, table)
 
