@@ -261,6 +261,28 @@ def test_a_margin_asks_the_flip_to_be_cheaper_by_that_many_paired_standard_error
     assert trial.last["trial_loss_instead"] == pytest.approx(1.15) and trial.last["trial_loss_flip"] == 1.0
     per_image["instead"] = torch.ones(4)
     assert FlipTrial(images, targets, 4, cost=_Cost(), margin=3.0).accept(None, "flip", "instead", None)
+    per_image["instead"] = torch.tensor([1.3, 0.7, 1.1, 1.0])  # d: mean -0.025, standard error 0.125
+    assert FlipTrial(images, targets, 4, cost=_Cost()).accept(None, "flip", "instead", None)  # default: 0
+    assert not FlipTrial(images, targets, 4, cost=_Cost(), margin=0.5).accept(None, "flip", "instead", None)
+    per_image.update(flip=torch.ones(2), instead=torch.tensor([1.2, 1.0]))  # two images: var (0.02 - 0.01) * 2
+    trial = FlipTrial(images[:2], targets[:2], 2, cost=_Cost(), margin=1.0)
+    trial.accept(None, "flip", "instead", None)
+    assert trial.last["trial_loss_se"] == pytest.approx(0.1)
+
+
+def test_the_standard_error_counts_the_probe_images_of_every_rank(monkeypatch):
+    """Two ranks with 4 probe images each (the same per-image differences; the mean over ranks is
+    the identity): n = 8, var = (0.075 - 0.0225) * 8 / 7 = 0.06, standard error sqrt(0.06 / 8)."""
+    from uvc.search import trial as trial_module
+    monkeypatch.setattr(trial_module, "spec_cost", lambda cost, spec: 3.0)
+    monkeypatch.setattr(trial_module, "dense_cost", lambda cost: 4.0)
+    monkeypatch.setattr(trial_module, "fit_to_budget", lambda spec, scores, budget, **kw: (spec, {}))
+    monkeypatch.setattr(trial_module, "get_world_size", lambda: 2)
+    per_image = {"flip": torch.ones(4), "instead": torch.tensor([1.5, 0.9, 1.2, 1.0])}
+    monkeypatch.setattr(FlipTrial, "losses", lambda self, model, spec: per_image[spec])
+    trial = FlipTrial(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 4, cost=_Cost(), margin=1.0)
+    trial.accept(None, "flip", "instead", None)
+    assert trial.last["trial_loss_se"] == pytest.approx((0.06 / 8) ** 0.5)
 
 
 def test_the_trial_counters_are_saved_and_restored():

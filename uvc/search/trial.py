@@ -76,13 +76,11 @@ class FlipTrial:
         flip, _ = fit_to_budget(flip, scores, 1.0, tolerance=1.0, cost=cost)  # same value-dim padding
         instead, _ = fit_to_budget(base, scores, ratio, tolerance=1.0, cost=cost)
         a, b = self.losses(model, flip), self.losses(model, instead)
-        d = (a - b).double()  # sums over every rank's probe images: mean and paired standard error of d
-        sums = all_reduce_mean(torch.stack([a.sum().double(), b.sum().double(), d.sum(), (d * d).sum(),
-                                            torch.tensor(float(len(d)), dtype=torch.float64, device=d.device)]))
-        n = float(sums[4]) * get_world_size()
-        loss_flip, loss_instead = float(sums[0] / sums[4]), float(sums[1] / sums[4])
-        mean = float(sums[2] / sums[4])
-        var = max(float(sums[3] / sums[4]) - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
+        d = (a - b).double()  # every rank holds a probe of the same size: means over ranks are the probe's
+        means = all_reduce_mean(torch.stack([a.double().mean(), b.double().mean(), d.mean(), (d * d).mean()]))
+        loss_flip, loss_instead, mean, square = (float(m) for m in means)
+        n = len(d) * get_world_size()
+        var = max(square - mean * mean, 0.0) * n / max(n - 1, 1)  # of d, unbiased
         ok = mean + self.margin * (var / n) ** 0.5 <= 0.0
         self.trials += 1
         self.rejected += int(not ok)
