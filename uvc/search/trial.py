@@ -12,16 +12,17 @@ training images:
              per MAC removed (uvc.deploy.fit) until it costs no more than the flip
 
 Both are evaluated deterministically (eval mode, hard masks) on the same probe, image
-by image: with d_i = CE_i(flip) - CE_i(instead) over the n probe images, the drop stands when
+by image: with d_i = CE_i(flip) - CE_i(instead) over the n probe images, the drop
+stands when
 
     mean(d) + margin * std(d) / sqrt(n) <= 0
 
 (--trial_margin, in paired standard errors; 0: its cross-entropy is not higher). Near the
 dense model both moves cost almost nothing and mean(d) is probe noise; a margin keeps the
-move fine-tuning recovers best (groups) unless the probe shows the drop is cheaper. Block skips are tried the same
-way (--skip_probe): the gate update prices a skip by normalised gradients, not against
-what its MACs would cost taken from the groups, and untried skips cost top-1 that
-fine-tuning did not bring back (docs/design.md). Without pruning (gates or patches
+move fine-tuning recovers best (groups) unless the probe shows the drop is cheaper.
+Block skips are tried the same way (--skip_probe): the gate update prices a skip by
+normalised gradients, not against what its MACs would cost taken from the groups, and
+untried skips cost top-1 that fine-tuning did not bring back (docs/design.md). Without pruning (gates or patches
 only) there is nothing to compare with and every move stands.
 """
 from typing import Dict
