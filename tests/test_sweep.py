@@ -89,7 +89,8 @@ def test_flags_are_checked():
                 ["--ablations", "--budgets", "0.5"], ["--ablations", "--match", "latency"],  # a flag of the other mode
                 ["--match", "speed"], ["--match", "macs,speed"], ["--match", ","],
                 ["--ablations", "--match", "macs,latency"], ["--dataset", "cifar10"],  # cifar10 needs --config
-                ["--ablations", "--ablation_rows", "UVC w/o skips"], ["--ablation_rows", "UVC"]):
+                ["--ablations", "--ablation_rows", "UVC w/o skips"], ["--ablation_rows", "UVC"],
+                ["--prune_only"], ["--prune_only", "--match", "macs,latency"]):  # matching needs latency alone
         with pytest.raises(SystemExit):
             sweep.parse_args(bad)
 
