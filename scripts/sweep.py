@@ -250,15 +250,29 @@ def latency_flags(args) -> List[str]:
     return ["--budget_metric", "latency", "--latency_cache", os.path.join(args.cache_dir, "latency")]
 
 
+def run_folder(args, budget: float, seed: int, latency: bool) -> str:
+    """The folder of one budget and seed (under --match latency its own), one sub-folder per method."""
+    return os.path.join(args.run_dir, f"budget{budget}_seed{seed}" + ("_latency" if latency else ""))
+
+
+def uvc_targets(uvc: dict, dense) -> tuple:
+    """UVC's MACs ratio by its formula (the one-shot peers' target) and by fvcore (Torch-Pruning's)."""
+    return stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["after"], dense)
+
+
+def peer_flags(name: str) -> tuple:
+    return LOCAL_MAGNITUDE_FLAGS if "local" in name else ()
+
+
 def peers(bench: Bench, methods: List[str], teacher: str, folder: str, uvc: dict, dense, seed: int,
           match: str = "macs") -> List[dict]:
     """The peer runs matched to the UVC run `uvc`: at its MACs (by UVC's formula for the one-shot peers,
     by fvcore for Torch-Pruning, which also shrinks q and k), or at its measured latency ratio."""
-    target, tp_target = stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["after"], dense)
+    target, tp_target = uvc_targets(uvc, dense)
     out = []
     for name in methods:
         path = os.path.join(folder, slug(name))
-        flags = LOCAL_MAGNITUDE_FLAGS if "local" in name else ()
+        flags = peer_flags(name)
         if name == "UVC":
             continue
         if match == "latency":
@@ -291,7 +305,7 @@ def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
         joint = latency_flags(args) if match == "latency" else []
         for seed in args.seeds:
             for budget in args.budgets:
-                folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}" + ("_latency" if joint else ""))
+                folder = run_folder(args, budget, seed, bool(joint))
                 uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, joint)
                 runs += [dict(r, budget=budget, seed=seed, match=match)
                          for r in [uvc] + peers(bench, args.methods, teacher, folder, uvc, dense, seed, match)]
@@ -304,13 +318,12 @@ def matches(args, bench: Bench, teacher: str, dense) -> str:
     lines = []
     for seed in args.seeds:
         for budget in args.budgets:
-            folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}_latency")
+            folder = run_folder(args, budget, seed, True)
             uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, latency_flags(args))
-            targets = (stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["after"], dense))
+            targets = uvc_targets(uvc, dense)
             for name in args.methods[1:]:
-                flags = LOCAL_MAGNITUDE_FLAGS if "local" in name else ()
                 found = latency_target(bench, name, teacher, os.path.join(folder, slug(name)), uvc, dense, seed,
-                                       targets, flags)
+                                       targets, peer_flags(name))
                 lines.append([name, f"{budget}", f"{seed}", f"{found['target']:.4f}", f"{found['latency_ratio']:.3f}",
                               f"{found['uvc_latency_ratio']:.3f}", "yes" if found["matched"] else "no",
                               f"{len(found['tries'])}"])
@@ -321,7 +334,7 @@ def matches(args, bench: Bench, teacher: str, dense) -> str:
 def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
     runs, budget = [], args.ablation_budget
     for seed in args.seeds:
-        folder = os.path.join(args.run_dir, f"budget{budget}_seed{seed}")
+        folder = run_folder(args, budget, seed, False)
         searched = [bench.uvc(name, teacher, os.path.join(folder, slug(name)), budget, seed, joint, post)
                     for name, (joint, post) in ((n, ABLATIONS[n]) for n in args.ablation_rows)]
         greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed)[0]  # at UVC's MACs
