@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from scripts import sweep
+from scripts import sweep, sweep_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,14 +24,14 @@ def row(method, top1, best=None, seed=730, budget=0.4, match="macs", **extra):
 
 def test_ablation_table_pools_the_seeds_of_a_row():
     result = {"seeds": [730, 731], "rows": [row("UVC", 97.1, 97.5, seed=730), row("UVC", 96.8, 97.0, seed=731),
-                                            row(sweep.NO_SEARCH, 95.0, seed=730), row(sweep.NO_SEARCH, 95.5, seed=731)]}
+                                            row(sweep_args.NO_SEARCH, 95.0, seed=730), row(sweep_args.NO_SEARCH, 95.5, seed=731)]}
     lines = sweep.ablation_table(result).splitlines()
     assert lines[0].startswith("| method | top-1 at the last FT epoch (%), mean (min-max) over seeds 730, 731 | "
                                "top-1 at the best FT epoch (%), mean (min-max) over seeds 730, 731 |")
     assert len(lines) == 4
     assert lines[2] == ("| UVC | 96.95 (96.80-97.10) | 97.25 (97.00-97.50) | 86.95 (86.80-87.10) | 0.400 | 1.50x | "
                         "1/2/3/400/5; 1/2/3/400/5 |")
-    assert lines[3].startswith(f"| {sweep.NO_SEARCH} | 95.25 (95.00-95.50) |")
+    assert lines[3].startswith(f"| {sweep_args.NO_SEARCH} | 95.25 (95.00-95.50) |")
 
 
 def test_sweep_table_orders_by_match_and_budget_with_the_teacher_first():
@@ -77,12 +77,12 @@ def test_flags_are_checked():
     assert (sweep.bench_of(given).joint_extra, sweep.bench_of(given).post_extra) == (["--epochs", "2"], ["--epochs", "3"])
     assert sweep.bench_of(sweep.parse_args(["--dataset", "digits"])).post_extra == ["--epochs", "30"]
     assert args.seeds == [730]
-    assert (args.log_dir, args.figs_dir) == (sweep._path("log"), sweep._path("Figs"))  # the demos' results go there
+    assert (args.log_dir, args.figs_dir) == (sweep_args._path("log"), sweep_args._path("Figs"))  # the demos' results go there
     assert sweep.parse_args(["--ablations"]).seeds == [730, 731]
     assert sweep.parse_args(["--seeds", "1,2,3"]).seeds == [1, 2, 3]
     assert sweep.parse_args(["--match", "macs,latency"]).match == ["macs", "latency"]  # both, one table
     assert args.match == ["macs"] and sweep.parse_args(["--match", "latency,latency"]).match == ["latency"]
-    assert sweep.parse_args(["--ablations"]).ablation_rows == list(sweep.ABLATIONS)
+    assert sweep.parse_args(["--ablations"]).ablation_rows == list(sweep_args.ABLATIONS)
     assert sweep.parse_args(["--ablations", "--ablation_rows", "UVC w/o importance term"]).ablation_rows == \
         ["UVC", "UVC w/o importance term"]  # UVC is the row every other one is read against
     for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"], ["--finetune_epochs", "0"],
@@ -114,7 +114,7 @@ def test_sweep_and_ablations_smoke(tmp_path):
     assert {"teacher_top1", "finetune_epochs", "seeds", "rows"} <= set(result)
     teacher_row = f"| dense teacher |  | 1.0 | {result['teacher_top1']:.2f} | {result['teacher_top1']:.2f} | 1.000"
     assert result["teacher_top1"] > 10.0 and teacher_row in (tmp_path / "log" / "mnist_sweep.md").read_text()
-    assert [r["method"] for r in result["rows"]] == list(sweep.DEFAULT_METHODS)
+    assert [r["method"] for r in result["rows"]] == list(sweep_args.DEFAULT_METHODS)
     for r in result["rows"]:
         assert SWEEP_KEYS <= set(r) and r["budget"] == 0.4
     uvc = result["rows"][0]["macs_ratio"]
@@ -127,7 +127,7 @@ def test_sweep_and_ablations_smoke(tmp_path):
                      "--threads", "1", *dirs)
     assert out.count("(reused: completed before") == 4  # UVC stages 1 and 2, greedy fit and its stage 2
     result = json.loads((tmp_path / "log" / "mnist_ablations.json").read_text())
-    assert [r["method"] for r in result["rows"]] == list(sweep.ABLATIONS) + [sweep.NO_SEARCH]
+    assert [r["method"] for r in result["rows"]] == list(sweep_args.ABLATIONS) + [sweep_args.NO_SEARCH]
     assert all(SWEEP_KEYS <= set(r) for r in result["rows"])
     assert "seed 730" in (tmp_path / "log" / "mnist_ablations.md").read_text()
 

@@ -16,7 +16,7 @@ from baselines.macs import fvcore_macs
 from engine.entry import run_entry
 from models import create_model
 from models.compact import load_compact
-from scripts import pipeline, sweep
+from scripts import pipeline, sweep, sweep_args
 from scripts.latency_match import match_latency, next_target
 
 DEIT = "deit_tiny_patch16_224"
@@ -75,13 +75,13 @@ def user_flags(tree, tmp_path):
 def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in_process, one_thread):
     teacher = dense_file(tmp_path)
     sweep.main(user_flags(tree, tmp_path) + ["--teacher", teacher, "--budgets", "0.5", "--threads", "0",
-                                             "--methods", ",".join(sweep.METHODS)])
+                                             "--methods", ",".join(sweep_args.METHODS)])
     assert not [c for c in in_process if any(a.endswith(":dense") for a in c)]  # no teacher run
     for cmd in in_process:  # the user's data and size reach every stage and method
         assert "--input_size" in cmd and str(tree) in cmd, cmd
     result = json.loads((tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").read_text())
     assert {"teacher_top1", "finetune_epochs", "seeds", "rows"} <= set(result) and result["seeds"] == [730]
-    assert [r["method"] for r in result["rows"]] == list(sweep.METHODS)
+    assert [r["method"] for r in result["rows"]] == list(sweep_args.METHODS)
     dense = create_model(DEIT, num_classes=CLASSES, img_size=SIZE)
     for r in result["rows"]:
         assert {"method", "budget", "match", "seed", "top1_last", "top1_best", "macs_ratio", "speedup_b64"} <= set(r)
