@@ -29,10 +29,11 @@ uvc_latency_ratio, matched, macs_target, match_tries and tries) under --log_dir,
 Ablations (--ablations), at budget 0.4 over --seeds (730,731; one teacher): UVC; UVC without
 block gates, without patch gates, without head/dim/neuron pruning (gates and patches only),
 without distillation, without the patch trial (--patch_probe 0), without the skip trial
-(--skip_probe 0), without the importance term (y = p = 0 and no dual step), with the freeze's
-greedy fit (--greedy_fit 1); and no search at all (the greedy fit at the MACs of that seed's UVC
-model). --ablation_rows picks some of the rows (UVC and the greedy fit always run; with --resume
-and the sweep's --run_dir they are the sweep's own runs). Writes <name>_ablations.md / .json.
+(--skip_probe 0), without the importance term (y = p = 0 and no dual step), with a trial margin of
+two standard errors (--trial_margin 2), with the freeze's greedy fit (--greedy_fit 1); and no
+search at all (the greedy fit at the MACs of that seed's UVC model). --ablation_rows picks some of
+the rows (UVC and the greedy fit always run; with --resume and the sweep's --run_dir they are the
+sweep's own runs). Writes <name>_ablations.md / .json.
 
 Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every command run is
 printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).

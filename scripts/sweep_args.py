@@ -21,6 +21,7 @@ ABLATIONS = {
     "UVC w/o distillation": (["--distillation-type", "none"], ["--distillation-type", "none"]),
     "UVC w/o patch trial": (["--patch_probe", "0"], []),
     "UVC w/o skip trial": (["--skip_probe", "0"], []),
+    "UVC with trial margin 2": (["--trial_margin", "2"], []),
     "UVC w/o importance term": (IMPORTANCE_OFF, []),
     "UVC with the greedy fit": (["--greedy_fit", "1"], []),
 }
