@@ -96,8 +96,11 @@ def main(argv=None) -> int:
     p.add_argument("--before", nargs="+", required=True, help="run directories written by the code before")
     p.add_argument("--after", nargs="+", required=True, help="run directories written by the code after")
     p.add_argument("--before_commit", required=True, help="the commit the --before cells were run at")
-    p.add_argument("--tuned_budgets", type=lambda t: [float(b) for b in t.split(",")], default=[0.3, 0.5])
-    p.add_argument("--tuned_seeds", type=lambda t: [int(s) for s in t.split(",")], default=[730, 731])
+    p.add_argument("--tuned_budgets", type=lambda t: [float(b) for b in t.split(",") if b.strip()], default=[0.3, 0.5],
+                   help="budgets the change was decided on ('': none of these cells, e.g. a change tuned on "
+                        "another data set)")
+    p.add_argument("--tuned_seeds", type=lambda t: [int(s) for s in t.split(",") if s.strip()], default=[730, 731],
+                   help="seeds the change was decided on ('': none)")
     p.add_argument("--out", default="log/default_change", help="writes <out>.json and <out>.md")
     args = p.parse_args(argv)
     before, after = {}, {}
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
     text = (f"Produced by `{command.strip()}`.\n\nThe default search at commit {args.before_commit} (before) and "
             f"after the change, on the same cells (scripts/default_change.py): top-1 in % at stage 2's last and "
             f"best epoch, the landing gap |searched ratio - B|, and the compact models' speedups at batch 64, "
-            f"timed side by side per cell.\n\n{summary(rows, tuned)}\n")
+            f"timed side by side per cell. {sum(r['same_shape'] for r in rows)} of {len(rows)} cells ended at the "
+            f"same architecture before and after.\n\n{summary(rows, tuned)}\n")
     write_result(args.out, text, {"command": command.strip(), "before_commit": args.before_commit, "cells": rows})
     print(summary(rows, tuned))
     return 0

@@ -218,3 +218,24 @@ def test_the_committed_skip_trial_is_what_the_docs_show():
         top1 = _mean([d["top1_last"] - u["top1_last"] for d, u in pairs])
         speed = _mean([d["speedup_b64"] / u["speedup_b64"] - 1 for d, u in pairs])
         assert f"{top1:+.2f} top-1" in readme and f"{speed:+.1%} speed" in readme, (name, top1, speed)
+
+
+def test_the_committed_trial_margin_record_is_what_the_design_doc_shows():
+    """log/trial_margin.json: the default (margin 0) against the same code with --trial_margin 2 as its default,
+    on the ledger's 8 cells, none of which the margin was tried on (`--tuned_budgets ''`). docs/design.md shows
+    its summary line for line and reads it: top-1 inside 0.1 on average, slower."""
+    from scripts import default_change
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "log", "trial_margin.json")) as f:
+        record = json.load(f)
+    cells = record["cells"]
+    assert not any(c["tuned"] for c in cells) and {(c["model"], c["budget"], c["seed"]) for c in cells} == {
+        (m, b, s) for m in ("deit_tiny@32", "digits") for b in (0.3, 0.5) for s in (730, 731)}
+    with open(os.path.join(root, "docs", "design.md")) as f:
+        doc = f.read()
+    for line in default_change.summary(cells, lambda c: c["tuned"]).splitlines():
+        assert line in doc, line
+    assert record["command"] in " ".join(doc.split()) and "--tuned_budgets ''" in record["command"]
+    top1 = _mean([c["after"]["top1_last"] - c["before"]["top1_last"] for c in cells])
+    speed = _mean([c["after"]["speedup_b64"] / c["before"]["speedup_b64"] - 1 for c in cells])
+    assert abs(top1) < 0.1 and speed < 0 and "Inside the noise in top-1 and slower" in " ".join(doc.split())
