@@ -1,6 +1,6 @@
 """scripts/mutation.py's bookkeeping: a listed mutant is recognised by its name and its mutated line, and
 the unit-test selections leave out only the named end-to-end runs."""
-from scripts import mutation
+from scripts import mutation, mutation_tables
 
 DIFF = """--- uvc/x.py
 +++ uvc/x.py
@@ -20,10 +20,10 @@ def test_a_survivor_is_listed_only_by_its_name_and_its_mutated_line():
 
 
 def test_the_unit_test_selections_are_every_test_of_the_file_but_the_whole_runs():
-    rules = [t.split("::")[1] for t in mutation.RULES_UNIT_TESTS]
+    rules = [t.split("::")[1] for t in mutation_tables.RULES_UNIT_TESTS]
     assert "test_digits_search_with_rules_logs_them_and_resumes_exactly" not in rules
     assert "test_no_gate_safety_moves_gates_to_the_end_of_the_search" in rules and len(rules) >= 16
-    control = [t.split("::")[1] for t in mutation.CONTROL_UNIT_TESTS]
+    control = [t.split("::")[1] for t in mutation_tables.CONTROL_UNIT_TESTS]
     assert "test_run_length_invariance" not in control and "test_the_collapse_is_gone" not in control
     assert "test_one_update_flips_at_most_one_block" in control
-    assert all(t.startswith("tests/test_search_control.py::test_") for t in mutation.CONTROL_UNIT_TESTS)
+    assert all(t.startswith("tests/test_search_control.py::test_") for t in mutation_tables.CONTROL_UNIT_TESTS)
