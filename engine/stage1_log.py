@@ -74,6 +74,18 @@ def log_latency_check(logger: RunLogger, fit: dict, budget: float) -> None:
                        f"fit cannot reach it; a higher --latency_check allows more fits")
 
 
+def warn_if_timed_off_budget(logger: RunLogger, fit: dict, budget: float) -> None:
+    """A search exported as it ended whose frozen model, timed whole against the dense one, is more than 10%
+    off a latency budget: the table's parts, timed alone, did not add up to the whole model here. Loud."""
+    measured = fit.get("measured_latency_ratio")
+    if measured is None or abs(measured - budget) <= 0.1 * budget:
+        return
+    logger.warning(f"WARNING: the frozen model takes {measured:.3f} of the dense model's time, more than 10% off "
+                   f"budget {budget} (the latency table estimated {fit['latency_ratio']:.3f}) and is exported as "
+                   f"searched: --greedy_fit 1 refits it to the measured time (--latency_check fits), or measure "
+                   f"the table on a quiet machine (--latency_cache)")
+
+
 def log_frozen(logger: RunLogger, fit: dict, budget: float, top1: float) -> None:
     """One line on the frozen architecture: what the greedy fit did, or (a search exported as it ended) how far the
     search ended from the budget and what the fit would have changed."""
@@ -135,6 +147,7 @@ def log_freeze(logger: RunLogger, fit: dict, budget, top1: float, teacher_top1) 
     log_latency_check(logger, fit, float(budget))
     if fit.get("exported_as_searched"):
         warn_if_off_budget(logger, fit, float(budget))
+        warn_if_timed_off_budget(logger, fit, float(budget))
     if fit.get("fit_window") == "missed" and (fit["round_to"] > 1 or metric != "macs"):
         logger.warning(f"WARNING: the frozen architecture's {metric} ratio {fit[metric + '_ratio']:.4f} is outside "
                        f"[budget - 0.03, budget + 0.01] of budget {budget}: the greedy fit (MLP widths and "

@@ -132,6 +132,27 @@ def test_latency_check_warns_more_than_ten_percent_off(tmp_path, capsys, measure
         assert err == [] and _warnings(tmp_path) == []
 
 
+@pytest.mark.parametrize("measured,warned", [(0.5 * 1.1 + 1e-6, True), (0.5 * 0.9 - 1e-6, True),
+                                             (0.5 * 1.1 - 1e-6, False), (0.5, False), (None, False)])
+def test_a_search_exported_as_searched_timed_more_than_ten_percent_off_is_a_warning(tmp_path, capsys, measured,
+                                                                                   warned):
+    """README: a result still more than 10% off the budget is a WARNING, also when the search is exported as it
+    ended (the default), where the frozen model is timed whole once and not refitted."""
+    logger = RunLogger(str(tmp_path))
+    fit = {"exported_as_searched": True, "budget_metric": "latency", "budget_gap": 0.0, "latency_ratio": 0.5,
+           "searched_latency_ratio": 0.5, "macs_ratio": 0.6, "greedy_would_change_frac": 0.0}
+    if measured is not None:
+        fit["measured_latency_ratio"] = measured
+    stage1_log.log_freeze(logger, fit, 0.5, 97.0, 98.0)
+    logger.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    if warned:
+        assert len(err) == 1 and "more than 10% off budget 0.5" in err[0] and "--greedy_fit 1" in err[0]
+        assert _warnings(tmp_path) == err
+    else:
+        assert err == [] and _warnings(tmp_path) == []
+
+
 @pytest.mark.parametrize("gap,warned", [(-0.05, False), (-0.05 - 1e-6, True), (0.02, False), (0.02 + 1e-6, True),
                                         (0.0, False)])
 def test_a_search_exported_outside_its_landing_window_is_a_warning(tmp_path, capsys, gap, warned):
