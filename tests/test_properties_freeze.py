@@ -101,6 +101,15 @@ def _warnings(folder) -> list:
         return [json.loads(line)["warning"] for line in f if "warning" in json.loads(line)]
 
 
+def _assert_warned(tmp_path, capsys, warned: bool, *fragments: str) -> None:
+    """One WARNING line on stderr holding every fragment, the same in log.jsonl; or none anywhere."""
+    err = capsys.readouterr().err.strip().splitlines()
+    if warned:
+        assert len(err) == 1 and all(f in err[0] for f in fragments) and _warnings(tmp_path) == err
+    else:
+        assert err == [] and _warnings(tmp_path) == []
+
+
 @pytest.mark.parametrize("top1,warned", [(39.99, True), (40.0, False), (80.0, False)])
 def test_collapse_warning_under_half_the_teacher(tmp_path, capsys, top1, warned):
     """README: when stage 1 ends under half the dense model's top-1, a WARNING line goes to stderr
@@ -125,11 +134,7 @@ def test_latency_check_warns_more_than_ten_percent_off(tmp_path, capsys, measure
            "measured_latency_ratio": measured}
     stage1_log.log_latency_check(logger, fit, 0.5)
     logger.close()
-    err = capsys.readouterr().err.strip().splitlines()
-    if warned:
-        assert len(err) == 1 and "more than 10% off budget 0.5" in err[0] and _warnings(tmp_path) == err
-    else:
-        assert err == [] and _warnings(tmp_path) == []
+    _assert_warned(tmp_path, capsys, warned, "more than 10% off budget 0.5")
 
 
 @pytest.mark.parametrize("measured,warned", [(0.5 * 1.1 + 1e-6, True), (0.5 * 0.9 - 1e-6, True),
@@ -145,12 +150,7 @@ def test_a_search_exported_as_searched_timed_more_than_ten_percent_off_is_a_warn
         fit["measured_latency_ratio"] = measured
     stage1_log.log_freeze(logger, fit, 0.5, 97.0, 98.0)
     logger.close()
-    err = capsys.readouterr().err.strip().splitlines()
-    if warned:
-        assert len(err) == 1 and "more than 10% off budget 0.5" in err[0] and "--greedy_fit 1" in err[0]
-        assert _warnings(tmp_path) == err
-    else:
-        assert err == [] and _warnings(tmp_path) == []
+    _assert_warned(tmp_path, capsys, warned, "more than 10% off budget 0.5", "--greedy_fit 1")
 
 
 @pytest.mark.parametrize("gap,warned", [(-0.05, False), (-0.05 - 1e-6, True), (0.02, False), (0.02 + 1e-6, True),
@@ -161,12 +161,7 @@ def test_a_search_exported_outside_its_landing_window_is_a_warning(tmp_path, cap
     fit = {"exported_as_searched": True, "budget_metric": "macs", "budget_gap": gap}
     stage1_log.warn_if_off_budget(logger, fit, 0.5)
     logger.close()
-    err = capsys.readouterr().err.strip().splitlines()
-    if warned:
-        assert len(err) == 1 and "outside [budget - 0.05, budget + 0.02]" in err[0] and "--greedy_fit 1" in err[0]
-        assert _warnings(tmp_path) == err
-    else:
-        assert err == [] and _warnings(tmp_path) == []
+    _assert_warned(tmp_path, capsys, warned, "outside [budget - 0.05, budget + 0.02]", "--greedy_fit 1")
 
 
 DIGITS = ["--config", "configs/digits_demo.py", "--model_type", "vit_digits_patch2_8", "--max_steps_per_epoch", "2",
