@@ -2,6 +2,7 @@
 (keys and positive numbers only: no timing asserts on a shared machine)."""
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -157,6 +158,48 @@ def test_speed_table_sets_the_latency_estimate_against_the_sessions_median():
     text = script.latency_table_md([{"name": "a"}, {"name": "b", "latency_ms": ms}], 64)
     assert "| b | 1000.0 | 1200.0 | 900.0 | 500.0 | 550.0 | 0.909 |" in text and "| a |" not in text
     assert script.latency_table_md([{"name": "a"}], 64) == ""
+
+
+def test_latency_model_check_prices_random_architectures_against_their_timing(tmp_path):
+    """scripts/latency_model_check.py: every seed a session of its own; each architecture keeps its share of
+    the patches, and its errors are its estimates (token ladder and N0 only) over its timed ratio."""
+    script = load_script("latency_model_check")
+    out = tmp_path / "check"
+    assert script.main(["--model_type", "vit_digits_patch2_8", "--archs", "4", "--seeds", "0,1", "--repeats", "1",
+                        "--batch_size", "2", "--out", str(out)]) == 0
+    sessions = json.loads((tmp_path / "check.json").read_text())["sessions"]
+    assert [s["seed"] for s in sessions] == [0, 1] and sessions[0]["format"] == "uvc-latency-v3"
+    for session in sessions:
+        assert [r["patches_kept"] for r in session["rows"]] == [16, 12, 8, 5]  # KEEPS of 16 patches
+        for row in session["rows"]:
+            assert row["measured"] > 0 and set(row["estimated"]) == {"ladder", "n0"}
+            for model, estimate in row["estimated"].items():
+                assert row["error"][model] == pytest.approx(estimate / row["measured"] - 1)
+    assert sessions[0]["rows"][1]["blocks"] != sessions[1]["rows"][1]["blocks"]  # the seed draws the archs
+    text = (tmp_path / "check.md").read_text()
+    assert "| 5/16 | 2 |" in text and text.count("\n| 1 |") == 4  # the summary pools both sessions
+    with pytest.raises(SystemExit):
+        script.parse_args(["--seeds", "0,x"])
+
+
+@pytest.mark.parametrize("name, model", [("mnist", "MNIST ViT"), ("digits", "digits ViT"), ("deit_tiny", "DeiT-Tiny")])
+def test_the_committed_latency_checks_are_what_the_design_doc_shows(name, model):
+    """docs/design.md's table of the cost model's error: each row's medians range over the shares of patches
+    kept, recomputed from the committed record, and the record's command is the script's."""
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "log" / f"latency_model_check_{name}.json").read_text())
+    assert record["command"].startswith("python scripts/latency_model_check.py")
+    by_keep = {}
+    for session in record["sessions"]:
+        for row in session["rows"]:
+            by_keep.setdefault(row["patches_kept"], []).append(row["error"])
+    medians = {m: [100 * statistics.median(abs(e[m]) for e in errors) for errors in by_keep.values()]
+               for m in ("ladder", "n0")}
+    cells = {m: f"{min(v):.1f}-{max(v):.1f}%" for m, v in medians.items()}
+    row = next(line for line in (root / "docs" / "design.md").read_text().splitlines() if line.startswith(f"| {model}"))
+    sessions, archs = len(record["sessions"]), len(record["sessions"][0]["rows"])
+    assert f"({sessions} x {archs})" in row
+    assert f"| {cells['ladder']} | {cells['n0']} | `log/latency_model_check_{name}.md` |" in row
 
 
 def test_latency_stability_times_parts_and_wholes_in_separate_sessions(tmp_path):

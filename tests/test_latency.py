@@ -30,24 +30,28 @@ QKV, PROJ, MLP, NORMS, OUTSIDE = 2e-6, 3e-6, 2e-6, 1e-5, 1e-4
 QK, AV, SOFTMAX = 1e-6, 1e-6, 1e-5
 
 
-def fake_table(dims: ViTDims, noisy: bool = False, glue: float = 1.0, dense: float = None) -> dict:
+def fake_table(dims: ViTDims, noisy: bool = False, glue: float = 1.0, dense: float = None, fixed: float = 0.0) -> dict:
     """A table as uvc.cost.latency_table writes it, from the coefficients above (widths on its grids); its
-    whole blocks take `glue` times the sum of their parts; the dense model `dense` (default: its parts
-    and the outside, so that R(dense) = 1 with glue 1)."""
+    whole blocks, at every token count of the token ladder, take `glue` times the sum of their parts plus
+    `fixed` (a per-block cost that does not shrink with the tokens); outside the blocks OUTSIDE x f; the
+    dense model `dense` (default: its blocks and the outside, so that R(dense) = 1 with glue 1)."""
     H, d, n = dims.num_heads, dims.head_dim, dims.num_patches + dims.num_prefix_tokens
     line = lambda full, a: {"width": latency_table.width_grid(full),  # noqa: E731
                             "time": [a * w for w in latency_table.width_grid(full)]}
     hs, dvs = latency_table.heads_grid(H), latency_table.width_grid(d)
     attention = [[h * (SOFTMAX + QK * d + AV * v) if h and v else 0.0 for v in dvs] for h in hs]
-    ladder = list(zip(latency_table.ladder(d), latency_table.ladder(dims.mlp_hidden)))
-    blocks = {"heads": [H] * len(ladder), "value_dim": [v for v, _ in ladder], "mlp": [m for _, m in ladder],
-              "time": [glue * by_hand(dims, n, H, v, m) for v, m in ladder]}
-    whole = dims.depth * glue * by_hand(dims, n, H, d, dims.mlp_hidden) + OUTSIDE
+    tokens = latency_table.token_ladder(n, dims.num_prefix_tokens)
+    ladder = [(t, v, m) for t in tokens for v, m in zip(latency_table.ladder(d), latency_table.ladder(dims.mlp_hidden))]
+    blocks = {"tokens": [t for t, _, _ in ladder], "heads": [H] * len(ladder), "value_dim": [v for _, v, _ in ladder],
+              "mlp": [m for _, _, m in ladder],
+              "time": [glue * by_hand(dims, t, H, v, m) + fixed for t, v, m in ladder]}
+    whole = dims.depth * (glue * by_hand(dims, n, H, d, dims.mlp_hidden) + fixed) + OUTSIDE
     table = {"format": FORMAT, "device": "cpu", "device_name": "synthetic", "threads": 1, "batch_size": 64,
              "amp": False, "sizes": table_sizes(dims),
              "seconds": {"qkv": line(3 * H * d, QKV), "proj": line(H * d, PROJ), "mlp": line(dims.mlp_hidden, MLP),
                          "attention": {"heads": hs, "value_dim": dvs, "time": attention}, "blocks": blocks,
-                         "block_overhead": NORMS, "outside_blocks": OUTSIDE,
+                         "block_overhead": NORMS, "outside_blocks": {"tokens": tokens,
+                                                                     "time": [OUTSIDE * t / n for t in tokens]},
                          "dense_model": whole if dense is None else dense}}
     if noisy:  # a dip the monotone fit must flatten
         table["seconds"]["mlp"]["time"][3] *= 0.5
@@ -140,6 +144,85 @@ def test_a_first_format_table_is_read_as_it_was_searched(tiny):
     table["format"] = FORMAT  # the current format needs its ladder
     with pytest.raises(LatencyTableError, match="no block ladder"):
         LatencyCost(dims, table)
+
+
+def test_a_second_format_table_is_read_as_it_was_searched(tiny):
+    """uvc-latency-v2 (ladder at N0 only, one outside time): g of the parts scaled by f = N / N0."""
+    _, dims, _ = tiny
+    n = dims.num_patches + dims.num_prefix_tokens
+    table = fake_table(dims, glue=1.25)
+    blocks = table["seconds"]["blocks"]
+    at_n0 = [i for i, t in enumerate(blocks.pop("tokens")) if t == n]
+    table["seconds"]["blocks"] = {k: [v[i] for i in at_n0] for k, v in blocks.items()}
+    table["seconds"]["outside_blocks"] = OUTSIDE
+    table["format"] = "uvc-latency-v2"
+    cost = LatencyCost(dims, table)
+    assert cost.block(n - 5, 2, 24, 50) == pytest.approx(1.25 * by_hand(dims, n - 5, 2, 12, 50), rel=1e-4)
+    assert cost.embed(n - 6) == pytest.approx(OUTSIDE * (n - 5) / n)
+
+
+def test_blocks_are_priced_at_the_token_counts_they_were_timed_at(tiny):
+    """A per-block cost that does not shrink with the tokens (`fixed`): on the token ladder a block costs what
+    it was timed at, not its N0 time scaled by f; between two token counts, the line between them."""
+    _, dims, _ = tiny
+    fixed = 2e-4
+    cost = LatencyCost(dims, fake_table(dims, fixed=fixed))
+    n = dims.num_patches + dims.num_prefix_tokens
+    ladder = latency_table.token_ladder(n, dims.num_prefix_tokens)
+    for tokens in ladder:
+        full = by_hand(dims, tokens, 2, 16, 128) + fixed
+        assert cost.block(tokens, 2, 32, 128) == pytest.approx(full, rel=1e-4)
+        t = cost.block(torch.tensor(float(tokens)), torch.tensor(2.0), torch.tensor(32.0), torch.tensor(128.0))
+        assert float(t) == pytest.approx(full, rel=1e-4)
+    lo, hi = ladder[2], ladder[3]
+    middle = (lo + hi) / 2
+    line = (cost.block(lo, 2, 32, 128) + cost.block(hi, 2, 32, 128)) / 2
+    assert cost.block(middle, 2, 32, 128) == pytest.approx(line, rel=1e-6)
+    tokens = torch.tensor(float(middle), requires_grad=True)
+    t = cost.block(tokens, torch.tensor([2.0]), torch.tensor([32.0]), torch.tensor([128.0]))
+    assert float(t.detach()) == pytest.approx(line, rel=1e-6)
+    t.sum().backward()
+    slope = (cost.block(hi, 2, 32, 128) - cost.block(lo, 2, 32, 128)) / (hi - lo)
+    assert float(tokens.grad) == pytest.approx(slope, rel=1e-4) and slope > 0
+    # the old model's price of half the tokens: f = 1/2 of the N0 time would miss half the fixed cost
+    half = ladder[3]
+    scaled = cost.block(n, 2, 32, 128) * half / n
+    assert cost.block(half, 2, 32, 128) > scaled + 0.4 * fixed
+
+
+def test_outside_the_blocks_is_interpolated_over_the_token_counts(tiny):
+    _, dims, _ = tiny
+    table = fake_table(dims)
+    outside = table["seconds"]["outside_blocks"]
+    outside["time"] = [OUTSIDE * (1 + t / 100) for t in outside["tokens"]]
+    cost = LatencyCost(dims, table)
+    prefix = dims.num_prefix_tokens
+    for patches in (3, 7.5, 16):
+        assert cost.embed(patches) == pytest.approx(OUTSIDE * (1 + (patches + prefix) / 100), rel=1e-4)
+    p = torch.tensor(7.5, requires_grad=True)
+    cost.embed(p).backward()
+    assert float(p.grad) == pytest.approx(OUTSIDE / 100, rel=1e-3)
+
+
+def test_blocks_timed_faster_at_more_tokens_are_averaged_not_lifted(tiny):
+    """Blocks timed faster at N0 than at the token count below: each rung's two times get their mean (least
+    squares), so N0 is not priced at the slower time (a running maximum would), and more tokens never cost less."""
+    _, dims, _ = tiny
+    n = dims.num_patches + dims.num_prefix_tokens
+    table = fake_table(dims)
+    blocks = table["seconds"]["blocks"]
+    below = sorted(set(blocks["tokens"]))[-2]
+    at_n0 = [i for i, t in enumerate(blocks["tokens"]) if t == n]
+    under = [i for i, t in enumerate(blocks["tokens"]) if t == below]
+    for i, j in zip(at_n0, under):  # every rung at N0 20% faster than at the count below
+        blocks["time"][i] = 0.8 * blocks["time"][j]
+    under = under[-1]  # the full-width block
+    cost = LatencyCost(dims, table)
+    mean = 0.9 * blocks["time"][under]
+    assert cost.block(n, 2, 32, 128) == pytest.approx(mean, rel=1e-4)
+    assert cost.block(below, 2, 32, 128) == pytest.approx(mean, rel=1e-4)
+    times = [cost.block(t, 2, 32, 128) for t in range(2, n + 1)]
+    assert all(b >= a for a, b in zip(times, times[1:]))
 
 
 def test_the_table_is_made_monotone():
@@ -302,9 +385,12 @@ def test_measurement_runs_and_gives_a_table_of_the_right_shape(tiny):
     assert len(att["time"]) == 3 and all(len(row) == len(att["value_dim"]) for row in att["time"])
     assert att["time"][0] == [0.0] * len(att["value_dim"]) and all(row[0] == 0.0 for row in att["time"])
     assert all(t > 0 for row in att["time"][1:] for t in row[1:])
-    ladder = s["blocks"]  # whole blocks: all heads, value dims and MLP width at k/8 of full
-    assert ladder["heads"] == [2] * 8 and ladder["value_dim"] == [2, 4, 6, 8, 10, 12, 14, 16]
-    assert ladder["mlp"] == [16, 32, 48, 64, 80, 96, 112, 128] and all(t > 0 for t in ladder["time"])
+    ladder = s["blocks"]  # whole blocks: all heads, value dims and MLP width at k/8 of full, at 8 token counts
+    tokens = [2, 4, 6, 8, 11, 13, 15, 17]
+    assert latency_table.token_ladder(17, 1) == tokens and ladder["tokens"] == [t for t in tokens for _ in range(8)]
+    assert ladder["heads"] == [2] * 64 and ladder["value_dim"] == [2, 4, 6, 8, 10, 12, 14, 16] * 8
+    assert ladder["mlp"] == [16, 32, 48, 64, 80, 96, 112, 128] * 8 and all(t > 0 for t in ladder["time"])
+    assert s["outside_blocks"]["tokens"] == tokens and all(t > 0 for t in s["outside_blocks"]["time"])
     assert dense_cost(LatencyCost(dims, table)) == s["dense_model"] > 0
 
 

@@ -8,14 +8,21 @@ interpolated, f = N / N0:
 
     P(N, H', V', M') = f   * (qkv(2 H' d + V') + proj(V') + mlp(M') + norms)
                      + f^2 * attention(H', V' / H')
-    T_block = g(P)
 
-g is piecewise linear through (0, 0) and whole blocks timed on a ladder of widths (parts
-timed alone miss the memory traffic of a block in a model). Outside the blocks one time,
-scaled by f. T_dense is the dense model timed whole. Tables are non-decreasing and piecewise
-linear in every width, so T is differentiable in the counts like the MACs model (numbers or
-tensors). A uvc-latency-v1 table (no ladder) is read as it was searched: no g, and the sum
-of parts at full width as T_dense.
+Whole blocks are timed on a ladder of widths at each of a ladder of token counts N_k; at
+each N_k, g_k is piecewise linear through (0, 0) and the (P(N_k, ...), whole block) points,
+and between token counts the block's time is interpolated linearly:
+
+    T_block(N) = (1 - t) g_k(P(N_k, H', V', M')) + t g_k+1(P(N_k+1, H', V', M'))
+
+Parts scale with f only where the work dominates; on a narrow model at few tokens the
+per-operation cost does not shrink with N, and only whole blocks timed there show by how
+much. Outside the blocks (patch embedding of the kept patches, final norm, classifier) the
+time is measured at the same token counts and interpolated. T_dense is the dense model timed
+whole. Every table is non-decreasing and piecewise linear, so T is differentiable in the counts
+like the MACs model (numbers or tensors). Older tables are read as they were searched:
+uvc-latency-v2 has its ladder at N0 only (T_block = g(P(N, ...)), outside scaled by f),
+uvc-latency-v1 none (no g, R over the sum of parts at full width).
 """
 import bisect
 from typing import Dict, List, Sequence
@@ -24,8 +31,8 @@ import torch
 
 from uvc.cost.flops import ViTDims
 
-FORMAT = "uvc-latency-v2"
-FORMATS = ("uvc-latency-v1", FORMAT)  # what is read (v1: no block ladder, R over the sum of parts)
+FORMAT = "uvc-latency-v3"
+FORMATS = ("uvc-latency-v1", "uvc-latency-v2", FORMAT)  # what is read (see the module docstring)
 PARTS = ("qkv", "proj", "mlp")
 
 
@@ -47,6 +54,18 @@ def _monotone(values: Sequence[float], ramp: float = 1e-6) -> List[float]:
         out.append(top)
     scale = max(abs(out[-1]), 1e-12) * ramp
     return [v + scale * i for i, v in enumerate(out)]
+
+
+def _isotonic(values: Sequence[float]) -> List[float]:
+    """The non-decreasing sequence closest to `values` in least squares (pool adjacent violators): a
+    dip is averaged with its neighbours, where a running maximum would lift everything after it."""
+    blocks = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return [m for m, c in blocks for _ in range(c)]
 
 
 def _segment(x: float, xs: List[float]) -> int:
@@ -89,44 +108,75 @@ class LatencyCost:
         rows = [_monotone(row) for row in att["time"]]  # non-decreasing in value dims ...
         cols = [_monotone(col) for col in zip(*rows)]  # ... and in heads
         self.attention = [list(row) for row in zip(*cols)]  # (heads, value dims)
-        self.norms, self.outside = float(s["block_overhead"]), float(s["outside_blocks"])
+        self.norms = float(s["block_overhead"])
+        outside = s["outside_blocks"]
+        if isinstance(outside, dict) and len(outside["tokens"]) > 1:  # v3: timed at a ladder of token counts
+            self.outside, self.outside_line = None, ([float(n) for n in outside["tokens"]], _monotone(outside["time"]))
+        else:  # one time at N0, scaled by f
+            self.outside = float(outside["time"][0] if isinstance(outside, dict) else outside)
+            self.outside_line = None
         self._tensors = {}
-        self.calibration = self._calibration(s.get("blocks")) if table["format"] == FORMAT else None
-        self.dense_measured = float(s["dense_model"]) if table["format"] == FORMAT else None
+        ladder = table["format"] != "uvc-latency-v1"
+        self.calibration = self._calibration(s["blocks"]) if ladder else None
+        self.dense_measured = float(s["dense_model"]) if ladder else None
 
-    def _calibration(self, ladder: dict):
-        """g's points: (0, 0) and each ladder block's (sum of parts, measured time), made increasing."""
-        parts = [self._parts(self.tokens, h, h * v, m)
-                 for h, v, m in zip(ladder["heads"], ladder["value_dim"], ladder["mlp"])]
-        xs, ys = [0.0], [0.0]
-        for x, y in sorted(zip(parts, _monotone(ladder["time"]))):
-            if x > xs[-1]:
-                xs.append(x)
-                ys.append(y)
-        return xs, _monotone(ys)
+    def _calibration(self, ladder: dict) -> List[tuple]:
+        """g_k per token count N_k of the ladder: (N_k, xs, ys) through (0, 0) and each ladder block's
+        (sum of parts at N_k, measured time), made increasing. A ladder without token counts is at N0."""
+        tokens = ladder.get("tokens", [self.tokens] * len(ladder["time"]))
+        levels = {}
+        for n, h, v, m, t in zip(tokens, ladder["heads"], ladder["value_dim"], ladder["mlp"],
+                                 _isotonic_in_tokens(tokens, ladder["time"])):
+            levels.setdefault(float(n), []).append((self._parts(float(n), h, h * v, m), t))
+        out = []
+        for n in sorted(levels):
+            parts, times = zip(*levels[n])
+            xs, ys = [0.0], [0.0]
+            for x, y in sorted(zip(parts, _monotone(times))):
+                if x > xs[-1]:
+                    xs.append(x)
+                    ys.append(y)
+            out.append((n, xs, _monotone(ys)))
+        return out
 
     def _t(self, like: torch.Tensor):
         """The tables as tensors of `like`'s dtype and device (cached)."""
         key = (like.dtype, like.device)
         if key not in self._tensors:
             as_t = lambda v: torch.tensor(v, dtype=like.dtype, device=like.device)  # noqa: E731
-            g = tuple(as_t(v) for v in self.calibration) if self.calibration is not None else None
+            g = None if self.calibration is None else [(n, as_t(xs), as_t(ys)) for n, xs, ys in self.calibration]
+            outside = None if self.outside_line is None else tuple(as_t(v) for v in self.outside_line)
             self._tensors[key] = ({p: (as_t(xs), as_t(ys)) for p, (xs, ys) in self.lines.items()},
-                                  as_t(self.heads_grid), as_t(self.dims_grid), as_t(self.attention), g)
+                                  as_t(self.heads_grid), as_t(self.dims_grid), as_t(self.attention), g, outside)
         return self._tensors[key]
 
     def block(self, tokens, heads, value_dims, neurons):
         """Seconds of one kept block with `heads` heads, `value_dims` value dims in all, `neurons` neurons
-        (numbers, or tensors of any broadcastable shapes): g of the sum of its parts."""
+        at `tokens` tokens (numbers, or tensors of any broadcastable shapes): see the module docstring."""
         args = (tokens, heads, value_dims, neurons)
         if any(isinstance(v, torch.Tensor) for v in args):
-            parts = self._parts_tensors(*args)
-            if self.calibration is None:
-                return parts
-            xs, ys = self._t(parts)[4]
-            return interp_t(parts, xs, ys)
-        parts = self._parts(*args)
-        return parts if self.calibration is None else interp(parts, *self.calibration)
+            return self._block_tensors(*args)
+        if self.calibration is None:
+            return self._parts(*args)
+        if len(self.calibration) == 1:  # a ladder at N0 only: g of the parts scaled to N
+            return interp(self._parts(*args), *self.calibration[0][1:])
+        at_levels = _monotone([interp(self._parts(n, heads, value_dims, neurons), xs, ys)
+                               for n, xs, ys in self.calibration], ramp=0.0)
+        return max(interp(tokens, [n for n, _, _ in self.calibration], at_levels), 0.0)
+
+    def _block_tensors(self, tokens, heads, value_dims, neurons) -> torch.Tensor:
+        if self.calibration is None:
+            return self._parts_tensors(tokens, heads, value_dims, neurons)
+        parts = self._parts_tensors(tokens, heads, value_dims, neurons)
+        g = self._t(parts)[4]
+        if len(g) == 1:
+            return interp_t(parts, *g[0][1:])
+        at_levels = [interp_t(self._parts_tensors(n, heads, value_dims, neurons).to(parts), xs, ys)
+                     for n, xs, ys in g]
+        at_levels = torch.stack(torch.broadcast_tensors(*at_levels), -1).cummax(-1).values  # (..., levels)
+        at = torch.as_tensor(tokens, dtype=parts.dtype, device=parts.device).expand(at_levels.shape[:-1])
+        levels = torch.tensor([n for n, _, _ in g], dtype=parts.dtype, device=parts.device)
+        return interp_t(at, levels, at_levels).clamp_min(0.0)
 
     def _parts(self, tokens, heads, value_dims, neurons) -> float:
         """The sum of the block's parts, timed alone (numbers)."""
@@ -145,7 +195,7 @@ class LatencyCost:
         ref = next((v for v in tensors if v.is_floating_point()), None)
         dtype, device = (ref.dtype, ref.device) if ref is not None else (torch.float64, tensors[0].device)
         as_t = lambda v: torch.as_tensor(v, dtype=dtype, device=device)  # noqa: E731
-        lines, hs, vs, att, _ = self._t(as_t(0.0))
+        lines, hs, vs, att = self._t(as_t(0.0))[:4]
         heads, value_dims, neurons = torch.broadcast_tensors(as_t(heads), as_t(value_dims), as_t(neurons))
         f = as_t(tokens) / self.tokens
         width = value_dims / heads.clamp_min(1)
@@ -154,11 +204,33 @@ class LatencyCost:
         return f * (linear + self.norms) + f * f * interp_t(heads, hs, rows)
 
     def embed(self, patches):
-        """Everything outside the blocks, scaled with the token count."""
-        return self.outside * (patches + self.dims.num_prefix_tokens) / self.tokens
+        """Everything outside the blocks at the kept patches' token count: interpolated between the
+        token counts it was timed at, or (one time, at N0) scaled with the token count."""
+        tokens = patches + self.dims.num_prefix_tokens
+        if self.outside_line is None:
+            return self.outside * tokens / self.tokens
+        if isinstance(tokens, torch.Tensor):
+            ns, ts = self._t(tokens if tokens.is_floating_point() else tokens.double())[5]
+            return interp_t(tokens.to(ns), ns, ts).clamp_min(0.0)
+        return max(interp(tokens, *self.outside_line), 0.0)
 
     def head(self):
         return 0.0
+
+
+def _isotonic_in_tokens(tokens: Sequence[float], times: Sequence[float]) -> List[float]:
+    """The ladder's times made non-decreasing in the token count for each width rung (the k-th block
+    timed at every token count), least squares (_isotonic)."""
+    seen, rung = {}, []
+    for n in tokens:
+        rung.append(seen.get(n, 0))
+        seen[n] = rung[-1] + 1
+    out = [float(t) for t in times]
+    for k in set(rung):
+        members = sorted((i for i, r in enumerate(rung) if r == k), key=lambda i: tokens[i])
+        for i, v in zip(members, _isotonic([times[i] for i in members])):
+            out[i] = v
+    return out
 
 
 def _rows(width: torch.Tensor, vs: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
@@ -174,9 +246,9 @@ def check_table(table: dict, dims: ViTDims) -> None:
     if not isinstance(table, dict) or table.get("format") not in FORMATS:
         raise LatencyTableError(f"not a latency table ({' or '.join(FORMATS)}): measure one (python -m uvc.report "
                                 f"<model> --latency) or point --latency_cache elsewhere")
-    if table["format"] == FORMAT and "blocks" not in table.get("seconds", {}):
-        raise LatencyTableError(f"the latency table has no block ladder, which {FORMAT} needs: delete it to "
-                                f"measure it again (python -m uvc.report <model> --latency)")
+    if table["format"] != "uvc-latency-v1" and "blocks" not in table.get("seconds", {}):
+        raise LatencyTableError(f"the latency table has no block ladder, which {table['format']} needs: delete it "
+                                f"to measure it again (python -m uvc.report <model> --latency)")
     want, have = table_sizes(dims), table.get("sizes", {})
     wrong = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if wrong:

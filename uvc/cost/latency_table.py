@@ -11,9 +11,11 @@ token count N0 and a batch of `batch_size` images:
                fused kernel's padding of narrow value heads) for a grid of kept heads
                x value dims per head; 0 where either is 0 (nothing is computed)
     block_overhead   both LayerNorms, layer scales and residual adds of a block
-    outside_blocks   patch embedding, position embedding, final norm, classifier
-    blocks           whole CompactBlocks on a ladder: all heads, value dims per head and
-                     MLP width at k/8 of full (k = 1..8); g maps the sum of parts onto them
+    outside_blocks   a CompactViT without blocks (embedding of the kept patches, final
+                     norm, classifier) at each token count of the token ladder
+    blocks           whole CompactBlocks on a ladder of widths (all heads, value dims per
+                     head and MLP width at k/8 of full, k = 1..8) at each token count of the
+                     token ladder (k/4 of N0, k = 1..4); g maps the sum of parts onto them
     dense_model      the whole dense model: R's denominator
 
 in float32, or under torch.amp with `amp`. The table is a JSON file, cached per
@@ -31,10 +33,12 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from models.compact import CompactAttention, CompactBlock, CompactMlp, linear
+from models.compact import CompactAttention, CompactBlock, CompactMlp, CompactViT, linear
 from models.vit import vit_structure
 from uvc.cost.flops import ViTDims
 from uvc.cost.latency import FORMAT, LatencyTableError, check_table, table_sizes
+from uvc.deploy.export import compact_spec_from_arch
+from uvc.deploy.freeze import base_spec
 from utils.amp import autocast_context, autocast_dtype
 from utils.benchmark import interleaved_medians
 from utils.checkpoint import atomic_write_text
@@ -53,6 +57,19 @@ def heads_grid(full: int, points: int = 6) -> List[int]:
 def ladder(full: int, points: int = 8) -> List[int]:
     """k/points of `full` (at least 1) for k = 1..points."""
     return [max(1, round(full * k / points)) for k in range(1, points + 1)]
+
+
+def token_ladder(tokens: int, prefix: int, points: int = 8) -> List[int]:
+    """k/points of the dense token count (k = 1..points), each with at least one patch token."""
+    return sorted({max(prefix + 1, round(tokens * k / points)) for k in range(1, points + 1)})
+
+
+def _outside(vit: nn.Module, tokens: int) -> nn.Module:
+    """The compact model with every block skipped and the first `tokens` - prefix patches kept."""
+    arch = base_spec(vit, "")
+    arch["blocks"] = [dict(b, skipped=True) for b in arch["blocks"]]
+    arch["patches_kept"] = arch["patches_kept"][:tokens - arch["num_prefix_tokens"]]
+    return CompactViT(compact_spec_from_arch({**arch, **vit_structure(vit)}))
 
 
 def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: bool) -> Dict[Tuple, Callable]:
@@ -78,21 +95,20 @@ def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: boo
         for dv in width_grid(hd)[1:]:
             v = qkv[..., 2 * H * hd:2 * H * hd + h * dv].view(batch_size, n, h, dv).transpose(1, 2)
             fns["attention", h, dv] = (lambda q, k, v: lambda: attn.attend(q, k, v))(q, k, v)
-    for dv, m in dict.fromkeys(zip(ladder(hd), ladder(d.mlp_hidden))):
-        whole = CompactBlock(D, H, hd, dv, m, bias, s["norm_eps"], 0.0, s["layer_scale"], s["qk_norm"], s["act"])
-        fns["block", dv, m] = (lambda b: lambda: b(x))(whole.to(device).eval())
+    images = torch.randn(batch_size, d.in_chans, *vit.patch_embed.img_size, device=device)
+    for t in token_ladder(n, d.num_prefix_tokens):
+        xt = torch.randn(batch_size, t, D, device=device)
+        for dv, m in dict.fromkeys(zip(ladder(hd), ladder(d.mlp_hidden))):
+            whole = CompactBlock(D, H, hd, dv, m, bias, s["norm_eps"], 0.0, s["layer_scale"], s["qk_norm"], s["act"])
+            fns["block", t, dv, m] = (lambda b, xt: lambda: b(xt))(whole.to(device).eval(), xt)
+        fns["outside", t] = (lambda m: lambda: m(images))(_outside(vit, t).to(device).eval())
     blk = vit.blocks[0]
 
     def overhead():
         y = x + blk.ls1(blk.norm1(x))
         return y + blk.ls2(blk.norm2(y))
 
-    images = torch.randn(batch_size, d.in_chans, *vit.patch_embed.img_size, device=device)
-
-    def outside():
-        return vit.forward_head(vit.norm(vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))))
-
-    fns["block_overhead"], fns["outside_blocks"], fns["dense_model"] = overhead, outside, lambda: vit(images)
+    fns["block_overhead"], fns["dense_model"] = overhead, lambda: vit(images)
     return fns
 
 
@@ -112,13 +128,16 @@ def measure_table(vit: nn.Module, batch_size: int, device, amp: bool = False, re
                          "time": [seconds[k] for k in fns if k[0] == part]}
     attention = [[seconds["attention", h, v] if h and v else 0.0 for v in dvs] for h in hs]
     ladder_keys = [k for k in fns if k[0] == "block"]
-    blocks = {"heads": [dims.num_heads] * len(ladder_keys), "value_dim": [k[1] for k in ladder_keys],
-              "mlp": [k[2] for k in ladder_keys], "time": [seconds[k] for k in ladder_keys]}
+    blocks = {"tokens": [k[1] for k in ladder_keys], "heads": [dims.num_heads] * len(ladder_keys),
+              "value_dim": [k[2] for k in ladder_keys], "mlp": [k[3] for k in ladder_keys],
+              "time": [seconds[k] for k in ladder_keys]}
+    outside = [k for k in fns if k[0] == "outside"]
     return {"format": FORMAT, **device_record(device), "batch_size": batch_size, "amp": amp, "repeats": repeats,
             "model_type": model_type, "sizes": table_sizes(dims),
             "seconds": {"qkv": line("qkv"), "proj": line("proj"), "mlp": line("mlp"),
                         "attention": {"heads": hs, "value_dim": dvs, "time": attention}, "blocks": blocks,
-                        "block_overhead": seconds["block_overhead"], "outside_blocks": seconds["outside_blocks"],
+                        "block_overhead": seconds["block_overhead"],
+                        "outside_blocks": {"tokens": [k[1] for k in outside], "time": [seconds[k] for k in outside]},
                         "dense_model": seconds["dense_model"]}}
 
 
