@@ -12,7 +12,7 @@ docs/flags.md is this output and docs/usage.md holds the recipe table
 import argparse
 
 from configs.common import RECIPES, base_config
-from utils.config import ALIASES, config_comments
+from utils.flags import ALIASES, config_comments
 
 HEADER = """# Flag reference
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import build_parser, config_comments, load_config_file
+from utils.config import load_config_file
+from utils.flags import build_parser, config_comments
 from utils.config_checks import STAGE1_ONLY, STAGE2_ONLY
 
 REPO = Path(__file__).resolve().parents[1]
