@@ -9,8 +9,8 @@ import torch
 from baselines.finetune import load_pruned
 from baselines.magnitude import evaluate_spec, greedy_fit_spec, main as magnitude_main, uniform_magnitude_spec
 from baselines.macs import formula_macs, fvcore_macs
-from baselines.torch_pruning import (LOCAL_MAGNITUDE, TAYLOR_GLOBAL, TPSetting, accumulate_taylor_gradients,
-                                     main as tp_main, prune_to_macs)
+from baselines.torch_pruning import main as tp_main
+from baselines.tp_prune import LOCAL_MAGNITUDE, TAYLOR_GLOBAL, TPSetting, accumulate_taylor_gradients, prune_to_macs
 from helpers import noisy_tiny_vit
 from models import create_model, set_fused_attn
 from uvc.deploy.stagefile import read_stage_file
@@ -103,6 +103,17 @@ def test_torch_pruning_settings_are_named_and_checked():
         tp_main(["--target_ratio", "0.5", "--importance", "magnitude", "--taylor_batches", "3"])
     with pytest.raises(ValueError, match="needs --global_pruning 0"):
         tp_main(["--target_ratio", "0.5", "--heads_removed", "1"])
+
+
+def test_torch_pruning_help_explains_its_own_flags_and_stage_2s(capsys):
+    with pytest.raises(SystemExit) as done:
+        tp_main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--target_ratio", "--tolerance", "--heads_removed", "--importance", "--global_pruning",
+                 "--isomorphic", "--taylor_batches", "--prune_only", "--epochs", "--model_path"):
+        assert flag in text, flag
+    assert text.index("--prune_only") < text.index("Stage-2 flags") < text.index("--epochs")
 
 
 def test_torch_pruned_model_runs_fused_and_unfused(tp_pruned):
