@@ -5,6 +5,7 @@ peers' modules: as a subprocess from the repository root, its output also writte
 With reuse, a completed command is skipped and a stopped entry-script run continues from its
 checkpoint, so a long benchmark can be stopped and started again without losing finished epochs.
 """
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,17 @@ def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) ->
         if proc.returncode != 0:
             raise SystemExit(f"'{' '.join(cmd[:2])} ...' failed (exit {proc.returncode}); see {log_path}")
     atomic_write_text(text, done)
+
+
+def session_json(script: str, argv: List[str], env: Optional[dict] = None) -> dict:
+    """Run `python scripts/<script> argv` as a session of its own (a fresh process, from the repository
+    root, with `env` added to the environment) and return the JSON object its last line prints; one line
+    (the session's last line of stderr) if it fails."""
+    cmd = [sys.executable, os.path.join("scripts", script), *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"a session of {script} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _read(path: str) -> Optional[str]:

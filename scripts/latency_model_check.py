@@ -18,14 +18,12 @@ session of its own (a separate process: its own table, architectures and timings
 """
 import argparse
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 
-from scripts.command import ROOT
+from scripts.command import session_json
 from scripts.results import markdown_table, write_result
 
 KEEPS = (1.0, 0.75, 0.5, 0.3)  # shares of the patch positions kept, one architecture in len(KEEPS) each
@@ -127,14 +125,7 @@ def measure(args, seed: int) -> dict:
 
 def sessions(args, argv) -> list:
     """Every seed's measure() in a process of its own."""
-    out = []
-    for seed in args.seeds:
-        cmd = [sys.executable, os.path.join("scripts", "latency_model_check.py"), *argv, "--session", str(seed)]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"the session of seed {seed} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return out
+    return [session_json("latency_model_check.py", [*argv, "--session", str(seed)]) for seed in args.seeds]
 
 
 def report(results: list, command: str) -> str:

@@ -14,13 +14,11 @@ the median over the sessions and the spread (max / min - 1).
 """
 import argparse
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
 
-from scripts.command import ROOT
+from scripts.command import session_json
 from scripts.results import markdown_table, write_result
 
 HEAP = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30)}
@@ -71,15 +69,9 @@ def one_session(args) -> dict:
 
 
 def sessions(args, env: dict) -> list:
-    cmd = [sys.executable, os.path.join("scripts", "latency_stability.py"), "--session", "--model_type",
-           args.model_type, "--batch_size", str(args.batch_size), "--repeats", str(args.repeats)]
-    runs = []
-    for _ in range(args.sessions):
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"a session failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return runs
+    argv = ["--session", "--model_type", args.model_type, "--batch_size", str(args.batch_size),
+            "--repeats", str(args.repeats)]
+    return [session_json("latency_stability.py", argv, env) for _ in range(args.sessions)]
 
 
 def summary(runs: list) -> dict:
