@@ -7,9 +7,11 @@ UVC's ratio u is re-measured with it. The peer matches when |q(t) / u - 1| <= 3%
 proportional to t, so the first step is t * u / q, then the secant through the last two tries
 solves q(t) / u = 1; at most `max_tries` prunings. The closest try is kept (and the row records
 that it did not match) when none lands in the window. The matched peer is then fine-tuned as
-under `--match macs`. The match is written next to its tries (match.json) and `--resume` reuses it
-while UVC's model and the teacher are the same files: timings differ from run to run, so re-matching
-would prune a slightly different peer and fine-tune it again.
+under `--match macs`. UVC's side is the architecture its search fixed (the stage-1 file's compact
+model: fine-tuning changes its weights, not its time), so peers can be matched before UVC fine-tunes.
+The match is written next to its tries (match.json) and `--resume` reuses it while UVC's search and
+the teacher are the same files: timings differ from run to run, so re-matching would prune a slightly
+different peer and fine-tune it again.
 """
 import hashlib
 import json
@@ -114,15 +116,15 @@ def latency_target(bench, name: str, teacher: str, path: str, uvc: dict, dense: 
             print(f"{name}: MACs target {target:.4f} out of its reach ({e}); trying a larger one", flush=True)
             return None
 
-    key = {"uvc_model": _digest(uvc["model_file"]), "teacher": _digest(teacher), "flags": list(flags)}
+    key = {"uvc_search": _digest(uvc["stage1_file"]), "teacher": _digest(teacher), "flags": list(flags)}
     found = _saved_match(tries_dir, key) if bench.reuse else None
     if found is None:
-        found = match_latency(prune, lambda c: latency_ratios(bench, dense, uvc["after"], c["model"]),
+        found = match_latency(prune, lambda c: latency_ratios(bench, dense, uvc["before"], c["model"]),
                               targets[0] if one_shot else targets[1])
         found = dict(found, candidate={"file": found["candidate"].get("file")})  # the file, not the model
         atomic_write_text(json.dumps({"key": key, "found": found}, indent=1), os.path.join(tries_dir, MATCH_FILE))
     else:
-        print(f"{name}: reusing its latency match in {tries_dir} (same UVC model and teacher)", flush=True)
+        print(f"{name}: reusing its latency match in {tries_dir} (same UVC search and teacher)", flush=True)
     if not found["matched"]:
         print(f"{name}: no MACs target within {MAX_TRIES} tries put its time within {LATENCY_TOLERANCE:.0%} of "
               f"UVC's; kept the closest ({found['latency_ratio']:.3f} against {found['uvc_latency_ratio']:.3f})")
@@ -151,7 +153,7 @@ def _digest(path: str) -> str:
 
 
 def _saved_match(tries_dir: str, key: Dict) -> Optional[Dict]:
-    """The match a former run wrote in `tries_dir` for the same UVC model, teacher and flags; else None."""
+    """The match a former run wrote in `tries_dir` for the same UVC search, teacher and flags; else None."""
     path = os.path.join(tries_dir, MATCH_FILE)
     if not os.path.exists(path):
         return None

@@ -15,8 +15,9 @@ importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searche
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
 within 3% of UVC's (scripts/latency_match.py); `--match macs,latency` runs both into one table.
 The timings that match the peers need a quiet machine: to run seeds as parallel jobs, first match
-with one job, `--match latency --prune_only` (UVC runs, the peers are pruned and their matches saved,
-not fine-tuned), then the parallel jobs with --resume fine-tune those matches.
+with one job, `--match latency --prune_only` (UVC searches, the peers are pruned to the time of its
+architecture and their matches saved; nothing is fine-tuned), then the parallel jobs with --resume
+fine-tune UVC and those matches.
 The seed drives the search and the fine-tuning of every method. Writes <name>_sweep.md (table),
 <name>_sweep.json ({"teacher_top1", "finetune_epochs", "seeds", "rows": [{"method", "budget", "match",
 "seed", "top1_last", "top1_best", "macs_ratio", "speedup_b64", "top1", "top1_before_ft", "params", "images_per_s_b64", "removed"}]};
@@ -53,7 +54,7 @@ from typing import Dict, List
 
 from scripts import sweep_args
 from scripts.latency_match import latency_target, peer_at_latency
-from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, stage1_ratio
+from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
 from scripts.results import markdown_table
 from scripts.sweep_args import ABLATIONS, NO_SEARCH, results_name
 from scripts.sweep_report import ablation_table, front_text, plot_sweep, sweep_table
@@ -100,8 +101,9 @@ def run_folder(args, budget: float, seed: int, latency: bool) -> str:
 
 
 def uvc_targets(uvc: dict, dense) -> tuple:
-    """UVC's MACs ratio by its formula (the one-shot peers' target) and by fvcore (Torch-Pruning's)."""
-    return stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["after"], dense)
+    """UVC's MACs ratio by its formula (the one-shot peers' target) and by fvcore (Torch-Pruning's), of the
+    architecture its search fixed."""
+    return stage1_ratio(uvc["stage1_file"]), macs_ratio_of(uvc["before"], dense)
 
 
 def peer_flags(name: str) -> tuple:
@@ -157,13 +159,14 @@ def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
 
 
 def matches(args, bench: Bench, teacher: str, dense) -> str:
-    """--prune_only: UVC's latency runs, and every peer's match to their measured time (saved in its
-    run folder), without fine-tuning the peers; a table of the matches."""
+    """--prune_only: UVC's latency searches, and every peer's match to the measured time of the architecture
+    each fixed (saved in its run folder), with nothing fine-tuned; a table of the matches."""
     lines = []
     for seed in args.seeds:
         for budget in args.budgets:
             folder = run_folder(args, budget, seed, True)
-            uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, latency_flags(args))
+            s1 = bench.stage1(teacher, os.path.join(folder, "uvc", "stage1"), budget, seed, latency_flags(args))
+            uvc = {"stage1_file": s1, "before": compact_of_stage1(s1)}
             targets = uvc_targets(uvc, dense)
             for name in args.methods[1:]:
                 found = latency_target(bench, name, teacher, os.path.join(folder, slug(name)), uvc, dense, seed,

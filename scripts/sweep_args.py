@@ -71,9 +71,9 @@ def _parser(doc: str) -> argparse.ArgumentParser:
                    help="peers at UVC's MACs (macs), or at its measured time ratio with UVC searching a latency "
                         "budget (latency); macs,latency runs both into one table")
     p.add_argument("--prune_only", action="store_true",
-                   help="--match latency: run UVC, prune every peer to UVC's measured time and save the match, "
-                        "without fine-tuning the peers (time on a quiet machine; the sweep with --resume then "
-                        "reuses the matches)")
+                   help="--match latency: run UVC's searches, prune every peer to the measured time of UVC's "
+                        "architecture and save the match, with nothing fine-tuned (time on a quiet machine; the "
+                        "sweep with --resume then fine-tunes UVC and the matches)")
     p.add_argument("--ablations", action="store_true", help="run the ablations instead of the sweep")
     p.add_argument("--ablation_budget", type=float, default=None, help="--ablations: the budget (0.4)")
     p.add_argument("--ablation_rows", default=None,

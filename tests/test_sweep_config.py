@@ -97,15 +97,15 @@ def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in
 
 def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tree, tmp_path, in_process, one_thread,
                                                                              capsys):
-    """--prune_only (timing on a quiet machine): UVC runs, the peer is pruned to its measured time and the
-    match saved, nothing of the peer is fine-tuned; the sweep with --resume then fine-tunes that match
-    without timing or pruning again."""
+    """--prune_only (timing on a quiet machine): UVC searches, the peer is pruned to the measured time of
+    UVC's architecture and the match saved, nothing is fine-tuned; the sweep with --resume then fine-tunes
+    UVC and that match without searching, timing or pruning again."""
     flags = user_flags(tree, tmp_path) + ["--teacher", dense_file(tmp_path), "--budgets", "0.5", "--match",
                                           "latency", "--methods", "greedy fit", "--resume"]
     sweep.main(flags + ["--prune_only"])
     folder = tmp_path / "runs" / "budget0.5_seed730_latency"
-    assert [c[0] for c in in_process].count("joint_train.py") == 1  # UVC's search, then its stage 2
-    assert not [c for c in in_process if c[0] == "post_train.py" and "greedy-fit" in " ".join(c)]
+    assert [c[0] for c in in_process].count("joint_train.py") == 1  # UVC's search ...
+    assert "post_train.py" not in [c[0] for c in in_process]  # ... and no fine-tuning
     assert (folder / "greedy-fit-latency" / "match.json").is_file()
     assert "| greedy fit | 0.5 | 730 |" in capsys.readouterr().out  # the table of matches
     assert not (tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").exists()  # no results: nothing fine-tuned
@@ -113,11 +113,12 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     in_process.clear()
     sweep.main(flags)
     assert "reusing its latency match" in capsys.readouterr().out
-    assert [c[0] for c in in_process] == ["post_train.py"]  # the peer's fine-tuning only
+    assert [c[0] for c in in_process] == ["post_train.py", "post_train.py"]  # UVC's and the peer's fine-tuning
+    assert "uvc" in in_process[0][in_process[0].index("--output_dir") + 1]
     saved = json.loads((folder / "greedy-fit-latency" / "match.json").read_text())["found"]
     row = json.loads((tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").read_text())["rows"][1]
     assert row["method"] == "greedy fit" and row["macs_target"] == saved["target"]
-    assert in_process[0][in_process[0].index("--checkpoint_dir") + 1] == saved["candidate"]["file"]
+    assert in_process[1][in_process[1].index("--checkpoint_dir") + 1] == saved["candidate"]["file"]
 
 
 def test_the_teacher_run_of_a_config_trains_the_users_model(tree, tmp_path, in_process, one_thread):
@@ -209,13 +210,13 @@ class _TimedBench:
 
 
 def test_a_resumed_latency_match_reuses_the_match_it_decided(tmp_path, monkeypatch):
-    """Timings differ between runs: --resume must fine-tune the peer matched before (same UVC model and
-    teacher), not re-time and prune another; a changed UVC model or no --resume matches again."""
+    """Timings differ between runs: --resume must fine-tune the peer matched before (same UVC search and
+    teacher), not re-time and prune another; another UVC search or no --resume matches again."""
     from scripts.latency_match import peer_at_latency
     monkeypatch.setattr(pipeline, "compact_of_stage1", lambda f: torch.nn.Identity())
     (tmp_path / "teacher.pth").write_bytes(b"teacher")
     (tmp_path / "uvc.pth").write_bytes(b"uvc")
-    uvc = {"model_file": str(tmp_path / "uvc.pth"), "after": torch.nn.Identity()}
+    uvc = {"stage1_file": str(tmp_path / "uvc.pth"), "before": torch.nn.Identity()}
 
     def match(speeds, reuse):
         bench = _TimedBench(speeds, reuse)
@@ -229,7 +230,7 @@ def test_a_resumed_latency_match_reuses_the_match_it_decided(tmp_path, monkeypat
     assert again.pruned == [] and rerun == run
     assert match([{"dense": 100, "uvc": 200, "peer": 200}], False)[0].pruned == [0.5]  # no --resume: re-timed
     (tmp_path / "uvc.pth").write_bytes(b"another search")
-    assert match([{"dense": 100, "uvc": 200, "peer": 200}], True)[0].pruned == [0.5]  # another UVC model
+    assert match([{"dense": 100, "uvc": 200, "peer": 200}], True)[0].pruned == [0.5]  # another UVC search
 
 
 def test_latency_matching_steps_back_from_a_target_out_of_reach():
