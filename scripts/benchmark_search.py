@@ -31,6 +31,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Sequence
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from uvc.search.schedule import LANDING
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

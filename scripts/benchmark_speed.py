@@ -37,6 +37,9 @@ import time
 
 import torch
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from models.compact import FORMAT as COMPACT_FORMAT
 from uvc.cost.cost import compact_cost, dense_cost, full_cost
 from uvc.deploy.export import compact_macs, export_compact, spec_dims

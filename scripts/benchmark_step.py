@@ -25,10 +25,14 @@ import argparse
 import contextlib
 import copy
 import io
+import os
 import sys
 import time
 
 import torch
+
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import create_model
 from engine.distill import DistillationLoss

@@ -21,6 +21,9 @@ import shlex
 import sys
 from typing import Dict, List
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from scripts import benchmark_search as bench
 from scripts import deviations as dev
 from scripts.results import markdown_table, write_result

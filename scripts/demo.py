@@ -34,6 +34,9 @@ import sys
 import time
 from typing import List
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from scripts.pipeline import DATASETS, LOCAL_MAGNITUDE_FLAGS, Bench, macs_ratio_of, params, stage1_ratio, stage1_run
 from scripts.results import finetune_top1, markdown_table, removed_text
 

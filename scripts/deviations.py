@@ -31,6 +31,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Sequence
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from configs.common import REFERENCE_SEARCH
 from scripts import benchmark_search as bench
 from scripts.results import finetune_top1, markdown_table, write_result

@@ -29,6 +29,9 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from scripts.pipeline import Bench, stage1_ratio
 from scripts.results import markdown_table, write_result
 

@@ -10,6 +10,11 @@ docs/flags.md is this output and docs/usage.md holds the recipe table
 (tests/test_docs.py checks both).
 """
 import argparse
+import os
+import sys
+
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.common import RECIPES, base_config
 from utils.flags import ALIASES, config_comments

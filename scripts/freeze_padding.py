@@ -21,6 +21,9 @@ import sys
 
 import torch
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from configs.common import base_config
 from data import build_eval_dataset, build_eval_loader
 from scripts.results import write_result

@@ -18,10 +18,14 @@ session of its own (a separate process: its own table, architectures and timings
 """
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
 import tempfile
+
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts.command import session_json
 from scripts.results import markdown_table, write_result

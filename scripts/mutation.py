@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from scripts.mutation_tables import EQUIVALENT, MODULES, NEEDS_A_GPU, TESTS
 from utils.checkpoint import atomic_write_text
 

@@ -31,6 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from data import mnist
 from scripts.pipeline import Bench, stage1_ratio
 from scripts.results import markdown_table

@@ -34,6 +34,9 @@ import statistics
 import subprocess
 import sys
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from scripts.command import ROOT
 from scripts.results import markdown_table, write_result
 

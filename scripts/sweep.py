@@ -52,6 +52,9 @@ import shlex
 import sys
 from typing import Dict, List
 
+if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from scripts import sweep_args
 from scripts.latency_match import latency_target, peer_at_latency
 from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio

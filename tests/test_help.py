@@ -1,6 +1,9 @@
 """--help of both entry scripts: flags grouped by the sections of configs/common.py, each with its
-one-line meaning (the comment next to its key), and only the script's own flags."""
+one-line meaning (the comment next to its key), and only the script's own flags; every script in scripts/
+run as a file imports the packages of its own checkout."""
 import argparse
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +57,31 @@ def test_help_runs_and_names_its_defaults_file(script):
                          capture_output=True, text=True, timeout=120).stdout
     assert "Defaults: configs/digits_demo.py" in " ".join(out.split())
     assert "\ndata:\n" in out and "--budget" in out if script == "joint_train.py" else "--budget" not in out
+
+
+PROJECT_IMPORT = re.compile(r"^(from|import) (scripts|uvc|models|utils|configs|engine|data|baselines)\b", re.M)
+OWN_CHECKOUT = "if not __package__:"
+
+
+def runnable_scripts():
+    return sorted(p for p in (REPO / "scripts").glob("*.py") if 'if __name__ == "__main__"' in p.read_text())
+
+
+def test_every_script_puts_its_checkout_first_before_importing_the_project():
+    scripts = runnable_scripts()
+    assert len(scripts) >= 10
+    for path in scripts:
+        text = path.read_text()
+        assert OWN_CHECKOUT in text and text.index(OWN_CHECKOUT) < PROJECT_IMPORT.search(text).start(), path.name
+
+
+@pytest.mark.parametrize("name", ["sweep.py", "flag_reference.py"])
+def test_a_script_run_as_a_file_imports_its_own_checkout(tmp_path, name):
+    """`python scripts/x.py` from anywhere imports this checkout's packages, even when another copy of them is
+    importable first (an editable install of another clone, a stale PYTHONPATH): each decoy raises on import."""
+    for package in ("scripts", "uvc", "models", "utils", "configs", "engine"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f"raise ImportError('the decoy {package} was imported')\n")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / name), "--help"], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "decoy" not in done.stderr, done.stderr[-300:]
