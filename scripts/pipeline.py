@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from scripts.command import run
-from scripts.results import AXES, finetune_top1, removed_of_pruned, removed_of_spec
+from scripts.results import AXES, finetune_top1, removed_of_pruned, removed_of_spec, search_end
 
 # --dataset -> (config file with dense/joint/post stages, model type)
 DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
@@ -60,7 +60,8 @@ def stage1_run(name: str, stage1_file: str, compact_file: str, logs: List[str]) 
     from models.compact import load_compact
     arch = torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"]
     return {"name": name, "before": compact_of_stage1(stage1_file), "after": load_compact(compact_file),
-            "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file, "model_file": compact_file}
+            "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file, "model_file": compact_file,
+            "search_end": search_end(os.path.join(os.path.dirname(stage1_file), "log.jsonl"))}
 
 
 def macs_ratio_of(model: torch.nn.Module, dense: torch.nn.Module) -> float:

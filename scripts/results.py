@@ -4,7 +4,7 @@ numbers as JSON, written atomically).
 """
 import json
 import os
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -50,6 +50,25 @@ def finetune_top1(log_path: str) -> Dict[str, float]:
     if not by_epoch:
         raise SystemExit(f"{log_path} holds no epoch record: the fine-tuning run did not finish an epoch")
     return {"top1_last": by_epoch[max(by_epoch)], "top1_best": max(by_epoch.values())}
+
+
+def search_end(log_path: str) -> Optional[Dict[str, float]]:
+    """Where a search ended, from the record joint_train.py writes last in its log.jsonl: the metric it
+    budgeted ("macs" or "latency"), the budget, its own cost model's ratio at the freeze ("searched") and,
+    for a latency search, the frozen model timed whole against the dense one ("timed"); None for a
+    stage-1 file with no such log (a one-shot peer's)."""
+    if not os.path.exists(log_path):
+        return None
+    with open(log_path) as f:
+        ends = [r for r in map(json.loads, f) if "stage1_file" in r and "budget_gap" in r]
+    if not ends:
+        return None
+    end, metric = ends[-1], ends[-1].get("budget_metric", "macs")
+    searched = float(end[f"searched_{metric}_ratio"])
+    out = {"metric": metric, "budget": round(searched - float(end["budget_gap"]), 6), "searched": searched}
+    if end.get("measured_latency_ratio") is not None:
+        out["timed"] = float(end["measured_latency_ratio"])
+    return out
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

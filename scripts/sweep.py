@@ -24,7 +24,8 @@ The seed drives the search and the fine-tuning of every method. Writes <name>_sw
 top1_last / top1_best: validation top-1 at the last / the best fine-tuning epoch, from the run's
 log.jsonl; top1: the saved best model (model_file) evaluated here; removed: the blocks, heads,
 value dims, neurons and patches the method removed; latency-matched peers add latency_ratio,
-uvc_latency_ratio, matched, macs_target, match_tries and tries) under --log_dir, and
+uvc_latency_ratio, matched, macs_target, match_tries and tries; UVC's add search_end: its budget metric, the
+budget, its own count at the freeze and, by latency, the ratio timed whole) under --log_dir, and
 <name>_sweep_top1_vs_macs.png under --figs_dir; each run's own logs stay under --run_dir.
 
 Ablations (--ablations), at budget 0.4 over --seeds (730,731; one teacher): UVC; UVC without
@@ -60,7 +61,7 @@ from scripts.latency_match import latency_target, peer_at_latency
 from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
 from scripts.results import markdown_table
 from scripts.sweep_args import ABLATIONS, NO_SEARCH, results_name
-from scripts.sweep_report import ablation_table, front_text, plot_sweep, sweep_table
+from scripts.sweep_report import ablation_table, front_text, landing_text, plot_sweep, sweep_table
 
 # flags passed as they are to every stage and method (data, model, sizes, loading)
 PASSED = ("data_dir", "input_size", "model_type", "train_batch_size", "eval_batch_size", "num_workers")
@@ -143,6 +144,8 @@ def measured(bench: Bench, runs: List[dict], dense) -> Dict:
                "speedup_b64": r["speedup_b64"], "top1": r["top1"], "top1_before_ft": r["top1_before"],
                "params": r["params"], "images_per_s_b64": r["images_per_s_b64"], "removed": r["removed"],
                "model_file": run["model_file"]}
+        if run.get("search_end"):
+            row["search_end"] = run["search_end"]
         rows.append(dict(row, **run.get("latency_match", {})))
     return {"teacher_top1": teacher["top1"], "teacher_params": teacher["params"],
             "teacher_images_per_s_b64": teacher["images_per_s_b64"], "rows": rows, "runs": runs}
@@ -230,7 +233,7 @@ def main(argv=None) -> int:
             f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last fine-tuning epoch and "
             f"at the best one (validation split), mean (min-max) over the seeds; MACs ratios counted by fvcore on "
             f"the physically pruned models; speedups measured side by side on this CPU at batch 64.\n\n{table}\n"
-            + ("" if args.ablations else f"\n{front_text(result['rows'])}\n"))
+            + ("" if args.ablations else f"\n{front_text(result['rows'])} {landing_text(result['rows'])}\n"))
     atomic_write_text(text, os.path.join(args.log_dir, f"{name}.md"))
     atomic_write_text(json.dumps(result, indent=1), os.path.join(args.log_dir, f"{name}.json"))
     if not args.ablations:

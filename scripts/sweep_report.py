@@ -1,7 +1,8 @@
 """The tables and the figure of scripts/sweep.py, from its JSON rows.
 
 Every row is one run: {"method", "budget", "match", "seed", "top1_last", "top1_best", "macs_ratio",
-"speedup_b64", ...}. A table cell pools the rows of one method, budget and match over the seeds:
+"speedup_b64", ...}; UVC's rows carry search_end ({"metric", "budget", "searched"[, "timed"]}: where
+its search ended, scripts.results.search_end). A table cell pools the rows of one method, budget and match over the seeds:
 top-1 as "mean (min-max)" (the mean alone for one seed), the MACs ratio and the speedup as means.
 top1_last is the validation top-1 at the last fine-tuning epoch, top1_best the best epoch's
 (picked on the same validation split, so it flatters every method alike).
@@ -109,6 +110,21 @@ def front_text(rows: List[dict]) -> str:
         return text + (" At equal speed (match latency): at every budget UVC's top-1 is at least every peer's "
                        "less 0.1.")
     return text + " At equal speed (match latency): " + "; ".join(behind) + "."
+
+
+def landing_text(rows: List[dict]) -> str:
+    """Where UVC's searches ended against their budget (rows' search_end), per match: by the search's own
+    count (MACs formula or latency table) and, for latency searches, timed whole. "" without such rows."""
+    out = []
+    searched = [r for r in rows if r["method"] == "UVC" and r.get("search_end")]
+    for (match,), group in grouped(searched, ("match",)).items():
+        ends = [r["search_end"] for r in group]
+        gaps = [e["searched"] - e["budget"] for e in ends]
+        text = (f"UVC's {len(ends)} search{'es' if len(ends) > 1 else ''} matched by {match} ended {min(gaps):+.3f} to {max(gaps):+.3f} from "
+                f"their budget by their own count ({', '.join(sorted({e['metric'] for e in ends}))})")
+        timed = [e["timed"] - e["budget"] for e in ends if "timed" in e]
+        out.append(text + (f", {min(timed):+.3f} to {max(timed):+.3f} timed whole" if timed else "") + ".")
+    return " ".join(out)
 
 
 def ablation_table(result: dict) -> str:

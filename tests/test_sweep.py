@@ -145,6 +145,7 @@ def test_sweep_at_equal_latency_smoke_and_its_resume(tmp_path):
     assert [(r["method"], r["match"]) for r in rows] == [(m, "latency") for m in ("UVC", "greedy fit", "Torch-Pruning")]
     for r in rows[1:]:
         assert {"latency_ratio", "uvc_latency_ratio", "matched", "macs_target", "match_tries"} <= set(r), r
+    assert rows[0]["search_end"]["metric"] == "latency" and rows[0]["search_end"]["budget"] == 0.5
     again = run_script("sweep.py", *dirs, "--resume")
     assert again.count("reusing its latency match") == 2  # no new timing, no new pruning
     assert again.count("\n$ ") == again.count("(reused: completed before") > 0  # no run trained again
@@ -217,6 +218,37 @@ def test_the_equal_speed_check_names_a_latency_matched_peer_more_accurate_than_u
     assert "at every budget UVC's top-1 is at least every peer's" in front_text(base)
     assert "ahead of UVC" in front_text(base + rows("greedy fit", 0.4, [96.0]))
     assert "equal speed" not in front_text(rows("UVC", 0.5, [96.0], match="macs"))  # no latency rows: no claim
+
+
+def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match(tmp_path):
+    """UVC's rows carry where its search ended (the last record joint_train.py writes); the sweep's text
+    gives the range of those ends from the budget per match, by the search's own count and timed whole."""
+    from scripts.results import search_end
+    from scripts.sweep_report import landing_text
+
+    def log(name, end):
+        path = tmp_path / name
+        path.write_text(json.dumps({"epoch": 9, "val_top1": 93.4}) + "\n" + json.dumps(end) + "\n")
+        return str(path)
+    latency = {"stage1_file": "x.pth", "budget_metric": "latency", "budget_gap": -0.035, "macs_ratio": 0.41,
+               "searched_macs_ratio": 0.41, "searched_latency_ratio": 0.465, "measured_latency_ratio": 0.437}
+    macs = {"stage1_file": "y.pth", "budget_metric": "macs", "budget_gap": 0.004, "searched_macs_ratio": 0.404,
+            "measured_latency_ratio": None}
+    assert search_end(log("l.jsonl", latency)) == {"metric": "latency", "budget": 0.5, "searched": 0.465,
+                                                   "timed": 0.437}
+    assert search_end(log("m.jsonl", macs)) == {"metric": "macs", "budget": 0.4, "searched": 0.404}
+    assert search_end(str(tmp_path / "none.jsonl")) is None  # a one-shot peer's stage-1 file has no search log
+    assert search_end(log("e.jsonl", {"epoch": 0})) is None
+    rows = [{"method": "UVC", "match": "latency", "search_end": search_end(log("l.jsonl", latency))},
+            {"method": "UVC", "match": "latency", "search_end": dict(search_end(log("l.jsonl", latency)),
+                                                                    searched=0.49, timed=0.52)},
+            {"method": "UVC", "match": "macs", "search_end": search_end(log("m.jsonl", macs))},
+            {"method": "greedy fit", "match": "macs"}]
+    assert landing_text(rows) == ("UVC's 2 searches matched by latency ended -0.035 to -0.010 from their budget by "
+                                  "their own count (latency), -0.063 to +0.020 timed whole. UVC's 1 search "
+                                  "matched by macs ended +0.004 to +0.004 from their budget by their own count "
+                                  "(macs).")
+    assert landing_text(rows[3:]) == ""
 
 
 def test_the_committed_digits_sweep_is_over_three_seeds_and_uvc_is_on_its_front():
