@@ -6,7 +6,9 @@ compact model and the dense model in one timing run (interleaved rounds, median,
 UVC's ratio u is re-measured with it. The peer matches when |q(t) / u - 1| <= 3%. q is close to
 proportional to t, so the first step is t * u / q, then the secant through the last two tries
 solves q(t) / u = 1; at most `max_tries` prunings. The closest try is kept (and the row records
-that it did not match) when none lands in the window. The matched peer is then fine-tuned as
+that it did not match) when none lands in the window: when UVC is faster than every try, the
+smallest target reached, the peer's fastest model, found by halving the step towards the smallest
+target it cannot reach. The matched peer is then fine-tuned as
 under `--match macs`. UVC's side is the architecture its search fixed (the stage-1 file's compact
 model: fine-tuning changes its weights, not its time), so peers can be matched before UVC fine-tunes.
 The match is written next to its tries (match.json) and `--resume` reuses it while UVC's search and
@@ -26,27 +28,47 @@ LATENCY_TOLERANCE = 0.03  # |peer's time ratio / UVC's - 1|
 MAX_TRIES = 6
 LOWEST_TARGET = 0.02  # MACs targets are kept in [LOWEST_TARGET, 1]
 MATCH_FILE = "match.json"
+MATCH_RULE = 2  # the rule `closest` keeps an unmatched try by (1: the lowest noisy quotient)
+
+
+def _quotient(t: Dict) -> float:
+    """A try's time over UVC's, both from the same side-by-side timing run."""
+    return t["latency_ratio"] / t["uvc_latency_ratio"]
 
 
 def next_target(tries: List[Dict]) -> float:
     """The MACs target whose latency ratio should equal UVC's: proportional after one measured try, then
-    the secant through the last two (proportional again when they measured the same quotient). After a
-    target the peer cannot reach (no latency_ratio), halfway back up to the nearest reached target
-    above it (x1.5 when there is none)."""
-    if tries[-1]["latency_ratio"] is None:
-        low = tries[-1]["target"]
-        above = [t["target"] for t in tries if t["latency_ratio"] is not None and t["target"] > low]
-        return min((low + min(above)) / 2 if above else low * 1.5, 1.0)
-    tries = [t for t in tries if t["latency_ratio"] is not None]
-    last = tries[-1]
-    q2, t2 = last["latency_ratio"] / last["uvc_latency_ratio"], last["target"]
+    the secant through the last two (proportional from the last when they measured the same quotient, or
+    when timing noise makes the time fall as the target grows). Never at or below a target the peer
+    could not reach (no latency_ratio) under its smallest reached one, and not below halfway between the
+    two, which homes in on the peer's smallest model when UVC is faster than any (x1.5 when none is reached)."""
+    reached = [t for t in tries if t["latency_ratio"] is not None]
+    if not reached:
+        return min(tries[-1]["target"] * 1.5, 1.0)
+    lowest = min(t["target"] for t in reached)
+    out_of_reach = [t["target"] for t in tries if t["latency_ratio"] is None and t["target"] < lowest]
+    last = reached[-1]
+    q2, t2 = _quotient(last), last["target"]
     guess = t2 / q2
-    if len(tries) > 1:
-        first = tries[-2]
-        q1, t1 = first["latency_ratio"] / first["uvc_latency_ratio"], first["target"]
-        if q1 != q2 and t1 != t2:
+    if len(reached) > 1:
+        q1, t1 = _quotient(reached[-2]), reached[-2]["target"]
+        if t1 != t2 and (q2 - q1) / (t2 - t1) > 0:
             guess = t2 + (1.0 - q2) * (t2 - t1) / (q2 - q1)
+    if out_of_reach:  # the smallest model lies between the two: probe no lower than halfway
+        guess = max(guess, (max(out_of_reach) + lowest) / 2)
     return min(max(guess, LOWEST_TARGET), 1.0)
+
+
+def closest(tries: List[Dict], tolerance: float = LATENCY_TOLERANCE) -> Dict:
+    """The try to keep: the one closest to UVC's time; when every try was slower than UVC's by more than
+    `tolerance`, the smallest target (the fastest: time grows with the target, timings are noisy), and when
+    every one was faster, the largest."""
+    reached = [t for t in tries if t["latency_ratio"] is not None]
+    if all(_quotient(t) > 1 + tolerance for t in reached):
+        return min(reached, key=lambda t: t["target"])
+    if all(_quotient(t) < 1 - tolerance for t in reached):
+        return max(reached, key=lambda t: t["target"])
+    return min(reached, key=lambda t: abs(_quotient(t) - 1))
 
 
 def match_latency(prune: Callable[[float], object], measure: Callable[[object], Tuple[float, float]],
@@ -62,30 +84,29 @@ def match_latency(prune: Callable[[float], object], measure: Callable[[object], 
 
     Returns:
         {"candidate", "target", "latency_ratio", "uvc_latency_ratio", "matched", "tries": [{"target",
-        "latency_ratio", "uvc_latency_ratio"}, ...]}: the try closest to UVC's ratio.
+        "latency_ratio", "uvc_latency_ratio"}, ...]}: the try `closest` keeps.
     """
-    tries, best = [], None
+    tries, candidates = [], {}
     for _ in range(max_tries):
         candidate = prune(target)
         if candidate is None:
             tries.append({"target": target, "latency_ratio": None, "uvc_latency_ratio": None})
-            target = next_target(tries)
-            continue
-        ratio, uvc = measure(candidate)
-        tries.append({"target": target, "latency_ratio": ratio, "uvc_latency_ratio": uvc})
-        error = abs(ratio / uvc - 1)
-        if best is None or error < best[0]:
-            best = (error, candidate, tries[-1])
-        if error <= tolerance:
-            break
+        else:
+            ratio, uvc = measure(candidate)
+            tries.append({"target": target, "latency_ratio": ratio, "uvc_latency_ratio": uvc})
+            candidates[len(tries) - 1] = candidate
+            if abs(ratio / uvc - 1) <= tolerance:
+                break
         following = next_target(tries)
-        if any(abs(following - t["target"]) < 1e-6 for t in tries if t["latency_ratio"] is not None):
-            break  # no new target to try: the peer cannot move closer (e.g. already at 1.0)
+        if any(abs(following - t["target"]) <= 0.005 * t["target"] for t in tries):
+            break  # no new target to try: the peer cannot move closer (at 1.0, or at its smallest model)
         target = following
-    if best is None:
+    if not candidates:
         raise ValueError(f"the peer reached none of the MACs targets {[round(t['target'], 4) for t in tries]}")
-    error, candidate, chosen = best
-    return dict(chosen, candidate=candidate, matched=error <= tolerance, tries=tries)
+    chosen = closest(tries, tolerance)
+    index = next(i for i in candidates if tries[i] is chosen)
+    matched = abs(_quotient(chosen) - 1) <= tolerance
+    return dict(chosen, candidate=candidates[index], matched=matched, tries=tries)
 
 
 def latency_ratios(bench, dense: torch.nn.Module, uvc: torch.nn.Module, peer: torch.nn.Module) -> Tuple[float, float]:
@@ -116,7 +137,8 @@ def latency_target(bench, name: str, teacher: str, path: str, uvc: dict, dense: 
             print(f"{name}: MACs target {target:.4f} out of its reach ({e}); trying a larger one", flush=True)
             return None
 
-    key = {"uvc_search": _digest(uvc["stage1_file"]), "teacher": _digest(teacher), "flags": list(flags)}
+    key = {"uvc_search": _digest(uvc["stage1_file"]), "teacher": _digest(teacher), "flags": list(flags),
+           "rule": MATCH_RULE}
     found = _saved_match(tries_dir, key) if bench.reuse else None
     if found is None:
         found = match_latency(prune, lambda c: latency_ratios(bench, dense, uvc["before"], c["model"]),
@@ -153,13 +175,16 @@ def _digest(path: str) -> str:
 
 
 def _saved_match(tries_dir: str, key: Dict) -> Optional[Dict]:
-    """The match a former run wrote in `tries_dir` for the same UVC search, teacher and flags; else None."""
+    """The match a former run wrote in `tries_dir` for the same UVC search, teacher and flags, else None;
+    one decided by another rule only if it matched (a try within the window is kept by every rule)."""
     path = os.path.join(tries_dir, MATCH_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         saved = json.load(f)
-    return saved["found"] if saved.get("key") == key else None
+    same = saved.get("key") == key
+    other_rule = {**saved.get("key", {}), "rule": key["rule"]} == key and saved["found"]["matched"]
+    return saved["found"] if same or other_rule else None
 
 
 def slug_of(name: str) -> str:

@@ -17,7 +17,7 @@ from engine.entry import run_entry
 from models import create_model
 from models.compact import load_compact
 from scripts import pipeline, sweep, sweep_args
-from scripts.latency_match import match_latency, next_target
+from scripts.latency_match import closest, match_latency, next_target
 
 DEIT = "deit_tiny_patch16_224"
 CLASSES, SIZE = 3, 32
@@ -244,3 +244,52 @@ def test_latency_matching_steps_back_from_a_target_out_of_reach():
     assert abs(found["latency_ratio"] / 0.45 - 1) <= 0.03 and found["target"] >= 0.3
     with pytest.raises(ValueError, match="reached none"):
         match_latency(lambda t: None, lambda t: (1.0, 1.0), target=0.5, max_tries=3)
+
+
+def test_a_peer_slower_than_uvc_at_its_smallest_model_is_kept_at_its_smallest_model():
+    """The MNIST case at budget 0.4: the greedy fit cannot go below 0.222 of the MACs, where it still takes
+    0.61 of the dense time against UVC's ~0.34, and UVC's ratio moves 10% between timing runs. The match
+    homes in on the smallest model and keeps it (the fastest), not the try whose noisy quotient was lowest."""
+    uvc = iter([0.357, 0.316, 0.348, 0.33, 0.36, 0.32])
+
+    def prune(target):
+        return target if target >= 0.222 else None
+
+    found = match_latency(prune, lambda t: (0.42 + 0.88 * t, next(uvc)), target=0.318)
+    reached = [t["target"] for t in found["tries"] if t["latency_ratio"] is not None]
+    assert not found["matched"] and found["target"] == min(reached) and found["candidate"] == found["target"]
+    assert found["target"] <= 0.222 * 1.05, found["tries"]
+    assert all(t["target"] >= 0.222 or t["latency_ratio"] is None for t in found["tries"])
+
+
+def test_the_next_target_ignores_a_secant_that_timing_noise_turned_around_and_never_goes_below_the_reach():
+    tries = [{"target": 0.318, "latency_ratio": 0.699, "uvc_latency_ratio": 0.357},   # quotient 1.96
+             {"target": 0.240, "latency_ratio": 0.659, "uvc_latency_ratio": 0.316}]   # 2.08: larger at less
+    assert next_target(tries) == pytest.approx(0.240 / (0.659 / 0.316))  # proportional from the last
+    tries.append({"target": 0.115, "latency_ratio": None, "uvc_latency_ratio": None})  # below its smallest model
+    assert next_target(tries) == pytest.approx((0.115 + 0.240) / 2)  # halfway, not below 0.115 again
+    slower = [{"target": 0.3, "latency_ratio": 0.7, "uvc_latency_ratio": 0.35},
+              {"target": 0.25, "latency_ratio": 0.66, "uvc_latency_ratio": 0.30}]
+    assert closest(slower)["target"] == 0.25  # all slower than UVC: the smallest target, not the lower quotient
+    faster = [{"target": 0.3, "latency_ratio": 0.2, "uvc_latency_ratio": 0.35},
+              {"target": 0.4, "latency_ratio": 0.25, "uvc_latency_ratio": 0.35}]
+    assert closest(faster)["target"] == 0.4
+    around = [{"target": 0.3, "latency_ratio": 0.30, "uvc_latency_ratio": 0.35},
+              {"target": 0.4, "latency_ratio": 0.37, "uvc_latency_ratio": 0.35}]
+    assert closest(around)["target"] == 0.4  # |0.37 / 0.35 - 1| < |0.30 / 0.35 - 1|
+
+
+def test_a_saved_match_of_the_former_rule_is_reused_only_if_it_matched(tmp_path):
+    """Rule 1 kept the try with the lowest noisy quotient when none matched (a slower peer than it could
+    reach): such a match is decided again; one within the window holds under any rule."""
+    from scripts.latency_match import MATCH_FILE, MATCH_RULE, _saved_match
+    key = {"uvc_search": "a", "teacher": "b", "flags": [], "rule": MATCH_RULE}
+    old_key = {k: v for k, v in key.items() if k != "rule"}
+
+    def saved(matched, k):
+        (tmp_path / MATCH_FILE).write_text(json.dumps({"key": k, "found": {"matched": matched, "target": 0.3}}))
+        return _saved_match(str(tmp_path), key)
+    assert saved(True, old_key) == {"matched": True, "target": 0.3}
+    assert saved(False, old_key) is None
+    assert saved(False, key) == {"matched": False, "target": 0.3}
+    assert saved(True, dict(old_key, uvc_search="another")) is None
