@@ -13,7 +13,8 @@ model's MACs, `uniform magnitude` and `greedy fit` (uvc.deploy.fit.fit_to_budget
 architecture with the teacher's scores, no search) by UVC's formula, `Torch-Pruning` (Taylor
 importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searches with
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
-within 3% of UVC's (scripts/latency_match.py); `--match macs,latency` runs both into one table.
+within 3% of UVC's, or kept at its fastest model when UVC is faster than any (scripts/latency_match.py);
+`--match macs,latency` runs both into one table.
 The timings that match the peers need a quiet machine: to run seeds as parallel jobs, first match
 with one job, `--match latency --prune_only` (UVC searches, the peers are pruned to the time of its
 architecture and their matches saved; nothing is fine-tuned), then the parallel jobs with --resume
