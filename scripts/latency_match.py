@@ -148,8 +148,9 @@ def latency_target(bench, name: str, teacher: str, path: str, uvc: dict, dense: 
     else:
         print(f"{name}: reusing its latency match in {tries_dir} (same UVC search and teacher)", flush=True)
     if not found["matched"]:
+        kept = "its fastest model" if found["latency_ratio"] > found["uvc_latency_ratio"] else "the closest"
         print(f"{name}: no MACs target within {MAX_TRIES} tries put its time within {LATENCY_TOLERANCE:.0%} of "
-              f"UVC's; kept the closest ({found['latency_ratio']:.3f} against {found['uvc_latency_ratio']:.3f})")
+              f"UVC's; kept {kept} ({found['latency_ratio']:.3f} against {found['uvc_latency_ratio']:.3f})")
     return found
 
 
