@@ -215,9 +215,29 @@ def test_the_equal_speed_check_names_a_latency_matched_peer_more_accurate_than_u
     assert shortfalls(base + rows("Torch-Pruning", 0.3, [99.0])) == []  # no UVC run at 0.3
     assert shortfalls(base + rows("greedy fit", 0.4, [95.2, 95.3])) == ["greedy fit at 0.4 (95.25) ahead of UVC "
                                                                            "(95.10) at equal speed"]
-    assert "at every budget UVC's top-1 is at least every peer's" in front_text(base)
+    assert "at every budget UVC's top-1 is at least that of every peer matched to its time" in front_text(base)
     assert "ahead of UVC" in front_text(base + rows("greedy fit", 0.4, [96.0]))
     assert "equal speed" not in front_text(rows("UVC", 0.5, [96.0], match="macs"))  # no latency rows: no claim
+
+
+def test_a_peer_that_cannot_reach_uvcs_time_is_not_counted_at_equal_speed_and_is_named():
+    """At low latency budgets a peer's fastest model is slower than UVC's (matched false): more accurate
+    there, it is not ahead "at equal speed"; the text names it with both time ratios instead."""
+    from scripts.sweep_report import front_text, reach_text, shortfalls
+
+    def rows(method, top1s, matched, ratio):
+        return [{"method": method, "budget": 0.3, "match": "latency", "seed": i, "top1_last": t, "speedup_b64": 1.0,
+                 "matched": matched, "latency_ratio": ratio, "uvc_latency_ratio": 0.29} for i, t in enumerate(top1s)]
+    uvc = [{"method": "UVC", "budget": 0.3, "match": "latency", "seed": i, "top1_last": t, "speedup_b64": 3.4}
+           for i, t in enumerate([96.0, 96.2])]
+    slow = rows("greedy fit", [97.0, 97.2], False, 0.65)
+    assert shortfalls(uvc + slow) == []
+    assert reach_text(uvc + slow) == ("Not as fast as UVC at any MACs target, so compared on the front only: greedy "
+                                      "fit at 0.3 (2 of 2 seeds; time ratio 0.650 against UVC's 0.290, top-1 97.10 "
+                                      "against 96.10).")
+    assert front_text(uvc + slow).endswith(reach_text(uvc + slow))
+    assert shortfalls(uvc + rows("greedy fit", [97.0, 97.2], True, 0.29)) != []  # matched: ahead at equal speed
+    assert reach_text(uvc + rows("greedy fit", [97.0, 97.2], True, 0.29)) == ""
 
 
 def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match(tmp_path):
