@@ -7,8 +7,7 @@ UVC's ratio u is re-measured with it. The peer matches when |q(t) / u - 1| <= 3%
 proportional to t, so the first step is t * u / q, then the secant through the last two tries
 solves q(t) / u = 1; at most `max_tries` prunings. The closest try is kept (and the row records
 that it did not match) when none lands in the window: when UVC is faster than every try, the
-smallest target reached, the peer's fastest model, found by halving the step towards the smallest
-target it cannot reach. The matched peer is then fine-tuned as
+fastest try, the step towards the peer's smallest model halved at each target it cannot reach. The matched peer is then fine-tuned as
 under `--match macs`. UVC's side is the architecture its search fixed (the stage-1 file's compact
 model: fine-tuning changes its weights, not its time), so peers can be matched before UVC fine-tunes.
 The match is written next to its tries (match.json) and `--resume` reuses it while UVC's search and
@@ -28,7 +27,7 @@ LATENCY_TOLERANCE = 0.03  # |peer's time ratio / UVC's - 1|
 MAX_TRIES = 6
 LOWEST_TARGET = 0.02  # MACs targets are kept in [LOWEST_TARGET, 1]
 MATCH_FILE = "match.json"
-MATCH_RULE = 2  # the rule `closest` keeps an unmatched try by (1: the lowest noisy quotient)
+MATCH_RULE = 3  # the rule `closest` keeps an unmatched try by (1: the lowest quotient, 2: the smallest target)
 
 
 def _quotient(t: Dict) -> float:
@@ -61,13 +60,14 @@ def next_target(tries: List[Dict]) -> float:
 
 def closest(tries: List[Dict], tolerance: float = LATENCY_TOLERANCE) -> Dict:
     """The try to keep: the one closest to UVC's time; when every try was slower than UVC's by more than
-    `tolerance`, the smallest target (the fastest: time grows with the target, timings are noisy), and when
-    every one was faster, the largest."""
+    `tolerance`, the fastest (lowest time over the dense model's: the quotient also carries the noise of
+    UVC's timing, and the time need not grow with the target: uniform magnitude trades heads for neurons),
+    and when every one was faster, the slowest."""
     reached = [t for t in tries if t["latency_ratio"] is not None]
     if all(_quotient(t) > 1 + tolerance for t in reached):
-        return min(reached, key=lambda t: t["target"])
+        return min(reached, key=lambda t: t["latency_ratio"])
     if all(_quotient(t) < 1 - tolerance for t in reached):
-        return max(reached, key=lambda t: t["target"])
+        return max(reached, key=lambda t: t["latency_ratio"])
     return min(reached, key=lambda t: abs(_quotient(t) - 1))
 
 

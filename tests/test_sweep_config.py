@@ -249,7 +249,7 @@ def test_latency_matching_steps_back_from_a_target_out_of_reach():
 def test_a_peer_slower_than_uvc_at_its_smallest_model_is_kept_at_its_smallest_model():
     """The MNIST case at budget 0.4: the greedy fit cannot go below 0.222 of the MACs, where it still takes
     0.61 of the dense time against UVC's ~0.34, and UVC's ratio moves 10% between timing runs. The match
-    homes in on the smallest model and keeps it (the fastest), not the try whose noisy quotient was lowest."""
+    homes in on the smallest model and keeps the fastest try, not the one whose noisy quotient was lowest."""
     uvc = iter([0.357, 0.316, 0.348, 0.33, 0.36, 0.32])
 
     def prune(target):
@@ -270,7 +270,10 @@ def test_the_next_target_ignores_a_secant_that_timing_noise_turned_around_and_ne
     assert next_target(tries) == pytest.approx((0.115 + 0.240) / 2)  # halfway, not below 0.115 again
     slower = [{"target": 0.3, "latency_ratio": 0.7, "uvc_latency_ratio": 0.35},
               {"target": 0.25, "latency_ratio": 0.66, "uvc_latency_ratio": 0.30}]
-    assert closest(slower)["target"] == 0.25  # all slower than UVC: the smallest target, not the lower quotient
+    assert closest(slower)["target"] == 0.25  # all slower than UVC: the fastest, not the lower quotient
+    uniform = [{"target": 0.2265, "latency_ratio": 0.381, "uvc_latency_ratio": 0.302},  # MNIST 0.3, seed 732:
+               {"target": 0.2116, "latency_ratio": 0.454, "uvc_latency_ratio": 0.305}]  # fewer MACs, more time
+    assert closest(uniform)["target"] == 0.2265
     faster = [{"target": 0.3, "latency_ratio": 0.2, "uvc_latency_ratio": 0.35},
               {"target": 0.4, "latency_ratio": 0.25, "uvc_latency_ratio": 0.35}]
     assert closest(faster)["target"] == 0.4
@@ -280,8 +283,8 @@ def test_the_next_target_ignores_a_secant_that_timing_noise_turned_around_and_ne
 
 
 def test_a_saved_match_of_the_former_rule_is_reused_only_if_it_matched(tmp_path):
-    """Rule 1 kept the try with the lowest noisy quotient when none matched (a slower peer than it could
-    reach): such a match is decided again; one within the window holds under any rule."""
+    """Former rules kept another try when none matched (rule 1: the lowest noisy quotient, a slower peer
+    than it could reach): such a match is decided again; one within the window holds under any rule."""
     from scripts.latency_match import MATCH_FILE, MATCH_RULE, _saved_match
     key = {"uvc_search": "a", "teacher": "b", "flags": [], "rule": MATCH_RULE}
     old_key = {k: v for k, v in key.items() if k != "rule"}
