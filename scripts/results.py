@@ -54,18 +54,19 @@ def finetune_top1(log_path: str) -> Dict[str, float]:
 
 def search_end(log_path: str) -> Optional[Dict[str, float]]:
     """Where a search ended, from the record joint_train.py writes last in its log.jsonl: the metric it
-    budgeted ("macs" or "latency"), the budget, its own cost model's ratio at the freeze ("searched") and,
-    for a latency search, the frozen model timed whole against the dense one ("timed"); None for a
-    stage-1 file with no such log (a one-shot peer's)."""
+    budgeted ("macs" or "latency"), the budget, its own cost model's ratio when it ended ("searched",
+    before any --greedy_fit) and, for a latency search, the exported model timed whole against the dense
+    one ("timed"); None for a stage-1 file with no such log (a one-shot peer's)."""
     if not os.path.exists(log_path):
         return None
     with open(log_path) as f:
-        ends = [r for r in map(json.loads, f) if "stage1_file" in r and "budget_gap" in r]
+        ends = [r for r in map(json.loads, f) if "stage1_file" in r and ("budget" in r or "budget_gap" in r)]
     if not ends:
         return None
     end, metric = ends[-1], ends[-1].get("budget_metric", "macs")
     searched = float(end[f"searched_{metric}_ratio"])
-    out = {"metric": metric, "budget": round(searched - float(end["budget_gap"]), 6), "searched": searched}
+    budget = end["budget"] if "budget" in end else round(searched - float(end["budget_gap"]), 6)  # older logs
+    out = {"metric": metric, "budget": float(budget), "searched": searched}
     if end.get("measured_latency_ratio") is not None:
         out["timed"] = float(end["measured_latency_ratio"])
     return out

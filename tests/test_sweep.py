@@ -257,6 +257,9 @@ def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match
     assert search_end(log("l.jsonl", latency)) == {"metric": "latency", "budget": 0.5, "searched": 0.465,
                                                    "timed": 0.437}
     assert search_end(log("m.jsonl", macs)) == {"metric": "macs", "budget": 0.4, "searched": 0.404}
+    fitted = {"stage1_file": "z.pth", "budget_metric": "macs", "budget": 0.5, "searched_macs_ratio": 0.47,
+              "macs_ratio": 0.5, "groups_removed_to_fit": 0}  # --greedy_fit 1 writes the budget, no gap
+    assert search_end(log("g.jsonl", fitted)) == {"metric": "macs", "budget": 0.5, "searched": 0.47}
     assert search_end(str(tmp_path / "none.jsonl")) is None  # a one-shot peer's stage-1 file has no search log
     assert search_end(log("e.jsonl", {"epoch": 0})) is None
     rows = [{"method": "UVC", "match": "latency", "search_end": search_end(log("l.jsonl", latency))},

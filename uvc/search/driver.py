@@ -191,7 +191,7 @@ class UVCSearch:
             spec, fit, checks = broadcast_object(timed)
         else:
             spec, fit, _ = fit_to(self.budget.budget)
-        fit = dict(fit, budget_metric=self.metric, searched_macs_ratio=searched,
+        fit = dict(fit, budget_metric=self.metric, budget=self.budget.budget, searched_macs_ratio=searched,
                    macs_ratio=spec_ratio(spec, True, self.space.with_attn), search_algorithm=self.algorithm,
                    greedy_changed_frac=greedy_changed_frac(fit, self.dims), reference_rules=list(self.rules.names()))
         if self.metric != "macs":
@@ -221,7 +221,8 @@ class UVCSearch:
         ratio = spec_ratio(spec, True, with_attn)
         metric_ratio = spec_cost(cost, spec) / dense
         fit = {"search_algorithm": self.algorithm, "reference_rules": list(self.rules.names()),
-               "exported_as_searched": True, "budget_metric": self.metric, "searched_macs_ratio": ratio,
+               "exported_as_searched": True, "budget_metric": self.metric, "budget": self.budget.budget,
+               "searched_macs_ratio": ratio,
                "macs_ratio": ratio, "budget_gap": metric_ratio - self.budget.budget, "greedy_changed_frac": 0.0,
                "greedy_would_change_frac": greedy_changed_frac(would, self.dims), "round_to": self.round_to}
         if self.metric != "macs":
