@@ -18,26 +18,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # entry scripts whose runs save <output_dir>/checkpoint.pth every epoch and continue from it (--resume auto)
 RESUMABLE = ("joint_train.py", "post_train.py")
+# the flags that name a command's input files: a run is reused or continued only if none changed since
+INPUT_FLAGS = ("--model_path", "--checkpoint_dir")
 
 
 def run(cmd: List[str], log_path: str, reuse: bool = False, threads: int = 0) -> None:
     """Run one of the project's commands, echoing it; its output also goes to log_path.
 
     With `reuse`, a command that already completed with this log_path (same text, recorded
-    in <its folder>/done.cmd) is not run again, and an entry-script run of the same command that
-    stopped part-way (started.cmd, and its checkpoint.pth) continues with --resume auto, which
+    in <its folder>/done.cmd, and no input file of INPUT_FLAGS written since) is not run again, and an
+    entry-script run of the same command that stopped part-way (started.cmd, and its checkpoint.pth,
+    its inputs unchanged since it started) continues with --resume auto, which
     carries on exactly as the uninterrupted run would have (engine.run_state): a stopped sweep
     loses no finished epoch. Any other entry-script start is fresh: the log.jsonl and checkpoint.pth
     an earlier command left in its --output_dir go. `threads` > 0 sets OMP_NUM_THREADS for it."""
     folder = os.path.dirname(log_path)
     done, started = os.path.join(folder, "done.cmd"), os.path.join(folder, "started.cmd")
     text = " ".join(cmd)
-    if reuse and _read(done) == text:
+    if reuse and _read(done) == text and not _inputs_newer(cmd, done):
         print(f"\n$ {text}\n(reused: completed before in {folder})", flush=True)
         return
     out = cmd[cmd.index("--output_dir") + 1] if "--output_dir" in cmd else folder
     entry = cmd[0] in RESUMABLE  # its --output_dir is its own: the log and the checkpoint are this command's
-    resume = reuse and entry and _read(started) == text and os.path.isfile(os.path.join(out, RESUME_NAME))
+    resume = reuse and entry and _read(started) == text and os.path.isfile(os.path.join(out, RESUME_NAME)) \
+        and not _inputs_newer(cmd, started)
     print("\n$ " + text + ("\n(continued from its checkpoint.pth: --resume auto)" if resume else ""), flush=True)
     os.makedirs(folder, exist_ok=True)
     fresh = [os.path.join(out, f) for f in ("log.jsonl", RESUME_NAME)] if entry and not resume else []
@@ -69,6 +73,14 @@ def session_json(script: str, argv: List[str], env: Optional[dict] = None) -> di
     if proc.returncode != 0:
         raise SystemExit(f"a session of {script} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _inputs_newer(cmd: List[str], marker: str) -> List[str]:
+    """The input files of `cmd` (the values of INPUT_FLAGS, from the repository root) written after
+    `marker`: e.g. a peer's stage-1 file pruned again at another target under the same path."""
+    since = os.path.getmtime(marker)
+    paths = [os.path.join(ROOT, cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a in INPUT_FLAGS]
+    return [p for p in paths if os.path.isfile(p) and os.path.getmtime(p) > since]
 
 
 def _read(path: str) -> Optional[str]:

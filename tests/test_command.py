@@ -2,6 +2,7 @@
 again, a stopped entry-script run continues from its checkpoint.pth and ends as the uninterrupted run does,
 and a different command in the same folder starts fresh, keeping nothing of the earlier run's log."""
 import json
+import os
 
 import pytest
 
@@ -57,3 +58,23 @@ def test_another_command_in_the_folder_starts_fresh(tmp_path, monkeypatch, capsy
     assert "continued" not in capsys.readouterr().out
     assert [e for e, _ in epochs(out)] == [0, 1, 2]  # the stopped run's epoch 0 went with its log
     assert (out / "started.cmd").read_text() == (out / "done.cmd").read_text() == " ".join(command(out, seed=1))
+
+
+def test_a_run_whose_input_file_was_written_since_runs_again(tmp_path, capsys):
+    """The same command text names a file rewritten since the run completed (a peer's stage-1 file pruned
+    again at another target, under the same path): the run is not reused; then it is."""
+    stage1 = tmp_path / "try2.pth"
+    stage1.write_text("pruned at 0.2241")
+    cmd = ["-c", "print('trained')", "--checkpoint_dir", str(stage1)]
+    log = str(tmp_path / "run" / "stdout.log")
+    run(cmd, log, reuse=True)
+    run(cmd, log, reuse=True)
+    assert capsys.readouterr().out.splitlines().count("trained") == 1  # printed by the one run
+    done = tmp_path / "run" / "done.cmd"
+    earlier = os.path.getmtime(done) - 10  # the run completed before the file was written again
+    os.utime(done, (earlier, earlier))
+    stage1.write_text("pruned at 0.2244")
+    run(cmd, log, reuse=True)
+    run(cmd, log, reuse=True)
+    out = capsys.readouterr().out
+    assert out.splitlines().count("trained") == 1 and out.count("(reused: completed before") == 1
