@@ -333,3 +333,37 @@ def test_the_readme_reads_the_committed_digits_sweep_and_ablations():
     assert all(r["removed"]["blocks"] == 2 for r in rows if r["method"] == "UVC w/o skip trial")
     assert f"kept {ab['UVC'] - ab['UVC w/o skip trial']:.2f} less top-1" in readme
     assert f"without its importance term {ab['UVC'] - ab['UVC w/o importance term']:.2f} less" in readme
+
+
+def test_the_readme_reads_the_committed_mnist_sweep_at_latency_budget_0_5():
+    """README, "Headline results": UVC's and uniform magnitude's last-epoch seed means at latency budget 0.5,
+    and Torch-Pruning's and the greedy fit's time ratios at their fastest (against UVC's in the same timing
+    runs) and top-1, as log/mnist_sweep.json holds them; docs/results.md carries log/mnist_sweep.md's table."""
+    import json
+    import os
+    from scripts.sweep_report import out_of_reach
+    root = os.path.join(os.path.dirname(__file__), "..")
+    readme = " ".join(open(os.path.join(root, "README.md")).read().split())
+    with open(os.path.join(root, "log", "mnist_sweep.json")) as f:
+        result = json.load(f)
+    assert result["seeds"] == [730, 731, 732] and result["finetune_epochs"] == 40
+    rows = [r for r in result["rows"] if r["match"] == "latency" and r["budget"] == 0.5]
+    means = {m: v for (m, _), v in _seed_means(rows).items()}
+    assert all(sorted(r["seed"] for r in rows if r["method"] == m) == [730, 731, 732] for m in means)
+    slow = {k[0]: g for k, g in out_of_reach(rows).items()}
+    assert set(slow) == {"Torch-Pruning", "greedy fit"} and all(not r["matched"] for g in slow.values() for r in g)
+    assert all(r["matched"] for r in rows if r["method"] == "uniform magnitude")
+
+    def mean(values):
+        return sum(values) / len(values)
+    tp, gf = slow["Torch-Pruning"], slow["greedy fit"]
+    assert (f"UVC keeps {means['UVC']:.2f} top-1, uniform magnitude {means['uniform magnitude']:.2f} at the same "
+            f"measured time; Torch-Pruning and the greedy fit cannot get as fast "
+            f"({mean([r['latency_ratio'] for r in tp]):.3f} and {mean([r['latency_ratio'] for r in gf]):.3f} of the "
+            f"dense time at their fastest, against UVC's {mean([r['uvc_latency_ratio'] for r in tp]):.3f} and "
+            f"{mean([r['uvc_latency_ratio'] for r in gf]):.3f} in the same timing runs) and keep "
+            f"{means['Torch-Pruning']:.2f} and {means['greedy fit']:.2f}.") in readme
+    results = open(os.path.join(root, "docs", "results.md")).read()
+    table = open(os.path.join(root, "log", "mnist_sweep.md")).read()
+    assert all(line in results for line in table.splitlines() if line.startswith("|"))
+
