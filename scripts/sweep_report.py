@@ -83,6 +83,11 @@ def dominations(rows: List[dict], top1_margin: float = 0.1, speed_margin: float 
     return out
 
 
+def top1_means(rows: List[dict]) -> Dict[tuple, float]:
+    """Seed mean of top1_last per (method, match, budget)."""
+    return {k: mean([r["top1_last"] for r in g]) for k, g in grouped(rows, ("method", "match", "budget")).items()}
+
+
 def out_of_reach(rows: List[dict]) -> Dict[tuple, List[dict]]:
     """The latency-matched peer points (method, budget) of which some seed could not reach UVC's time
     (matched false: kept at its fastest model, or the closest)."""
@@ -94,7 +99,7 @@ def shortfalls(rows: List[dict], top1_margin: float = 0.1) -> List[str]:
     """Where UVC loses at equal speed: under match latency, a peer matched to UVC's measured time ratio in
     every seed whose seed mean of top1_last is more than `top1_margin` above UVC's at the same budget.
     One line each. A peer that could not reach UVC's time is not at equal speed: `reach_text` names it."""
-    points = {k: mean([r["top1_last"] for r in g]) for k, g in grouped(rows, ("method", "match", "budget")).items()}
+    points = top1_means(rows)
     unreached = out_of_reach(rows)
     return [f"{method} at {budget} ({top1:.2f}) ahead of UVC ({points[('UVC', match, budget)]:.2f}) at equal speed"
             for (method, match, budget), top1 in points.items()
@@ -105,7 +110,7 @@ def shortfalls(rows: List[dict], top1_margin: float = 0.1) -> List[str]:
 def reach_text(rows: List[dict]) -> str:
     """The latency-matched peers that could not get as fast as UVC's model: their time ratio against UVC's
     (seed means) and their top-1 against UVC's, compared on the front only."""
-    points = {k: mean([r["top1_last"] for r in g]) for k, g in grouped(rows, ("method", "match", "budget")).items()}
+    points = top1_means(rows)
     parts = [f"{method} at {budget} ({sum(not r['matched'] for r in g)} of {len(g)} seeds; time ratio "
              f"{mean([r['latency_ratio'] for r in g]):.3f} against UVC's {mean([r['uvc_latency_ratio'] for r in g]):.3f}, "
              f"top-1 {points[(method, match, budget)]:.2f} against {points.get(('UVC', match, budget), float('nan')):.2f})"
