@@ -264,9 +264,9 @@ def test_short_search_follows_the_target(short_search):
     assert min(h - t for h, t in zip(hard, target)) >= -margin
     assert search.pd.max_undershoot <= margin
     reached = next(i for i, r in enumerate(hard) if r <= BUDGET + 0.02)
-    # not before a flip's allowed dip under the target (pd.margin) could reach the budget, nor late: the
-    # target reaches the budget at 0.5 of the search
-    earliest = next(i for i, t in enumerate(target) if t - search.pd.margin <= BUDGET + 0.02)
+    # not before a flip's allowed dip under the target (half a block's share) could reach the budget, nor
+    # late: the target reaches the budget at 0.5 of the search
+    earliest = next(i for i, t in enumerate(target) if t - search.budget.block_share() / 2 <= BUDGET + 0.02)
     assert earliest <= reached <= 0.8 * SEARCH_STEPS
     assert BUDGET - 0.05 <= hard[-1] <= BUDGET + 0.02
 

@@ -67,18 +67,21 @@ def test_the_gate_loss_gradient_is_averaged_over_the_steps_it_was_summed_over():
     assert torch.equal(PrimalDual._averaged_grad(param, 4), torch.tensor([1.0, 2.0, -1.0]))
 
 
-def test_a_flip_may_stand_with_the_hard_ratio_exactly_at_target_minus_margin(monkeypatch):
-    """The floor check: z > 0 and the hard ratio >= target - margin (its end included)."""
+def test_a_flip_may_stand_only_if_it_leaves_the_ratio_no_further_from_the_target(monkeypatch):
+    """The floor check: z > 0 and (before + after) / 2 >= target, its end included: from 0.7 to 0.5
+    (a move of 0.2) the target may be at most 0.1 under where the ratio was."""
     _, search = build()
     pd = search.pd
-    monkeypatch.setattr(pd.budget, "hard_ratio", lambda arch, masks: 0.5)
-    pd.margin = 0.25
+    before = torch.zeros(4, 2)
+    monkeypatch.setattr(pd.budget, "hard_ratio", lambda arch, masks, gates=None, patches=None:
+                        0.7 if gates is before else 0.5)
     with torch.no_grad():
         search.arch.z.fill_(1.0)
-    assert pd._floor_check(0.75)() and not pd._floor_check(0.875)()
+    assert pd._floor_check(0.6, gate_logits=before)() and pd._floor_check(0.5, gate_logits=before)()
+    assert not pd._floor_check(0.6 + 1e-9, gate_logits=before)() and not pd._floor_check(0.55)()
     with torch.no_grad():
         search.arch.z.fill_(0.0)
-    assert not pd._floor_check(0.75)()
+    assert not pd._floor_check(0.6, gate_logits=before)()
 
 
 def test_least_sum_pulls_s_back_by_each_kinds_own_dual_and_slope():

@@ -75,8 +75,10 @@ class Budget:
     def expected_ratio(self, arch: ArchState, masks: Masks, eps: float = 0.0) -> torch.Tensor:
         return self.expected_cost(arch, masks, eps) / self.dense
 
-    def hard_ratio(self, arch: ArchState, masks: Masks) -> float:
-        """Cost ratio of the argmax architecture (gates and patches hard, counts ceil'd)."""
+    def hard_ratio(self, arch: ArchState, masks: Masks, gate_logits: torch.Tensor = None,
+                   patch_logits: torch.Tensor = None) -> float:
+        """Cost ratio of the argmax architecture (gates and patches hard, counts ceil'd); with
+        `gate_logits` / `patch_logits`, of those in place of the current ones."""
         with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
             d, sp = self.dims, self.space
             ones = torch.ones(d.depth, device=arch.s_frac.device)
@@ -85,6 +87,6 @@ class Budget:
             else:
                 heads, neurons = ones * d.num_heads, ones * d.mlp_hidden
                 value_dims = ones * d.num_heads * d.head_dim
-            keep = arch.block_keep_hard() if sp.block_gating else ones
-            patches = arch.patch_keep_hard().sum().float() if sp.patch_gating else float(d.num_patches)
+            keep = arch.block_keep_hard(gate_logits) if sp.block_gating else ones
+            patches = arch.patch_keep_hard(patch_logits).sum().float() if sp.patch_gating else float(d.num_patches)
             return float(model_cost(self.cost, heads, value_dims, neurons, keep, patches)) / self.dense

@@ -7,13 +7,13 @@ ranks); each update then takes
 
 so `gating_weight` and `patch_weight` are exchange rates without units. The safety rules around it
 (uvc.search.gates): at most one block flips and one patch drops per update, a protected block is
-never skipped, a skip or drop happens only while z > 0 and leaves the hard ratio at least the
-target less `margin`, a patch drop (--patch_probe) and a block skip (--skip_probe) pass their trial
-(uvc.search.trial), and gates and patches settle in the last part of the search.
+never skipped, a skip or drop happens only while z > 0 and when it leaves the hard ratio no
+further from the target than it was, a patch drop (--patch_probe) and a block skip (--skip_probe)
+pass their trial (uvc.search.trial), and gates and patches settle in the last part of the search.
 `--reference_rules no_gate_safety` turns the rules off but the trials.
 
 `GateUpdate` is a part of `PrimalDual` (uvc.search.primal_dual), which sets what it reads: arch,
-budget, cfg, rates, space, masks, scores, trial, skip_trial, gate_opt, patch_opt, margin,
+budget, cfg, rates, space, masks, scores, trial, skip_trial, gate_opt, patch_opt,
 coarse_end, t and grad_steps.
 """
 from typing import Dict, Optional
@@ -65,8 +65,8 @@ class GateUpdate:
         """Gates and patch logits: loss gradients are summed in .grad by backward and
         averaged over `gating_interval` steps (and over ranks) before the update.
         Each term is normalised; the update may flip at most one block and drop at most
-        one patch, never skip a protected block, no flip may take the hard ratio more than
-        `margin` under the target, a patch drop or a block skip must pass its trial
+        one patch, never skip a protected block, no flip may take the hard ratio further from
+        the target than it was, a patch drop or a block skip must pass its trial
         (uvc.search.trial), and a flip is settled past the boundary (uvc.search.gates)."""
         with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
             a, r, sp = self.arch, self.rates, self.space
@@ -104,10 +104,11 @@ class GateUpdate:
 
     def _limit_gates(self, before: torch.Tensor, target: float, model: Optional[MaskedViT] = None) -> None:
         """Gate safety and the skip trial (uvc.search.gates.limit_gate_flips); with no_gate_safety,
-        the trial alone (if any)."""
+        the trial alone (if any). `before`: the gate logits before the update."""
         trial = self._skip_check(model, before)
         if self.cfg.rules.gate_safety:
-            limit_gate_flips(self.arch, before, self.protected_blocks(before), self._floor_check(target), trial)
+            floor = self._floor_check(target, gate_logits=before)
+            limit_gate_flips(self.arch, before, self.protected_blocks(before), floor, trial)
         elif trial is not None:
             limit_gate_flips(self.arch, before, torch.zeros_like(before[:, 0]), lambda: True, trial)
 
@@ -129,7 +130,7 @@ class GateUpdate:
         """A callable: may the proposed patch drop stand? The floor check, then (with pruning and
         a probe) its trial against the same MACs taken from the groups (uvc.search.trial).
         `before`: the patch logits before the update (the architecture without the drop)."""
-        floor = self._floor_check(target)
+        floor = self._floor_check(target, patch_logits=before)
 
         def check() -> bool:
             if not floor():
@@ -150,12 +151,21 @@ class GateUpdate:
             else torch.ones(self.arch.dims.num_patches, dtype=torch.bool)
         return spec_from_search(model.vit, "", self.masks, keep, patches)
 
-    def _floor_check(self, target: float):
-        """A callable: may the current logits stand? Only while the budget still pushes down
-        (z > 0) and with the hard ratio at least target - margin; always with no_gate_safety."""
+    def _floor_check(self, target: float, gate_logits: torch.Tensor = None, patch_logits: torch.Tensor = None):
+        """A callable: may the current logits stand? Always with no_gate_safety; else only while the
+        budget still pushes down (z > 0) and if the move leaves the hard ratio no further from the target
+        than the logits before it (`gate_logits` or `patch_logits`) did:
+
+            (before + after) / 2 >= target,  i.e. a move of cost c needs before - target >= c / 2
+
+        (the discrete move is rounded to the nearer side). Skips and drops are not undone and s, r win
+        back an undershoot only slowly, so an allowance of a fixed size under the target (rather than the
+        move's own half cost) lets a run of small patch drops end the search under the budget by it."""
         if not self.cfg.rules.gate_safety:
             return lambda: True
-        return lambda: float(self.arch.z) > 0 and self.budget.hard_ratio(self.arch, self.masks) >= target - self.margin
+        a, ratio = self.arch, self.budget.hard_ratio
+        return lambda: (float(a.z) > 0
+                        and ratio(a, self.masks, gate_logits, patch_logits) + ratio(a, self.masks) >= 2 * target)
 
     @staticmethod
     def _averaged_grad(param: torch.Tensor, steps: int) -> torch.Tensor:

@@ -59,8 +59,6 @@ from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial
 
 
-FLIP_DIP = 0.03
-
 
 @dataclass
 class PrimalDualConfig:
@@ -113,9 +111,6 @@ class PrimalDual(GateUpdate):
         c, d = self.costs, budget.dims
         self.s_unit = torch.tensor([c.heads * d.num_heads, c.neurons * d.mlp_hidden], device=arch.y.device)
         self.r_unit = c.dims * d.head_dim
-        # a gate skip or patch drop may take the hard ratio at most half a block's share (>= 0.03) under
-        # the target: coarse steps happen while the ratio is well above it, s and r settle the rest
-        self.margin = max(FLIP_DIP, budget.block_share() / 2)
         # gates and patches move until halfway between the end of the ramp and the end of the search;
         # the rest of it belongs to s and r, which settle the ratio on the budget
         self.coarse_end = (1.0 + cfg.ramp) / 2 if rules.gate_safety else float("inf")

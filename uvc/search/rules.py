@@ -15,7 +15,7 @@ alone (scripts/deviations.py, the ledger of issue 25):
                      start at the reference's logits (skip, keep) = (-1, 1), and the Gumbel temperature
                      is the reference's, fixed (configs.common.RULE_DEFAULTS)
   no_gate_safety     no gate safety: no limit of one block flip and one patch drop per update, no
-                     protected blocks, no z > 0 / margin floor, no settling of flips, gates move to the
+                     protected blocks, no z > 0 / midpoint floor, no settling of flips, gates move to the
                      end of the search, no minimum of gate updates (the patch trial, --patch_probe,
                      still tries each proposed drop alone)
 

@@ -129,17 +129,18 @@ class ArchState(nn.Module):
             self.r_frac.clamp_(LOWEST / d, (d - 1) / d)
 
     # --- gates -------------------------------------------------------------
-    def block_keep_hard(self) -> torch.Tensor:
-        """(L,) 1.0 where the gate's argmax keeps the block."""
-        return (self.gate_logits[:, 1] >= self.gate_logits[:, 0]).float()
+    def block_keep_hard(self, logits: torch.Tensor = None) -> torch.Tensor:
+        """(L,) 1.0 where the gate's argmax keeps the block (of `logits`, default the current ones)."""
+        g = self.gate_logits if logits is None else logits
+        return (g[:, 1] >= g[:, 0]).float()
 
     def patch_keep_prob(self) -> torch.Tensor:
         """(P,) keep probability pi = sigmoid(a)."""
         return torch.sigmoid(self.patch_logits)
 
-    def patch_keep_hard(self) -> torch.Tensor:
-        """(P,) bool, patches with pi >= 0.5 stay."""
-        return self.patch_logits.detach() >= 0
+    def patch_keep_hard(self, logits: torch.Tensor = None) -> torch.Tensor:
+        """(P,) bool, patches with pi >= 0.5 stay (of `logits`, default the current ones)."""
+        return (self.patch_logits if logits is None else logits).detach() >= 0
 
     def architecture_parameters(self):
         return [self.s_frac, self.r_frac, self.gate_logits, self.patch_logits]
