@@ -164,6 +164,42 @@ def test_a_skip_or_drop_stands_only_if_it_leaves_the_ratio_no_further_from_the_t
     assert not pd._floor_check(before - cost / 2 + 1e-6, gate_logits=gates)()
 
 
+def test_a_block_skip_is_priced_from_the_gates_before_it():
+    """The gate update's floor reads the hard ratio of the gate logits before the update: the skip stands
+    from just over half its own cost above the target and is undone from just under it."""
+    search = _search()
+    pd = search.pd
+    pd.arch.z.fill_(1.0)
+    before = pd.arch.gate_logits.detach().clone()
+    ratio = pd.budget.hard_ratio(pd.arch, pd.masks)
+    skipped = before.clone()
+    skipped[1] = torch.tensor([4.0, -4.0])  # block 1 skipped
+    cost = ratio - pd.budget.hard_ratio(pd.arch, pd.masks, gate_logits=skipped)
+    assert cost > 0.05
+    for offset, stands in ((-1e-6, True), (1e-6, False)):
+        with torch.no_grad():
+            pd.arch.gate_logits.copy_(skipped)
+        pd._limit_gates(before, ratio - cost / 2 + offset, None)
+        assert bool(pd.arch.gate_logits[1, 0] > pd.arch.gate_logits[1, 1]) is stands, offset
+
+
+def test_a_patch_drop_is_priced_from_the_patches_before_it():
+    """The patch drop's floor reads the hard ratio of the patch logits before the update: a drop stands
+    from just over half its own cost above the target, not from just under it."""
+    search = _search()
+    pd = search.pd
+    pd.arch.z.fill_(1.0)
+    before = pd.arch.patch_logits.detach().clone()
+    assert bool((before >= 0).all())
+    ratio = pd.budget.hard_ratio(pd.arch, pd.masks)
+    with torch.no_grad():
+        pd.arch.patch_logits[0] = -1.0  # patch 0 dropped
+    cost = ratio - pd.budget.hard_ratio(pd.arch, pd.masks)
+    assert cost > 0
+    assert pd._patch_check(ratio - cost / 2 - 1e-6, None, before)()
+    assert not pd._patch_check(ratio - cost / 2 + 1e-6, None, before)()
+
+
 @pytest.mark.parametrize("ramp", [0.5, 0.8])
 def test_gates_and_patches_settle_at_half_past_the_ramp(ramp):
     """README: gates and patches stop moving at u = (1 + ramp) / 2."""
