@@ -1,8 +1,8 @@
 """The periodic paths a long run takes, at small intervals, in both stages: the mid-epoch
 evaluation (--eval_every) in log.jsonl and tensorboard, the training scalars (--log_interval), the
 epoch checkpoints, the gate updates (--gating_interval), and a resume from a mid-epoch checkpoint
-that evaluates again on its way. Each runs in fp32 and under --fp16 1 (bfloat16 on CPU), on one
-process and on 2 gloo processes. The seed's --eval_every 1000 once crashed the first mid-epoch
+that evaluates again on its way. Each stage runs in fp32 on one process and under --fp16 1 (bfloat16
+on CPU) on 2 gloo processes: each value of each axis once. The seed's --eval_every 1000 once crashed the first mid-epoch
 evaluation of both stages (an int where torch.amp wants a bool).
 
 Every run: 3 epochs of 4 steps (global steps 1-12). Stage 1 warms up for 1 epoch, then searches
@@ -124,8 +124,7 @@ def stage_args(stage: str, teacher: Path, get) -> list:
     return COMMON + ["--model_path", teacher, "--checkpoint_dir", get("joint", 0, 1) / STAGE1_FILE]
 
 
-@pytest.mark.parametrize("procs", [1, 2])
-@pytest.mark.parametrize("fp16", [0, 1])
+@pytest.mark.parametrize("fp16, procs", [(0, 1), (1, 2)])  # each value of each axis, in two runs of four
 @pytest.mark.parametrize("stage", ["joint", "post"])
 def test_periodic_paths(runs, stage, fp16, procs):
     assert_periodic_paths(runs(stage, fp16, procs), stage)
