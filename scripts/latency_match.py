@@ -28,6 +28,7 @@ MAX_TRIES = 6
 LOWEST_TARGET = 0.02  # MACs targets are kept in [LOWEST_TARGET, 1]
 MATCH_FILE = "match.json"
 MATCH_RULE = 3  # the rule `closest` keeps an unmatched try by (1: the lowest quotient, 2: the smallest target)
+NOISY = 0.25  # UVC's own time ratio, re-measured with every try, spread by more than this: a busy machine
 
 
 def _quotient(t: Dict) -> float:
@@ -109,6 +110,14 @@ def match_latency(prune: Callable[[float], object], measure: Callable[[object], 
     return dict(chosen, candidate=candidates[index], matched=matched, tries=tries)
 
 
+def timing_spread(tries: List[Dict]) -> float:
+    """max / min - 1 of UVC's time ratio over the tries: the same model timed again with each, so the
+    spread is the timing noise of the match (up to 0.17 on a quiet 2-core machine, 0.46-1.3 with three
+    training jobs beside it)."""
+    uvc = [t["uvc_latency_ratio"] for t in tries if t["uvc_latency_ratio"] is not None]
+    return max(uvc) / min(uvc) - 1 if uvc else 0.0
+
+
 def latency_ratios(bench, dense: torch.nn.Module, uvc: torch.nn.Module, peer: torch.nn.Module) -> Tuple[float, float]:
     """(peer's time / dense time, UVC's time / dense time) at batch 64, timed side by side."""
     speed = bench.throughput({"dense": dense, "uvc": uvc, "peer": peer}, 64)
@@ -147,6 +156,11 @@ def latency_target(bench, name: str, teacher: str, path: str, uvc: dict, dense: 
         atomic_write_text(json.dumps({"key": key, "found": found}, indent=1), os.path.join(tries_dir, MATCH_FILE))
     else:
         print(f"{name}: reusing its latency match in {tries_dir} (same UVC search and teacher)", flush=True)
+    spread = timing_spread(found["tries"])
+    if spread > NOISY:
+        print(f"WARNING: {name}: UVC's own time ratio ranged over {spread:.0%} across the tries of this match, far "
+              f"more than the {LATENCY_TOLERANCE:.0%} window: the machine was busy and the match is noise; delete "
+              f"{os.path.join(tries_dir, MATCH_FILE)} and match on a quiet machine (--prune_only)", flush=True)
     if not found["matched"]:
         kept = "its fastest model" if found["latency_ratio"] > found["uvc_latency_ratio"] else "the closest"
         print(f"{name}: no MACs target within {MAX_TRIES} tries put its time within {LATENCY_TOLERANCE:.0%} of "

@@ -233,6 +233,27 @@ def test_a_resumed_latency_match_reuses_the_match_it_decided(tmp_path, monkeypat
     assert match([{"dense": 100, "uvc": 200, "peer": 200}], True)[0].pruned == [0.5]  # another UVC search
 
 
+def test_a_match_whose_own_timing_of_uvc_spread_past_the_noise_bound_warns(tmp_path, monkeypatch, capsys):
+    """UVC's model is timed again with every try: when its time ratio spreads by more than NOISY over the
+    tries (a busy machine), the match says loudly that it is noise and how to redo it; within it, nothing."""
+    from scripts.latency_match import NOISY, peer_at_latency, timing_spread
+    monkeypatch.setattr(pipeline, "compact_of_stage1", lambda f: torch.nn.Identity())
+    (tmp_path / "teacher.pth").write_bytes(b"teacher")
+    (tmp_path / "uvc.pth").write_bytes(b"uvc")
+    uvc = {"stage1_file": str(tmp_path / "uvc.pth"), "before": torch.nn.Identity()}
+    assert NOISY == 0.25
+    for name, uvc_speeds, warned in (("calm", (200, 200 / (1 + NOISY) * 1.001), False),
+                                     ("busy", (200, 200 / (1 + NOISY) * 0.999), True)):
+        speeds = [{"dense": 100, "uvc": uvc_speeds[0], "peer": 150},
+                  {"dense": 100, "uvc": uvc_speeds[1], "peer": uvc_speeds[1]}]  # the second try matches
+        run = peer_at_latency(_TimedBench(speeds, False), "greedy fit", str(tmp_path / "teacher.pth"),
+                              str(tmp_path / name), uvc, torch.nn.Identity(), 730, (0.5, 0.5))
+        assert (timing_spread(run["latency_match"]["tries"]) > NOISY) is warned
+        out = capsys.readouterr().out
+        assert ("WARNING: greedy fit: UVC's own time ratio ranged over" in out) is warned, out
+        assert (f"delete {tmp_path / name}-latency/match.json and match on a quiet machine" in out) is warned
+
+
 def test_latency_matching_steps_back_from_a_target_out_of_reach():
     """A peer whose smallest model has 0.3 of the MACs: a try below it is skipped upwards."""
     def prune(target):
