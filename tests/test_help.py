@@ -85,3 +85,12 @@ def test_a_script_run_as_a_file_imports_its_own_checkout(tmp_path, name):
     done = subprocess.run([sys.executable, str(REPO / "scripts" / name), "--help"], cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "decoy" not in done.stderr, done.stderr[-300:]
+
+
+def test_a_config_path_as_the_readme_writes_it_is_found_from_any_directory(tmp_path, monkeypatch):
+    """`--config configs/deit_tiny.py` names the file from the project's root: launched from another directory
+    (python /path/to/joint_train.py ...) it is the same file, not "not found (did you mean configs/deit_tiny.py?)"."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config_file("configs/deit_tiny.py", "joint").to_dict() == \
+        load_config_file(str(REPO / "configs" / "deit_tiny.py"), "joint").to_dict()
+    assert load_config_file("deit_tiny.py", "joint").model_type == "deit_tiny_patch16_224"

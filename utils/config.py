@@ -56,9 +56,10 @@ def load_config_file(path: str, stage: str) -> ml_collections.ConfigDict:
     """
     if ":" in os.path.basename(path):
         path, stage = path.rsplit(":", 1)
-    if not os.path.isfile(path):
-        alt = os.path.join(CONFIG_DIR, path)
-        if os.path.isfile(alt):
+    if not os.path.isfile(path):  # else relative to configs/ or to the project's root, from any directory
+        alt = next((p for p in (os.path.join(CONFIG_DIR, path), os.path.join(os.path.dirname(CONFIG_DIR), path))
+                    if os.path.isfile(p)), None)
+        if alt:
             path = alt
         else:
             raise ConfigError(f"config file {path} not found{_did_you_mean(path)}; the configs are "
