@@ -45,8 +45,7 @@ class GateUpdate:
         `logits`: the gate logits to read (default the current ones). No block with no_gate_safety."""
         if not self.cfg.rules.gate_safety:
             return torch.zeros(self.arch.dims.depth, device=self.arch.gate_logits.device)
-        logits = self.arch.gate_logits.detach() if logits is None else logits
-        keep = (logits[:, 1] >= logits[:, 0]).float()
+        keep = self.arch.block_keep_hard(logits)
         return keep if keep.sum() <= self.cfg.min_blocks else torch.zeros_like(keep)
 
     def trial_counts(self) -> Dict[str, float]:
@@ -145,9 +144,9 @@ class GateUpdate:
 
     def _spec_of(self, model: MaskedViT, gate_logits: torch.Tensor, patch_logits: torch.Tensor) -> dict:
         """The argmax architecture of the current masks with these gate and patch logits."""
-        keep = (gate_logits[:, 1] >= gate_logits[:, 0]).float() if self.space.block_gating \
+        keep = self.arch.block_keep_hard(gate_logits) if self.space.block_gating \
             else torch.ones(self.arch.dims.depth)
-        patches = patch_logits >= 0 if self.space.patch_gating \
+        patches = self.arch.patch_keep_hard(patch_logits) if self.space.patch_gating \
             else torch.ones(self.arch.dims.num_patches, dtype=torch.bool)
         return spec_from_search(model.vit, "", self.masks, keep, patches)
 

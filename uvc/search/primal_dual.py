@@ -59,7 +59,6 @@ from uvc.search.structure import ArchState
 from uvc.search.trial import FlipTrial
 
 
-
 @dataclass
 class PrimalDualConfig:
     soptim: str = "sgd"
