@@ -254,6 +254,25 @@ def test_a_match_whose_own_timing_of_uvc_spread_past_the_noise_bound_warns(tmp_p
         assert (f"delete {tmp_path / name}-latency/match.json and match on a quiet machine" in out) is warned
 
 
+def test_a_peer_try_timed_faster_than_its_macs_share_past_the_noise_bound_warns(tmp_path, monkeypatch, capsys):
+    """A width-pruned peer keeps the dense model's fixed costs: a try timed below its MACs target by more
+    than NOISY is a timing glitch, and the match says so loudly with the fix; just within it, nothing."""
+    from scripts.latency_match import NOISY, peer_at_latency, timing_glitches
+    monkeypatch.setattr(pipeline, "compact_of_stage1", lambda f: torch.nn.Identity())
+    (tmp_path / "teacher.pth").write_bytes(b"teacher")
+    (tmp_path / "uvc.pth").write_bytes(b"uvc")
+    uvc = {"stage1_file": str(tmp_path / "uvc.pth"), "before": torch.nn.Identity()}
+    for name, ratio, warned in (("calm", 0.5 * (1 - NOISY) * 1.001, False),
+                                ("glitch", 0.5 * (1 - NOISY) * 0.999, True)):
+        speeds = [{"dense": 100, "uvc": 100 / ratio, "peer": 100 / ratio}]  # matches UVC at its first try
+        run = peer_at_latency(_TimedBench(speeds, False), "greedy fit", str(tmp_path / "teacher.pth"),
+                              str(tmp_path / name), uvc, torch.nn.Identity(), 730, (0.5, 0.5))
+        assert bool(timing_glitches(run["latency_match"]["tries"])) is warned
+        out = capsys.readouterr().out
+        assert ("WARNING: greedy fit: its try at MACs target 0.500 timed" in out) is warned, out
+        assert (f"delete {tmp_path / name}-latency/match.json and match on a quiet machine" in out) is warned
+
+
 def test_latency_matching_steps_back_from_a_target_out_of_reach():
     """A peer whose smallest model has 0.3 of the MACs: a try below it is skipped upwards."""
     def prune(target):
