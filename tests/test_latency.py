@@ -261,6 +261,24 @@ def _latency_config(tmp_path, dims, **overrides):
                               **overrides)
 
 
+def test_a_table_whose_parts_disagree_with_its_whole_past_five_percent_warns(tmp_path, tiny, capsys):
+    """A table timed beside other jobs prices the unpruned model off 1 (0.92 and 1.24 measured): latency
+    budgets are then off by as much, and the search says so before it starts; within 5%, nothing."""
+    from uvc.search.driver import TABLE_CONSISTENCY, budget_cost
+    vit, dims, _ = tiny
+    whole = fake_table(dims)["seconds"]["dense_model"]
+    assert TABLE_CONSISTENCY == 0.05
+    for name, ratio, warned in (("under", 1 - 0.05 * 1.01, True), ("near under", 1 - 0.05 * 0.99, False),
+                                ("near over", 1 + 0.05 * 0.99, False), ("over", 1 + 0.05 * 1.01, True)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(fake_table(dims, dense=whole / ratio)))  # the parts: `ratio` of the whole
+        config = demo_search_config(model_type=TINY_MODEL, budget_metric="latency", latency_cache=str(path))
+        cost, _ = budget_cost(vit, config, torch.device("cpu"))
+        assert full_cost(cost) / dense_cost(cost) == pytest.approx(ratio, rel=1e-4)
+        out = capsys.readouterr().out
+        assert (f"WARNING: the latency table {path} prices the unpruned model at " in out) is warned, out
+
+
 def test_search_budget_gradient_moves_s_and_r_and_freeze_fits_the_latency(tmp_path, tiny):
     vit, dims, _ = tiny
     model = MaskedViT(vit)
