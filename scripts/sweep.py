@@ -14,7 +14,8 @@ architecture with the teacher's scores, no search) by UVC's formula, `Torch-Prun
 importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searches with
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
 within 3% of UVC's, or kept at its fastest model when UVC is faster than any (scripts/latency_match.py);
-`--match macs,latency` runs both into one table.
+`--match macs,latency` runs both into one table. The searches' latency table is measured by the sweep
+itself, at the threads it times models with (one per core), not by the searches at --threads.
 The timings that match the peers need a quiet machine: to run seeds as parallel jobs, first match
 with one job, `--match latency --prune_only` (UVC searches, the peers are pruned to the time of its
 architecture and their matches saved; nothing is fine-tuned), then the parallel jobs with --resume
@@ -95,9 +96,14 @@ def bench_of(args) -> Bench:
     return bench
 
 
-def latency_flags(args) -> List[str]:
-    """Stage-1 flags of UVC under --match latency (the latency table kept with the cached teachers)."""
-    return ["--budget_metric", "latency", "--latency_cache", os.path.join(args.cache_dir, "latency")]
+def latency_flags(args, bench: Bench, dense) -> List[str]:
+    """Stage-1 flags of UVC under --match latency: the latency table measured here (kept with the cached
+    teachers), at the threads this process times models with, and handed to every search as its file. The
+    searches run at --threads (1 by default) and a narrow model gains less from more threads than a wide
+    one: a table measured in a search would price another device than the matches and the table time."""
+    from uvc.cost.latency_table import load_or_measure
+    _, path = load_or_measure(dense, bench.model_type, "cpu", os.path.join(args.cache_dir, "latency"), 64)
+    return ["--budget_metric", "latency", "--latency_cache", path]
 
 
 def run_folder(args, budget: float, seed: int, latency: bool) -> str:
@@ -155,7 +161,7 @@ def measured(bench: Bench, runs: List[dict], dense) -> Dict:
 def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
     runs = []
     for match in args.match:
-        joint = latency_flags(args) if match == "latency" else []
+        joint = latency_flags(args, bench, dense) if match == "latency" else []
         for seed in args.seeds:
             for budget in args.budgets:
                 folder = run_folder(args, budget, seed, bool(joint))
@@ -168,11 +174,11 @@ def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
 def matches(args, bench: Bench, teacher: str, dense) -> str:
     """--prune_only: UVC's latency searches, and every peer's match to the measured time of the architecture
     each fixed (saved in its run folder), with nothing fine-tuned; a table of the matches."""
-    lines = []
+    lines, joint = [], latency_flags(args, bench, dense)
     for seed in args.seeds:
         for budget in args.budgets:
             folder = run_folder(args, budget, seed, True)
-            s1 = bench.stage1(teacher, os.path.join(folder, "uvc", "stage1"), budget, seed, latency_flags(args))
+            s1 = bench.stage1(teacher, os.path.join(folder, "uvc", "stage1"), budget, seed, joint)
             uvc = {"stage1_file": s1, "before": compact_of_stage1(s1)}
             targets = uvc_targets(uvc, dense)
             for name in args.methods[1:]:

@@ -370,6 +370,30 @@ def test_the_compact_model_is_timed_against_the_dense(tiny, monkeypatch):
         parse_config("joint", ["--model_type", TINY_MODEL, "--budget_metric", "latency", "--latency_check", "-1"])
 
 
+def test_the_freeze_times_at_the_thread_count_of_its_table(tmp_path, tiny, monkeypatch):
+    """A narrow model gains less from more threads than a wide one: the check times with the threads the
+    table was measured at (here 2, the search at 1), and the process keeps its own threads afterwards."""
+    from uvc.cost import latency_check
+    vit, dims, _ = tiny
+    table = fake_table(dims)
+    table["threads"] = 2
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    config = demo_search_config(model_type=TINY_MODEL, budget_metric="latency", latency_cache=str(path))
+    search = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
+    seen = []
+
+    def throughput(models, shape, batch, device, amp, warmup, repeats):
+        seen.append(torch.get_num_threads())
+        return {"dense": 2.0, "compact": 3.0}
+
+    monkeypatch.setattr(latency_check, "compare_throughput", throughput)
+    torch.set_num_threads(1)
+    spec, _ = fit_to_budget(base_spec(vit, TINY_MODEL), group_scores(*stacked_weights(vit), 2), 0.5)
+    assert search._measure(spec) == pytest.approx(2 / 3)
+    assert seen == [2] and torch.get_num_threads() == 1
+
+
 def test_cache_is_written_once_and_reused(tmp_path, monkeypatch, tiny):
     vit, dims, _ = tiny
     calls = []

@@ -109,6 +109,10 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     assert (folder / "greedy-fit-latency" / "match.json").is_file()
     assert "| greedy fit | 0.5 | 730 |" in capsys.readouterr().out  # the table of matches
     assert not (tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").exists()  # no results: nothing fine-tuned
+    search = next(c for c in in_process if c[0] == "joint_train.py")
+    table = search[search.index("--latency_cache") + 1]  # measured by the sweep, handed in as its file
+    assert os.path.dirname(table) == str(tmp_path / "cache" / "latency") and table.endswith(".json")
+    assert json.loads(open(table).read())["threads"] == torch.get_num_threads()
 
     in_process.clear()
     sweep.main(flags)

@@ -19,7 +19,9 @@ estimate scaled by what was measured,
 at most `--latency_check` fits; the fit whose measured ratio is closest to B is
 kept, and every (target, estimated, measured) is recorded in the stage-1 file.
 """
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
+
+import torch
 
 from models.compact import CompactViT
 from uvc.deploy.export import compact_spec_from_arch, dense_model_of
@@ -28,11 +30,20 @@ from utils.benchmark import compare_throughput
 LATENCY_CHECK_TOLERANCE = 0.04  # relative: a measured ratio within 4% of the budget ends the check
 
 
-def measured_ratio(spec: dict, device, batch_size: int, amp: bool = False, repeats: int = 5) -> float:
-    """Time of the compact model of `spec` over the dense model's, side by side on `device` (random weights)."""
+def measured_ratio(spec: dict, device, batch_size: int, amp: bool = False, repeats: int = 5,
+                   threads: Optional[int] = None) -> float:
+    """Time of the compact model of `spec` over the dense model's, side by side on `device` (random weights),
+    with `threads` CPU threads (the latency table's: a narrow model gains less from more threads than a wide
+    one, so the ratio depends on them; None: this process's)."""
     models = {"dense": dense_model_of(spec, device), "compact": CompactViT(compact_spec_from_arch(spec))}
     shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
-    images_per_s = compare_throughput(models, shape, batch_size, device, amp, warmup=1, repeats=repeats)
+    own = torch.get_num_threads()
+    if threads and torch.device(device).type == "cpu":
+        torch.set_num_threads(int(threads))
+    try:
+        images_per_s = compare_throughput(models, shape, batch_size, device, amp, warmup=1, repeats=repeats)
+    finally:
+        torch.set_num_threads(own)
     return images_per_s["dense"] / images_per_s["compact"]
 
 

@@ -224,7 +224,7 @@ class UVCSearch:
         return self.metric == "latency" and self.latency_check > 0
 
     def _measure(self, spec: dict) -> float:
-        return measured_ratio(spec, self.device, self.latency_batch)
+        return measured_ratio(spec, self.device, self.latency_batch, threads=self.latency_table.get("threads"))
 
     def freeze_as_searched(self, model: MaskedViT, model_type: str):
         """The architecture the search ended with, as the reference exports it (the export still pads
