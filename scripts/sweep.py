@@ -15,7 +15,7 @@ importance, global isomorphic ranking) by fvcore. `--match latency`: UVC searche
 --budget_metric latency, and each peer is pruned until its measured time over the dense model's is
 within 3% of UVC's, or kept at its fastest model when UVC is faster than any (scripts/latency_match.py);
 `--match macs,latency` runs both into one table. The searches' latency table is measured by the sweep
-itself, at the threads it times models with (one per core), not by the searches at --threads.
+itself, at the threads it times every model with (--threads), and handed to every search.
 The timings that match the peers need a quiet machine: to run seeds as parallel jobs, first match
 with one job, `--match latency --prune_only` (UVC searches, the peers are pruned to the time of its
 architecture and their matches saved; nothing is fine-tuned), then the parallel jobs with --resume
@@ -45,8 +45,9 @@ printed. All models are timed side by side at the end (batch 64, interleaved rou
 a search or fine-tuning stopped part-way from its last checkpoint (a Torch-Pruning run starts over).
 Epochs default to the config's stage 1 and stage 2 (the demos: configs/digits_demo.py and
 configs/mnist_demo.py), every method fine-tuned alike; a comparison passes the stage-2 length
-measured by scripts/finetune_length.py (--finetune_epochs). --threads 1 (the default): a CPU shared with other jobs is
-oversubscribed by one thread per core and per job.
+measured by scripts/finetune_length.py (--finetune_epochs). --threads 1 (the default): every run and every timing takes one
+thread, so a CPU shared with other jobs is not oversubscribed by one thread per core and per job,
+and a latency budget is priced at the thread count it is timed at (0: one per core for both).
 """
 import json
 import os
@@ -97,10 +98,10 @@ def bench_of(args) -> Bench:
 
 
 def latency_flags(args, bench: Bench, dense) -> List[str]:
-    """Stage-1 flags of UVC under --match latency: the latency table measured here (kept with the cached
-    teachers), at the threads this process times models with, and handed to every search as its file. The
-    searches run at --threads (1 by default) and a narrow model gains less from more threads than a wide
-    one: a table measured in a search would price another device than the matches and the table time."""
+    """Stage-1 flags of UVC under --match latency: the latency table measured once here (kept with the cached
+    teachers), at the threads this process times every model with (main), and handed to every search as its
+    file, so that the budget is priced on the device it is timed on: a narrow model gains less from more
+    threads than a wide one (the MNIST ViT's 0.7 searches priced at one thread timed 0.71-0.90 at two)."""
     from uvc.cost.latency_table import load_or_measure
     _, path = load_or_measure(dense, bench.model_type, "cpu", os.path.join(args.cache_dir, "latency"), 64)
     return ["--budget_metric", "latency", "--latency_cache", path]
@@ -214,7 +215,19 @@ def check_ablation_flags(bench: Bench) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    """The sweep, its own timings (the latency table, the matches, the speedups) at --threads threads like its
+    runs (0: torch's default, one per core); the caller's thread count is given back."""
+    import torch
+    args, own = parse_args(argv), torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args, argv)
+    finally:
+        torch.set_num_threads(own)
+
+
+def run(args, argv) -> int:
     from utils.checkpoint import atomic_write_text
     bench = bench_of(args)
     if args.ablations:
@@ -231,7 +244,7 @@ def main(argv=None) -> int:
     result.pop("runs")  # run folders stay under --run_dir
     epochs = 1 if args.smoke else args.finetune_epochs
     result = {"teacher_top1": result.pop("teacher_top1"), "finetune_epochs": epochs, "seeds": list(args.seeds),
-              **result, "command": command}
+              **result, "timing_threads": torch_threads(), "command": command}
     table = (ablation_table if args.ablations else sweep_table)(result)
     what = (f"budget {args.ablation_budget}" if args.ablations else
             f"budgets {', '.join(map(str, args.budgets))}, matched by {' and by '.join(args.match)}")
@@ -239,7 +252,8 @@ def main(argv=None) -> int:
             f"{1 if args.smoke else args.search_epochs} search epochs, {epochs} fine-tuning epochs; produced by "
             f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last fine-tuning epoch and "
             f"at the best one (validation split), mean (min-max) over the seeds; MACs ratios counted by fvcore on "
-            f"the physically pruned models; speedups measured side by side on this CPU at batch 64.\n\n{table}\n"
+            f"the physically pruned models; speedups measured side by side on this CPU at batch 64, "
+            f"{result['timing_threads']} thread(s).\n\n{table}\n"
             + ("" if args.ablations else f"\n{front_text(result['rows'])} {landing_text(result['rows'])}\n"))
     atomic_write_text(text, os.path.join(args.log_dir, f"{name}.md"))
     atomic_write_text(json.dumps(result, indent=1), os.path.join(args.log_dir, f"{name}.json"))
@@ -247,6 +261,11 @@ def main(argv=None) -> int:
         plot_sweep(result, os.path.join(args.figs_dir, f"{name}_top1_vs_macs.png"), command, name)
     print("\n" + text)
     return 0
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def _parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="reuse runs of the same command completed in --run_dir; continue one stopped part-way")
     p.add_argument("--threads", type=int, default=1,
-                   help="threads of every training run (0: one per core; the measurements use one per core)")
+                   help="threads of every training run and of every timing: the latency table, the matches, the "
+                        "speedups (0: one per core)")
     p.add_argument("--smoke", action="store_true", help="a few steps per run: checks the plumbing only")
     return p
 

@@ -81,6 +81,7 @@ def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in
         assert "--input_size" in cmd and str(tree) in cmd, cmd
     result = json.loads((tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").read_text())
     assert {"teacher_top1", "finetune_epochs", "seeds", "rows"} <= set(result) and result["seeds"] == [730]
+    assert result["timing_threads"] == torch.get_num_threads()  # --threads 0: the process's own
     assert [r["method"] for r in result["rows"]] == list(sweep_args.METHODS)
     dense = create_model(DEIT, num_classes=CLASSES, img_size=SIZE)
     for r in result["rows"]:
@@ -102,7 +103,10 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     UVC and that match without searching, timing or pruning again."""
     flags = user_flags(tree, tmp_path) + ["--teacher", dense_file(tmp_path), "--budgets", "0.5", "--match",
                                           "latency", "--methods", "greedy fit", "--resume"]
+    torch.set_num_threads(2)  # the caller's; the sweep times at --threads (1 by default) and gives it back
     sweep.main(flags + ["--prune_only"])
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
     folder = tmp_path / "runs" / "budget0.5_seed730_latency"
     assert [c[0] for c in in_process].count("joint_train.py") == 1  # UVC's search ...
     assert "post_train.py" not in [c[0] for c in in_process]  # ... and no fine-tuning
@@ -112,7 +116,7 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     search = next(c for c in in_process if c[0] == "joint_train.py")
     table = search[search.index("--latency_cache") + 1]  # measured by the sweep, handed in as its file
     assert os.path.dirname(table) == str(tmp_path / "cache" / "latency") and table.endswith(".json")
-    assert json.loads(open(table).read())["threads"] == torch.get_num_threads()
+    assert json.loads(open(table).read())["threads"] == 1  # the sweep's --threads, not the caller's 2
 
     in_process.clear()
     sweep.main(flags)
