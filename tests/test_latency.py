@@ -314,7 +314,7 @@ def test_the_freeze_times_the_fit_and_refits_until_it_meets_the_budget(tmp_path,
     cost, dense = search.budget.cost, search.budget.dense
     timed = []
 
-    def device(spec, device_, batch_size):
+    def device(spec, device_, batch_size, threads=None):
         timed.append(batch_size)
         return 1.2 * spec_cost(cost, spec) / dense
 
