@@ -164,16 +164,16 @@ def latency_target(bench, name: str, teacher: str, path: str, uvc: dict, dense: 
         atomic_write_text(json.dumps({"key": key, "found": found}, indent=1), os.path.join(tries_dir, MATCH_FILE))
     else:
         print(f"{name}: reusing its latency match in {tries_dir} (same UVC search and teacher)", flush=True)
+    redo = f"delete {os.path.join(tries_dir, MATCH_FILE)} and match on a quiet machine (--prune_only)"
     spread = timing_spread(found["tries"])
     if spread > NOISY:
         print(f"WARNING: {name}: UVC's own time ratio ranged over {spread:.0%} across the tries of this match, far "
-              f"more than the {LATENCY_TOLERANCE:.0%} window: the machine was busy and the match is noise; delete "
-              f"{os.path.join(tries_dir, MATCH_FILE)} and match on a quiet machine (--prune_only)", flush=True)
+              f"more than the {LATENCY_TOLERANCE:.0%} window: the machine was busy and the match is noise; {redo}",
+              flush=True)
     for t in timing_glitches(found["tries"]):
         print(f"WARNING: {name}: its try at MACs target {t['target']:.3f} timed {t['latency_ratio']:.3f} of the "
               f"dense time, faster than its MACs share by more than {NOISY:.0%}: a timing glitch steered this "
-              f"match; delete {os.path.join(tries_dir, MATCH_FILE)} and match on a quiet machine (--prune_only)",
-              flush=True)
+              f"match; {redo}", flush=True)
     if not found["matched"]:
         kept = "its fastest model" if found["latency_ratio"] > found["uvc_latency_ratio"] else "the closest"
         print(f"{name}: no MACs target within {MAX_TRIES} tries put its time within {LATENCY_TOLERANCE:.0%} of "

@@ -222,12 +222,13 @@ def main(argv=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
-        return run(args, argv)
+        return run_sweep(args, argv)
     finally:
         torch.set_num_threads(own)
 
 
-def run(args, argv) -> int:
+def run_sweep(args, argv) -> int:
+    import torch
     from utils.checkpoint import atomic_write_text
     bench = bench_of(args)
     if args.ablations:
@@ -244,7 +245,7 @@ def run(args, argv) -> int:
     result.pop("runs")  # run folders stay under --run_dir
     epochs = 1 if args.smoke else args.finetune_epochs
     result = {"teacher_top1": result.pop("teacher_top1"), "finetune_epochs": epochs, "seeds": list(args.seeds),
-              **result, "timing_threads": torch_threads(), "command": command}
+              **result, "timing_threads": torch.get_num_threads(), "command": command}
     table = (ablation_table if args.ablations else sweep_table)(result)
     what = (f"budget {args.ablation_budget}" if args.ablations else
             f"budgets {', '.join(map(str, args.budgets))}, matched by {' and by '.join(args.match)}")
@@ -261,11 +262,6 @@ def run(args, argv) -> int:
         plot_sweep(result, os.path.join(args.figs_dir, f"{name}_top1_vs_macs.png"), command, name)
     print("\n" + text)
     return 0
-
-
-def torch_threads() -> int:
-    import torch
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
