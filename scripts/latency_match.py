@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from scripts.pipeline import TIMING_BATCH
 from utils.checkpoint import atomic_write_text
 
 LATENCY_TOLERANCE = 0.03  # |peer's time ratio / UVC's - 1|
@@ -128,7 +129,7 @@ def timing_glitches(tries: List[Dict]) -> List[Dict]:
 
 def latency_ratios(bench, dense: torch.nn.Module, uvc: torch.nn.Module, peer: torch.nn.Module) -> Tuple[float, float]:
     """(peer's time / dense time, UVC's time / dense time) at batch 64, timed side by side."""
-    speed = bench.throughput({"dense": dense, "uvc": uvc, "peer": peer}, 64)
+    speed = bench.throughput({"dense": dense, "uvc": uvc, "peer": peer}, TIMING_BATCH)
     return speed["dense"] / speed["peer"], speed["dense"] / speed["uvc"]
 
 

@@ -32,6 +32,8 @@ import torch
 from scripts.command import run
 from scripts.results import AXES, finetune_top1, removed_of_pruned, removed_of_spec, search_end
 
+TIMING_BATCH = 64  # every model of a benchmark is timed at this batch (speedup_b64)
+
 # --dataset -> (config file with dense/joint/post stages, model type)
 DATASETS = {"digits": ("configs/digits_demo.py", "vit_digits_patch2_8"),
             "mnist": ("configs/mnist_demo.py", "vit_mnist_patch4_28")}
@@ -287,7 +289,7 @@ class Bench:
         top1_last and top1_best (its fine-tuning log, `finetune_top1`), macs_ratio (fvcore),
         params, images_per_s_b64, speedup_b64 (all models timed side by side) and removed."""
         models = {"dense teacher": dense, **{str(i): r["after"] for i, r in enumerate(runs)}}
-        speed = self.throughput(models, 64)
+        speed = self.throughput(models, TIMING_BATCH)
         dense_top1 = self.top1(dense)
         rows = [{"name": "dense teacher", "top1_before": dense_top1, "top1": dense_top1, "macs_ratio": 1.0,
                  "params": params(dense), "images_per_s_b64": speed["dense teacher"], "speedup_b64": 1.0,

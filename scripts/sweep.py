@@ -61,7 +61,7 @@ if not __package__:  # run as a file: this checkout's packages, not those of an 
 
 from scripts import sweep_args
 from scripts.latency_match import latency_target, peer_at_latency
-from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
+from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, TIMING_BATCH, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
 from scripts.results import markdown_table
 from scripts.sweep_args import ABLATIONS, NO_SEARCH, results_name
 from scripts.sweep_report import ablation_table, front_text, landing_text, plot_sweep, sweep_table
@@ -101,10 +101,14 @@ def latency_flags(args, bench: Bench, dense) -> List[str]:
     """Stage-1 flags of UVC under --match latency: the latency table measured once here (kept with the cached
     teachers), at the threads this process times every model with (main), and handed to every search as its
     file, so that the budget is priced on the device it is timed on: a narrow model gains less from more
-    threads than a wide one (the MNIST ViT's 0.7 searches priced at one thread timed 0.71-0.90 at two)."""
+    threads than a wide one (the MNIST ViT's 0.7 searches priced at one thread timed 0.71-0.90 at two), and at
+    the batch it is timed at, whatever the config's latency_batch."""
     from uvc.cost.latency_table import load_or_measure
-    _, path = load_or_measure(dense, bench.model_type, "cpu", os.path.join(args.cache_dir, "latency"), 64)
-    return ["--budget_metric", "latency", "--latency_cache", path]
+    _, path = load_or_measure(dense, bench.model_type, "cpu", os.path.join(args.cache_dir, "latency"), TIMING_BATCH)
+    flags = ["--budget_metric", "latency", "--latency_cache", path]
+    if int(bench.config("joint").latency_batch) != TIMING_BATCH:  # priced at the batch it is timed at
+        flags += ["--latency_batch", str(TIMING_BATCH)]
+    return flags
 
 
 def run_folder(args, budget: float, seed: int, latency: bool) -> str:

@@ -100,9 +100,13 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
                                                                              capsys):
     """--prune_only (timing on a quiet machine): UVC searches, the peer is pruned to the measured time of
     UVC's architecture and the match saved, nothing is fine-tuned; the sweep with --resume then fine-tunes
-    UVC and that match without searching, timing or pruning again."""
-    flags = user_flags(tree, tmp_path) + ["--teacher", dense_file(tmp_path), "--budgets", "0.5", "--match",
-                                          "latency", "--methods", "greedy fit", "--resume"]
+    UVC and that match without searching, timing or pruning again. The user's config prices latency at
+    another batch than the sweep times at: the search is priced at the timing batch."""
+    config = tmp_path / "tiny_b16.py"
+    config.write_text("from configs.deit_tiny import get_config as tiny\n\n\ndef get_config(stage='joint'):\n"
+                      "    c = tiny(stage)\n    c.latency_batch = 16\n    return c\n")
+    flags = user_flags(tree, tmp_path) + ["--config", str(config), "--teacher", dense_file(tmp_path), "--budgets",
+                                          "0.5", "--match", "latency", "--methods", "greedy fit", "--resume"]
     torch.set_num_threads(2)  # the caller's; the sweep times at --threads (1 by default) and gives it back
     sweep.main(flags + ["--prune_only"])
     assert torch.get_num_threads() == 2
@@ -112,11 +116,13 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     assert "post_train.py" not in [c[0] for c in in_process]  # ... and no fine-tuning
     assert (folder / "greedy-fit-latency" / "match.json").is_file()
     assert "| greedy fit | 0.5 | 730 |" in capsys.readouterr().out  # the table of matches
-    assert not (tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").exists()  # no results: nothing fine-tuned
+    assert not (tmp_path / "runs" / "tiny_b16_imagenet_sweep.json").exists()  # no results: nothing fine-tuned
     search = next(c for c in in_process if c[0] == "joint_train.py")
     table = search[search.index("--latency_cache") + 1]  # measured by the sweep, handed in as its file
     assert os.path.dirname(table) == str(tmp_path / "cache" / "latency") and table.endswith(".json")
     assert json.loads(open(table).read())["threads"] == 1  # the sweep's --threads, not the caller's 2
+    assert json.loads(open(table).read())["batch_size"] == pipeline.TIMING_BATCH  # the batch every model is timed at ...
+    assert search[search.index("--latency_batch") + 1] == str(pipeline.TIMING_BATCH)  # ... not the config's 16
 
     in_process.clear()
     sweep.main(flags)
@@ -124,7 +130,7 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     assert [c[0] for c in in_process] == ["post_train.py", "post_train.py"]  # UVC's and the peer's fine-tuning
     assert "uvc" in in_process[0][in_process[0].index("--output_dir") + 1]
     saved = json.loads((folder / "greedy-fit-latency" / "match.json").read_text())["found"]
-    row = json.loads((tmp_path / "runs" / "deit_tiny_imagenet_sweep.json").read_text())["rows"][1]
+    row = json.loads((tmp_path / "runs" / "tiny_b16_imagenet_sweep.json").read_text())["rows"][1]
     assert row["method"] == "greedy fit" and row["macs_target"] == saved["target"]
     assert in_process[1][in_process[1].index("--checkpoint_dir") + 1] == saved["candidate"]["file"]
 
