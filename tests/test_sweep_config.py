@@ -121,7 +121,7 @@ def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tre
     table = search[search.index("--latency_cache") + 1]  # measured by the sweep, handed in as its file
     assert os.path.dirname(table) == str(tmp_path / "cache" / "latency") and table.endswith(".json")
     assert json.loads(open(table).read())["threads"] == 1  # the sweep's --threads, not the caller's 2
-    assert json.loads(open(table).read())["batch_size"] == pipeline.TIMING_BATCH  # the batch every model is timed at ...
+    assert json.loads(open(table).read())["batch_size"] == pipeline.TIMING_BATCH  # the timing batch ...
     assert search[search.index("--latency_batch") + 1] == str(pipeline.TIMING_BATCH)  # ... not the config's 16
 
     in_process.clear()
