@@ -66,8 +66,8 @@ def test_stage_1_runs_the_configs_epochs_unless_given():
     assert bench_of(parse_args(["--search_epochs", "4"])).joint_extra == ["--epochs", "4"]
 
 
-def test_the_committed_digits_lengths_are_what_the_readme_reads():
-    """log/finetune_length_digits.json (README, headline text): 3 seeds at 10, 20 and 40 epochs, no
+def test_the_committed_digits_lengths_are_what_the_docs_read():
+    """log/finetune_length_digits.json (docs/results.md): 3 seeds at 10, 20 and 40 epochs, no
     length chosen, and UVC's end ahead of the greedy fit's at every length."""
     import json
     import os
