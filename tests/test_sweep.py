@@ -343,6 +343,8 @@ def test_the_readme_reads_the_committed_digits_sweep():
     fastest = {b: max((m for (m, bb) in speed if bb == b), key=lambda m: speed[m, b]) for b in (0.3, 0.5, 0.7)}
     least = {b: min((m for (m, bb) in means if bb == b), key=lambda m: means[m, b]) for b in (0.3, 0.5, 0.7)}
     assert set(fastest.values()) == set(least.values()) == {"uniform magnitude"}
+    uniform = [r["removed"] for r in rows if r["method"] == "uniform magnitude"]
+    assert all(r["heads"] > 0 and r["dims"] == 0 for r in uniform)
     assert "Uniform magnitude, which removes whole heads, is the fastest at every budget and the least accurate." \
         in readme
     before = _seed_means(rows, "top1_before_ft")
