@@ -2,6 +2,7 @@
 synthetic table with known coefficients (no real time is asserted on); the measurement routine is
 only run to check that it produces a table of the right shape."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -527,3 +528,23 @@ def test_a_resumed_search_keeps_the_table_it_started_with(tmp_path, tiny):
     assert resumed.latency_table == state["latency_table"] and resumed.budget.cost.table == state["latency_table"]
     assert resumed.budget.dense == pytest.approx(first.budget.dense)
     assert resumed.pd.budget is resumed.budget
+
+
+def test_report_looks_the_table_up_at_the_threads_it_is_given(tmp_path, capsys, tiny):
+    """A table is cached per thread count: --threads 1 finds the one the sweep measured at 1 thread and measures
+    none; the caller's thread count is given back; --threads is refused without --latency."""
+    from uvc.report import main
+    vit, dims, _ = tiny
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    at_one = Path(latency_table.cache_file(str(tmp_path), vit, TINY_MODEL, "cpu", 64, False))
+    torch.set_num_threads(own + 1)
+    assert latency_table.cache_file(str(tmp_path), vit, TINY_MODEL, "cpu", 64, False) != str(at_one)
+    at_one.write_text(json.dumps(dict(fake_table(dims), batch_size=64)))
+    assert main([TINY_MODEL, "--latency", "--latency_cache", str(tmp_path), "--threads", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_table"]["device_name"] == "synthetic"
+    assert sorted(tmp_path.iterdir()) == [at_one] and torch.get_num_threads() == own + 1
+    torch.set_num_threads(own)
+    for argv in (["--threads", "1"], ["--latency", "--threads", "-1"]):
+        assert main([TINY_MODEL, *argv]) == 2
+        assert "--threads" in capsys.readouterr().err

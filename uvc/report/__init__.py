@@ -21,8 +21,8 @@ value_dims_deployed, mlp_hidden, macs}] (one per original block; value_dims
 before padding where the file knows it), patches_kept (a count) and patch_map
 (the kept positions); with --fvcore also fvcore_macs (fvcore's total),
 fvcore_macs_modelled_ops (its linear + matmul + conv, which must equal macs) and
-fvcore_rel_diff; with a latency table (`--latency`: measured on --device once and
-cached, or the one a `--budget_metric latency` stage-1 file was searched with) also
+fvcore_rel_diff; with a latency table (`--latency`: measured on --device at --threads
+once and cached, or the one a `--budget_metric latency` stage-1 file was searched with) also
 latency_seconds, dense_latency_seconds (estimated per batch) and latency_ratio.
 Bad input: one line on stderr, exit code 2.
 """

@@ -34,7 +34,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                            "(default ~/.cache/uvc/latency)")
     parser.add_argument("--latency_batch", type=int, default=64, help="batch size of the latency table")
     parser.add_argument("--device", default="cpu", help="device the latency table is measured on")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="with --latency: the CPU threads the table is measured at and looked up by (as the "
+                             "sweep's --threads; 0: torch's default). A table is per thread count: a narrow model "
+                             "gains less from more threads than a wide one")
     return parser.parse_args(argv)
+
+
+def table_at_threads(args: argparse.Namespace, subject):
+    """latency_table_of at --threads CPU threads (the caller's count is given back)."""
+    if args.threads < 0 or (args.threads and not args.latency):
+        raise ReportError(f"--threads {args.threads}: give a positive thread count, and only with --latency")
+    own = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return latency_table_of(subject, args.latency, torch.device(args.device), args.latency_cache,
+                                args.latency_batch)
+    finally:
+        torch.set_num_threads(own)
 
 
 def main(argv=None) -> int:
@@ -45,8 +63,7 @@ def main(argv=None) -> int:
         subject = read_subject(args.subject, args.img_size, args.enable_deit, args.model_type)
         if args.latency_batch < 1:
             raise ReportError(f"--latency_batch must be at least 1, got {args.latency_batch}")
-        latency = latency_table_of(subject, args.latency, torch.device(args.device), args.latency_cache,
-                                   args.latency_batch)
+        latency = table_at_threads(args, subject)
         report = build_report(subject, args.fvcore, latency)
         if args.plot:
             try:
