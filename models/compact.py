@@ -199,6 +199,11 @@ class CompactViT(nn.Module):
     def set_distilled_training(self, enable: bool = True) -> None:
         self.distilled_training = enable
 
+    def no_weight_decay(self) -> set:
+        """What timm's ViT keeps out of weight decay (timm's optimizer factory reads it): position
+        embedding and prefix tokens."""
+        return {"pos_embed", "cls_token", "reg_token", "dist_token"}
+
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, P', D) embeddings of the kept patch positions.
 
