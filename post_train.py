@@ -1,6 +1,7 @@
-"""Stage 2 of UVC: fix the architecture found by joint_train.py and fine-tune the
-weights under distillation; removed weights stay exactly zero. Ends by
-exporting a physically smaller model (<output_dir>/compact.pth).
+"""Stage 2 of UVC: fix the architecture found by joint_train.py and fine-tune it under
+distillation, as the physically smaller model it defines (the masked model's steps at the
+compact model's cost: uvc/deploy/compact_student.py). Ends by exporting the best model
+(<output_dir>/compact.pth); its stage-2 file holds the full-size weights, removed ones zero.
 
 Without --checkpoint_dir this is the dense training path: it trains
 (--pretrained 0) or fine-tunes (--model_path) the dense model, which is how a
@@ -17,12 +18,13 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+from torch import nn
+
 from models import model_kwargs_of, resolve_model_type
 from models.compact import save_compact
 from uvc.deploy.export import export_compact
-from uvc.deploy.freeze import spec_ratio
-from uvc.search.masked_model import MaskedViT
-from uvc.deploy.frozen import FrozenArchitecture
+from uvc.deploy.compact_student import compact_student, write_back
+from uvc.deploy.freeze import param_keep_masks, spec_ratio, zero_removed_weights
 from uvc.deploy.stagefile import data_record, read_stage1, read_stage_file, stage2_record
 from utils.amp import make_scaler
 from utils.batch import batch_plan
@@ -40,10 +42,11 @@ from engine.stage import Stage, close_epoch, open_run, run_epochs, settle_epoch,
 
 @dataclass(kw_only=True)
 class Stage2(Stage):
-    """A stage-2 run (or, without a stage-1 file, a dense training run): the stage-1 file and the fixed
-    architecture, both None on the dense path."""
+    """A stage-2 run (or, without a stage-1 file, a dense training run): the stage-1 file (None on the
+    dense path) and the model trained, the compact one after a stage-1 file (uvc.deploy.compact_student),
+    else `vit` itself."""
     stage1: Optional[dict]
-    frozen: Optional[FrozenArchitecture]
+    student: nn.Module
 
     @property
     def best_path(self) -> str:
@@ -63,21 +66,22 @@ def build(config) -> Stage2:
     data = build_data(config, env, arch)
     vit, model_type = build_student(config, data.num_classes, env.device,
                                     load_weights=config.pretrained and not compress, record=arch)
+    student = vit
     if stage1 is not None:
         vit.load_state_dict(stage1["model"])
+        zero_removed_weights(vit, param_keep_masks(vit, arch))  # the stage-2 file's removed weights: exactly zero
+        student = compact_student(vit, arch)  # the same steps at the compact model's cost
     teacher = build_teacher(config, data.num_classes, env.device, fallback=stage1["teacher"] if stage1 else None)
     criterion = build_loss(config, data.base_criterion, teacher)
 
-    model = MaskedViT(vit)
-    frozen = FrozenArchitecture(model, stage1["arch"]) if stage1 else None
-    ddp_model = wrap_ddp(model, env)
+    ddp_model = wrap_ddp(student, env)
     plan = batch_plan(config, "post", env.world_size)  # --learning_rate x global batch / 512
-    optimizer, scheduler = build_optimizer(config, vit, config.epochs, steps_per_epoch(config, data.train_loader),
-                                           plan.peak_lr)
+    optimizer, scheduler = build_optimizer(config, student, config.epochs,
+                                           steps_per_epoch(config, data.train_loader), plan.peak_lr)
     scaler = make_scaler(env.device, config.fp16)
-    run = RunState("post", vit, optimizer, scheduler, scaler, config)
+    run = RunState("post", student, optimizer, scheduler, scaler, config)
     return Stage2(config, env, data, vit, model_type, ddp_model, criterion, plan, optimizer, scheduler, scaler,
-                  run, stage1=stage1, frozen=frozen)
+                  run, stage1=stage1, student=student)
 
 
 def best_record(s: Stage2) -> dict:
@@ -85,6 +89,7 @@ def best_record(s: Stage2) -> dict:
     if s.stage1 is None:  # DeiT's layout, plus what rebuilds the model (python -m uvc.evaluate, uvc.report)
         return {"model": s.vit.state_dict(), "model_type": s.model_type, "model_kwargs": model_kwargs_of(s.vit),
                 "config": s.config.to_dict()}
+    write_back(s.vit, s.student, s.stage1["arch"])
     return stage2_record(s.stage1, s.model_type, s.vit.state_dict(), s.config.to_dict())
 
 
@@ -95,12 +100,12 @@ def run_epoch(s: Stage2, epoch: int, logger: RunLogger, on_step, stop: StopSigna
     skip_steps, progress = start_epoch(run, config, s.data, epoch)  # > 0: resuming a run stopped mid-epoch
     stats = train_one_epoch(
         s.ddp_model, s.criterion, s.data.train_loader, s.optimizer, s.scaler, s.env.device, epoch,
-        lr_scheduler=s.scheduler, mixup=s.data.mixup, arch_step=s.frozen, amp=config.fp16,
+        lr_scheduler=s.scheduler, mixup=s.data.mixup, amp=config.fp16,
         clip_grad=config.clip_grad, accumulation=config.gradient_accumulation_steps,
         max_steps=config.max_steps_per_epoch, global_step=run.global_step, on_step=on_step,
         skip_steps=skip_steps, progress=progress, should_stop=stop.requested)
     settle_epoch(run, stats, config, logger, stop)  # stopped mid-epoch: saves, exits 143
-    metrics = evaluate(s.ddp_model, s.data.val_loader, s.env.device, s.frozen, config.fp16)
+    metrics = evaluate(s.ddp_model, s.data.val_loader, s.env.device, amp=config.fp16)
     is_best = metrics["top1"] > run.best_top1
     run.best_top1 = max(run.best_top1, metrics["top1"])
     record = {"epoch": epoch, "step": run.global_step, **{f"train_{k}": v for k, v in stats.items()},
@@ -135,7 +140,7 @@ def main(argv=None) -> None:
     s = build(config)
     logger = open_run(s.run, config, s.plan)  # resumes, then the first write
 
-    run_epochs(s, logger, s.frozen, run_epoch)
+    run_epochs(s, logger, None, run_epoch)
     export_best(s, logger)
     logger.close()
     cleanup()

@@ -4,8 +4,9 @@ The architecture side of a step is one explicit object of the `ArchStep`
 protocol: `prepare(model, training)` before the forward pass, then `step(model,
 lr) -> dict` after the weight update, or `skip_step(model)` when AMP's scaler
 skipped it (inf/nan gradients). Stage 1 passes the
-search (`UVCSearch`, whose step is the primal-dual update), stage 2 the fixed
-architecture (`FrozenArchitecture`), the dense path None.
+search (`UVCSearch`, whose step is the primal-dual update); stage 2, which trains
+the compact model, and the dense path pass None; the magnitude peers evaluate their
+pruned model through the fixed architecture (`FrozenArchitecture`).
 """
 from contextlib import nullcontext
 from typing import Callable, Dict, Optional, Protocol, Tuple

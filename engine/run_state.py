@@ -107,7 +107,7 @@ class RunState:
         return {
             "format": RUN_FORMAT, "stage": self.stage, "model_type": self.config.model_type,
             "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
-            "step_in_epoch": self.step_in_epoch,
+            "step_in_epoch": self.step_in_epoch, "student": type(self.vit).__name__,
             "model": self.vit.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(), "config": self.config.to_dict(),
@@ -160,6 +160,7 @@ class RunState:
         if state["model_type"] != self.config.model_type:
             raise ResumeError(f"the --resume file is a run of {state['model_type']}, not "
                               f"{self.config.model_type}; pass --model_type {state['model_type']} or another file")
+        self._check_same_student(state)
         self._check_same_run(state)
         self.vit.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -177,6 +178,15 @@ class RunState:
                 obj.load_local_state_dict(local[name])
         self.progress = local.get("progress")
         set_rng_state(local["rng"])
+
+    def _check_same_student(self, state: dict) -> None:
+        """Stage 2 fine-tunes the compact model; a checkpoint of the masked full-size one (written before,
+        without the key) cannot continue it."""
+        kind = type(self.vit).__name__
+        saved = state.get("student") or (kind if kind != "CompactViT" else "the masked full-size model")
+        if saved != kind:
+            raise ResumeError(f"the --resume file fine-tuned {saved}, this run fine-tunes {kind} (stage 2 trains the "
+                              f"compact model since it was written): start stage 2 again from the stage-1 file")
 
     def _check_same_run(self, state: dict) -> None:
         """A resume continues the same run: the keys that shape the model or set the length of the

@@ -94,3 +94,57 @@ def test_stage1_stage2_export_with_amp(tmp_path):
     assert len(lines) == 4 and os.path.exists(s2 / "checkpoint.pth")  # batch record, 2 epochs, the final record
     assert json.loads(lines[0]) == {"world_size": 1, "per_process_batch": 32, "gradient_accumulation_steps": 1,
                                     "global_batch": 32, "peak_lr": 8e-3 * 32 / 512}  # the demo's post rate
+
+
+def test_the_compact_student_takes_the_masked_models_steps():
+    """Stage 2 fine-tunes the compact model (uvc.deploy.compact_student): with padded heads, a skipped block,
+    dropped patches and removed neurons, AdamW steps on it, written back, give the weights that the same steps
+    on the masked full-size model give (removed weights zero), and the tokens stay out of weight decay."""
+    from timm.optim import create_optimizer_v2
+    from test_report import random_arch
+    from uvc.deploy.compact_student import compact_student, write_back
+    from uvc.deploy.freeze import zero_removed_weights
+    torch.manual_seed(0)
+    dense = create_model(TINY, num_classes=10)
+    arch = random_arch(dense, TINY, seed=3, skipped=(1,))
+    assert any(len({len(v) for v in b["value_dims"]}) > 1 for b in arch["blocks"])  # heads padded to the widest
+    zero_removed_weights(dense, param_keep_masks(dense, arch))
+    batches = [(torch.randn(8, 1, 8, 8), torch.randint(10, (8,))) for _ in range(4)]
+    masked_vit, compact_vit = dense, create_model(TINY, num_classes=10)
+    compact_vit.load_state_dict(dense.state_dict())
+    masked = MaskedViT(masked_vit)
+    frozen = FrozenArchitecture(masked, arch)
+    student = compact_student(compact_vit, arch)
+    assert {"pos_embed", "cls_token"} <= student.no_weight_decay()
+    scaler, cpu = make_scaler(torch.device("cpu"), False), torch.device("cpu")
+    for model, vit, step in ((masked, masked_vit, frozen), (student, student, None)):
+        opt = create_optimizer_v2(vit, opt="adamw", lr=1e-2, weight_decay=0.5)
+        train_one_epoch(model, _CE(), batches, opt, scaler, cpu, 0, arch_step=step, clip_grad=1.0)
+    write_back(compact_vit, student, arch)
+    trained, written = masked_vit.state_dict(), compact_vit.state_dict()
+    for name, value in trained.items():
+        assert torch.allclose(written[name], value, atol=2e-5), name
+    assert torch.count_nonzero(removed_values(compact_vit, frozen.keep)) == 0
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(student.eval()(x), masked_forward_reference(masked_vit, arch, x), atol=1e-5)
+
+
+def test_a_checkpoint_of_the_masked_stage_2_is_refused_in_one_line():
+    """A stage-2 checkpoint written before stage 2 trained the compact model holds the full-size model and no
+    "student" key: resuming the compact student from it says to start stage 2 again; a checkpoint of the
+    compact student resumes the compact student."""
+    import ml_collections
+    import pytest
+    from engine.run_state import RUN_FORMAT, ResumeError, RunState
+    from uvc.deploy.compact_student import compact_student
+    vit = create_model(TINY, num_classes=10)
+    spec = base_spec(vit, TINY)
+    student = compact_student(vit, spec)
+    config = ml_collections.ConfigDict({"model_type": TINY})
+    run = RunState("post", student, torch.optim.SGD(student.parameters(), lr=0.1), None, None, config)
+    old = {"format": RUN_FORMAT, "stage": "post", "model_type": TINY, "model": vit.state_dict()}
+    with pytest.raises(ResumeError, match="fine-tuned the masked full-size model, this run fine-tunes CompactViT"):
+        run.load_state_dict(old)
+    assert RunState("post", student, run.optimizer, None, make_scaler(torch.device("cpu"), False),
+                    config).shared_state_dict()["student"] == "CompactViT"
