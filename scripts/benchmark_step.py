@@ -20,6 +20,11 @@ timed steps each is printed with their ratio. The gate/patch-logit update runs
 every --gating_interval steps (default: the config's), so a median over fewer
 steps than that does not contain one; `--gating_interval 1` times it every step.
 --json prints {"plain_step_s", "uvc_step_s", "ratio", ...}.
+
+With --stage1 FILE it times stage 2 instead, on that stage-1 file's architecture and
+weights: the masked full-size model with its masks re-applied after every step (the
+reference's stage 2, `FrozenArchitecture`) against the compact model post_train.py
+fine-tunes (uvc/deploy/compact_student.py); the same steps, ratio compact / masked.
 """
 import argparse
 import contextlib
@@ -83,8 +88,59 @@ def build_steps(args, device):
     return {name: step_fn(name) for name in ("plain", "uvc")}, search
 
 
+def build_stage2_steps(args, device):
+    """{"masked": fn, "compact": fn} on --stage1's architecture and weights, the distillation of stage 2."""
+    from uvc.deploy.compact_student import compact_student
+    from uvc.deploy.frozen import FrozenArchitecture
+    from uvc.deploy.stagefile import read_stage_file
+    from engine.build import build_student
+    record = read_stage_file(args.stage1)
+    config = parse_config("post", ["--model_type", record["model_type"], "--model_path", ""], prog="benchmark_step.py")
+    torch.manual_seed(0)
+    masked_vit, _ = build_student(config, record["arch"]["num_classes"], device, load_weights=False,
+                                  record=record["arch"])
+    masked_vit.load_state_dict(record["model"])
+    teacher = copy.deepcopy(masked_vit).requires_grad_(False).eval()
+    masked = MaskedViT(masked_vit)
+    frozen = FrozenArchitecture(masked, record["arch"])
+    student = compact_student(copy.deepcopy(masked_vit), record["arch"])
+    img = masked_vit.patch_embed.img_size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, masked_vit.patch_embed.proj.in_channels, img[0], img[1], generator=gen)
+    batch = [(images.to(device), torch.randint(0, student.num_classes, (args.batch_size,), generator=gen).to(device))]
+    base = torch.nn.CrossEntropyLoss(label_smoothing=config.smoothing)
+    criterion = DistillationLoss(base, teacher, "soft", config.distillation_alpha, config.distillation_tau)
+    scaler = make_scaler(device, bool(args.amp))
+    models = {"masked": (masked, masked_vit, frozen), "compact": (student, student, None)}
+
+    def step_fn(name):
+        model, params, arch_step = models[name]
+        optimizer, _ = build_optimizer(config, params, 1, 1, config.learning_rate)
+
+        def run():
+            with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress bar
+                train_one_epoch(model, criterion, batch, optimizer, scaler, device, 0, arch_step=arch_step,
+                                amp=bool(args.amp), clip_grad=config.clip_grad, max_steps=1)
+        return run
+
+    return {name: step_fn(name) for name in models}, record["model_type"]
+
+
+def run_stage2(args, device) -> dict:
+    steps, model_type = build_stage2_steps(args, device)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    seconds = interleaved_medians(steps, device, warmup=args.warmup, repeats=args.steps, min_round_s=0.0,
+                                  clock=clock)
+    return {"stage1": args.stage1, "model_type": model_type, "batch_size": args.batch_size, "device": str(device),
+            "threads": torch.get_num_threads(), "clock": args.clock, "amp": bool(args.amp), "steps": args.steps,
+            "masked_step_s": seconds["masked"], "compact_step_s": seconds["compact"],
+            "ratio": seconds["compact"] / seconds["masked"]}
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
+    if args.stage1:
+        return run_stage2(args, device)
     steps, search = build_steps(args, device)
     clock = time.process_time if args.clock == "process" else time.perf_counter
     seconds = interleaved_medians(steps, device, warmup=args.warmup, repeats=args.steps, min_round_s=0.0,
@@ -105,6 +161,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--gating_interval", type=int, default=0, help="gate update every N steps (0: config's)")
     parser.add_argument("--amp", type=int, default=0, choices=(0, 1), help="torch.amp autocast")
+    parser.add_argument("--stage1", default="", metavar="FILE",
+                        help="time stage 2 on this stage-1 file instead: the masked model against the compact one")
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
@@ -113,6 +171,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def format_table(r: dict) -> str:
+    if "stage1" in r:
+        return "\n".join([
+            f"stage 2 of {r['stage1']} ({r['model_type']}), batch {r['batch_size']} on {r['device']} ({r['threads']} "
+            f"threads, {r['clock']} clock{', amp' if r['amp'] else ''}), median of {r['steps']} alternating steps each",
+            f"masked full-size model   {r['masked_step_s']:.4f} s",
+            f"compact model            {r['compact_step_s']:.4f} s",
+            f"ratio                    {r['ratio']:.3f}"])
     return "\n".join([
         f"{r['model_type']} batch {r['batch_size']} on {r['device']} ({r['threads']} threads, {r['clock']} clock"
         f"{', amp' if r['amp'] else ''}), median of {r['steps']} alternating steps each (gate update every "

@@ -108,6 +108,21 @@ def test_benchmark_step_smoke():
     assert (result["model_type"], result["batch_size"], result["steps"], result["clock"]) == (TINY, 8, 2, "wall")
 
 
+def test_benchmark_step_times_stage_2_masked_against_compact(tmp_path, capsys):
+    """--stage1 FILE: both stage-2 steps run on that file's architecture (the table names both and their ratio)."""
+    from test_report import make_files
+    files = make_files(tmp_path)
+    result = run_script("benchmark_step", "--stage1", files["stage1"], "--batch_size", "4", "--steps", "2",
+                        "--warmup", "1")
+    assert result["masked_step_s"] > 0 and result["compact_step_s"] > 0
+    assert result["ratio"] == pytest.approx(result["compact_step_s"] / result["masked_step_s"])
+    assert (result["model_type"], result["stage1"]) == (TINY, files["stage1"])
+    script = load_script("benchmark_step")
+    assert script.main(["--stage1", files["stage1"], "--batch_size", "4", "--steps", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "masked full-size model" in out and "compact model" in out and "ratio" in out
+
+
 def test_benchmark_step_with_gate_updates_every_step(capsys, monkeypatch):
     """Each step kind runs (the UVC one updating gates every step); the table is the medians and their ratio."""
     import time
