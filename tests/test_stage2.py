@@ -98,8 +98,10 @@ def test_stage1_stage2_export_with_amp(tmp_path):
 
 def test_the_compact_student_takes_the_masked_models_steps():
     """Stage 2 fine-tunes the compact model (uvc.deploy.compact_student): with padded heads, a skipped block,
-    dropped patches and removed neurons, AdamW steps on it, written back, give the weights that the same steps
-    on the masked full-size model give (removed weights zero), and the tokens stay out of weight decay."""
+    dropped patches and removed neurons, steps on it, written back, give the weights that the same steps on the
+    masked full-size model give (removed weights zero), and the tokens stay out of weight decay. SGD with
+    momentum and weight decay: Adam would turn float noise in gradients that are zero in exact arithmetic
+    (the keys' bias, which softmax ignores) into whole steps, differently in the two models."""
     from timm.optim import create_optimizer_v2
     from test_report import random_arch
     from uvc.deploy.compact_student import compact_student, write_back
@@ -118,7 +120,7 @@ def test_the_compact_student_takes_the_masked_models_steps():
     assert {"pos_embed", "cls_token"} <= student.no_weight_decay()
     scaler, cpu = make_scaler(torch.device("cpu"), False), torch.device("cpu")
     for model, vit, step in ((masked, masked_vit, frozen), (student, student, None)):
-        opt = create_optimizer_v2(vit, opt="adamw", lr=1e-2, weight_decay=0.5)
+        opt = create_optimizer_v2(vit, opt="momentum", lr=0.1, weight_decay=0.5)
         train_one_epoch(model, _CE(), batches, opt, scaler, cpu, 0, arch_step=step, clip_grad=1.0)
     write_back(compact_vit, student, arch)
     trained, written = masked_vit.state_dict(), compact_vit.state_dict()
