@@ -39,7 +39,7 @@ TESTS = {
     "uvc/search/primal_dual.py": SEARCH_UNIT_TESTS + ["tests/test_aligned_search.py"],
     "uvc/search/gate_update.py": SEARCH_UNIT_TESTS,
     "uvc/search/masks.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_aligned_search.py"],
-    "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py"],
+    "uvc/search/structure.py": ["tests/test_aligned_search.py", "tests/test_masks.py", "tests/test_budget.py"],
     "uvc/search/prox.py": ["tests/test_masks.py", "tests/test_primal_dual.py", "tests/test_reference_mode.py::"
                            "test_reference_prox_shrinks_only_the_scoring_columns_unscaled"] + RULES_UNIT_TESTS,
     "uvc/search/trial.py": ["tests/test_trial.py", "tests/test_primal_dual_updates.py"] + RULES_UNIT_TESTS,

@@ -277,3 +277,19 @@ def test_the_budget_counts_in_the_cost_model_it_is_given():
     given = MacsCost(TINY, with_attn=False)
     budget = Budget(TINY, 0.5, SearchSpace(), cost=given)
     assert budget.cost is given and budget.dense == dense_macs(TINY, with_attn=False) < dense_macs(TINY)
+
+
+def test_hard_ratio_of_given_logits_is_that_of_those_logits():
+    """hard_ratio(arch, masks, gate_logits, patch_logits) prices the gates and patches given, not the current
+    ones (the trials price a flip before making it); block_keep_hard and patch_keep_hard read them the same way."""
+    budget = Budget(TINY, 0.5, SearchSpace())
+    chosen, masks = _by_hand_arch()  # block 3 skipped, 12 patches kept
+    all_blocks, _ = _by_hand_arch(gates=((0, 1),) * 4)
+    all_patches, _ = _by_hand_arch(patches=(5.0,) * 16)
+    gates, patches = all_blocks.gate_logits.detach(), all_patches.patch_logits.detach()
+    assert budget.hard_ratio(chosen, masks, gate_logits=gates) == \
+        pytest.approx(budget.hard_ratio(all_blocks, masks), rel=1e-12) != budget.hard_ratio(chosen, masks)
+    assert budget.hard_ratio(chosen, masks, patch_logits=patches) == \
+        pytest.approx(budget.hard_ratio(all_patches, masks), rel=1e-12) != budget.hard_ratio(chosen, masks)
+    assert chosen.block_keep_hard(gates).tolist() == [1.0] * 4 and chosen.block_keep_hard().tolist()[3] == 0.0
+    assert int(chosen.patch_keep_hard(patches).sum()) == 16 and int(chosen.patch_keep_hard().sum()) == 12
