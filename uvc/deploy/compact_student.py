@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models.compact import CompactViT
-from uvc.deploy.export import _value_index, export_compact, kept_heads
+from uvc.deploy.export import _value_index, copy_whole_parts, export_compact, kept_heads
 
 
 def compact_student(vit: nn.Module, arch: dict) -> CompactViT:
@@ -72,10 +72,4 @@ def _write_embeddings(vit: nn.Module, student: CompactViT) -> None:
     rows = kept if student.structure["no_embed_class"] else \
         torch.cat([torch.arange(vit.num_prefix_tokens, device=kept.device), vit.num_prefix_tokens + kept])
     vit.pos_embed[:, rows] = student.pos_embed
-    for name in ("cls_token", "dist_token", "reg_token"):
-        if getattr(student, name) is not None:
-            getattr(vit, name).copy_(getattr(student, name))
-    if student.distilled:
-        vit.head_dist.load_state_dict(student.head_dist.state_dict())
-    for name in ("patch_embed", "norm_pre", "norm", "fc_norm", "head"):
-        getattr(vit, name).load_state_dict(getattr(student, name).state_dict())
+    copy_whole_parts(vit, student, student)

@@ -150,12 +150,18 @@ def _export_embeddings(src: nn.Module, dst: CompactViT) -> None:
             prefix = src.num_prefix_tokens
             rows = torch.cat([torch.arange(prefix), prefix + kept])
         dst.pos_embed.copy_(src.pos_embed[:, rows.to(src.pos_embed.device)])
+        copy_whole_parts(dst, src, dst)
+
+
+def copy_whole_parts(dst: nn.Module, src: nn.Module, compact: CompactViT) -> None:
+    """Copy what pruning leaves whole, from `src` to `dst` (one of them is `compact`, the other the
+    timm model): prefix tokens, patch embedding, norms and heads."""
+    with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
         for name in ("cls_token", "dist_token", "reg_token"):
-            if getattr(dst, name) is not None:
+            if getattr(compact, name) is not None:
                 getattr(dst, name).copy_(getattr(src, name))
-        if dst.distilled:
-            dst.head_dist.load_state_dict(src.head_dist.state_dict())
-        for name in ("patch_embed", "norm_pre", "norm", "fc_norm", "head"):
+        names = ("patch_embed", "norm_pre", "norm", "fc_norm", "head") + (("head_dist",) if compact.distilled else ())
+        for name in names:
             getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
 
 
