@@ -3,6 +3,7 @@
     python scripts/mutation.py                         # every module of MODULES
     python scripts/mutation.py uvc/deploy/fit.py ...   # some of them (merged into log/mutation.json)
     python scripts/mutation.py --survivors MODULE ...   # only their survivors again, after adding tests
+    python scripts/mutation.py --relist MODULE ...      # their survivors classified again, after adding entries
 
 A benchmark, not CI. Each module runs in its own scratch copy of the repository (under
 --work, default /tmp/uvc-mutation) with a [mutmut] section written to that copy's setup.cfg,
@@ -93,12 +94,33 @@ def run_module(module: str, work: Path, jobs: int, only=None) -> dict:
             "source_sha256": source_hash(module)}
 
 
+def _function_of(name: str) -> str:
+    """A mutant's function: its name without mutmut's number, which changes whenever the function does."""
+    return name.rsplit("__mutmut_", 1)[0]
+
+
 def listed(table: dict, name: str, diff: str):
-    """The reason `table` gives a survivor, if it lists its name with the line its diff adds; else None
-    (a renumbered mutant is not taken for the one that had its name)."""
-    line, reason = table.get(name, (None, None))
+    """The reason `table` gives a survivor: an entry of the same function whose line is the one the
+    survivor's diff adds; else None. Matched by function and line, not by number, so an entry still
+    names its mutant after an edit elsewhere in the function renumbers it, and never another mutant."""
     added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
-    return reason if line is not None and added == [line] else None
+    function = _function_of(name)
+    return next((reason for key, (line, reason) in table.items()
+                 if _function_of(key) == function and added == [line]), None)
+
+
+def relist(previous: dict, module: str) -> dict:
+    """A module's last run with its survivors classified again by today's tables (no mutant is run again:
+    its source must be the one that run tested)."""
+    if previous is None or previous.get("source_sha256") != source_hash(module):
+        raise SystemExit(f"{module} changed since its last run (or that run kept no hash): run it whole")
+    survivors = []
+    for s in previous["survivors"]:
+        reason = equivalence(s["mutant"], s["diff"]) or listed(NEEDS_A_GPU, s["mutant"], s["diff"]) \
+            or "not killed: needs a test"
+        survivors.append(dict(s, reason=reason))
+    return {**previous, "survivors": survivors,
+            "equivalent": sum(equivalence(s["mutant"], s["diff"]) is not None for s in survivors)}
 
 
 def equivalence(name: str, diff: str):
@@ -148,7 +170,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "log" / "mutation.json"))
     parser.add_argument("--survivors", action="store_true",
                         help="test again only each module's survivors in --out (its source unchanged)")
+    parser.add_argument("--relist", action="store_true",
+                        help="run nothing: classify each module's survivors in --out again by EQUIVALENT and "
+                             "NEEDS_A_GPU (after entries were added; its source unchanged)")
     args = parser.parse_args(argv)
+    if args.survivors and args.relist:
+        parser.error("--survivors runs the survivors again, --relist runs nothing: give one")
     unknown = [m for m in args.modules if m not in TESTS]
     if unknown:
         parser.error(f"not in MODULES: {', '.join(unknown)}")
@@ -157,12 +184,15 @@ def main(argv=None) -> int:
     per_module = dict(previous.get("per_module", {}))
     for module in args.modules:
         before = per_module.get(module)
-        if args.survivors:
+        if args.relist:
+            per_module[module] = relist(before, module)
+        elif args.survivors:
             per_module[module] = retest_survivors(module, before, Path(args.work), args.jobs)
         else:
             per_module[module] = run_module(module, Path(args.work), args.jobs)
-        if per_module[module] is not before:
-            per_module[module]["command"] = shlex.join(["python", "scripts/mutation.py", *sys.argv[1:]])
+        if per_module[module] is not before:  # the run that tested it, or the command that classified it again
+            key = "relisted_by" if args.relist else "command"
+            per_module[module][key] = shlex.join(["python", "scripts/mutation.py", *sys.argv[1:]])
         print(f"{module}: {json.dumps({k: v for k, v in per_module[module].items() if k != 'survivors'})}")
     for entry in per_module.values():
         entry["score"] = score(entry)

@@ -218,6 +218,38 @@ EQUIVALENT = {
         'masks = self.masks if (self.space.pruning) or True else None',
         'with pruning off the Budget takes full widths and never reads the masks it is given '
         '(expected_cost, hard_ratio), so self.masks (set by UVCSearch.ratios) for None changes no ratio'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_patch_check__mutmut_17': (
+        'flip = self._spec_of(model, None, a.patch_logits)',
+        'ArchState.block_keep_hard and patch_keep_hard read None as the current logits, and the current '
+        'logits (a.gate_logits, a.patch_logits) are what is passed here'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_patch_check__mutmut_18': (
+        'flip = self._spec_of(model, a.gate_logits, None)',
+        'ArchState.block_keep_hard and patch_keep_hard read None as the current logits, and the current '
+        'logits (a.gate_logits, a.patch_logits) are what is passed here'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_patch_check__mutmut_24': (
+        'base = self._spec_of(model, None, before)',
+        'ArchState.block_keep_hard and patch_keep_hard read None as the current logits, and the current '
+        'logits (a.gate_logits, a.patch_logits) are what is passed here'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_skip_check__mutmut_17': (
+        'return lambda: self.skip_trial.accept(model, self._spec_of(model, None, a.patch_logits),',
+        'ArchState.block_keep_hard and patch_keep_hard read None as the current logits, and the current '
+        'logits (a.gate_logits, a.patch_logits) are what is passed here'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_skip_check__mutmut_18': (
+        'return lambda: self.skip_trial.accept(model, self._spec_of(model, a.gate_logits, None),',
+        'ArchState.block_keep_hard and patch_keep_hard read None as the current logits, and the current '
+        'logits (a.gate_logits, a.patch_logits) are what is passed here'),
+    'uvc.search.gate_update.xǁGateUpdateǁ_skip_check__mutmut_24': (
+        'self._spec_of(model, before, None), self.scores)',
+        'ArchState.block_keep_hard and patch_keep_hard read None as the current logits, and the current '
+        'logits (a.gate_logits, a.patch_logits) are what is passed here'),
+    'uvc.search.primal_dual.xǁPrimalDualǁload_state_dict__mutmut_35': (
+        'self.skip_trial.load_state_dict(state.get("skip_trial", None))',
+        "state_dict always writes the key (the trial's state, or {} without one), so the default is neve"
+        'r taken'),
+    'uvc.search.primal_dual.xǁPrimalDualǁload_state_dict__mutmut_37': (
+        'self.skip_trial.load_state_dict(state.get("skip_trial", ))',
+        "state_dict always writes the key (the trial's state, or {} without one), so the default is neve"
+        'r taken'),
 }
 
 # mutant name -> (its mutated line, why no test here can kill it): a tensor left on the CPU (`.to(None)`,
