@@ -39,8 +39,9 @@ search at all (the greedy fit at the MACs of that seed's UVC model). --ablation_
 the rows (UVC and the greedy fit always run; with --resume and the sweep's --run_dir they are the
 sweep's own runs). Writes <name>_ablations.md / .json.
 
-Tables pool the seeds of a method and budget: top-1 as mean (min-max). Every command run is
-printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
+Tables pool the seeds of a method and budget: top-1 as mean (min-max). --merge adds a pass's rows
+to the JSON already under --log_dir (scripts/sweep_merge.py): its other rows stay, each with the
+pass that timed it. Every command run is printed. All models are timed side by side at the end (batch 64, interleaved rounds, median).
 --resume reuses the runs of the same command that already completed in --run_dir and continues
 a search or fine-tuning stopped part-way from its last checkpoint (a Torch-Pruning run starts over).
 Epochs default to the config's stage 1 and stage 2 (the demos: configs/digits_demo.py and
@@ -64,6 +65,7 @@ from scripts.latency_match import latency_target, peer_at_latency
 from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, TIMING_BATCH, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
 from scripts.results import markdown_table
 from scripts.sweep_args import ABLATIONS, NO_SEARCH, results_name
+from scripts.sweep_merge import merged, passes_text
 from scripts.sweep_report import ablation_table, front_text, landing_text, plot_sweep, sweep_table
 
 # flags passed as they are to every stage and method (data, model, sizes, loading)
@@ -231,6 +233,23 @@ def main(argv=None) -> int:
         torch.set_num_threads(own)
 
 
+def results_text(args, result: dict, name: str) -> str:
+    """The Markdown of log/<name>.md: what ran (every pass, with --merge), the table and, for the sweep, the
+    front and the searches' landing."""
+    table = (ablation_table if args.ablations else sweep_table)(result)
+    budgets = sorted({r["budget"] for r in result["rows"]})
+    matched = list(dict.fromkeys(r["match"] for r in result["rows"]))
+    what = (f"budget {args.ablation_budget}" if args.ablations else
+            f"budgets {', '.join(map(str, budgets))}, matched by {' and by '.join(matched)}")
+    return (f"{name.rsplit('_', 1)[0]}, {what}, seeds {', '.join(map(str, result['seeds']))}, "
+            f"{1 if args.smoke else args.search_epochs} search epochs, {result['finetune_epochs']} fine-tuning "
+            f"epochs; {passes_text(result)}. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last "
+            f"fine-tuning epoch and at the best one (validation split), mean (min-max) over the seeds; MACs ratios "
+            f"counted by fvcore on the physically pruned models; speedups measured side by side on this CPU at "
+            f"batch 64, {result['timing_threads']} thread(s).\n\n{table}\n"
+            + ("" if args.ablations else f"\n{front_text(result['rows'])} {landing_text(result['rows'])}\n"))
+
+
 def run_sweep(args, argv) -> int:
     import torch
     from utils.checkpoint import atomic_write_text
@@ -250,16 +269,9 @@ def run_sweep(args, argv) -> int:
     epochs = 1 if args.smoke else args.finetune_epochs
     result = {"teacher_top1": result.pop("teacher_top1"), "finetune_epochs": epochs, "seeds": list(args.seeds),
               **result, "timing_threads": torch.get_num_threads(), "command": command}
-    table = (ablation_table if args.ablations else sweep_table)(result)
-    what = (f"budget {args.ablation_budget}" if args.ablations else
-            f"budgets {', '.join(map(str, args.budgets))}, matched by {' and by '.join(args.match)}")
-    text = (f"{name.rsplit('_', 1)[0]}, {what}, seeds {', '.join(map(str, args.seeds))}, "
-            f"{1 if args.smoke else args.search_epochs} search epochs, {epochs} fine-tuning epochs; produced by "
-            f"`{command}`. Teacher top-1 {result['teacher_top1']:.2f}%. Top-1 at the last fine-tuning epoch and "
-            f"at the best one (validation split), mean (min-max) over the seeds; MACs ratios counted by fvcore on "
-            f"the physically pruned models; speedups measured side by side on this CPU at batch 64, "
-            f"{result['timing_threads']} thread(s).\n\n{table}\n"
-            + ("" if args.ablations else f"\n{front_text(result['rows'])} {landing_text(result['rows'])}\n"))
+    if args.merge:
+        result = merged(result, os.path.join(args.log_dir, f"{name}.json"))
+    text = results_text(args, result, name)
     atomic_write_text(text, os.path.join(args.log_dir, f"{name}.md"))
     atomic_write_text(json.dumps(result, indent=1), os.path.join(args.log_dir, f"{name}.json"))
     if not args.ablations:

@@ -90,6 +90,10 @@ def _parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="threads of every training run and of every timing: the latency table, the matches, the "
                         "speedups (0: one per core)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of --log_dir's JSON that this pass does not produce (other budgets, matches "
+                        "or seeds, timed in an earlier pass), each marked with its pass; same teacher and "
+                        "fine-tuning length only")
     p.add_argument("--smoke", action="store_true", help="a few steps per run: checks the plumbing only")
     return p
 
@@ -108,6 +112,8 @@ def parse_args(argv, doc: str) -> argparse.Namespace:
         p.error(f"--match {','.join(bad)}: choose macs, latency or macs,latency")
     if args.prune_only and (args.ablations or args.match != ["latency"]):
         p.error("--prune_only matches the peers to UVC's measured time: give it with --match latency alone")
+    if args.merge and (args.ablations or args.prune_only):
+        p.error("--merge adds this pass's rows to the sweep's table: not with --ablations or --prune_only")
     if args.ablations and args.match != ["macs"]:
         p.error("--match latency is for the sweep only (the ablations compare UVC's own variants)")
     if args.config is None:

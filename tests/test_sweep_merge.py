@@ -1,0 +1,57 @@
+"""scripts/sweep.py --merge (scripts/sweep_merge.py): a pass keeps the log's rows it does not produce, replaces
+those it does, names the pass that timed each row, and refuses rows of another teacher or fine-tuning length."""
+import json
+
+import pytest
+
+from scripts import sweep_args
+from scripts.sweep_merge import merged, passes_text
+
+
+def row(method, budget, seed, top1, match="latency"):
+    return {"method": method, "budget": budget, "match": match, "seed": seed, "top1_last": top1}
+
+
+def result(rows, command, dense=1000.0, top1=98.6, epochs=40):
+    return {"teacher_top1": top1, "finetune_epochs": epochs, "seeds": sorted({r["seed"] for r in rows}),
+            "rows": rows, "timing_threads": 1, "teacher_images_per_s_b64": dense, "command": command}
+
+
+def test_a_pass_keeps_the_rows_it_does_not_produce_and_replaces_those_it_does(tmp_path):
+    path = tmp_path / "mnist_sweep.json"
+    old = result([row("UVC", 0.3, 730, 97.0), row("UVC", 0.5, 730, 98.0), row("UVC", 0.5, 731, 98.1)], "first")
+    path.write_text(json.dumps(old))  # a JSON from before --merge: no passes, no row passes
+    new = merged(result([row("UVC", 0.5, 731, 99.0), row("UVC", 0.7, 732, 96.0)], "second", dense=900.0), str(path))
+    got = {(r["budget"], r["seed"]): (r["top1_last"], r["pass"]) for r in new["rows"]}
+    assert got == {(0.3, 730): (97.0, 0), (0.5, 730): (98.0, 0), (0.5, 731): (99.0, 1), (0.7, 732): (96.0, 1)}
+    assert [p["command"] for p in new["passes"]] == ["first", "second"] and new["seeds"] == [730, 731, 732]
+    assert new["passes"][1]["teacher_images_per_s_b64"] == 900.0
+    text = passes_text(new)
+    assert "pass 1 (latency 0.3, latency 0.5; dense model timed at 1000 images/s): `first`" in text
+    assert "pass 2 (latency 0.5, latency 0.7; dense model timed at 900 images/s): `second`" in text
+
+    path.write_text(json.dumps(new))  # a third pass replacing every row of the first drops that pass
+    third = merged(result([row("UVC", 0.3, 730, 97.5), row("UVC", 0.5, 730, 98.5)], "third"), str(path))
+    assert [p["command"] for p in third["passes"]] == ["second", "third"]
+    assert sorted((r["budget"], r["seed"], r["pass"]) for r in third["rows"]) == \
+        [(0.3, 730, 1), (0.5, 730, 1), (0.5, 731, 0), (0.7, 732, 0)]
+
+
+def test_without_a_log_the_pass_is_the_only_one(tmp_path):
+    new = merged(result([row("UVC", 0.4, 730, 97.0)], "only"), str(tmp_path / "none.json"))
+    assert [r["pass"] for r in new["rows"]] == [0] and passes_text(new) == "produced by `only`"
+
+
+@pytest.mark.parametrize("changed", [{"top1": 98.5}, {"epochs": 30}])
+def test_rows_of_another_teacher_or_length_are_refused_in_one_line(tmp_path, changed):
+    path = tmp_path / "mnist_sweep.json"
+    path.write_text(json.dumps(result([row("UVC", 0.3, 730, 97.0)], "first")))
+    with pytest.raises(SystemExit, match="run without --merge, or give another --log_dir"):
+        merged(result([row("UVC", 0.7, 730, 96.0)], "second", **changed), str(path))
+
+
+@pytest.mark.parametrize("flags", [["--merge", "--ablations"], ["--merge", "--match", "latency", "--prune_only"]])
+def test_merge_is_for_the_sweeps_table_only(flags, capsys):
+    with pytest.raises(SystemExit):
+        sweep_args.parse_args(flags, "doc")
+    assert "--merge adds this pass's rows" in capsys.readouterr().err
