@@ -135,7 +135,8 @@ def test_variants_that_end_at_one_shape_share_one_timing(monkeypatch, tmp_path):
 
 def test_the_committed_ledger_is_what_the_readme_shows():
     """log/deviations.json (issue 25): default, reference and at least 10 no_ variants, each on 2 models x
-    2 budgets x 2 seeds, every cell timed; the README's table is summary() of those cells, line for line."""
+    2 budgets x 2 seeds, every cell timed; docs/design.md's table is summary() of those cells, line for line, and
+    the README names its command."""
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, "log", "deviations.json")) as f:
         ledger = json.load(f)
@@ -147,12 +148,14 @@ def test_the_committed_ledger_is_what_the_readme_shows():
         own = {(c["model"], c["budget"], c["seed"]) for c in cells if c["variant"] == v}
         assert len(own) == 8 and len({m for m, _, _ in own}) == 2 and len({b for _, b, _ in own}) == 2, v
     assert all(k in c for c in cells for k in KEYS)
+    with open(os.path.join(root, "docs", "design.md")) as f:
+        design = f.read()
     with open(os.path.join(root, "README.md")) as f:
         readme = f.read()
     for line in deviations.summary(cells).splitlines():
-        assert line in readme, line
-    assert ledger["command"] in readme.replace("\n", " ")
-    # what the README's text reads from it: the reference's search never left the dense model at 0.3 and
+        assert line in design, line
+    assert ledger["command"] in readme.replace("\n", " ") and ledger["command"] in design.replace("\n", " ")
+    # what the README's and design.md's text reads from it: the reference's search never left the dense model at 0.3 and
     # skipped every block at 0.5; the integral cap never bound (its cells are the default's); exported as
     # searched, every no_fit cell stayed in the fit's window
     of = lambda variant: {(c["model"], c["budget"], c["seed"]): c for c in cells if c["variant"] == variant}  # noqa

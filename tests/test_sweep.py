@@ -373,7 +373,7 @@ def test_the_readme_reads_the_committed_mnist_sweep_at_latency_budgets_0_3_to_0_
     """README, "Headline results": at latency 0.3 UVC's last-epoch seed mean and speedup, with no peer as fast
     in any seed; at 0.4 UVC's mean the highest; at 0.5 uniform magnitude matched to UVC's time in every seed and ahead of it, the only
     shortfall at equal speed; as log/mnist_sweep.json holds them. docs/results.md carries log/mnist_sweep.md's
-    table."""
+    table, and the README the table itself with its command."""
     import json
     import os
     from scripts.sweep_report import out_of_reach, shortfalls
@@ -403,4 +403,8 @@ def test_the_readme_reads_the_committed_mnist_sweep_at_latency_budgets_0_3_to_0_
     results = open(os.path.join(root, "docs", "results.md")).read()
     table = open(os.path.join(root, "log", "mnist_sweep.md")).read()
     assert all(line in results for line in table.splitlines() if line.startswith("|"))
+    readme_lines = open(os.path.join(root, "README.md")).read().splitlines()
+    assert all(line in readme_lines for line in table.splitlines() if line.startswith("|"))
+    assert "top-1 at the last FT epoch" in table and "top-1 at the best FT epoch" in table
+    assert result["command"] in readme.replace(" \\ ", " ")
 
