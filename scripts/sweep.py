@@ -7,7 +7,8 @@ search: on the MNIST benchmark, or on any config, data folder and input size.
         --input_size 32 --budgets 0.5 --log_dir out --figs_dir out                       # your own data
 
 Sweep: for every seed and budget (0.3, 0.4, 0.5, 0.7) UVC runs stage 1 and stage 2 from the
-dense teacher (trained once and cached, or --teacher), then every peer is pruned from the same
+dense teacher (trained once and cached, or --teacher: the MNIST benchmark's is log/mnist_teacher.pth,
+so that passes merged with --merge share it), then every peer is pruned from the same
 teacher and fine-tuned with the same epochs and distillation. `--match macs` (default): at the UVC
 model's MACs, `uniform magnitude` and `greedy fit` (uvc.deploy.fit.fit_to_budget on the dense
 architecture with the teacher's scores, no search) by UVC's formula, `Torch-Pruning` (Taylor
@@ -65,7 +66,7 @@ from scripts.latency_match import latency_target, peer_at_latency
 from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, TIMING_BATCH, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
 from scripts.results import markdown_table
 from scripts.sweep_args import ABLATIONS, NO_SEARCH, results_name
-from scripts.sweep_merge import merged, passes_text
+from scripts.sweep_merge import file_sha256, merged, passes_text
 from scripts.sweep_report import ablation_table, front_text, landing_text, plot_sweep, sweep_table
 
 # flags passed as they are to every stage and method (data, model, sizes, loading)
@@ -267,8 +268,9 @@ def run_sweep(args, argv) -> int:
     result = (ablations if args.ablations else sweep)(args, bench, teacher, dense)
     result.pop("runs")  # run folders stay under --run_dir
     epochs = 1 if args.smoke else args.finetune_epochs
-    result = {"teacher_top1": result.pop("teacher_top1"), "finetune_epochs": epochs, "seeds": list(args.seeds),
-              **result, "timing_threads": torch.get_num_threads(), "command": command}
+    result = {"teacher_top1": result.pop("teacher_top1"), "teacher_sha256": file_sha256(teacher),
+              "finetune_epochs": epochs, "seeds": list(args.seeds), **result,
+              "timing_threads": torch.get_num_threads(), "command": command}
     if args.merge:
         result = merged(result, os.path.join(args.log_dir, f"{name}.json"))
     text = results_text(args, result, name)

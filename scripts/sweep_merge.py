@@ -6,8 +6,11 @@ sessions, scratch space reclaimed). With --merge a pass keeps the rows of the JS
 replace any with their key. Speedups are ratios to the dense model timed side by side in the row's
 own pass, so every row names its pass (`pass`, an index into `passes`: the pass's command, thread
 count and the dense model's images/s). Rows are only merged from the same teacher (its top-1) and the
-same fine-tuning length; anything else is refused in one line.
+same fine-tuning length; anything else is refused in one line. A teacher trained again is not the
+same teacher (on this machine the MNIST teacher, trained again from the same command and seed, ended
+0.2 points apart), so a sweep meant to be merged across machines hands every pass the same --teacher.
 """
+import hashlib
 import json
 import os
 from typing import List
@@ -23,9 +26,17 @@ def _passes_of(old: dict) -> List[dict]:
              "teacher_images_per_s_b64": old.get("teacher_images_per_s_b64")}]
 
 
+def file_sha256(path: str) -> str:
+    """A file's content hash (the teacher's: which teacher a row was distilled from)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def check_mergeable(old: dict, new: dict, path: str) -> None:
-    """One line (SystemExit) if `old`'s rows cannot sit in one table with `new`'s."""
-    for key, what in (("teacher_top1", "teacher top-1"), ("finetune_epochs", "fine-tuning epochs")):
+    """One line (SystemExit) if `old`'s rows cannot sit in one table with `new`'s: another teacher (its file's
+    hash; its top-1 for a JSON that predates the hash) or another fine-tuning length."""
+    keys = (("teacher_sha256", "the teacher file of sha256"),) if "teacher_sha256" in old else ()
+    for key, what in keys + (("teacher_top1", "teacher top-1"), ("finetune_epochs", "fine-tuning epochs")):
         if old.get(key) != new.get(key):
             raise SystemExit(f"--merge: {path} was made with {what} {old.get(key)}, this pass with "
                              f"{new.get(key)}: run without --merge, or give another --log_dir")

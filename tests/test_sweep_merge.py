@@ -12,8 +12,8 @@ def row(method, budget, seed, top1, match="latency"):
     return {"method": method, "budget": budget, "match": match, "seed": seed, "top1_last": top1}
 
 
-def result(rows, command, dense=1000.0, top1=98.6, epochs=40):
-    return {"teacher_top1": top1, "finetune_epochs": epochs, "seeds": sorted({r["seed"] for r in rows}),
+def result(rows, command, dense=1000.0, top1=98.6, epochs=40, sha="ab"):
+    return {"teacher_top1": top1, "teacher_sha256": sha, "finetune_epochs": epochs, "seeds": sorted({r["seed"] for r in rows}),
             "rows": rows, "timing_threads": 1, "teacher_images_per_s_b64": dense, "command": command}
 
 
@@ -42,7 +42,7 @@ def test_without_a_log_the_pass_is_the_only_one(tmp_path):
     assert [r["pass"] for r in new["rows"]] == [0] and passes_text(new) == "produced by `only`"
 
 
-@pytest.mark.parametrize("changed", [{"top1": 98.5}, {"epochs": 30}])
+@pytest.mark.parametrize("changed", [{"top1": 98.5}, {"epochs": 30}, {"sha": "cd"}])
 def test_rows_of_another_teacher_or_length_are_refused_in_one_line(tmp_path, changed):
     path = tmp_path / "mnist_sweep.json"
     path.write_text(json.dumps(result([row("UVC", 0.3, 730, 97.0)], "first")))
@@ -55,3 +55,29 @@ def test_merge_is_for_the_sweeps_table_only(flags, capsys):
     with pytest.raises(SystemExit):
         sweep_args.parse_args(flags, "doc")
     assert "--merge adds this pass's rows" in capsys.readouterr().err
+
+
+def test_a_log_without_the_teachers_hash_is_checked_by_its_top1(tmp_path):
+    path = tmp_path / "mnist_sweep.json"
+    old = result([row("UVC", 0.3, 730, 97.0)], "first")
+    del old["teacher_sha256"]
+    path.write_text(json.dumps(old))
+    assert len(merged(result([row("UVC", 0.7, 730, 96.0)], "second", sha="cd"), str(path))["rows"]) == 2
+    with pytest.raises(SystemExit, match="teacher top-1"):
+        merged(result([row("UVC", 0.7, 730, 96.0)], "second", top1=98.4), str(path))
+
+
+def test_the_committed_mnist_teacher_is_the_file_its_note_describes():
+    """log/mnist_teacher.pth (the MNIST sweep's --teacher): the sha256 log/mnist_teacher.md gives, and the
+    best-epoch top-1 it states, evaluated here on the validation split."""
+    import os
+    import re
+    from scripts.pipeline import Bench
+    from scripts.sweep_merge import file_sha256
+    root = os.path.join(os.path.dirname(__file__), "..")
+    note = " ".join(open(os.path.join(root, "log", "mnist_teacher.md")).read().split())
+    path = os.path.join(root, "log", "mnist_teacher.pth")
+    assert f"sha256 `{file_sha256(path)}`" in note
+    stated = float(re.search(r"best epoch (\d+\.\d\d)", note).group(1))
+    bench = Bench("mnist")
+    assert f"{bench.top1(bench.dense_model(path)):.2f}" == f"{stated:.2f}"
