@@ -5,7 +5,7 @@ sessions, scratch space reclaimed). With --merge a pass keeps the rows of the JS
 --log_dir that it does not produce itself, keyed by (method, budget, match, seed); its own rows
 replace any with their key. Speedups are ratios to the dense model timed side by side in the row's
 own pass, so every row names its pass (`pass`, an index into `passes`: the pass's command, thread
-count and the dense model's images/s). Rows are only merged from the same teacher (its top-1) and the
+count and the dense model's images/s). Rows are only merged from the same teacher (its file's hash) and the
 same fine-tuning length; anything else is refused in one line. A teacher trained again is not the
 same teacher (the MNIST teacher, trained again on a new machine from the same command and seed, ended
 0.2 points apart), so a sweep meant to be merged across machines hands every pass the same --teacher.
