@@ -277,7 +277,8 @@ def run_sweep(args, argv) -> int:
     atomic_write_text(text, os.path.join(args.log_dir, f"{name}.md"))
     atomic_write_text(json.dumps(result, indent=1), os.path.join(args.log_dir, f"{name}.json"))
     if not args.ablations:
-        plot_sweep(result, os.path.join(args.figs_dir, f"{name}_top1_vs_macs.png"), command, name)
+        commands = " ; ".join(p["command"] for p in result.get("passes", [result]))  # every pass, with --merge
+        plot_sweep(result, os.path.join(args.figs_dir, f"{name}_top1_vs_macs.png"), commands, name)
     print("\n" + text)
     return 0
 
