@@ -81,3 +81,24 @@ def test_the_committed_mnist_teacher_is_the_file_its_note_describes():
     stated = float(re.search(r"best epoch (\d+\.\d\d)", note).group(1))
     bench = Bench("mnist")
     assert f"{bench.top1(bench.dense_model(path)):.2f}" == f"{stated:.2f}"
+
+
+def test_the_merged_table_names_each_pass_and_pools_every_budget(tmp_path):
+    """The committed MNIST sweep as an earlier pass and a new pass of budget 0.7 (its rows copied from 0.5):
+    log/<name>.md's text names both passes and their cells, and the table holds all four budgets."""
+    import os
+    from scripts import sweep
+    root = os.path.join(os.path.dirname(__file__), "..")
+    old = json.loads(open(os.path.join(root, "log", "mnist_sweep.json")).read())
+    path = tmp_path / "mnist_sweep.json"
+    path.write_text(json.dumps(old))
+    rows = [dict(r, budget=0.7) for r in old["rows"] if r["budget"] == 0.5]
+    new = dict(old, rows=rows, command="python scripts/sweep.py --budgets 0.7 --merge", seeds=[730, 731, 732])
+    new.pop("teacher_sha256", None)
+    args = sweep.parse_args(["--budgets", "0.7", "--match", "latency", "--merge", "--log_dir", str(tmp_path)])
+    args.search_epochs = 10
+    text = sweep.results_text(args, merged(new, str(path)), "mnist_sweep")
+    assert "budgets 0.3, 0.4, 0.5, 0.7, matched by latency" in text
+    assert "pass 1 (latency 0.3, latency 0.4, latency 0.5; dense model timed at " in text
+    assert "pass 2 (latency 0.7; dense model timed at" in text and "`python scripts/sweep.py --budgets 0.7 --merge`" in text
+    assert sum(line.startswith("| UVC | latency |") for line in text.splitlines()) == 4
