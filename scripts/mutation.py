@@ -102,7 +102,8 @@ def _function_of(name: str) -> str:
 def listed(table: dict, name: str, diff: str):
     """The reason `table` gives a survivor: an entry of the same function whose line is the one the
     survivor's diff adds; else None. Matched by function and line, not by number, so an entry still
-    names its mutant after an edit elsewhere in the function renumbers it, and never another mutant."""
+    names its mutant after an edit elsewhere in the function renumbers it; a mutant of another line or
+    another function is never taken for it."""
     added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
     function = _function_of(name)
     return next((reason for key, (line, reason) in table.items()
