@@ -102,3 +102,33 @@ def test_the_merged_table_names_each_pass_and_pools_every_budget(tmp_path):
     assert "pass 1 (latency 0.3, latency 0.4, latency 0.5; dense model timed at " in text
     assert "pass 2 (latency 0.7; dense model timed at" in text and "`python scripts/sweep.py --budgets 0.7 --merge`" in text
     assert sum(line.startswith("| UVC | latency |") for line in text.splitlines()) == 4
+
+
+def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_it():
+    """log/mnist_sweep_next/ (docs/results.md): every row distilled from log/mnist_teacher.pth (its hash), 3 seeds
+    and 40 epochs per cell of every method; results.md carries its table and reads its means, the greedy fit
+    ahead of UVC at latency 0.7 and off UVC's front; the teacher it replaces is log/mnist_sweep.json's."""
+    import os
+    from scripts.sweep_report import dominations
+    from scripts.sweep_merge import file_sha256
+    root = os.path.join(os.path.dirname(__file__), "..")
+    nxt = json.loads(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_sweep.json")).read())
+    assert nxt["teacher_sha256"] == file_sha256(os.path.join(root, "log", "mnist_teacher.pth"))
+    assert nxt["finetune_epochs"] == 40 and nxt["seeds"] == [730, 731, 732]
+    cells = {(r["match"], r["budget"]) for r in nxt["rows"]}
+    for match, budget in cells:
+        for method in ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit"):
+            assert sorted(r["seed"] for r in nxt["rows"] if (r["method"], r["match"], r["budget"]) ==
+                          (method, match, budget)) == [730, 731, 732]
+    doc = open(os.path.join(root, "docs", "results.md")).read()
+    table = open(os.path.join(root, "log", "mnist_sweep_next", "mnist_sweep.md")).read()
+    assert all(line in doc for line in table.splitlines() if line.startswith("|"))
+    text = " ".join(doc.split())
+    mean = lambda m, k: sum(r[k] for r in nxt["rows"] if r["method"] == m and r["budget"] == 0.7) / 3  # noqa
+    assert (f"keeps {mean('greedy fit', 'top1_last'):.2f} top-1 at the last epoch against UVC's "
+            f"{mean('UVC', 'top1_last'):.2f}") in text
+    assert (f"the greedy fit keeps {mean('greedy fit', 'macs_ratio'):.3f} of the MACs against UVC's "
+            f"{mean('UVC', 'macs_ratio'):.3f}") in text
+    assert any("greedy fit at 0.7" in d for d in dominations(nxt["rows"]))
+    old = json.loads(open(os.path.join(root, "log", "mnist_sweep.json")).read())
+    assert f"(best epoch {nxt['teacher_top1']:.2f} against {old['teacher_top1']:.2f})" in text
