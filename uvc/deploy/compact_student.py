@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models.compact import CompactViT
-from uvc.deploy.export import _value_index, copy_whole_parts, export_compact, kept_heads
+from uvc.deploy.export import _value_index, block_pairs, copy_block_norms, copy_whole_parts, export_compact, kept_heads
 
 
 def compact_student(vit: nn.Module, arch: dict) -> CompactViT:
@@ -35,10 +35,8 @@ def write_back(vit: nn.Module, student: CompactViT, arch: dict) -> None:
     removed weights, skipped blocks and dropped patches' position rows keep what `vit` holds."""
     with torch.no_grad():  # in the body, not a decorator: mutmut skips decorated functions
         _write_embeddings(vit, student)
-        for dst, entry in zip(student.blocks, student.spec["blocks"]):
-            src, block = vit.blocks[entry["source_block"]], arch["blocks"][entry["source_block"]]
-            for name in ("norm1", "norm2", "ls1", "ls2"):
-                getattr(src, name).load_state_dict(getattr(dst, name).state_dict())
+        for src, dst, block in block_pairs(vit, student, arch):
+            copy_block_norms(src, dst)
             _write_attention(src.attn, dst.attn, kept_heads(block))
             kept = torch.as_tensor(block["neurons"], dtype=torch.long, device=src.mlp.fc1.weight.device)
             src.mlp.fc1.weight[kept] = dst.mlp.fc1.weight

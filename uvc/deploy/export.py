@@ -165,6 +165,18 @@ def copy_whole_parts(dst: nn.Module, src: nn.Module, compact: CompactViT) -> Non
             getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
 
 
+def block_pairs(model: nn.Module, compact: CompactViT, arch: dict):
+    """(the timm model's block, the compact block made from it, that block's arch entry), per kept block."""
+    for dst, entry in zip(compact.blocks, compact.spec["blocks"]):
+        yield model.blocks[entry["source_block"]], dst, arch["blocks"][entry["source_block"]]
+
+
+def copy_block_norms(dst: nn.Module, src: nn.Module) -> None:
+    """A kept block's norms and layer scales, which pruning leaves whole, from `src` to `dst`."""
+    for name in ("norm1", "norm2", "ls1", "ls2"):
+        getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+
+
 def export_compact(model: nn.Module, arch: dict) -> CompactViT:
     """The physically smaller model that computes the masked `model`'s logits.
 
@@ -176,10 +188,8 @@ def export_compact(model: nn.Module, arch: dict) -> CompactViT:
     compact = CompactViT(compact_spec_from_arch({**arch, **vit_structure(model)}))
     compact.to(next(model.parameters()).device)
     _export_embeddings(model, compact)
-    for dst, entry in zip(compact.blocks, compact.spec["blocks"]):
-        src, block = model.blocks[entry["source_block"]], arch["blocks"][entry["source_block"]]
-        for name in ("norm1", "norm2", "ls1", "ls2"):
-            getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+    for src, dst, block in block_pairs(model, compact, arch):
+        copy_block_norms(dst, src)
         _export_attention(src.attn, dst.attn, kept_heads(block))
         _export_mlp(src.mlp, dst.mlp, block["neurons"])
     return compact.train(model.training)
