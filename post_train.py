@@ -34,7 +34,7 @@ from utils.dist import cleanup, init_distributed, is_main_process
 from utils.logger import RunLogger
 from engine.loop import evaluate, train_one_epoch
 from engine.build import (build_data, build_loss, build_optimizer, build_student, build_teacher,
-                          check_output_dir, seed_everything, steps_per_epoch, wrap_ddp)
+                          check_output_dir, load_stage2_start, seed_everything, steps_per_epoch, wrap_ddp)
 from engine.entry import run_entry
 from engine.run_state import RunState, StopSignal
 from engine.stage import Stage, close_epoch, open_run, run_epochs, settle_epoch, start_epoch
@@ -68,7 +68,7 @@ def build(config) -> Stage2:
                                     load_weights=config.pretrained and not compress, record=arch)
     student = vit
     if stage1 is not None:
-        vit.load_state_dict(stage1["model"])
+        load_stage2_start(vit, config, stage1, model_type)  # --finetune_from: the search's or the dense weights
         zero_removed_weights(vit, param_keep_masks(vit, arch))  # the stage-2 file's removed weights: exactly zero
         student = compact_student(vit, arch)  # the same steps at the compact model's cost
     teacher = build_teacher(config, data.num_classes, env.device, fallback=stage1["teacher"] if stage1 else None)

@@ -139,6 +139,24 @@ def build_student(config, num_classes: int, device, load_weights: bool = True, r
     return vit.to(device), model_type
 
 
+def load_stage2_start(vit, config, stage1: dict, model_type: str) -> None:
+    """The weights stage 2 starts from (--finetune_from): the stage-1 file's (search), or the dense
+    weights the search started from (pretrained: --model_path, else the stage-1 run's own), whose removed
+    groups stage 2 then zeroes. The search's weights trained under masks and Gumbel noise; starting from
+    the pretrained ones keeps what the dense model knew about the groups that stay (docs/design.md)."""
+    if config.finetune_from == "search":
+        vit.load_state_dict(stage1["model"])
+        return
+    path = config.model_path or stage1.get("config", {}).get("model_path", "")
+    if not path:
+        raise ConfigError("--finetune_from pretrained needs the dense weights the search started from: pass "
+                          "--model_path, or use --finetune_from search")
+    loaded = load_pretrained(vit, path, model_type=model_type)
+    if loaded["reinitialized_head"]:
+        raise ConfigError(f"--finetune_from pretrained: {path} has no classifier for this model's "
+                          f"{vit.num_classes} classes; use --finetune_from search")
+
+
 def check_record_shape(config, record: dict) -> None:
     """Refuse shape flags that contradict the stage-1 file's model (it fixes the model)."""
     recorded = dict(record["model_kwargs"], input_size=record["img_size"])

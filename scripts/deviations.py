@@ -9,7 +9,8 @@ Variants (VARIANTS): `default`; `reference` (--search_algorithm reference); and 
 the default search with that departure of ours replaced by the reference's rule: one
 `--reference_rules` name each (uvc/search/rules.py), and y, p starting at the reference's value
 (--dual_init, configs.common.REFERENCE_SEARCH), no patch trial (--patch_probe 0), no skip trial
-(--skip_probe 0), any width (--round_to 1). Models are those of scripts/benchmark_search.py (its
+(--skip_probe 0), any width (--round_to 1), stage 2 from the search's weights (`--finetune_from search`,
+STAGE2_VARIANTS: the search is the default's). Models are those of scripts/benchmark_search.py (its
 configs, data, 1x search length, --round_to 8 and cached dense teachers). Per cell: the search's hard ratio at its end, the
 exported ratio, the fraction of groups the greedy fit changed (or would have changed, when the
 export takes the search as it ended), top-1 after the freeze, top-1 at the last and the best epoch of
@@ -55,7 +56,9 @@ VARIANTS = {
     "no_patch_trial": ["--patch_probe", "0"],
     "no_skip_trial": ["--skip_probe", "0"],
     "no_round_to": ["--round_to", "1"],
+    "no_pretrained_start": [],
 }
+STAGE2_VARIANTS = {"no_pretrained_start": ["--finetune_from", "search"]}  # departures of stage 2: its flags
 SMOKE_TEACHER = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # and stage 2
 SMOKE_SEARCH = ["--epochs", "2", "--warmup_epochs", "1", "--max_steps_per_epoch", "3"]
 STAGE2_EPOCHS = 30  # as scripts/benchmark_search.py --stage2
@@ -71,12 +74,12 @@ def stage1_command(name: str, variant: str, budget: float, seed: int, teacher: s
              "--log_interval", "50", *round_to] + m["data"] + (SMOKE_SEARCH if smoke else m["lengths"][1]) + flags)
 
 
-def stage2_command(name: str, stage1_file: str, teacher: str, out: str, smoke: bool):
+def stage2_command(name: str, variant: str, stage1_file: str, teacher: str, out: str, smoke: bool):
     m = bench.MODELS[name]
     post_config = m["config"] + (":post" if "digits_demo" in m["config"] else "")
     return (["post_train.py", "--config", post_config, "--model_type", m["model_type"], "--model_path", teacher,
              "--checkpoint_dir", stage1_file, "--output_dir", out, "--eval_every", "0"] + m["data"]
-            + (SMOKE_TEACHER if smoke else ["--epochs", str(STAGE2_EPOCHS)]))
+            + (SMOKE_TEACHER if smoke else ["--epochs", str(STAGE2_EPOCHS)]) + STAGE2_VARIANTS.get(variant, []))
 
 
 def timed(cmd: List[str], log_path: str) -> float:
@@ -102,9 +105,10 @@ def cell(name: str, variant: str, budget: float, seed: int, teacher: str, args) 
     seconds1 = timed(s1, os.path.join(out, "stdout.log"))
     stage1_file = os.path.join(out, f"{bench.MODELS[name]['model_type']}_uvc.pth")
     s2_out = os.path.join(out, "stage2")
-    seconds2 = timed(stage2_command(name, stage1_file, teacher, s2_out, args.smoke), os.path.join(s2_out, "stdout.log"))
+    s2 = stage2_command(name, variant, stage1_file, teacher, s2_out, args.smoke)
+    seconds2 = timed(s2, os.path.join(s2_out, "stdout.log"))
     final = [r for r in bench.records(out) if "stage1_file" in r][-1]
-    row = {"variant": variant, "flags": VARIANTS[variant], "model": name, "budget": budget, "seed": seed,
+    row = {"variant": variant, "flags": VARIANTS[variant] + STAGE2_VARIANTS.get(variant, []), "model": name, "budget": budget, "seed": seed,
            "search_steps": final["search_steps"], "searched_ratio": final["searched_macs_ratio"],
            "exported_ratio": final["macs_ratio"], "greedy_changed_frac": final["greedy_changed_frac"],
            "greedy_would_change_frac": final.get("greedy_would_change_frac"),
@@ -113,7 +117,7 @@ def cell(name: str, variant: str, budget: float, seed: int, teacher: str, args) 
            "in_fit_window": FIT_WINDOW[0] <= final["macs_ratio"] - budget <= FIT_WINDOW[1],
            "warned": any("warning" in r for r in bench.records(out)),
            "seconds_stage1": round(seconds1, 1), "seconds_stage2": round(seconds2, 1),
-           "command": "python " + shlex.join(s1)}
+           "command": "python " + shlex.join(s1), "stage2_command": "python " + shlex.join(s2)}
     atomic_write_text(json.dumps(row, indent=1), done)
     return row
 

@@ -192,9 +192,9 @@ class Bench:
 
     # ------------------------------------------------------------------------- the methods
     def uvc(self, name: str, teacher: str, out: str, budget: float, seed: Optional[int] = None,
-            joint_extra=(), post_extra=()) -> dict:
-        """UVC (or an ablation of it): stage 1, then stage 2 and export."""
-        s1 = self.stage1(teacher, os.path.join(out, "stage1"), budget, seed, joint_extra)
+            joint_extra=(), post_extra=(), stage1_file: str = "") -> dict:
+        """UVC (or an ablation of it): stage 1 (or its given `stage1_file`), then stage 2 and export."""
+        s1 = stage1_file or self.stage1(teacher, os.path.join(out, "stage1"), budget, seed, joint_extra)
         files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed, post_extra)
         return dict(stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")]),
                     **files)

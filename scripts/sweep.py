@@ -203,8 +203,13 @@ def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
     runs, budget = [], args.ablation_budget
     for seed in args.seeds:
         folder = run_folder(args, budget, seed, False)
-        searched = [bench.uvc(name, teacher, os.path.join(folder, slug(name)), budget, seed, joint, post)
-                    for name, (joint, post) in ((n, ABLATIONS[n]) for n in args.ablation_rows)]
+        searched, searches = [], {}  # rows of the same stage-1 flags share one search
+        for name in args.ablation_rows:
+            joint, post = ABLATIONS[name]
+            run = bench.uvc(name, teacher, os.path.join(folder, slug(name)), budget, seed, joint, post,
+                            searches.get(tuple(joint), ""))
+            searches.setdefault(tuple(joint), run["stage1_file"])
+            searched.append(run)
         greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed)[0]  # at UVC's MACs
         runs += [dict(r, seed=seed, budget=budget, match="macs") for r in searched]
         runs.append(dict(greedy, name=NO_SEARCH, seed=seed, budget=budget, match="macs"))

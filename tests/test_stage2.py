@@ -150,3 +150,36 @@ def test_a_checkpoint_of_the_masked_stage_2_is_refused_in_one_line():
         run.load_state_dict(old)
     assert RunState("post", student, run.optimizer, None, make_scaler(torch.device("cpu"), False),
                     config).shared_state_dict()["student"] == "CompactViT"
+
+
+def test_finetune_from_picks_the_weights_stage_2_starts_from(tmp_path):
+    """--finetune_from search starts from the stage-1 file's weights, pretrained from the dense file the search
+    started from (--model_path, else the stage-1 run's own), cut to the same architecture; with no dense file
+    to read it stops in one line."""
+    import pytest
+    from utils.config import ConfigError, parse_config
+    from uvc.deploy.stagefile import stage1_record
+    torch.manual_seed(0)
+    dense, searched = create_model(TINY, num_classes=10), create_model(TINY, num_classes=10)
+    spec, _ = fit_to_budget(base_spec(dense, TINY), group_scores(*stacked_weights(dense), 2), 0.5)
+    torch.save({"model": dense.state_dict()}, tmp_path / "dense.pth")
+    config = {"model_path": str(tmp_path / "dense.pth")}
+    for name, own in (("s1.pth", config), ("s1_no_path.pth", {})):
+        torch.save(stage1_record(spec, searched.state_dict(), own, {}), tmp_path / name)
+    keep = param_keep_masks(dense, spec)
+
+    def start(*flags, stage1="s1.pth"):
+        argv = DIGITS + ["--checkpoint_dir", str(tmp_path / stage1), "--distillation-type", "none",
+                         "--output_dir", str(tmp_path / "out"), *flags]
+        vit = post_train.build(parse_config("post", argv)).vit
+        return {n: p.detach() * keep.get(n, 1) for n, p in vit.named_parameters()}
+
+    for flags, stage1, source in (((), "s1.pth", searched), (("--finetune_from", "search"), "s1.pth", searched),
+                                  (("--finetune_from", "pretrained"), "s1.pth", dense),
+                                  (("--finetune_from", "pretrained", "--model_path", str(tmp_path / "dense.pth")),
+                                   "s1_no_path.pth", dense)):
+        expected = {n: p.detach() * keep.get(n, 1) for n, p in source.named_parameters()}
+        got = start(*flags, stage1=stage1)
+        assert all(torch.equal(got[n], expected[n]) for n in expected), (flags, stage1)
+    with pytest.raises(ConfigError, match="--finetune_from pretrained needs the dense weights .* pass --model_path"):
+        start("--finetune_from", "pretrained", stage1="s1_no_path.pth")

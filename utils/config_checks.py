@@ -33,7 +33,7 @@ STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "
                "use_gumbel", "gumbel_tau", "gumbel_tau_decay", "eps", "eps_decay", "glr", "gating_weight",
                "gating_interval", "patchlr", "patch_weight", "patch_l1_weight", "patchloss", "enable_warmup",
                "warmup_epochs", "warmup_lr")
-STAGE2_ONLY = ("checkpoint_dir",)
+STAGE2_ONLY = ("checkpoint_dir", "finetune_from")
 
 
 def check_stage_flags(overrides: dict, stage: str) -> None:
@@ -96,6 +96,7 @@ _CHOICES = {
     "patchloss": ("l1",),
     "soptim": ("sgd", "adam"),
     "search_masking": ("hard", "soft"),
+    "finetune_from": ("search", "pretrained"),
     "budget_metric": ("macs", "latency"),
     "roptim": ("sgd", "adam"),
     "mixup_mode": ("batch", "pair", "elem"),
