@@ -68,7 +68,9 @@ def build(config) -> Stage2:
                                     load_weights=config.pretrained and not compress, record=arch)
     student = vit
     if stage1 is not None:
-        load_stage2_start(vit, config, stage1, model_type)  # --finetune_from: the search's or the dense weights
+        start = load_stage2_start(vit, config, stage1, model_type)  # --finetune_from
+        if is_main_process():
+            print(f"stage 2 starts from {start}", flush=True)
         zero_removed_weights(vit, param_keep_masks(vit, arch))  # the stage-2 file's removed weights: exactly zero
         student = compact_student(vit, arch)  # the same steps at the compact model's cost
     teacher = build_teacher(config, data.num_classes, env.device, fallback=stage1["teacher"] if stage1 else None)

@@ -139,22 +139,23 @@ def build_student(config, num_classes: int, device, load_weights: bool = True, r
     return vit.to(device), model_type
 
 
-def load_stage2_start(vit, config, stage1: dict, model_type: str) -> None:
-    """The weights stage 2 starts from (--finetune_from): the stage-1 file's (search), or the dense
-    weights the search started from (pretrained: --model_path, else the stage-1 run's own), whose removed
-    groups stage 2 then zeroes. The search's weights trained under masks and Gumbel noise; starting from
-    the pretrained ones keeps what the dense model knew about the groups that stay (docs/design.md)."""
-    if config.finetune_from == "search":
+def load_stage2_start(vit, config, stage1: dict, model_type: str) -> str:
+    """Load the weights stage 2 starts from (--finetune_from) and say which: the stage-1 file's (search), or
+    the dense weights the search started from (pretrained: --model_path, else the stage-1 run's own), whose
+    removed groups stage 2 then zeroes. The search's weights trained under masks and Gumbel noise; the
+    pretrained ones still hold what the dense model knew about the groups that stay (docs/design.md). A
+    search that started from random weights (--pretrained 0, or no --model_path) has no such start."""
+    own = stage1.get("config", {})
+    path = (config.model_path or own.get("model_path", "")) if own.get("pretrained", True) else ""
+    if config.finetune_from == "search" or not path:
         vit.load_state_dict(stage1["model"])
-        return
-    path = config.model_path or stage1.get("config", {}).get("model_path", "")
-    if not path:
-        raise ConfigError("--finetune_from pretrained needs the dense weights the search started from: pass "
-                          "--model_path, or use --finetune_from search")
+        return "the search's weights" + ("" if config.finetune_from == "search" else
+                                         " (--finetune_from pretrained: the search started from random weights)")
     loaded = load_pretrained(vit, path, model_type=model_type)
     if loaded["reinitialized_head"]:
         raise ConfigError(f"--finetune_from pretrained: {path} has no classifier for this model's "
                           f"{vit.num_classes} classes; use --finetune_from search")
+    return f"the pretrained weights of {path}"
 
 
 def check_record_shape(config, record: dict) -> None:

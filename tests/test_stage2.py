@@ -153,9 +153,10 @@ def test_a_checkpoint_of_the_masked_stage_2_is_refused_in_one_line():
 
 
 def test_finetune_from_picks_the_weights_stage_2_starts_from(tmp_path):
-    """--finetune_from search starts from the stage-1 file's weights, pretrained from the dense file the search
-    started from (--model_path, else the stage-1 run's own), cut to the same architecture; with no dense file
-    to read it stops in one line."""
+    """--finetune_from pretrained (the default) starts from the dense file the search started from (--model_path,
+    else the stage-1 run's own), cut to the searched architecture, search from the stage-1 file's weights; a
+    search that started from random weights has no pretrained start; a dense file of another class count stops
+    in one line."""
     import pytest
     from utils.config import ConfigError, parse_config
     from uvc.deploy.stagefile import stage1_record
@@ -164,7 +165,7 @@ def test_finetune_from_picks_the_weights_stage_2_starts_from(tmp_path):
     spec, _ = fit_to_budget(base_spec(dense, TINY), group_scores(*stacked_weights(dense), 2), 0.5)
     torch.save({"model": dense.state_dict()}, tmp_path / "dense.pth")
     config = {"model_path": str(tmp_path / "dense.pth")}
-    for name, own in (("s1.pth", config), ("s1_no_path.pth", {})):
+    for name, own in (("s1.pth", config), ("s1_no_path.pth", {}), ("s1_scratch.pth", dict(config, pretrained=False))):
         torch.save(stage1_record(spec, searched.state_dict(), own, {}), tmp_path / name)
     keep = param_keep_masks(dense, spec)
 
@@ -174,12 +175,15 @@ def test_finetune_from_picks_the_weights_stage_2_starts_from(tmp_path):
         vit = post_train.build(parse_config("post", argv)).vit
         return {n: p.detach() * keep.get(n, 1) for n, p in vit.named_parameters()}
 
-    for flags, stage1, source in (((), "s1.pth", searched), (("--finetune_from", "search"), "s1.pth", searched),
+    dense_file = str(tmp_path / "dense.pth")
+    for flags, stage1, source in (((), "s1.pth", dense), (("--finetune_from", "search"), "s1.pth", searched),
                                   (("--finetune_from", "pretrained"), "s1.pth", dense),
-                                  (("--finetune_from", "pretrained", "--model_path", str(tmp_path / "dense.pth")),
-                                   "s1_no_path.pth", dense)):
+                                  (("--model_path", dense_file), "s1_no_path.pth", dense),
+                                  ((), "s1_no_path.pth", searched),  # the search started from random weights
+                                  (("--model_path", dense_file), "s1_scratch.pth", searched)):
         expected = {n: p.detach() * keep.get(n, 1) for n, p in source.named_parameters()}
         got = start(*flags, stage1=stage1)
         assert all(torch.equal(got[n], expected[n]) for n in expected), (flags, stage1)
-    with pytest.raises(ConfigError, match="--finetune_from pretrained needs the dense weights .* pass --model_path"):
-        start("--finetune_from", "pretrained", stage1="s1_no_path.pth")
+    torch.save({"model": create_model(TINY, num_classes=7).state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="other.pth has no classifier for this model's 10 classes; use --finetune"):
+        start("--model_path", str(tmp_path / "other.pth"))
