@@ -156,7 +156,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
 
     # --- stage 2 ------------------------------------------------------------
     c.checkpoint_dir = ""  # stage-1 file (<model_type>_uvc.pth) to fine-tune
-    c.finetune_from = "pretrained"  # stage 2 starts from: pretrained (--model_path's dense weights cut to the searched architecture) or search (the stage-1 file's weights, as the reference)
+    c.finetune_from = "search"  # stage 2 starts from: search (the stage-1 file's weights, as the reference) or pretrained (the dense weights the search started from, cut to the searched architecture: docs/design.md measures both)
 
     # --- logging ------------------------------------------------------------
     c.eval_every = 1000  # steps between mid-epoch evaluations (0: none); evaluation also runs at every epoch end

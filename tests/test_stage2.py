@@ -153,9 +153,9 @@ def test_a_checkpoint_of_the_masked_stage_2_is_refused_in_one_line():
 
 
 def test_finetune_from_picks_the_weights_stage_2_starts_from(tmp_path):
-    """--finetune_from pretrained (the default) starts from the dense file the search started from (--model_path,
-    else the one the stage-1 file records), cut to the searched architecture, search from the stage-1 file's
-    weights; a search that started from random weights (no file recorded, or --pretrained 0) has no pretrained
+    """--finetune_from search (the default) starts from the stage-1 file's weights, pretrained from the dense file
+    the search started from (--model_path, else the one the stage-1 file records), cut to the searched
+    architecture; a search that started from random weights (no file recorded, or --pretrained 0) has no pretrained
     start; a dense file of another class count stops in one line."""
     import pytest
     from utils.config import ConfigError, parse_config
@@ -176,13 +176,15 @@ def test_finetune_from_picks_the_weights_stage_2_starts_from(tmp_path):
         return {n: p.detach() * keep.get(n, 1) for n, p in vit.named_parameters()}
 
     dense_file = str(tmp_path / "dense.pth")
-    for flags, stage1, source in (((), "s1.pth", dense), (("--finetune_from", "search"), "s1.pth", searched),
+    for flags, stage1, source in (((), "s1.pth", searched), (("--finetune_from", "search"), "s1.pth", searched),
                                   (("--finetune_from", "pretrained"), "s1.pth", dense),
-                                  (("--model_path", dense_file), "s1_no_path.pth", searched),  # from random weights
-                                  (("--model_path", dense_file), "s1_scratch.pth", searched)):
+                                  (("--finetune_from", "pretrained", "--model_path", dense_file), "s1_no_path.pth",
+                                   searched),  # the search started from random weights
+                                  (("--finetune_from", "pretrained", "--model_path", dense_file), "s1_scratch.pth",
+                                   searched)):
         expected = {n: p.detach() * keep.get(n, 1) for n, p in source.named_parameters()}
         got = start(*flags, stage1=stage1)
         assert all(torch.equal(got[n], expected[n]) for n in expected), (flags, stage1)
     torch.save({"model": create_model(TINY, num_classes=7).state_dict()}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="other.pth has no classifier for this model's 10 classes; use --finetune"):
-        start("--model_path", str(tmp_path / "other.pth"))
+        start("--model_path", str(tmp_path / "other.pth"), "--finetune_from", "pretrained")
