@@ -24,7 +24,7 @@ ABLATIONS = {
     "UVC with trial margin 2": (["--trial_margin", "2"], []),
     "UVC w/o importance term": (IMPORTANCE_OFF, []),
     "UVC with the greedy fit": (["--greedy_fit", "1"], []),
-    "UVC fine-tuned from the search's weights": ([], ["--finetune_from", "search"]),
+    "UVC fine-tuned from the pretrained weights": ([], ["--finetune_from", "pretrained"]),
 }
 NO_SEARCH = "no search (greedy fit)"
 
