@@ -49,19 +49,24 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def compact_of_stage1(stage1_file: str) -> torch.nn.Module:
-    """The stage-1 result exported as is (before fine-tuning)."""
+def compact_of_stage1(stage1_file: str, start_weights: str = "") -> torch.nn.Module:
+    """The stage-1 result exported as is (before fine-tuning); with `start_weights` (a dense file), its
+    architecture on those weights, where `post_train.py --finetune_from pretrained` starts."""
+    from models import extract_state_dict, read_checkpoint
     from uvc.deploy.export import build_masked_source, export_compact
     from uvc.deploy.stagefile import read_stage_file
     ckpt = read_stage_file(stage1_file)
+    if start_weights:
+        ckpt = dict(ckpt, model=extract_state_dict(read_checkpoint(start_weights)))
     return export_compact(build_masked_source(ckpt), ckpt["arch"]).eval()
 
 
-def stage1_run(name: str, stage1_file: str, compact_file: str, logs: List[str]) -> dict:
-    """A method's run whose result is a stage-1 file fine-tuned by stage 2 (UVC, the one-shot peers)."""
+def stage1_run(name: str, stage1_file: str, compact_file: str, logs: List[str], start_weights: str = "") -> dict:
+    """A method's run whose result is a stage-1 file fine-tuned by stage 2 (UVC, the one-shot peers); "before"
+    is the model stage 2 started from (`start_weights`: see compact_of_stage1)."""
     from models.compact import load_compact
     arch = torch.load(stage1_file, map_location="cpu", weights_only=True)["arch"]
-    return {"name": name, "before": compact_of_stage1(stage1_file), "after": load_compact(compact_file),
+    return {"name": name, "before": compact_of_stage1(stage1_file, start_weights), "after": load_compact(compact_file),
             "removed": removed_of_spec(arch), "logs": logs, "stage1_file": stage1_file, "model_file": compact_file,
             "search_end": search_end(os.path.join(os.path.dirname(stage1_file), "log.jsonl"))}
 
@@ -196,8 +201,10 @@ class Bench:
         """UVC (or an ablation of it): stage 1 (or its given `stage1_file`), then stage 2 and export."""
         s1 = stage1_file or self.stage1(teacher, os.path.join(out, "stage1"), budget, seed, joint_extra)
         files = self.stage2(teacher, s1, os.path.join(out, "stage2"), seed, post_extra)
-        return dict(stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")]),
-                    **files)
+        flags = list(post_extra)
+        pretrained = "--finetune_from" in flags and flags[flags.index("--finetune_from") + 1] == "pretrained"
+        return dict(stage1_run(name, s1, files["compact_file"], [os.path.dirname(s1), os.path.join(out, "stage2")],
+                               teacher if pretrained else ""), **files)
 
     def one_shot_prune(self, method: str, teacher: str, out: str, target: float) -> str:
         """baselines.magnitude (`uniform-magnitude` or `greedy-fit`) at `target` MACs by UVC's formula:

@@ -350,3 +350,24 @@ def test_a_saved_match_of_the_former_rule_is_reused_only_if_it_matched(tmp_path)
     assert saved(False, old_key) is None
     assert saved(False, key) == {"matched": False, "target": 0.3}
     assert saved(True, dict(old_key, uvc_search="another")) is None
+
+
+def test_the_model_before_fine_tuning_is_the_one_stage_2_starts_from(tmp_path):
+    """A row fine-tuned with --finetune_from pretrained reports, before fine-tuning, the stage-1 architecture on
+    the dense weights, exactly as exported from them; without, the stage-1 file's own weights."""
+    from uvc.deploy.export import export_compact
+    from uvc.deploy.fit import fit_to_budget
+    from uvc.deploy.freeze import base_spec
+    from uvc.deploy.stagefile import stage1_record
+    from uvc.search.masks import group_scores, stacked_weights
+    tiny = "vit_digits_tiny_patch2_8"
+    torch.manual_seed(0)
+    dense, searched = create_model(tiny, num_classes=10).eval(), create_model(tiny, num_classes=10).eval()
+    spec, _ = fit_to_budget(base_spec(dense, tiny), group_scores(*stacked_weights(dense), 2), 0.5)
+    torch.save({"model": dense.state_dict()}, tmp_path / "dense.pth")
+    torch.save(stage1_record(spec, searched.state_dict(), {}, {}), tmp_path / "s1.pth")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        for weights, source in (("", searched), (str(tmp_path / "dense.pth"), dense)):
+            got = pipeline.compact_of_stage1(str(tmp_path / "s1.pth"), weights)(x)
+            assert torch.allclose(got, export_compact(source, spec).eval()(x), atol=1e-6), weights
