@@ -245,3 +245,38 @@ def test_the_committed_trial_margin_record_is_what_the_design_doc_shows():
     top1 = _mean([c["after"]["top1_last"] - c["before"]["top1_last"] for c in cells])
     speed = _mean([c["after"]["speedup_b64"] / c["before"]["speedup_b64"] - 1 for c in cells])
     assert abs(top1) < 0.1 and speed < 0 and "Inside the noise in top-1 and slower" in " ".join(doc.split())
+
+
+def test_the_committed_pretrained_start_is_what_the_docs_show():
+    """log/pretrained_start.json (the ledger's 8 cells, run at the commit whose default stage 2 started from the
+    pretrained weights): that start against `--finetune_from search`, the same search. docs/design.md shows its
+    summary line for line with its command, and the verdict it reads: the reference's start again."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "log", "pretrained_start.json")) as f:
+        ledger = json.load(f)
+    cells = ledger["cells"]
+    assert sorted(c["variant"] for c in cells) == ["default"] * 8 + ["no_pretrained_start"] * 8
+    assert all(c["flags"] == ([] if c["variant"] == "default" else ["--finetune_from", "search"]) for c in cells)
+    of = {(c["model"], c["budget"], c["seed"], c["variant"]): c for c in cells}
+    for (m, b, s, v), c in of.items():  # one search per cell, two starts of stage 2
+        twin = of[(m, b, s, "no_pretrained_start" if v == "default" else "default")]
+        assert (c["searched_ratio"], c["top1_after_freeze"]) == (twin["searched_ratio"], twin["top1_after_freeze"])
+    with open(os.path.join(root, "docs", "design.md")) as f:
+        design = f.read()
+    summary = deviations.summary(cells)
+    for line in summary.splitlines():
+        assert line in design, line
+    assert ledger["command"] in " ".join(design.split())
+    assert "| no_pretrained_start | --finetune_from search | 8 |" in summary and "keep:" not in summary
+    text = " ".join(design.split())
+    for model, words in (("deit_tiny@32", "it kept {} to {} more in every cell"), ("digits", "digits ViT, {} to {}.")):
+        gain = sorted(of[(m, b, s, "no_pretrained_start")]["top1_last"] - c["top1_last"]
+                      for (m, b, s, v), c in of.items() if m == model and v == "default")
+        lo, hi = (f"{gain[0]:.2f}", f"{gain[-1]:.2f}") if model != "digits" else (f"{gain[0]:+.2f}", f"{gain[-1]:+.2f}")
+        assert words.format(lo, hi) in text, (model, gain)
+    assert min(gain) < 0 < max(gain)  # digits: either way
+    ablation = json.load(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_ablations.json")))
+    mean = lambda name: _mean([r["top1_last"] for r in ablation["rows"] if r["method"] == name])  # noqa: E731
+    gain = mean("UVC fine-tuned from the pretrained weights") - mean("UVC")
+    assert sorted(r["seed"] for r in ablation["rows"] if r["method"] == "UVC") == [730, 731, 732]
+    assert f"the pretrained start kept {gain:.2f} more over 3 seeds" in text
