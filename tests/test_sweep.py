@@ -126,6 +126,9 @@ def test_sweep_and_ablations_smoke(tmp_path):
     out = run_script("sweep.py", "--ablations", "--ablation_budget", "0.4", "--seeds", "730", "--resume",
                      "--threads", "1", *dirs)
     assert out.count("(reused: completed before") == 4  # UVC stages 1 and 2, greedy fit and its stage 2
+    # rows of the same stage-1 flags (UVC, UVC fine-tuned from the pretrained weights) share one search
+    assert out.count("$ joint_train.py") == len({tuple(joint) for joint, _ in sweep_args.ABLATIONS.values()})
+    assert "--finetune_from pretrained" in out
     result = json.loads((tmp_path / "log" / "mnist_ablations.json").read_text())
     assert [r["method"] for r in result["rows"]] == list(sweep_args.ABLATIONS) + [sweep_args.NO_SEARCH]
     assert all(SWEEP_KEYS <= set(r) for r in result["rows"])
@@ -404,6 +407,10 @@ def test_the_readme_reads_the_committed_mnist_sweep_at_latency_budgets_0_3_to_0_
     nxt_means = _seed_means(nxt["rows"])
     assert (f"at latency 0.7 the greedy fit, at least as fast, keeps {nxt_means['greedy fit', 0.7]:.2f} against UVC's "
             f"{nxt_means['UVC', 0.7]:.2f}") in readme
+    speed04 = {m: _seed_means([r for r in nxt["rows"] if r["match"] == "macs"], "speedup_b64")[m, 0.4]
+               for m in ("UVC", "greedy fit")}
+    assert (f"at MACs 0.4 it keeps {nxt_means['greedy fit', 0.4]:.2f} against {nxt_means['UVC', 0.4]:.2f}, and UVC's "
+            f"models run {speed04['UVC']:.2f}x against its {speed04['greedy fit']:.2f}x.") in readme
     results = open(os.path.join(root, "docs", "results.md")).read()
     table = open(os.path.join(root, "log", "mnist_sweep.md")).read()
     assert all(line in results for line in table.splitlines() if line.startswith("|"))

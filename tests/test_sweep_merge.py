@@ -106,7 +106,7 @@ def test_the_merged_table_names_each_pass_and_pools_every_budget(tmp_path):
 
 def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_it():
     """log/mnist_sweep_next/ (docs/results.md): every row distilled from log/mnist_teacher.pth (its hash), 3 seeds
-    and 40 epochs per cell of every method; results.md carries its table and reads its means, the greedy fit
+    and 40 epochs per method of a cell (UVC and the greedy fit in each); results.md carries its table and reads its means, the greedy fit
     ahead of UVC at latency 0.7 and off UVC's front; the teacher it replaces is log/mnist_sweep.json's."""
     import os
     from scripts.sweep_report import dominations
@@ -116,8 +116,11 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
     assert nxt["teacher_sha256"] == file_sha256(os.path.join(root, "log", "mnist_teacher.pth"))
     assert nxt["finetune_epochs"] == 40 and nxt["seeds"] == [730, 731, 732]
     cells = {(r["match"], r["budget"]) for r in nxt["rows"]}
-    for match, budget in cells:
-        for method in ("UVC", "uniform magnitude", "Torch-Pruning", "greedy fit"):
+    assert {("latency", 0.7), ("macs", 0.4)} <= cells
+    for match, budget in cells:  # UVC and the greedy fit in every cell, every method of a cell over 3 seeds
+        methods = {r["method"] for r in nxt["rows"] if (r["match"], r["budget"]) == (match, budget)}
+        assert {"UVC", "greedy fit"} <= methods
+        for method in methods:
             assert sorted(r["seed"] for r in nxt["rows"] if (r["method"], r["match"], r["budget"]) ==
                           (method, match, budget)) == [730, 731, 732]
     doc = open(os.path.join(root, "docs", "results.md")).read()
@@ -130,5 +133,15 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
     assert (f"the greedy fit keeps {mean('greedy fit', 'macs_ratio'):.3f} of the MACs against UVC's "
             f"{mean('UVC', 'macs_ratio'):.3f}") in text
     assert any("greedy fit at 0.7" in d for d in dominations(nxt["rows"]))
+    at04 = lambda m, k: sum(r[k] for r in nxt["rows"] if (r["method"], r["match"], r["budget"]) ==  # noqa: E731
+                            (m, "macs", 0.4)) / 3
+    assert not any("at 0.4" in d for d in dominations(nxt["rows"]))  # UVC on the front there
+    assert (f"the greedy fit keeps {at04('greedy fit', 'top1_last'):.2f} top-1 at the last epoch against UVC's "
+            f"{at04('UVC', 'top1_last'):.2f} at the same MACs, and UVC's models run {at04('UVC', 'speedup_b64'):.2f}x "
+            f"against {at04('greedy fit', 'speedup_b64'):.2f}x") in text
+    abl = json.loads(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_ablations.json")).read())
+    pre = [r["top1_last"] for r in abl["rows"] if r["method"] == "UVC fine-tuned from the pretrained weights"]
+    assert len(pre) == 3 and f"(`--finetune_from pretrained`, [design.md](design.md)): {sum(pre) / 3:.2f}," in text
+    assert sum(pre) / 3 > max(at04("UVC", "top1_last"), at04("greedy fit", "top1_last"))  # "ahead of both"
     old = json.loads(open(os.path.join(root, "log", "mnist_sweep.json")).read())
     assert f"(best epoch {nxt['teacher_top1']:.2f} against {old['teacher_top1']:.2f})" in text
