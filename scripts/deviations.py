@@ -9,8 +9,9 @@ Variants (VARIANTS): `default`; `reference` (--search_algorithm reference); and 
 the default search with that departure of ours replaced by the reference's rule: one
 `--reference_rules` name each (uvc/search/rules.py), and y, p starting at the reference's value
 (--dual_init, configs.common.REFERENCE_SEARCH), no patch trial (--patch_probe 0), no skip trial
-(--skip_probe 0), any width (--round_to 1), stage 2 from the search's weights (`--finetune_from search`,
-STAGE2_VARIANTS: the search is the default's). Models are those of scripts/benchmark_search.py (its
+(--skip_probe 0), any width (--round_to 1). `pretrained_start` is an option of ours, not a departure (no
+verdict): stage 2 from the dense weights (`--finetune_from pretrained`, STAGE2_VARIANTS; the search is the
+default's). Models are those of scripts/benchmark_search.py (its
 configs, data, 1x search length, --round_to 8 and cached dense teachers). Per cell: the search's hard ratio at its end, the
 exported ratio, the fraction of groups the greedy fit changed (or would have changed, when the
 export takes the search as it ended), top-1 after the freeze, top-1 at the last and the best epoch of
@@ -56,9 +57,9 @@ VARIANTS = {
     "no_patch_trial": ["--patch_probe", "0"],
     "no_skip_trial": ["--skip_probe", "0"],
     "no_round_to": ["--round_to", "1"],
-    "no_pretrained_start": [],
+    "pretrained_start": [],
 }
-STAGE2_VARIANTS = {"no_pretrained_start": ["--finetune_from", "search"]}  # departures of stage 2: its flags
+STAGE2_VARIANTS = {"pretrained_start": ["--finetune_from", "pretrained"]}  # variants of stage 2: its flags
 SMOKE_TEACHER = ["--epochs", "1", "--max_steps_per_epoch", "2"]  # and stage 2
 SMOKE_SEARCH = ["--epochs", "2", "--warmup_epochs", "1", "--max_steps_per_epoch", "3"]
 STAGE2_EPOCHS = 30  # as scripts/benchmark_search.py --stage2

@@ -16,25 +16,26 @@ KEYS = ("variant", "flags", "model", "budget", "seed", "searched_ratio", "export
 def test_smoke_ledger_writes_every_row_and_resumes(tmp_path, capsys):
     out = tmp_path / "my ledger" / "dev"  # a space: the recorded command must still split back into argv
     argv = ["--smoke", "--models", "digits", "--budgets", "0.5", "--seeds", "730", "--variants", "default",
-            "no_gate_safety", "no_pretrained_start", "--run_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
+            "no_gate_safety", "pretrained_start", "--run_dir", str(tmp_path / "runs"), "--cache_dir", str(tmp_path / "cache"),
             "--out", str(out)]
     assert deviations.main(argv) == 0
     ledger = json.loads((tmp_path / "my ledger" / "dev.json").read_text())
     assert set(ledger) == {"command", "cells"}
     assert shlex.split(ledger["command"]) == ["python", "scripts/deviations.py", *argv]
     rows = ledger["cells"]
-    assert [r["variant"] for r in rows] == ["default", "no_gate_safety", "no_pretrained_start"]
+    assert [r["variant"] for r in rows] == ["default", "no_gate_safety", "pretrained_start"]
     for r in rows:
         assert all(k in r for k in KEYS)
         assert 0.0 < r["exported_ratio"] <= 1.0  # a smoke search is too short to land: exported as searched
         assert r["exported_ratio"] == r["searched_ratio"] and r["greedy_changed_frac"] == 0.0
         assert r["top1_after_stage2"] == r["top1_last"] and r["speedup_b64"] > 0  # timed
     assert "--reference_rules no_gate_safety" in rows[1]["command"]
-    # a departure of stage 2: the default's search, stage 2 with its flag
+    # a variant of stage 2: the default's search, stage 2 with its flag; an option, not a departure: no verdict
     assert rows[2]["command"].replace(str(rows[2]["variant"]), "x") == rows[0]["command"].replace("default", "x")
-    assert [r["stage2_command"].endswith("--finetune_from search") for r in rows] == [False, False, True]
+    assert [r["stage2_command"].endswith("--finetune_from pretrained") for r in rows] == [False, False, True]
     md = (tmp_path / "my ledger" / "dev.md").read_text()
     assert "| no_gate_safety | --reference_rules no_gate_safety | 1 |" in md and "speedup b64" in md
+    assert [line for line in md.splitlines() if line.startswith("| pretrained_start |")][0].endswith("| - |")
     capsys.readouterr()
     assert deviations.main(argv + ["--resume"]) == 0  # every cell read back: no command runs
     assert "$ python" not in capsys.readouterr().out
