@@ -1,5 +1,6 @@
 """scripts/sweep.py (the MNIST benchmark) and scripts/demo.py --dataset mnist: the tables from
 known numbers, flag checks, and the real scripts at smoke size (slow)."""
+import glob
 import json
 import os
 import subprocess
@@ -102,6 +103,16 @@ def run_script(script, *argv, timeout=1500):
     return proc.stdout
 
 
+def test_compare_runs_stops_in_one_line_on_a_bad_group_or_a_folder_without_a_run(tmp_path, capsys):
+    from scripts import compare_runs
+    with pytest.raises(SystemExit):
+        compare_runs.main(["--dataset", "mnist", "--teacher", "t.pth", "--group", "no folders", "--out", "x"])
+    assert "--group 'no folders': give NAME=FOLDER[,FOLDER...]" in capsys.readouterr().err
+    (tmp_path / "stage1").mkdir()
+    with pytest.raises(SystemExit, match="not a finished run"):
+        compare_runs.run_of("a", str(tmp_path))
+
+
 @pytest.mark.slow
 def test_sweep_and_ablations_smoke(tmp_path):
     """One budget, every method, through the real entry scripts; then the ablations reuse the
@@ -122,6 +133,18 @@ def test_sweep_and_ablations_smoke(tmp_path):
     assert (tmp_path / "log" / "mnist_sweep.md").exists()
     assert (tmp_path / "figs" / "mnist_sweep_top1_vs_macs.png").exists()
     assert not (tmp_path / "log" / "mnist_sweep").exists()  # results only: each run's logs stay in --run_dir
+    # scripts/compare_runs.py on two of these runs' folders reads what the sweep read
+    from scripts import compare_runs
+    cell, teacher = tmp_path / "runs" / "budget0.4_seed730", glob.glob(str(tmp_path / "cache" / "*" / "*_best.pth"))
+    assert compare_runs.main(["--dataset", "mnist", "--teacher", teacher[0], "--group", f"UVC={cell / 'uvc'}",
+                              "--group", f"greedy fit={cell / 'greedy-fit'}", "--out", str(tmp_path / "cmp")]) == 0
+    compared = json.loads((tmp_path / "cmp.json").read_text())
+    assert [r["group"] for r in compared["rows"]] == ["UVC", "greedy fit"]
+    for r in compared["rows"]:
+        swept = next(row for row in result["rows"] if row["method"] == r["group"])
+        assert [r[k] for k in ("top1_last", "top1_best")] == [swept[k] for k in ("top1_last", "top1_best")]
+        assert r["macs_ratio"] == pytest.approx(swept["macs_ratio"]) and r["speedup_b64"] > 0
+    assert "| UVC | 1 |" in (tmp_path / "cmp.md").read_text()
 
     out = run_script("sweep.py", "--ablations", "--ablation_budget", "0.4", "--seeds", "730", "--resume",
                      "--threads", "1", *dirs)
