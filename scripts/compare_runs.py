@@ -15,7 +15,7 @@ import glob
 import os
 import shlex
 import sys
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 if not __package__:  # run as a file: this checkout's packages, not those of an install elsewhere
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
