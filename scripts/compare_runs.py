@@ -1,7 +1,9 @@
-"""Finished runs compared side by side, measured as the sweep measures them (scripts.pipeline.Bench.measure).
+r"""Finished runs compared side by side, measured as the sweep measures them (scripts.pipeline.Bench.measure).
 
     python scripts/compare_runs.py --dataset mnist --teacher log/mnist_teacher.pth \
         --group "before=runs/old/s730,runs/old/s731" --group "after=runs/new/s730,runs/new/s731" --out log/x
+    python scripts/compare_runs.py --config configs/deit_tiny.py --dataset imagenet --data_dir /path/to/tree \
+        --input_size 224 --teacher dense.pth --group "UVC=runs/a,runs/b" --group "mine=runs/c" --out cmp
 
 Each group is a name and the run folders of one setting (one per seed); a run folder holds `stage1/` and
 `stage2/`, the --output_dir of joint_train.py and of post_train.py on its stage-1 file. Per run: top-1 at
@@ -60,14 +62,26 @@ def table(rows: List[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="the demo data set the runs used")
+    p.add_argument("--config", default=None, help="the runs' config (configs/deit_tiny.py, ...); default: the demo "
+                                                  "config of --dataset")
+    p.add_argument("--dataset", required=True, help="the runs' data set: a demo one (" + ", ".join(sorted(DATASETS))
+                   + ") or, with --config, any the config reads (imagenet: an ImageFolder tree)")
+    p.add_argument("--data_dir", default=None, help="with --config: the data the runs read")
+    p.add_argument("--input_size", type=int, default=None, help="with --config: the input size the runs used")
     p.add_argument("--teacher", required=True, help="the dense model the runs were compressed from")
-    p.add_argument("--group", type=parse_group, action="append", required=True, metavar="NAME=FOLDER[,FOLDER...]")
+    p.add_argument("--group", type=parse_group, action="append", required=True, metavar="NAME=FOLDER[,FOLDER...]",
+                   help="a setting and its runs' folders (one per seed), in the table's order; give one per setting")
     p.add_argument("--threads", type=int, default=1, help="threads every model is timed at")
     p.add_argument("--out", required=True, help="writes <out>.md and <out>.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    bench = Bench(args.dataset, threads=args.threads, teacher_file=args.teacher)
+    if args.config is None and (args.data_dir is not None or args.input_size is not None):
+        p.error("--data_dir and --input_size are for runs of a --config; the demo data sets have their own")
+    given = [(f"--{key}", str(getattr(args, key))) for key in ("data_dir", "input_size")
+             if getattr(args, key) is not None]
+    overrides = [] if args.config is None else ["--dataset", args.dataset] + [f for pair in given for f in pair]
+    bench = Bench("" if args.config else args.dataset, threads=args.threads, config_file=args.config or "",
+                  overrides=overrides, teacher_file=args.teacher)
     runs = [run_of(name, folder) for name, folders in args.group for folder in folders]
     dense = bench.dense_model(args.teacher)
     teacher, *measured = bench.measure(runs, dense)

@@ -94,6 +94,15 @@ def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in
         assert abs(r["macs_ratio"] / result["rows"][0]["macs_ratio"] - 1) <= 0.01, r  # at UVC's MACs
     assert (tmp_path / "runs" / "deit_tiny_imagenet_sweep.md").exists()
     assert (tmp_path / "runs" / "deit_tiny_imagenet_sweep_top1_vs_macs.png").exists()
+    # scripts/compare_runs.py on the user's config and data reads UVC's run as the sweep did
+    from scripts import compare_runs
+    cell = tmp_path / "runs" / "budget0.5_seed730"
+    assert compare_runs.main(["--config", "configs/deit_tiny.py", "--dataset", "imagenet", "--data_dir", str(tree),
+                              "--input_size", str(SIZE), "--teacher", teacher, "--group", f"UVC={cell / 'uvc'}",
+                              "--out", str(tmp_path / "cmp")]) == 0
+    row, swept = json.loads((tmp_path / "cmp.json").read_text())["rows"][0], result["rows"][0]
+    assert swept["method"] == "UVC" and (row["top1_last"], row["top1_best"]) == (swept["top1_last"], swept["top1_best"])
+    assert row["macs_ratio"] == pytest.approx(swept["macs_ratio"])
 
 
 def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tree, tmp_path, in_process, one_thread,
