@@ -143,8 +143,8 @@ def load_stage2_start(vit, config, stage1: dict, model_type: str) -> str:
     """Load the weights stage 2 starts from (--finetune_from) and say which: the stage-1 file's (search), or
     the dense weights the search started from (pretrained: --model_path, else the file the stage-1 file records),
     whose removed groups stage 2 then zeroes. The search's weights trained under masks and Gumbel noise; the
-    pretrained ones still hold what the dense model knew about the groups that stay (docs/design.md). A
-    search that started from random weights (--pretrained 0, or no --model_path, as its file records) has none."""
+    pretrained ones did not (docs/design.md measures both starts). A search that started from random weights
+    (--pretrained 0, or no --model_path, as its file records) has no pretrained start."""
     own = stage1.get("config", {})
     started_from = own.get("model_path", "") if own.get("pretrained", True) else ""  # as the stage-1 file records
     path = (config.model_path or started_from) if started_from else ""
