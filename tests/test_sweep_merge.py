@@ -116,7 +116,7 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
     assert nxt["teacher_sha256"] == file_sha256(os.path.join(root, "log", "mnist_teacher.pth"))
     assert nxt["finetune_epochs"] == 40 and nxt["seeds"] == [730, 731, 732]
     cells = {(r["match"], r["budget"]) for r in nxt["rows"]}
-    assert {("latency", 0.7), ("macs", 0.4)} <= cells
+    assert {("latency", 0.7), ("macs", 0.4), ("macs", 0.5)} <= cells
     for match, budget in cells:  # UVC and the greedy fit in every cell, every method of a cell over 3 seeds
         methods = {r["method"] for r in nxt["rows"] if (r["match"], r["budget"]) == (match, budget)}
         assert {"UVC", "greedy fit"} <= methods
@@ -139,6 +139,16 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
     assert (f"the greedy fit keeps {at04('greedy fit', 'top1_last'):.2f} top-1 at the last epoch against UVC's "
             f"{at04('UVC', 'top1_last'):.2f} at the same MACs, and UVC's models run {at04('UVC', 'speedup_b64'):.2f}x "
             f"against {at04('greedy fit', 'speedup_b64'):.2f}x") in text
+    at05 = lambda m, k: sum(r[k] for r in nxt["rows"] if (r["method"], r["match"], r["budget"]) ==  # noqa: E731
+                            (m, "macs", 0.5)) / 3
+    assert not any("at 0.5" in d for d in dominations(nxt["rows"]))  # within the 0.1 margin
+    assert 0 < at05("greedy fit", "top1_last") - at05("UVC", "top1_last") <= 0.1
+    assert (f"the greedy fit keeps {at05('greedy fit', 'top1_last'):.2f} top-1 at the last epoch against UVC's "
+            f"{at05('UVC', 'top1_last'):.2f} at the same MACs, and its models run {at05('greedy fit', 'speedup_b64'):.2f}x "
+            f"against UVC's {at05('UVC', 'speedup_b64'):.2f}x") in text
+    for peer in ("uniform magnitude", "Torch-Pruning"):
+        assert at05(peer, "top1_last") < at05("UVC", "top1_last")
+        assert f"{peer} ({at05(peer, 'top1_last'):.2f}, at {at05(peer, 'speedup_b64'):.2f}x)" in text
     abl = json.loads(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_ablations.json")).read())
     pre = [r["top1_last"] for r in abl["rows"] if r["method"] == "UVC fine-tuned from the pretrained weights"]
     assert len(pre) == 3 and f"(`--finetune_from pretrained`, [design.md](design.md)): {sum(pre) / 3:.2f}," in text
