@@ -103,6 +103,8 @@ def test_every_method_on_an_image_folder_with_a_given_teacher(tree, tmp_path, in
     row, swept = json.loads((tmp_path / "cmp.json").read_text())["rows"][0], result["rows"][0]
     assert swept["method"] == "UVC" and (row["top1_last"], row["top1_best"]) == (swept["top1_last"], swept["top1_best"])
     assert row["macs_ratio"] == pytest.approx(swept["macs_ratio"])
+    # top-1 comes from stage 2's log (on this tiny data stage 1's may read the same numbers)
+    assert compare_runs.run_of("UVC", str(cell / "uvc"))["logs"][-1] == str(cell / "uvc" / "stage2")
 
 
 def test_prune_only_matches_the_peers_and_the_sweep_fine_tunes_those_matches(tree, tmp_path, in_process, one_thread,
