@@ -38,7 +38,10 @@ without distillation, without the patch trial (--patch_probe 0), without the ski
 two standard errors (--trial_margin 2), with the freeze's greedy fit (--greedy_fit 1); and no
 search at all (the greedy fit at the MACs of that seed's UVC model). --ablation_rows picks some of
 the rows (UVC and the greedy fit always run; with --resume and the sweep's --run_dir they are the
-sweep's own runs). Writes <name>_ablations.md / .json.
+sweep's own runs). With --match latency every row searches a latency budget (the sweep's latency
+table) and the greedy fit is matched to UVC's measured time, in the sweep's latency cells: a row
+then shows what an axis is worth at equal time, not at equal MACs. Writes <name>_ablations.md /
+.json (<name>_ablations_latency under --match latency).
 
 Tables pool the seeds of a method and budget: top-1 as mean (min-max). --merge adds a pass's rows
 to the JSON already under --log_dir (scripts/sweep_merge.py): its other rows stay, each with the
@@ -200,19 +203,24 @@ def matches(args, bench: Bench, teacher: str, dense) -> str:
 
 
 def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
-    runs, budget = [], args.ablation_budget
+    """Every ablation row over the seeds at --ablation_budget, and no search (the greedy fit at UVC's MACs, or
+    under --match latency at its measured time); with --match latency every row searches a latency budget, in
+    the folders of the sweep's latency cells, so that its UVC and greedy-fit runs are reused."""
+    runs, budget, match = [], args.ablation_budget, args.match[0]
+    base = latency_flags(args, bench, dense) if match == "latency" else []
     for seed in args.seeds:
-        folder = run_folder(args, budget, seed, False)
+        folder = run_folder(args, budget, seed, bool(base))
         searched, searches = [], {}  # rows of the same stage-1 flags share one search
         for name in args.ablation_rows:
             joint, post = ABLATIONS[name]
+            joint = base + joint
             run = bench.uvc(name, teacher, os.path.join(folder, slug(name)), budget, seed, joint, post,
                             searches.get(tuple(joint), ""))
             searches.setdefault(tuple(joint), run["stage1_file"])
             searched.append(run)
-        greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed)[0]  # at UVC's MACs
-        runs += [dict(r, seed=seed, budget=budget, match="macs") for r in searched]
-        runs.append(dict(greedy, name=NO_SEARCH, seed=seed, budget=budget, match="macs"))
+        greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed, match)[0]
+        runs += [dict(r, seed=seed, budget=budget, match=match) for r in searched]
+        runs.append(dict(greedy, name=NO_SEARCH, seed=seed, budget=budget, match=match))
     return dict(measured(bench, runs, dense), budget=budget)
 
 
@@ -245,7 +253,7 @@ def results_text(args, result: dict, name: str) -> str:
     table = (ablation_table if args.ablations else sweep_table)(result)
     budgets = sorted({r["budget"] for r in result["rows"]})
     matched = list(dict.fromkeys(r["match"] for r in result["rows"]))
-    what = (f"budget {args.ablation_budget}" if args.ablations else
+    what = (f"budget {args.ablation_budget}, matched by {args.match[0]}" if args.ablations else
             f"budgets {', '.join(map(str, budgets))}, matched by {' and by '.join(matched)}")
     return (f"{name.rsplit('_', 1)[0]}, {what}, seeds {', '.join(map(str, result['seeds']))}, "
             f"{1 if args.smoke else args.search_epochs} search epochs, {result['finetune_epochs']} fine-tuning "

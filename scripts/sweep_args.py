@@ -70,7 +70,8 @@ def _parser(doc: str) -> argparse.ArgumentParser:
                         f"UVC always runs)")
     p.add_argument("--match", default="macs",
                    help="peers at UVC's MACs (macs), or at its measured time ratio with UVC searching a latency "
-                        "budget (latency); macs,latency runs both into one table")
+                        "budget (latency); macs,latency runs both into one table. --ablations: every row "
+                        "searches a latency budget and the greedy fit is matched to UVC's time (latency)")
     p.add_argument("--prune_only", action="store_true",
                    help="--match latency: run UVC's searches, prune every peer to the measured time of UVC's "
                         "architecture and save the match, with nothing fine-tuned (time on a quiet machine; the "
@@ -115,8 +116,8 @@ def parse_args(argv, doc: str) -> argparse.Namespace:
         p.error("--prune_only matches the peers to UVC's measured time: give it with --match latency alone")
     if args.merge and (args.ablations or args.prune_only):
         p.error("--merge adds this pass's rows to the sweep's table: not with --ablations or --prune_only")
-    if args.ablations and args.match != ["macs"]:
-        p.error("--match latency is for the sweep only (the ablations compare UVC's own variants)")
+    if args.ablations and len(args.match) > 1:
+        p.error("--ablations: give --match macs or --match latency (one table per match)")
     if args.config is None:
         args.dataset = args.dataset or "mnist"
         if args.dataset not in DATASETS:
@@ -176,5 +177,7 @@ def stem_of(args) -> str:
 
 
 def results_name(args) -> str:
-    """The files' stem: mnist_sweep, mnist_ablations, deit_tiny_imagenet_sweep, ..."""
-    return f"{stem_of(args)}_{'ablations' if args.ablations else 'sweep'}"
+    """The files' stem: mnist_sweep, mnist_ablations, mnist_ablations_latency, deit_tiny_imagenet_sweep, ..."""
+    if args.ablations:
+        return f"{stem_of(args)}_ablations" + ("_latency" if args.match == ["latency"] else "")
+    return f"{stem_of(args)}_sweep"

@@ -84,10 +84,12 @@ def test_flags_are_checked():
     assert sweep.parse_args(["--match", "macs,latency"]).match == ["macs", "latency"]  # both, one table
     assert args.match == ["macs"] and sweep.parse_args(["--match", "latency,latency"]).match == ["latency"]
     assert sweep.parse_args(["--ablations"]).ablation_rows == list(sweep_args.ABLATIONS)
+    assert sweep_args.results_name(sweep.parse_args(["--ablations", "--match", "latency"])) == "mnist_ablations_latency"
+    assert sweep_args.results_name(sweep.parse_args(["--ablations"])) == "mnist_ablations"
     assert sweep.parse_args(["--ablations", "--ablation_rows", "UVC w/o importance term"]).ablation_rows == \
         ["UVC", "UVC w/o importance term"]  # UVC is the row every other one is read against
     for bad in (["--methods", "NAS"], ["--budgets", "0.3,1.5"], ["--search_epochs", "0"], ["--finetune_epochs", "0"],
-                ["--ablations", "--budgets", "0.5"], ["--ablations", "--match", "latency"],  # a flag of the other mode
+                ["--ablations", "--budgets", "0.5"],  # a flag of the other mode
                 ["--match", "speed"], ["--match", "macs,speed"], ["--match", ","],
                 ["--ablations", "--match", "macs,latency"], ["--dataset", "cifar10"],  # cifar10 needs --config
                 ["--ablations", "--ablation_rows", "UVC w/o skips"], ["--ablation_rows", "UVC"],
@@ -177,6 +179,19 @@ def test_sweep_at_equal_latency_smoke_and_its_resume(tmp_path):
     assert again.count("\n$ ") == again.count("(reused: completed before") > 0  # no run trained again
     assert json.loads((tmp_path / "log" / "mnist_sweep.json").read_text())["rows"][1]["macs_target"] == \
         rows[1]["macs_target"]
+    # the ablations at equal time reuse the cell's UVC runs and greedy-fit match; a row searches a latency budget
+    abl = run_script("sweep.py", *dirs[:8], "--threads", "1", "--match", "latency", "--ablations", "--resume",
+                     "--ablation_budget", "0.5", "--seeds", "730", "--ablation_rows", "UVC w/o patch gates")
+    assert abl.count("reusing its latency match") == 1  # and UVC's stages 1 and 2, the greedy fit's fine-tuning:
+    assert abl.count("(reused: completed before") == 3
+    lines = abl.splitlines()
+    searched = [a for a, b in zip(lines, lines[1:] + [""]) if a.startswith("$ joint_train.py") and "(reused" not in b]
+    assert len(searched) == 1 and "--budget_metric latency" in searched[0] and "--enable_patch_gating 0" in searched[0]
+    table = json.loads((tmp_path / "log" / "mnist_ablations_latency.json").read_text())["rows"]
+    assert [(r["method"], r["match"]) for r in table] == [
+        (m, "latency") for m in ("UVC", "UVC w/o patch gates", sweep_args.NO_SEARCH)]
+    assert table[2]["macs_target"] == rows[1]["macs_target"] and table[1]["search_end"]["metric"] == "latency"
+    assert "budget 0.5, matched by latency" in (tmp_path / "log" / "mnist_ablations_latency.md").read_text()
 
 
 @pytest.mark.slow
