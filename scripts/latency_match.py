@@ -216,6 +216,16 @@ def _saved_match(tries_dir: str, key: Dict) -> Optional[Dict]:
     return saved["found"] if same or other_rule else None
 
 
+def table_ratio(table: dict, dense: torch.nn.Module, model: torch.nn.Module) -> float:
+    """The latency table's estimate of a compact model's time over the dense model's: what a latency search
+    prices it at (uvc.cost.latency), to read next to the time the sweep measures."""
+    from uvc.cost.cost import compact_cost, dense_cost
+    from uvc.cost.flops import ViTDims
+    from uvc.cost.latency import LatencyCost
+    cost = LatencyCost(ViTDims.of(dense), table)
+    return compact_cost(cost, model.spec) / dense_cost(cost)
+
+
 def slug_of(name: str) -> str:
     """baselines.magnitude's --method of a one-shot peer's name ("greedy fit" -> "greedy-fit")."""
     return name.replace(" ", "-")

@@ -28,7 +28,9 @@ top1_last / top1_best: validation top-1 at the last / the best fine-tuning epoch
 log.jsonl; top1: the saved best model (model_file) evaluated here; removed: the blocks, heads,
 value dims, neurons and patches the method removed; latency-matched peers add latency_ratio,
 uvc_latency_ratio, matched, macs_target, match_tries and tries; UVC's add search_end: its budget metric, the
-budget, its own count at the freeze and, by latency, the ratio timed whole) under --log_dir, and
+budget, its own count at the freeze and, by latency, the ratio timed whole; every row matched by latency adds
+table_latency_ratio, the searches' latency table's estimate of its time (models built from a compact spec:
+UVC and the one-shot peers)) under --log_dir, and
 <name>_sweep_top1_vs_macs.png under --figs_dir; each run's own logs stay under --run_dir.
 
 Ablations (--ablations), at budget 0.4 over --seeds (730,731; one teacher): UVC; UVC without
@@ -65,7 +67,7 @@ if not __package__:  # run as a file: this checkout's packages, not those of an 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts import sweep_args
-from scripts.latency_match import latency_target, peer_at_latency
+from scripts.latency_match import latency_target, peer_at_latency, table_ratio
 from scripts.pipeline import LOCAL_MAGNITUDE_FLAGS, TIMING_BATCH, Bench, compact_of_stage1, macs_ratio_of, stage1_ratio
 from scripts.results import markdown_table
 from scripts.sweep_args import ABLATIONS, NO_SEARCH, results_name
@@ -103,15 +105,20 @@ def bench_of(args) -> Bench:
     return bench
 
 
+def latency_table(args, bench: Bench, dense) -> tuple:
+    """(table, file) of the searches under --match latency: measured once (kept with the cached teachers), at the
+    threads this process times every model with, at the batch every model is timed at."""
+    from uvc.cost.latency_table import load_or_measure
+    return load_or_measure(dense, bench.model_type, "cpu", os.path.join(args.cache_dir, "latency"), TIMING_BATCH)
+
+
 def latency_flags(args, bench: Bench, dense) -> List[str]:
     """Stage-1 flags of UVC under --match latency: the latency table measured once here (kept with the cached
     teachers), at the threads this process times every model with (main), and handed to every search as its
     file, so that the budget is priced on the device it is timed on: a narrow model gains less from more
     threads than a wide one (the MNIST ViT's 0.7 searches priced at one thread timed 0.71-0.90 at two), and at
     the batch it is timed at, whatever the config's latency_batch."""
-    from uvc.cost.latency_table import load_or_measure
-    _, path = load_or_measure(dense, bench.model_type, "cpu", os.path.join(args.cache_dir, "latency"), TIMING_BATCH)
-    flags = ["--budget_metric", "latency", "--latency_cache", path]
+    flags = ["--budget_metric", "latency", "--latency_cache", latency_table(args, bench, dense)[1]]
     if int(bench.config("joint").latency_batch) != TIMING_BATCH:  # priced at the batch it is timed at
         flags += ["--latency_batch", str(TIMING_BATCH)]
     return flags
@@ -152,8 +159,10 @@ def peers(bench: Bench, methods: List[str], teacher: str, folder: str, uvc: dict
     return out
 
 
-def measured(bench: Bench, runs: List[dict], dense) -> Dict:
-    """Every run measured side by side with the teacher: the JSON's rows (and the runs)."""
+def measured(bench: Bench, runs: List[dict], dense, table: dict = None) -> Dict:
+    """Every run measured side by side with the teacher: the JSON's rows (and the runs); a run matched by latency
+    adds table_latency_ratio, the searches' latency table's estimate of its time (`table`), when it is a compact
+    model (Torch-Pruning's keeps timm's modules, with q and k narrowed, which the table does not price)."""
     teacher, *measures = bench.measure(runs, dense)
     rows = []
     for run, r in zip(runs, measures):
@@ -164,6 +173,8 @@ def measured(bench: Bench, runs: List[dict], dense) -> Dict:
                "model_file": run["model_file"]}
         if run.get("search_end"):
             row["search_end"] = run["search_end"]
+        if table is not None and run["match"] == "latency" and hasattr(run["after"], "spec"):  # not Torch-Pruning's
+            row["table_latency_ratio"] = table_ratio(table, dense, run["after"])
         rows.append(dict(row, **run.get("latency_match", {})))
     return {"teacher_top1": teacher["top1"], "teacher_params": teacher["params"],
             "teacher_images_per_s_b64": teacher["images_per_s_b64"], "rows": rows, "runs": runs}
@@ -179,7 +190,8 @@ def sweep(args, bench: Bench, teacher: str, dense) -> Dict:
                 uvc = bench.uvc("UVC", teacher, os.path.join(folder, "uvc"), budget, seed, joint)
                 runs += [dict(r, budget=budget, seed=seed, match=match)
                          for r in [uvc] + peers(bench, args.methods, teacher, folder, uvc, dense, seed, match)]
-    return measured(bench, runs, dense)
+    table = latency_table(args, bench, dense)[0] if "latency" in args.match else None
+    return measured(bench, runs, dense, table)
 
 
 def matches(args, bench: Bench, teacher: str, dense) -> str:
@@ -221,7 +233,8 @@ def ablations(args, bench: Bench, teacher: str, dense) -> Dict:
         greedy = peers(bench, ["greedy fit"], teacher, folder, searched[0], dense, seed, match)[0]
         runs += [dict(r, seed=seed, budget=budget, match=match) for r in searched]
         runs.append(dict(greedy, name=NO_SEARCH, seed=seed, budget=budget, match=match))
-    return dict(measured(bench, runs, dense), budget=budget)
+    table = latency_table(args, bench, dense)[0] if base else None
+    return dict(measured(bench, runs, dense, table), budget=budget)
 
 
 def check_ablation_flags(bench: Bench) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from scripts import sweep, sweep_args
 
@@ -174,6 +175,11 @@ def test_sweep_at_equal_latency_smoke_and_its_resume(tmp_path):
     for r in rows[1:]:
         assert {"latency_ratio", "uvc_latency_ratio", "matched", "macs_target", "match_tries"} <= set(r), r
     assert rows[0]["search_end"]["metric"] == "latency" and rows[0]["search_end"]["budget"] == 0.5
+    # the table's estimate of each model: for UVC, what its stage-1 file's fit records of the exported architecture
+    fit = torch.load(glob.glob(str(tmp_path / "runs" / "budget0.5_seed730_latency" / "uvc" / "stage1" / "*_uvc.pth"))[0],
+                     map_location="cpu", weights_only=False)["fit"]
+    assert rows[0]["table_latency_ratio"] == pytest.approx(fit["latency_ratio"], abs=1e-9)
+    assert 0 < rows[1]["table_latency_ratio"] < 1 and "table_latency_ratio" not in rows[2]  # not Torch-Pruning's
     again = run_script("sweep.py", *dirs, "--resume")
     assert again.count("reusing its latency match") == 2  # no new timing, no new pruning
     assert again.count("\n$ ") == again.count("(reused: completed before") > 0  # no run trained again
@@ -191,6 +197,7 @@ def test_sweep_at_equal_latency_smoke_and_its_resume(tmp_path):
     assert [(r["method"], r["match"]) for r in table] == [
         (m, "latency") for m in ("UVC", "UVC w/o patch gates", sweep_args.NO_SEARCH)]
     assert table[2]["macs_target"] == rows[1]["macs_target"] and table[1]["search_end"]["metric"] == "latency"
+    assert table[0]["table_latency_ratio"] == pytest.approx(rows[0]["table_latency_ratio"])  # the same UVC model
     assert "budget 0.5, matched by latency" in (tmp_path / "log" / "mnist_ablations_latency.md").read_text()
 
 
