@@ -235,3 +235,36 @@ def test_latency_stability_times_parts_and_wholes_in_separate_sessions(tmp_path)
             assert len(value["sessions"]) == 2 and value["spread"] >= 0
             assert min(value["sessions"]) <= value["median"] <= max(value["sessions"])
     assert "| half / dense |" in (tmp_path / "stability.md").read_text()
+
+
+# ----------------------------------------------------------------------------- token_alignment
+
+def test_token_alignment_times_each_patch_count_and_prices_it_as_the_sweep_does(tmp_path, capsys):
+    """Each row: k patches kept, the model's token count, the time ratio's median over the runs, and the
+    latency table's estimate, the same number the sweep records for a model of that shape."""
+    from models.compact import CompactViT, load_compact
+    from scripts.latency_match import table_ratio
+    from test_latency import fake_table
+    from uvc.deploy.export import spec_dims
+    files = make_files(tmp_path)
+    spec = load_compact(files["compact"]).spec
+    total = (spec["img_size"] // spec["patch_size"]) ** 2
+    table = fake_table(spec_dims(spec))
+    (tmp_path / "table.json").write_text(json.dumps(table))
+    script, out = load_script("token_alignment"), tmp_path / "tok"
+    assert script.main([files["compact"], "--patches", f"{total},{total // 2}", "--latency_cache",
+                        str(tmp_path / "table.json"), "--runs", "3", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads((tmp_path / "tok.json").read_text())["rows"]
+    prefix = CompactViT(spec).num_prefix_tokens
+    assert [(r["patches"], r["tokens"]) for r in rows] == [(total, total + prefix), (total // 2, total // 2 + prefix)]
+    for r in rows:
+        assert len(r["time_ratios"]) == 3 and r["time_ratio"] == statistics.median(r["time_ratios"]) > 0
+        cut = CompactViT(dict(spec, patches_kept=list(range(r["patches"]))))
+        assert r["table_ratio"] == pytest.approx(table_ratio(table, files["vit"], cut))
+    assert rows[1]["table_ratio"] < rows[0]["table_ratio"]
+    assert "| patches kept | tokens |" in (tmp_path / "tok.md").read_text()
+    with pytest.raises(SystemExit, match=f"has {total} patch positions"):
+        script.main([files["compact"], "--patches", str(total + 1), "--out", str(out)])
+    for bad in (["--patches", "x"], ["--patches", "3", "--runs", "0"]):
+        with pytest.raises(SystemExit):
+            script.main([files["compact"], *bad, "--out", str(out)])

@@ -155,3 +155,46 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
     assert sum(pre) / 3 > max(at04("UVC", "top1_last"), at04("greedy fit", "top1_last"))  # "ahead of both"
     old = json.loads(open(os.path.join(root, "log", "mnist_sweep.json")).read())
     assert f"(best epoch {nxt['teacher_top1']:.2f} against {old['teacher_top1']:.2f})" in text
+
+
+def test_the_latency_ablations_and_the_token_sawtooth_are_what_results_md_says():
+    """docs/results.md's reading of log/mnist_sweep_next/mnist_ablations_latency.json (top-1 at the last epoch,
+    the table's estimates against the times, the patches dropped) and of log/token_alignment.json (a model timed
+    at every patch count: 46 tokens slower than 50 in every run, 48 faster, 47 the slowest from 50 down to 40)."""
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..")
+    text = " ".join(open(os.path.join(root, "docs", "results.md")).read().split())
+    abl = json.loads(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_ablations_latency.json")).read())
+    assert abl["budget"] == 0.7 and abl["seeds"] == [730, 731, 732] and abl["finetune_epochs"] == 40
+    assert "--ablations --match latency" in abl["command"] and {r["match"] for r in abl["rows"]} == {"latency"}
+    of = lambda m: [r for r in abl["rows"] if r["method"] == m]  # noqa: E731
+    mean = lambda m, k="top1_last": sum(r[k] for r in of(m)) / len(of(m))  # noqa: E731
+    words = {"UVC w/o patch gates": "without patch gates", "UVC fine-tuned from the pretrained weights":
+             "fine-tuned from the pretrained weights", "UVC w/o block gates": "without block gates",
+             "UVC w/o importance term": "without the importance term"}
+    for method, said in words.items():
+        assert len(of(method)) == 3 and f"{said} {mean(method):.2f}" in text, method
+        assert mean(method) < mean("no search (greedy fit)") - 0.1  # "the gap open"
+    assert f"against UVC's {mean('UVC'):.2f} and the greedy fit's {mean('no search (greedy fit)'):.2f}" in text
+    searched = [r for r in abl["rows"] if r["method"] != "no search (greedy fit)"]
+    priced = sorted(r["table_latency_ratio"] for r in searched)
+    timed = sorted(1 / r["speedup_b64"] for r in searched)
+    assert f"at {priced[0]:.3f} to {priced[-1]:.3f} of the dense time" in text
+    assert f"they timed {timed[0]:.3f} to {timed[-1]:.3f}" in text
+    assert [r["removed"]["patches"] for r in of("UVC w/o block gates")] == [2, 2, 2]
+    assert sorted(r["removed"]["patches"] for r in of("UVC")) == [2, 4, 4]
+    assert f"ran {mean('UVC w/o block gates', 'speedup_b64'):.2f}x, UVC's dropped 4 in two seeds and ran " \
+           f"{mean('UVC', 'speedup_b64'):.2f}x" in text
+    uvc731 = next(r for r in of("UVC") if r["seed"] == 731)
+    tok = json.loads(open(os.path.join(root, "log", "token_alignment.json")).read())
+    assert "budget0.7_seed731_latency/uvc/stage2/compact.pth" in tok["command"]
+    at = {r["tokens"]: r for r in tok["rows"]}
+    for run in range(3):
+        t = {n: r["time_ratios"][run] for n, r in at.items()}
+        assert t[46] > t[50] > t[48] and max((n for n in t if 40 <= n <= 50), key=t.get) == 47
+    assert (f"(0.579 against 0.557 of the dense time), with 48 it runs "
+            f"{round(100 * (1 - at[48]['time_ratio'] / at[50]['time_ratio']))}% faster ({at[48]['time_ratio']:.3f})") in text
+    assert (at[46]["time_ratio"], at[50]["time_ratio"]) == (pytest.approx(0.579, abs=5e-4), pytest.approx(0.557, abs=5e-4))
+    assert f"({at[46]['table_ratio']:.3f} at 46 tokens, {at[48]['table_ratio']:.3f} at 48, {at[50]['table_ratio']:.3f} at 50)" in text
+    assert f"timed {1 / uvc731['speedup_b64']:.3f} of the dense time in the ablations' pass, {at[46]['time_ratio']:.3f} here" in text
+    assert max(max(r["time_ratios"]) - min(r["time_ratios"]) for r in tok["rows"]) <= 0.03  # "agree to 0.03"
