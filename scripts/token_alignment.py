@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         runs.append({k: speed["dense"] / speed[str(k)] for k in args.patches})
     table = table_ratios(spec, args.patches, args.latency_cache) if args.latency_cache else {}
     prefix = CompactViT(spec).num_prefix_tokens
-    rows = [{"patches": k, "tokens": k + prefix, "time_ratio": statistics.median(r[k] for r in runs),
+    rows = [{"patches": k, "tokens": len(models[str(k)].spec["patches_kept"]) + prefix, "time_ratio": statistics.median(r[k] for r in runs),
              "time_ratios": [r[k] for r in runs], **({"table_ratio": table[k]} if table else {})}
             for k in args.patches]
     command = "python scripts/token_alignment.py " + shlex.join(sys.argv[1:] if argv is None else argv)

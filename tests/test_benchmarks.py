@@ -262,6 +262,7 @@ def test_token_alignment_times_each_patch_count_and_prices_it_as_the_sweep_does(
         cut = CompactViT(dict(spec, patches_kept=list(range(r["patches"]))))
         assert r["table_ratio"] == pytest.approx(table_ratio(table, files["vit"], cut))
     assert rows[1]["table_ratio"] < rows[0]["table_ratio"]
+    assert all(len(m.spec["patches_kept"]) == k for k, m in script.variants(spec, [total, 1]).items())
     assert "| patches kept | tokens |" in (tmp_path / "tok.md").read_text()
     with pytest.raises(SystemExit, match=f"has {total} patch positions"):
         script.main([files["compact"], "--patches", str(total + 1), "--out", str(out)])
