@@ -28,6 +28,7 @@ if not __package__:  # run as a file: this checkout's packages, not those of an 
 import torch
 
 from models.compact import CompactViT, load_compact
+from scripts.latency_match import table_ratio
 from scripts.results import markdown_table, write_result
 from utils.benchmark import compare_throughput
 
@@ -66,15 +67,6 @@ def variants(spec: dict, counts) -> dict:
     return out
 
 
-def table_ratios(spec: dict, counts, table_file: str) -> dict:
-    from uvc.cost.cost import compact_cost, dense_cost
-    from uvc.cost.latency import LatencyCost
-    from uvc.deploy.export import spec_dims
-    with open(table_file) as f:
-        cost = LatencyCost(spec_dims(spec), json.load(f))
-    return {k: compact_cost(cost, dict(spec, patches_kept=list(range(k)))) / dense_cost(cost) for k in counts}
-
-
 def main(argv=None) -> int:
     from uvc.deploy.export import dense_model_of
     args = parse_args(argv)
@@ -90,7 +82,11 @@ def main(argv=None) -> int:
     for run in range(args.runs):
         speed = compare_throughput(models, (chans, img, img), args.batch_size, repeats=args.repeats, seed=run)
         runs.append({k: speed["dense"] / speed[str(k)] for k in args.patches})
-    table = table_ratios(spec, args.patches, args.latency_cache) if args.latency_cache else {}
+    table = {}
+    if args.latency_cache:  # what the sweep records for a model of that shape
+        with open(args.latency_cache) as f:
+            priced = json.load(f)
+        table = {k: table_ratio(priced, models["dense"], models[str(k)]) for k in args.patches}
     prefix = CompactViT(spec).num_prefix_tokens
     rows = [{"patches": k, "tokens": len(models[str(k)].spec["patches_kept"]) + prefix, "time_ratio": statistics.median(r[k] for r in runs),
              "time_ratios": [r[k] for r in runs], **({"table_ratio": table[k]} if table else {})}
