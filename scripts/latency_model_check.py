@@ -146,8 +146,8 @@ def report(results: list, command: str) -> str:
                + [f"{100 * f([abs(x[m]) for x in e]):.1f}%" for m in ("ladder", "n0") for f in (statistics.median, max)]
                for k, e in sorted(by_keep.items(), reverse=True)]
     return (f"Produced by `{command}` (tables {results[0]['format']}, {results[0]['table']}). R = compact time / "
-            f"dense time; error = R_est / R - 1; \"token ladder\" is the cost model (blocks timed at 8 token "
-            f"counts), \"N0 only\" the same table read as uvc-latency-v2 (blocks timed at N0, scaled by "
+            f"dense time; error = R_est / R - 1; \"token ladder\" is the cost model (blocks timed at the "
+            f"table's token counts), \"N0 only\" the same table read as uvc-latency-v2 (blocks timed at N0, scaled by "
             f"f = N / N0).\n\nPer share of patches kept, |error| over the sessions:\n\n"
             + markdown_table(["patches kept", "archs", "token ladder median", "token ladder largest",
                               "N0 only median", "N0 only largest"], summary)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from test_report import TINY, make_files
+from uvc.cost.latency import FORMAT as LATENCY_FORMAT
 from utils.benchmark import compare_throughput, images_per_second, interleaved_medians
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +185,7 @@ def test_latency_model_check_prices_random_architectures_against_their_timing(tm
     assert script.main(["--model_type", "vit_digits_patch2_8", "--archs", "4", "--seeds", "1", "--repeats", "1",
                         "--batch_size", "2", "--out", str(out)]) == 0
     (session,) = json.loads((tmp_path / "check.json").read_text())["sessions"]
-    assert session["seed"] == 1 and session["format"] == "uvc-latency-v3"
+    assert session["seed"] == 1 and session["format"] == LATENCY_FORMAT
     assert [r["patches_kept"] for r in session["rows"]] == [16, 12, 8, 5]  # KEEPS of 16 patches
     for row in session["rows"]:
         assert row["measured"] > 0 and set(row["estimated"]) == {"ladder", "n0"}

@@ -32,17 +32,18 @@ QKV, PROJ, MLP, NORMS, OUTSIDE = 2e-6, 3e-6, 2e-6, 1e-5, 1e-4
 QK, AV, SOFTMAX = 1e-6, 1e-6, 1e-5
 
 
-def fake_table(dims: ViTDims, noisy: bool = False, glue: float = 1.0, dense: float = None, fixed: float = 0.0) -> dict:
+def fake_table(dims: ViTDims, noisy: bool = False, glue: float = 1.0, dense: float = None, fixed: float = 0.0,
+               counts=latency_table.token_counts) -> dict:
     """A table as uvc.cost.latency_table writes it, from the coefficients above (widths on its grids); its
-    whole blocks, at every token count of the token ladder, take `glue` times the sum of their parts plus
-    `fixed` (a per-block cost that does not shrink with the tokens); outside the blocks OUTSIDE x f; the
+    whole blocks, at every token count of the table, take `glue` times the sum of their parts plus
+    `fixed` (a per-block cost that does not shrink with the tokens), at `counts` (N0, prefix) tokens; outside the blocks OUTSIDE x f; the
     dense model `dense` (default: its blocks and the outside, so that R(dense) = 1 with glue 1)."""
     H, d, n = dims.num_heads, dims.head_dim, dims.num_patches + dims.num_prefix_tokens
     line = lambda full, a: {"width": latency_table.width_grid(full),  # noqa: E731
                             "time": [a * w for w in latency_table.width_grid(full)]}
     hs, dvs = latency_table.heads_grid(H), latency_table.width_grid(d)
     attention = [[h * (SOFTMAX + QK * d + AV * v) if h and v else 0.0 for v in dvs] for h in hs]
-    tokens = latency_table.token_ladder(n, dims.num_prefix_tokens)
+    tokens = counts(n, dims.num_prefix_tokens)
     ladder = [(t, v, m) for t in tokens for v, m in zip(latency_table.ladder(d), latency_table.ladder(dims.mlp_hidden))]
     blocks = {"tokens": [t for t, _, _ in ladder], "heads": [H] * len(ladder), "value_dim": [v for _, v, _ in ladder],
               "mlp": [m for _, _, m in ladder],
@@ -206,12 +207,14 @@ def test_outside_the_blocks_is_interpolated_over_the_token_counts(tiny):
     assert float(p.grad) == pytest.approx(OUTSIDE / 100, rel=1e-3)
 
 
-def test_blocks_timed_faster_at_more_tokens_are_averaged_not_lifted(tiny):
-    """Blocks timed faster at N0 than at the token count below: each rung's two times get their mean (least
-    squares), so N0 is not priced at the slower time (a running maximum would), and more tokens never cost less."""
+def test_a_v3_table_timed_faster_at_more_tokens_is_averaged_not_lifted(tiny):
+    """uvc-latency-v3, read as it was searched: blocks timed faster at N0 than at the token count below get
+    each rung's mean of the two (least squares), so N0 is not priced at the slower time (a running maximum
+    would), and more tokens never cost less."""
     _, dims, _ = tiny
     n = dims.num_patches + dims.num_prefix_tokens
-    table = fake_table(dims)
+    table = fake_table(dims, counts=latency_table.token_ladder)  # v3 timed blocks at 8 token counts
+    table["format"] = "uvc-latency-v3"
     blocks = table["seconds"]["blocks"]
     below = sorted(set(blocks["tokens"]))[-2]
     at_n0 = [i for i, t in enumerate(blocks["tokens"]) if t == n]
@@ -225,6 +228,38 @@ def test_blocks_timed_faster_at_more_tokens_are_averaged_not_lifted(tiny):
     assert cost.block(below, 2, 32, 128) == pytest.approx(mean, rel=1e-4)
     times = [cost.block(t, 2, 32, 128) for t in range(2, n + 1)]
     assert all(b >= a for a, b in zip(times, times[1:]))
+
+
+def sawtooth(dims: ViTDims, fast: int, slow: tuple) -> dict:
+    """A v4 table whose blocks at `fast` tokens run at 90% of their time and at each count in `slow` at 130%."""
+    table = fake_table(dims)
+    blocks = table["seconds"]["blocks"]
+    for i, t in enumerate(blocks["tokens"]):
+        blocks["time"][i] *= 0.9 if t == fast else 1.3 if t in slow else 1.0
+    return table
+
+
+def test_a_token_count_is_priced_at_the_fastest_count_at_or_above_it(tiny):
+    """T*(N) = min over N' >= N of T(N'): blocks timed faster at 14 tokens than at 12 and 13 price 12 and 13
+    at 14's time (the freeze keeps 14: uvc.deploy.patch_align), 15 and up as timed; in numbers and tensors, and
+    never more tokens for less."""
+    _, dims, _ = tiny
+    n = dims.num_patches + dims.num_prefix_tokens
+    cost = LatencyCost(dims, sawtooth(dims, 14, (12, 13)))
+    at = lambda t: cost.block(t, 2, 32, 128)  # noqa: E731
+    fast = 0.9 * by_hand(dims, 14, 2, 16, 128)
+    for t in (12, 13, 14):
+        assert at(t) == pytest.approx(fast, rel=1e-4)
+        tensor = cost.block(torch.tensor(float(t)), torch.tensor(2.0), torch.tensor(32.0), torch.tensor(128.0))
+        assert float(tensor) == pytest.approx(fast, rel=1e-4)
+    assert at(15) == pytest.approx(by_hand(dims, 15, 2, 16, 128), rel=1e-4) and at(15) > fast
+    assert at(11) == pytest.approx(by_hand(dims, 11, 2, 16, 128), rel=1e-4) and at(11) < fast
+    times = [at(t) for t in range(2, n + 1)]
+    assert all(b >= a for a, b in zip(times, times[1:]))
+    tokens = torch.tensor(12.5, requires_grad=True)  # inside the plateau: no time to save, no gradient
+    cost.block(tokens, torch.tensor([2.0]), torch.tensor([32.0]), torch.tensor([128.0])).sum().backward()
+    slope = at(16) - at(15)  # a token's time outside the plateau
+    assert abs(float(tokens.grad)) < 1e-4 * slope
 
 
 def test_the_table_is_made_monotone():
@@ -459,11 +494,13 @@ def test_measurement_runs_and_gives_a_table_of_the_right_shape(tiny):
     assert len(att["time"]) == 3 and all(len(row) == len(att["value_dim"]) for row in att["time"])
     assert att["time"][0] == [0.0] * len(att["value_dim"]) and all(row[0] == 0.0 for row in att["time"])
     assert all(t > 0 for row in att["time"][1:] for t in row[1:])
-    ladder = s["blocks"]  # whole blocks: all heads, value dims and MLP width at k/8 of full, at 8 token counts
-    tokens = [2, 4, 6, 8, 11, 13, 15, 17]
-    assert latency_table.token_ladder(17, 1) == tokens and ladder["tokens"] == [t for t in tokens for _ in range(8)]
-    assert ladder["heads"] == [2] * 64 and ladder["value_dim"] == [2, 4, 6, 8, 10, 12, 14, 16] * 8
-    assert ladder["mlp"] == [16, 32, 48, 64, 80, 96, 112, 128] * 8 and all(t > 0 for t in ladder["time"])
+    ladder = s["blocks"]  # whole blocks: all heads, value dims and MLP width at k/8 of full, at every token count
+    tokens = [2, 4, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]  # from N0 / 2 up, and k/8 of N0 below
+    assert latency_table.token_ladder(17, 1) == [2, 4, 6, 8, 11, 13, 15, 17]
+    assert latency_table.token_counts(17, 1) == tokens and ladder["tokens"] == [t for t in tokens for _ in range(8)]
+    assert latency_table.token_counts(50, 1)[:5] == [6, 12, 19, 25, 26] and latency_table.token_counts(4, 1) == [2, 3, 4]
+    assert ladder["heads"] == [2] * 104 and ladder["value_dim"] == [2, 4, 6, 8, 10, 12, 14, 16] * 13
+    assert ladder["mlp"] == [16, 32, 48, 64, 80, 96, 112, 128] * 13 and all(t > 0 for t in ladder["time"])
     assert s["outside_blocks"]["tokens"] == tokens and all(t > 0 for t in s["outside_blocks"]["time"])
     assert dense_cost(LatencyCost(dims, table)) == s["dense_model"] > 0
 

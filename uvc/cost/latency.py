@@ -9,9 +9,9 @@ interpolated, f = N / N0:
     P(N, H', V', M') = f   * (qkv(2 H' d + V') + proj(V') + mlp(M') + norms)
                      + f^2 * attention(H', V' / H')
 
-Whole blocks are timed on a ladder of widths at each of a ladder of token counts N_k; at
-each N_k, g_k is piecewise linear through (0, 0) and the (P(N_k, ...), whole block) points,
-and between token counts the block's time is interpolated linearly:
+Whole blocks are timed on a ladder of widths at each of a set of token counts N_k; at each
+N_k, g_k is piecewise linear through (0, 0) and the (P(N_k, ...), whole block) points, and
+between token counts the block's time is interpolated linearly:
 
     T_block(N) = (1 - t) g_k(P(N_k, H', V', M')) + t g_k+1(P(N_k+1, H', V', M'))
 
@@ -19,10 +19,21 @@ Parts scale with f only where the work dominates; on a narrow model at few token
 per-operation cost does not shrink with N, and only whole blocks timed there show by how
 much. Outside the blocks (patch embedding of the kept patches, final norm, classifier) the
 time is measured at the same token counts and interpolated. T_dense is the dense model timed
-whole. Every table is non-decreasing and piecewise linear, so T is differentiable in the counts
-like the MACs model (numbers or tensors). Older tables are read as they were searched:
-uvc-latency-v2 has its ladder at N0 only (T_block = g(P(N, ...)), outside scaled by f),
-uvc-latency-v1 none (no g, R over the sum of parts at full width).
+whole.
+
+Time is not monotone in N: kernels tile the token and row counts, so on a CPU 48 tokens can
+run faster than 46 (log/token_alignment.md). uvc-latency-v4 times blocks at every token count
+from N0 / 2 to N0 and prices a count at the fastest count at or above it,
+
+    T*(N) = min over N' >= N of T(N'),
+
+since the freeze keeps the patches up to that count (uvc.deploy.patch_align): a drop inside a
+plateau of T* buys nothing and costs nothing, and T* is non-decreasing and piecewise linear,
+so T is differentiable in the counts like the MACs model (numbers or tensors). Older tables
+are read as they were searched: uvc-latency-v3 (a ladder of 8 token counts, each width rung
+made non-decreasing in N by least squares), uvc-latency-v2 (its ladder at N0 only,
+T_block = g(P(N, ...)), outside scaled by f), uvc-latency-v1 (no g, R over the sum of parts
+at full width).
 """
 import bisect
 from typing import Dict, List, Sequence
@@ -31,8 +42,8 @@ import torch
 
 from uvc.cost.flops import ViTDims
 
-FORMAT = "uvc-latency-v3"
-FORMATS = ("uvc-latency-v1", "uvc-latency-v2", FORMAT)  # what is read (see the module docstring)
+FORMAT = "uvc-latency-v4"
+FORMATS = ("uvc-latency-v1", "uvc-latency-v2", "uvc-latency-v3", FORMAT)  # what is read (see the module docstring)
 PARTS = ("qkv", "proj", "mlp")
 
 
@@ -68,6 +79,15 @@ def _isotonic(values: Sequence[float]) -> List[float]:
     return [m for m, c in blocks for _ in range(c)]
 
 
+def _fastest_at_or_above(values: Sequence[float]) -> List[float]:
+    """T*(N) of values at increasing token counts: each the least of itself and every value after it."""
+    out, low = [], float("inf")
+    for v in reversed(values):
+        low = min(low, float(v))
+        out.append(low)
+    return out[::-1]
+
+
 def _segment(x: float, xs: List[float]) -> int:
     return min(max(bisect.bisect_right(xs, x), 1), len(xs) - 1)
 
@@ -96,7 +116,9 @@ class LatencyCost:
     """The cost model of uvc.cost.cost from a measured table (seconds per batch)."""
     name = "latency"
 
-    def __init__(self, dims: ViTDims, table: dict):
+    def __init__(self, dims: ViTDims, table: dict, as_timed: bool = False):
+        """`as_timed`: each token count at its own time (no T*, nothing made monotone in the count): what
+        the freeze compares token counts by (uvc.deploy.patch_align), not a cost for the search."""
         check_table(table, dims)
         self.dims, self.table = dims, table
         s = table["seconds"]
@@ -109,24 +131,33 @@ class LatencyCost:
         cols = [_monotone(col) for col in zip(*rows)]  # ... and in heads
         self.attention = [list(row) for row in zip(*cols)]  # (heads, value dims)
         self.norms = float(s["block_overhead"])
+        self.as_timed = as_timed
+        self.envelope = table["format"] == FORMAT and not as_timed  # T*: the fastest count at or above
+        in_tokens = (lambda v: [float(t) for t in v]) if as_timed else None  # noqa: E731
         outside = s["outside_blocks"]
         if isinstance(outside, dict) and len(outside["tokens"]) > 1:  # v3: timed at a ladder of token counts
-            self.outside, self.outside_line = None, ([float(n) for n in outside["tokens"]], _monotone(outside["time"]))
+            line = in_tokens or (_fastest_at_or_above if self.envelope else _monotone)
+            self.outside, self.outside_line = None, ([float(n) for n in outside["tokens"]], line(outside["time"]))
         else:  # one time at N0, scaled by f
             self.outside = float(outside["time"][0] if isinstance(outside, dict) else outside)
             self.outside_line = None
         self._tensors = {}
         ladder = table["format"] != "uvc-latency-v1"
-        self.calibration = self._calibration(s["blocks"]) if ladder else None
+        self.calibration = self._calibration(s["blocks"], in_tokens) if ladder else None
         self.dense_measured = float(s["dense_model"]) if ladder else None
 
-    def _calibration(self, ladder: dict) -> List[tuple]:
+    def timed(self) -> "LatencyCost":
+        """This table priced as timed at each token count (see __init__)."""
+        return LatencyCost(self.dims, self.table, as_timed=True)
+
+    def _calibration(self, ladder: dict, in_tokens=None) -> List[tuple]:
         """g_k per token count N_k of the ladder: (N_k, xs, ys) through (0, 0) and each ladder block's
         (sum of parts at N_k, measured time), made increasing. A ladder without token counts is at N0."""
         tokens = ladder.get("tokens", [self.tokens] * len(ladder["time"]))
         levels = {}
-        for n, h, v, m, t in zip(tokens, ladder["heads"], ladder["value_dim"], ladder["mlp"],
-                                 _isotonic_in_tokens(tokens, ladder["time"])):
+        in_tokens = in_tokens or (_fastest_at_or_above if self.envelope else _isotonic)
+        times = _per_rung(tokens, ladder["time"], in_tokens)
+        for n, h, v, m, t in zip(tokens, ladder["heads"], ladder["value_dim"], ladder["mlp"], times):
             levels.setdefault(float(n), []).append((self._parts(float(n), h, h * v, m), t))
         out = []
         for n in sorted(levels):
@@ -160,8 +191,9 @@ class LatencyCost:
             return self._parts(*args)
         if len(self.calibration) == 1:  # a ladder at N0 only: g of the parts scaled to N
             return interp(self._parts(*args), *self.calibration[0][1:])
-        at_levels = _monotone([interp(self._parts(n, heads, value_dims, neurons), xs, ys)
-                               for n, xs, ys in self.calibration], ramp=0.0)
+        at_levels = [interp(self._parts(n, heads, value_dims, neurons), xs, ys) for n, xs, ys in self.calibration]
+        if not self.as_timed:
+            at_levels = _fastest_at_or_above(at_levels) if self.envelope else _monotone(at_levels, ramp=0.0)
         return max(interp(tokens, [n for n, _, _ in self.calibration], at_levels), 0.0)
 
     def _block_tensors(self, tokens, heads, value_dims, neurons) -> torch.Tensor:
@@ -173,7 +205,9 @@ class LatencyCost:
             return interp_t(parts, *g[0][1:])
         at_levels = [interp_t(self._parts_tensors(n, heads, value_dims, neurons).to(parts), xs, ys)
                      for n, xs, ys in g]
-        at_levels = torch.stack(torch.broadcast_tensors(*at_levels), -1).cummax(-1).values  # (..., levels)
+        at_levels = torch.stack(torch.broadcast_tensors(*at_levels), -1)  # (..., levels)
+        if not self.as_timed:
+            at_levels = at_levels.flip(-1).cummin(-1).values.flip(-1) if self.envelope else at_levels.cummax(-1).values
         at = torch.as_tensor(tokens, dtype=parts.dtype, device=parts.device).expand(at_levels.shape[:-1])
         levels = torch.tensor([n for n, _, _ in g], dtype=parts.dtype, device=parts.device)
         return interp_t(at, levels, at_levels).clamp_min(0.0)
@@ -218,9 +252,9 @@ class LatencyCost:
         return 0.0
 
 
-def _isotonic_in_tokens(tokens: Sequence[float], times: Sequence[float]) -> List[float]:
-    """The ladder's times made non-decreasing in the token count for each width rung (the k-th block
-    timed at every token count), least squares (_isotonic)."""
+def _per_rung(tokens: Sequence[float], times: Sequence[float], in_tokens) -> List[float]:
+    """The ladder's times with `in_tokens` (_fastest_at_or_above, or _isotonic: non-decreasing by least
+    squares) applied over the token counts of each width rung (the k-th block timed at every count)."""
     seen, rung = {}, []
     for n in tokens:
         rung.append(seen.get(n, 0))
@@ -228,7 +262,7 @@ def _isotonic_in_tokens(tokens: Sequence[float], times: Sequence[float]) -> List
     out = [float(t) for t in times]
     for k in set(rung):
         members = sorted((i for i, r in enumerate(rung) if r == k), key=lambda i: tokens[i])
-        for i, v in zip(members, _isotonic([times[i] for i in members])):
+        for i, v in zip(members, in_tokens([times[i] for i in members])):
             out[i] = v
     return out
 

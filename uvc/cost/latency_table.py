@@ -12,10 +12,12 @@ token count N0 and a batch of `batch_size` images:
                x value dims per head; 0 where either is 0 (nothing is computed)
     block_overhead   both LayerNorms, layer scales and residual adds of a block
     outside_blocks   a CompactViT without blocks (embedding of the kept patches, final
-                     norm, classifier) at each token count of the token ladder
+                     norm, classifier) at each token count of the table
     blocks           whole CompactBlocks on a ladder of widths (all heads, value dims per
                      head and MLP width at k/8 of full, k = 1..8) at each token count of the
-                     token ladder (k/4 of N0, k = 1..4); g maps the sum of parts onto them
+                     table: every count from N0 / 2 to N0, where a search drops patches and
+                     time is a sawtooth in the count, and k/8 of N0 below; g maps the sum of
+                     parts onto them
     dense_model      the whole dense model: R's denominator
 
 in float32, or under torch.amp with `amp`. The table is a JSON file, cached per
@@ -64,6 +66,12 @@ def token_ladder(tokens: int, prefix: int, points: int = 8) -> List[int]:
     return sorted({max(prefix + 1, round(tokens * k / points)) for k in range(1, points + 1)})
 
 
+def token_counts(tokens: int, prefix: int) -> List[int]:
+    """The token counts blocks are timed at: every count from half the dense count up, the ladder below."""
+    half = max(prefix + 1, -(-tokens // 2))
+    return sorted({t for t in token_ladder(tokens, prefix) if t < half} | set(range(half, tokens + 1)))
+
+
 def _outside(vit: nn.Module, tokens: int) -> nn.Module:
     """The compact model with every block skipped and the first `tokens` - prefix patches kept."""
     arch = base_spec(vit, "")
@@ -96,7 +104,7 @@ def _timed_parts(vit: nn.Module, batch_size: int, device: torch.device, amp: boo
             v = qkv[..., 2 * H * hd:2 * H * hd + h * dv].view(batch_size, n, h, dv).transpose(1, 2)
             fns["attention", h, dv] = (lambda q, k, v: lambda: attn.attend(q, k, v))(q, k, v)
     images = torch.randn(batch_size, d.in_chans, *vit.patch_embed.img_size, device=device)
-    for t in token_ladder(n, d.num_prefix_tokens):
+    for t in token_counts(n, d.num_prefix_tokens):
         xt = torch.randn(batch_size, t, D, device=device)
         for dv, m in dict.fromkeys(zip(ladder(hd), ladder(d.mlp_hidden))):
             whole = CompactBlock(D, H, hd, dv, m, bias, s["norm_eps"], 0.0, s["layer_scale"], s["qk_norm"], s["act"])

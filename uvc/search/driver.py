@@ -5,13 +5,14 @@ updates behind the two calls the engine makes (prepare / step), and freezes
 the result into the architecture a stage-1 file records (uvc.deploy.stagefile).
 """
 import copy
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from uvc.cost.budget import Budget, SearchSpace
 from uvc.cost.cost import MacsCost, dense_cost, full_cost, spec_cost
 from uvc.cost.flops import ViTDims
+from uvc.deploy.patch_align import align_patches
 from uvc.deploy.fit import fit_to_budget
 from uvc.deploy.freeze import spec_from_search, spec_ratio
 from uvc.cost.latency import LatencyCost
@@ -181,6 +182,16 @@ class UVCSearch:
         patches = a.patch_keep_hard() if sp.patch_gating else torch.ones(self.dims.num_patches, dtype=torch.bool)
         return spec_from_search(model.vit, model_type, masks, keep, patches)
 
+    def frozen_spec(self, model: MaskedViT, model_type: str) -> Tuple[dict, dict]:
+        """The argmax architecture with its patches aligned to the fastest token count at or above it
+        (uvc.deploy.patch_align: under a uvc-latency-v4 table), and what the alignment did, for the record."""
+        spec = self.spec(model, model_type)
+        if not self.space.patch_gating:
+            return spec, {}
+        searched = len(spec["patches_kept"])
+        spec, restored = align_patches(self.budget.cost, spec, self.arch.patch_logits)
+        return spec, {"patches_searched": searched, "patches_restored_to_align": restored}
+
     def freeze(self, model: MaskedViT, model_type: str):
         """The final architecture: as the search ended (the reference's rule; freeze_as_searched), or with
         `--greedy_fit` fitted into [budget - 0.01, budget] of the dense cost (uvc.deploy.fit; without
@@ -190,7 +201,7 @@ class UVCSearch:
         off the budget (uvc.cost.latency_check; rank 0 times, every rank takes its architecture)."""
         if not self.greedy_fit:
             return self.freeze_as_searched(model, model_type)
-        spec = self.spec(model, model_type)
+        spec, aligned = self.frozen_spec(model, model_type)
         searched = spec_ratio(spec, True, self.space.with_attn)
         cost, dense = self.budget.cost, self.budget.dense
         searched_cost = spec_cost(cost, spec) / dense
@@ -208,7 +219,7 @@ class UVCSearch:
             spec, fit, checks = broadcast_object(timed)
         else:
             spec, fit, _ = fit_to(self.budget.budget)
-        fit = dict(fit, budget_metric=self.metric, budget=self.budget.budget, searched_macs_ratio=searched,
+        fit = dict(fit, **aligned, budget_metric=self.metric, budget=self.budget.budget, searched_macs_ratio=searched,
                    macs_ratio=spec_ratio(spec, True, self.space.with_attn), search_algorithm=self.algorithm,
                    greedy_changed_frac=greedy_changed_frac(fit, self.dims), reference_rules=list(self.rules.names()))
         if self.metric != "macs":
@@ -231,7 +242,7 @@ class UVCSearch:
         value dims per block). The greedy fit runs on a copy, for the record only: `greedy_would_change_frac`
         is what it would have changed; `budget_gap` is the ratio of the budget's metric minus the budget.
         With the latency metric the frozen model is timed whole once (`measured_latency_ratio`)."""
-        spec = self.spec(model, model_type)
+        spec, aligned = self.frozen_spec(model, model_type)
         cost, dense, with_attn = self.budget.cost, self.budget.dense, self.space.with_attn
         _, would = fit_to_budget(copy.deepcopy(spec), self.pd.scores_now(model.vit), self.budget.budget, with_attn,
                                  groups=self.space.pruning, round_to=self.round_to, cost=cost)
@@ -241,7 +252,8 @@ class UVCSearch:
                "exported_as_searched": True, "budget_metric": self.metric, "budget": self.budget.budget,
                "searched_macs_ratio": ratio,
                "macs_ratio": ratio, "budget_gap": metric_ratio - self.budget.budget, "greedy_changed_frac": 0.0,
-               "greedy_would_change_frac": greedy_changed_frac(would, self.dims), "round_to": self.round_to}
+               "greedy_would_change_frac": greedy_changed_frac(would, self.dims), "round_to": self.round_to,
+               **aligned}
         if self.metric != "macs":
             fit.update({f"searched_{self.metric}_ratio": metric_ratio, f"{self.metric}_ratio": metric_ratio})
         if self.timed_freeze:
