@@ -488,3 +488,38 @@ def test_the_committed_latency_importance_is_what_design_md_shows():
     assert f"it kept {loss5:.2f} less at the same speed" in text and loss5 > 0
     assert abs(mean(0.5, "MAC", "speedup_b64") / mean(0.5, "time", "speedup_b64") - 1) < 0.02
     assert f"{mean(0.5, 'MAC', 'macs_ratio'):.2f} of the MACs against {mean(0.5, 'time', 'macs_ratio'):.2f}" in text
+
+
+def test_a_row_matched_by_latency_records_the_tables_estimate_of_its_own_model():
+    """measured(): a row matched by latency carries the table's estimate of the model it fine-tuned (`after`), a
+    compact model; a MACs row and a model that is not compact (Torch-Pruning's) carry none."""
+    from helpers import noisy_tiny_vit
+    from test_latency import fake_table
+    from models.compact import CompactViT
+    from uvc.cost.cost import compact_cost, dense_cost
+    from uvc.cost.flops import ViTDims
+    from uvc.cost.latency import LatencyCost
+    from uvc.deploy.export import compact_spec_from_arch
+    from uvc.deploy.freeze import base_spec
+    from models.vit import vit_structure
+    vit = noisy_tiny_vit(0)
+    dims = ViTDims.of(vit)
+    table, arch = fake_table(dims), {**base_spec(vit, ""), **vit_structure(vit)}
+
+    def compact(neurons, patches):
+        blocks = [dict(b, neurons=list(range(neurons))) for b in arch["blocks"]]
+        return CompactViT(compact_spec_from_arch(dict(arch, blocks=blocks, patches_kept=list(range(patches)))))
+    narrow, before = compact(32, 12), compact(128, 16)
+
+    class Bench:
+        def measure(self, runs, dense):
+            stats = {"top1": 90.0, "params": 1, "images_per_s_b64": 1.0}
+            return [stats] + [dict(stats, name=f"m{i}", top1_last=90.0, top1_best=91.0, macs_ratio=0.5, speedup_b64=2.0,
+                                   top1_before=80.0, removed={}) for i, _ in enumerate(runs)]
+    runs = [dict(budget=0.5, match=match, seed=730, model_file="f", after=after, before=before)
+            for match, after in (("latency", narrow), ("macs", narrow), ("latency", torch.nn.Linear(2, 2)))]
+    rows = sweep.measured(Bench(), runs, vit, table)["rows"]
+    cost = LatencyCost(dims, table)
+    assert rows[0]["table_latency_ratio"] == pytest.approx(compact_cost(cost, narrow.spec) / dense_cost(cost))
+    assert rows[0]["table_latency_ratio"] < 0.9 * compact_cost(cost, before.spec) / dense_cost(cost)
+    assert "table_latency_ratio" not in rows[1] and "table_latency_ratio" not in rows[2]
