@@ -55,8 +55,10 @@ def finetune_top1(log_path: str) -> Dict[str, float]:
 def search_end(log_path: str) -> Optional[Dict[str, float]]:
     """Where a search ended, from the record joint_train.py writes last in its log.jsonl: the metric it
     budgeted ("macs" or "latency"), the budget, its own cost model's ratio when it ended ("searched",
-    before any --greedy_fit) and, for a latency search, the exported model timed whole against the dense
-    one ("timed"); None for a stage-1 file with no such log (a one-shot peer's)."""
+    before any --greedy_fit), for a latency search the exported model timed whole against the dense
+    one ("timed"), and where the freeze aligned the token count (uvc.deploy.patch_align) the patches the search
+    kept and those put back ("patches_searched", "patches_restored"); None for a stage-1 file with no such log
+    (a one-shot peer's)."""
     if not os.path.exists(log_path):
         return None
     with open(log_path) as f:
@@ -69,6 +71,9 @@ def search_end(log_path: str) -> Optional[Dict[str, float]]:
     out = {"metric": metric, "budget": float(budget), "searched": searched}
     if end.get("measured_latency_ratio") is not None:
         out["timed"] = float(end["measured_latency_ratio"])
+    if "patches_restored_to_align" in end:
+        out.update(patches_searched=int(end["patches_searched"]),
+                   patches_restored=int(end["patches_restored_to_align"]))
     return out
 
 

@@ -141,7 +141,8 @@ def front_text(rows: List[dict]) -> str:
 
 def landing_text(rows: List[dict]) -> str:
     """Where UVC's searches ended against their budget (rows' search_end), per match: by the search's own
-    count (MACs formula or latency table) and, for latency searches, timed whole. "" without such rows."""
+    count (MACs formula or latency table), for latency searches timed whole, and the patches the freeze put
+    back to align the token count. "" without such rows."""
     out = []
     searched = [r for r in rows if r["method"] == "UVC" and r.get("search_end")]
     for (match,), group in grouped(searched, ("match",)).items():
@@ -151,6 +152,11 @@ def landing_text(rows: List[dict]) -> str:
                 f"their budget by their own count ({', '.join(sorted({e['metric'] for e in ends}))})")
         timed = [e["timed"] - e["budget"] for e in ends if "timed" in e]
         out.append(text + (f", {min(timed):+.3f} to {max(timed):+.3f} timed whole" if timed else "") + ".")
+        aligned = [e for e in ends if e.get("patches_restored")]
+        if aligned:  # uvc.deploy.patch_align
+            restored = ", ".join(str(e["patches_restored"]) for e in aligned)
+            out.append(f"In {len(aligned)} of them the freeze put back patches ({restored}) up to the token count "
+                       f"the latency table times fastest.")
     return " ".join(out)
 
 

@@ -305,6 +305,9 @@ def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match
     assert search_end(log("l.jsonl", latency)) == {"metric": "latency", "budget": 0.5, "searched": 0.465,
                                                    "timed": 0.437}
     assert search_end(log("m.jsonl", macs)) == {"metric": "macs", "budget": 0.4, "searched": 0.404}
+    aligned = dict(latency, patches_searched=40, patches_restored_to_align=7)
+    assert search_end(log("a.jsonl", aligned)) == {"metric": "latency", "budget": 0.5, "searched": 0.465,
+                                                   "timed": 0.437, "patches_searched": 40, "patches_restored": 7}
     fitted = {"stage1_file": "z.pth", "budget_metric": "macs", "budget": 0.5, "searched_macs_ratio": 0.47,
               "macs_ratio": 0.5, "groups_removed_to_fit": 0}  # --greedy_fit 1 writes the budget, no gap
     assert search_end(log("g.jsonl", fitted)) == {"metric": "macs", "budget": 0.5, "searched": 0.47}
@@ -320,6 +323,10 @@ def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match
                                   "matched by macs ended +0.004 to +0.004 from their budget by their own count "
                                   "(macs).")
     assert landing_text(rows[3:]) == ""
+    rows[1]["search_end"].update(patches_searched=40, patches_restored=7)
+    rows[0]["search_end"].update(patches_searched=49, patches_restored=0)
+    assert ("(latency), -0.063 to +0.020 timed whole. In 1 of them the freeze put back patches (7) up to the token "
+            "count the latency table times fastest. UVC's 1 search") in landing_text(rows)
 
 
 def test_the_committed_digits_sweep_is_over_three_seeds():

@@ -25,7 +25,8 @@ def align_patches(cost, spec: dict, patch_logits: torch.Tensor) -> Tuple[dict, i
         return spec, 0
     timed = cost.timed()
     kept = set(int(i) for i in spec["patches_kept"])
-    dropped = [i for i in torch.argsort(patch_logits.detach().cpu(), descending=True, stable=True).tolist() if i not in kept]
+    order = torch.argsort(patch_logits.detach().cpu(), descending=True, stable=True).tolist()
+    dropped = [i for i in order if i not in kept]
     prices = [spec_cost(timed, dict(spec, patches_kept=sorted(kept | set(dropped[:k]))))
               for k in range(len(dropped) + 1)]
     restored = max(k for k, p in enumerate(prices) if p <= min(prices) * (1 + TOLERANCE))
