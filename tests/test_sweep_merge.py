@@ -142,6 +142,20 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
     ends = {s: at["UVC", s]["search_end"] for s in (730, 731, 732)}
     assert [(e["patches_searched"], e["patches_restored"]) for e in ends.values()] == [(49, 0), (49, 0), (40, 7)]
     assert "seed 732, whose search went down to 41 tokens and whose freeze put back 7 patches to keep 48" in text
+    l05 = lambda m, k="top1_last": cell(m, "latency", 0.5, k)  # noqa: E731  (not tuned on)
+    at = {(r["method"], r["seed"]): r for r in nxt["rows"] if (r["match"], r["budget"]) == ("latency", 0.5)}
+    assert {m for m, _ in at} == {"UVC", "greedy fit"}
+    lows = {m: min(at[m, s]["top1_last"] for s in (730, 731, 732)) for m in ("UVC", "greedy fit")}
+    highs = {m: max(at[m, s]["top1_last"] for s in (730, 731, 732)) for m in ("UVC", "greedy fit")}
+    assert lows["UVC"] > highs["greedy fit"]  # "the ranges do not overlap"
+    assert (f"UVC keeps {l05('UVC'):.2f} top-1 at the last epoch at {l05('UVC', 'speedup_b64'):.2f}x against the "
+            f"greedy fit's {l05('greedy fit'):.2f} at its time, and the ranges do not overlap ({lows['UVC']:.2f}-"
+            f"{highs['UVC']:.2f} and {lows['greedy fit']:.2f}-{highs['greedy fit']:.2f})") in text
+    gaps = [f"{at['UVC', s]['top1_last'] - at['greedy fit', s]['top1_last']:.1f}" for s in (730, 731, 732)]
+    assert f"seed by seed UVC is {gaps[0]}, {gaps[1]} and {gaps[2]} ahead" in text
+    ends = [at["UVC", s]["search_end"] for s in (730, 731, 732)]
+    assert [e["patches_restored"] for e in ends] == [0, 2, 4]  # "put back 2 and 4 patches ... keeping 48 tokens"
+    assert [e["patches_searched"] + e["patches_restored"] + 1 for e in ends[1:]] == [48, 48]
     abl = json.loads(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_ablations_latency.json")).read())
     before = lambda m, k="top1_last": sum(r[k] for r in abl["rows"] if r["method"] == m) / 3  # noqa: E731
     greedy = "no search (greedy fit)"
