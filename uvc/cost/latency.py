@@ -133,30 +133,34 @@ class LatencyCost:
         self.norms = float(s["block_overhead"])
         self.as_timed = as_timed
         self.envelope = table["format"] == FORMAT and not as_timed  # T*: the fastest count at or above
-        in_tokens = (lambda v: [float(t) for t in v]) if as_timed else None  # noqa: E731
         outside = s["outside_blocks"]
         if isinstance(outside, dict) and len(outside["tokens"]) > 1:  # v3: timed at a ladder of token counts
-            line = in_tokens or (_fastest_at_or_above if self.envelope else _monotone)
-            self.outside, self.outside_line = None, ([float(n) for n in outside["tokens"]], line(outside["time"]))
+            times = self._in_tokens(outside["time"], _monotone)
+            self.outside, self.outside_line = None, ([float(n) for n in outside["tokens"]], times)
         else:  # one time at N0, scaled by f
             self.outside = float(outside["time"][0] if isinstance(outside, dict) else outside)
             self.outside_line = None
         self._tensors = {}
         ladder = table["format"] != "uvc-latency-v1"
-        self.calibration = self._calibration(s["blocks"], in_tokens) if ladder else None
+        self.calibration = self._calibration(s["blocks"]) if ladder else None
         self.dense_measured = float(s["dense_model"]) if ladder else None
 
     def timed(self) -> "LatencyCost":
         """This table priced as timed at each token count (see __init__)."""
         return LatencyCost(self.dims, self.table, as_timed=True)
 
-    def _calibration(self, ladder: dict, in_tokens=None) -> List[tuple]:
+    def _in_tokens(self, times: Sequence[float], older) -> List[float]:
+        """Times at increasing token counts as this cost reads them: as timed, T* (v4), or `older` (v1-v3)."""
+        if self.as_timed:
+            return [float(t) for t in times]
+        return _fastest_at_or_above(times) if self.envelope else older(times)
+
+    def _calibration(self, ladder: dict) -> List[tuple]:
         """g_k per token count N_k of the ladder: (N_k, xs, ys) through (0, 0) and each ladder block's
         (sum of parts at N_k, measured time), made increasing. A ladder without token counts is at N0."""
         tokens = ladder.get("tokens", [self.tokens] * len(ladder["time"]))
         levels = {}
-        in_tokens = in_tokens or (_fastest_at_or_above if self.envelope else _isotonic)
-        times = _per_rung(tokens, ladder["time"], in_tokens)
+        times = _per_rung(tokens, ladder["time"], lambda t: self._in_tokens(t, _isotonic))
         for n, h, v, m, t in zip(tokens, ladder["heads"], ladder["value_dim"], ladder["mlp"], times):
             levels.setdefault(float(n), []).append((self._parts(float(n), h, h * v, m), t))
         out = []
@@ -191,9 +195,8 @@ class LatencyCost:
             return self._parts(*args)
         if len(self.calibration) == 1:  # a ladder at N0 only: g of the parts scaled to N
             return interp(self._parts(*args), *self.calibration[0][1:])
-        at_levels = [interp(self._parts(n, heads, value_dims, neurons), xs, ys) for n, xs, ys in self.calibration]
-        if not self.as_timed:
-            at_levels = _fastest_at_or_above(at_levels) if self.envelope else _monotone(at_levels, ramp=0.0)
+        at_levels = self._in_tokens([interp(self._parts(n, heads, value_dims, neurons), xs, ys)
+                                     for n, xs, ys in self.calibration], lambda t: _monotone(t, ramp=0.0))
         return max(interp(tokens, [n for n, _, _ in self.calibration], at_levels), 0.0)
 
     def _block_tensors(self, tokens, heads, value_dims, neurons) -> torch.Tensor:
@@ -253,8 +256,8 @@ class LatencyCost:
 
 
 def _per_rung(tokens: Sequence[float], times: Sequence[float], in_tokens) -> List[float]:
-    """The ladder's times with `in_tokens` (_fastest_at_or_above, or _isotonic: non-decreasing by least
-    squares) applied over the token counts of each width rung (the k-th block timed at every count)."""
+    """The ladder's times with `in_tokens` (LatencyCost._in_tokens) applied over the token counts of each
+    width rung (the k-th block timed at every count)."""
     seen, rung = {}, []
     for n in tokens:
         rung.append(seen.get(n, 0))
