@@ -83,3 +83,22 @@ def test_a_group_costs_the_average_over_removing_all_that_may_go(heads, head_dim
     if heads == 4:  # by hand: (16 - 1) / 3 + 3 * 8 * 3 / 3, 3 * 4 * 7 / 28, (64 - 1) / 15
         assert got.heads * dense == pytest.approx(15 / 3 + 24) and got.dims * dense == pytest.approx(3.0)
         assert got.neurons * dense == pytest.approx(63 / 15)
+
+
+def test_macs_in_token_steps_price_a_count_at_the_next_multiple_with_its_own_gradient():
+    """token_step 8 on DeiT-Base (N0 = 197): 185-192 tokens cost what 192 do, 193-197 what 197 does, a fractional
+    count is linear between whole ones, and a tensor count keeps the gradient of the count (straight through);
+    token_step 1 is the formula itself."""
+    step, plain = MacsCost(DEIT_BASE, token_step=8), MacsCost(DEIT_BASE)
+    d = DEIT_BASE
+    for n, at in ((185, 192), (192, 192), (193, 197), (197, 197), (184, 184), (100, 104)):
+        assert step.block(n, 12, 768, 3072) == plain.block(at, 12, 768, 3072)
+        assert step.embed(n - 1) == plain.embed(at - 1)
+    assert step.tokens(184.25) == 184 + 0.25 * 8 and step.tokens(192.5) == 192 + 0.5 * 5
+    n = torch.tensor([185.5, 193.0], dtype=torch.float64, requires_grad=True)
+    step.block(n, 12, 768, 3072).sum().backward()
+    plain_n = torch.tensor([192.0, 197.0], dtype=torch.float64, requires_grad=True)
+    plain.block(plain_n, 12, 768, 3072).sum().backward()
+    assert torch.equal(n.grad, plain_n.grad)  # the padded count's slope, not zero inside a step
+    assert spec_cost(step, _spec(d)) == spec_cost(plain, _spec(d)) == dense_cost(step)
+    assert MacsCost(d, token_step=1).tokens(185) == 185 and not MacsCost(d).envelope and step.envelope

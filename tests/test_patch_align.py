@@ -50,7 +50,8 @@ def test_the_freeze_keeps_the_patches_up_to_the_fastest_count_at_or_above(tiny):
 
 
 def test_nothing_is_put_back_where_every_token_costs(tiny):
-    """Under MACs or a uvc-latency-v3 table (non-decreasing by least squares) a token always costs."""
+    """Under MACs at any token count (token_step 1) or a uvc-latency-v3 table (non-decreasing by least
+    squares) a token always costs."""
     vit, dims = tiny
     spec = dict(base_spec(vit, TINY_MODEL), patches_kept=list(range(11)))
     v3 = sawtooth(dims, 14, (12, 13))
@@ -117,3 +118,34 @@ def test_counts_within_the_tolerance_of_the_fastest_keep_the_most_patches(tiny, 
     spec = dict(base_spec(vit, TINY_MODEL), patches_kept=list(range(11)))
     aligned, restored = align_patches(cost, spec, dropped_after(11))
     assert restored == kept - 11 and len(aligned["patches_kept"]) == kept
+
+
+def test_under_macs_in_token_steps_the_freeze_keeps_the_count_priced(tiny):
+    """MACs with token_step 8 (N0 = 17: counts 8, 16 and 17): 12 tokens are priced as 16, so the frozen model
+    keeps 16, the four dropped patches of highest logit put back, at the MACs priced; 16 tokens stay (17 cost more)."""
+    vit, dims = tiny
+    cost, plain = MacsCost(dims, token_step=8), MacsCost(dims)
+    spec = dict(base_spec(vit, TINY_MODEL), patches_kept=list(range(11)))
+    aligned, restored = align_patches(cost, spec, dropped_after(11))
+    assert restored == 4 and aligned["patches_kept"] == list(range(11)) + [12, 13, 14, 15]
+    assert spec_cost(plain, aligned) == spec_cost(cost, spec) == spec_cost(cost, aligned)
+    at_16 = dict(spec, patches_kept=list(range(15)))
+    assert align_patches(cost, at_16, dropped_after(15)) == (at_16, 0)
+
+
+def test_the_macs_freeze_in_token_steps_exports_the_macs_it_searched(tiny):
+    """--budget_metric macs --round_to 8: the search's cost prices tokens in steps of 8 and the freeze puts back
+    patches to the count priced, so the model exported has the MACs ratio the search ended with."""
+    vit, dims = tiny
+    config = demo_search_config(model_type=TINY_MODEL, budget_metric="macs", round_to=8)
+    search = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
+    assert search.budget.cost.token_step == 8
+    search.set_epoch(0)
+    model = MaskedViT(vit)
+    search.prepare(model, training=True)
+    with torch.no_grad():
+        search.arch.patch_logits.copy_(dropped_after(11))
+    searched = search.budget.hard_ratio(search.arch, search.pd.update_masks(model.vit))
+    spec, fit = search.freeze(model, TINY_MODEL)
+    assert fit["patches_searched"] == 11 and fit["patches_restored_to_align"] == 4
+    assert fit["macs_ratio"] == pytest.approx(searched, rel=1e-9)

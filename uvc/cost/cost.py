@@ -18,6 +18,8 @@ report) and tensors (the search: differentiable in the counts). R's denominator
 is `dense_measured` where the cost model has it (the dense model timed on the
 device), else the model's own cost at full width.
 """
+import math
+
 import torch
 
 from uvc.cost.flops import ViTDims, block_macs, head_macs, patch_embed_macs
@@ -25,19 +27,50 @@ from uvc.search.masks import Scores
 
 
 class MacsCost:
-    """Multiply-accumulates (uvc.cost.flops); `with_attn` False leaves out the N^2 terms."""
+    """Multiply-accumulates (uvc.cost.flops); `with_attn` False leaves out the N^2 terms.
+
+    `token_step` S > 1 (the search's --round_to): a token count N is priced at the count its kernels
+    run, the next multiple of S or the full count N0, since kernels tile the token dimension (on the
+    CPU measured, 41-47 tokens run slower than 48: log/token_alignment.md). As the aligned widths do
+    (uvc.search.structure), a tensor count takes that value with its own gradient (straight through),
+    so the budget still pushes patches out one at a time; the freeze then puts back patches up to the
+    count priced (uvc.deploy.patch_align), and the model exported has the MACs the search counted.
+    """
     name = "macs"
     dense_measured = None  # C(dense) is the formula at full width
 
-    def __init__(self, dims: ViTDims, with_attn: bool = True):
+    def __init__(self, dims: ViTDims, with_attn: bool = True, token_step: int = 1):
         self.dims, self.with_attn = dims, with_attn
+        self.token_step = max(int(token_step), 1)
+        self.envelope = self.token_step > 1  # counts priced at a count at or above them: patch_align acts
+
+    def timed(self) -> "MacsCost":
+        """The price of a token count as the aligned model has it: the same MACs (uvc.deploy.patch_align)."""
+        return self
+
+    def tokens(self, n):
+        """The token count `n` (number or tensor, may be fractional) is priced at: the next multiple of
+        `token_step` (at most N0) at whole counts, linear in between; tensors keep the gradient of `n`."""
+        if self.token_step <= 1:
+            return n
+        full = self.dims.num_patches + self.dims.num_prefix_tokens
+        up = lambda k: min(math.ceil(k / self.token_step) * self.token_step, full)  # noqa: E731
+        if not isinstance(n, torch.Tensor):
+            low = math.floor(n)
+            return up(low) + (n - low) * (up(low + 1) - up(low))
+        with torch.no_grad():
+            low = torch.floor(n)
+            at = lambda k: (torch.ceil(k / self.token_step) * self.token_step).clamp_max(full)  # noqa: E731
+            value = at(low) + (n - low) * (at(low + 1) - at(low))
+        return n + (value - n).detach()
 
     def block(self, tokens, heads, value_dims, neurons):
         d = self.dims
-        return block_macs(tokens, d.embed_dim, heads, d.head_dim, value_dims, neurons, self.with_attn)
+        return block_macs(self.tokens(tokens), d.embed_dim, heads, d.head_dim, value_dims, neurons, self.with_attn)
 
     def embed(self, patches):
-        return patch_embed_macs(patches, self.dims)
+        prefix = self.dims.num_prefix_tokens
+        return patch_embed_macs(self.tokens(patches + prefix) - prefix, self.dims)
 
     def head(self):
         return head_macs(self.dims)

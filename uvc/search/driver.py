@@ -37,8 +37,8 @@ def budget_cost(vit, config, device):
     """(cost model, latency table or None) of `--budget_metric`: MACs, or the latency of the model's
     parts measured on `device` once (rank 0; every rank uses its table) and cached (uvc.cost.latency_table)."""
     dims = ViTDims.of(vit)
-    if config.budget_metric == "macs":
-        return MacsCost(dims, bool(config.flops_with_mhsa)), None
+    if config.budget_metric == "macs":  # token counts priced in steps of --round_to, as the widths are kept
+        return MacsCost(dims, bool(config.flops_with_mhsa), token_step=int(config.round_to)), None
     table = path = None
     if is_main_process():
         table, path = load_or_measure(vit, str(config.model_type), device, str(config.latency_cache),
