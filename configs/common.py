@@ -121,6 +121,7 @@ def base_config(stage: str = "joint") -> ml_collections.ConfigDict:
     c.search_masking = "hard"  # hard: training forward masks removed groups; soft: unmasked (the reference)
     c.greedy_fit = False  # the freeze fits the searched architecture into [budget - 0.01, budget] greedily (uvc/deploy/fit.py); default: exported as the search ended, as the reference
     c.round_to = 8  # MLP widths and value dims per head kept at multiples of this (1: any width, as the paper)
+    c.token_step = 8  # with --budget_metric macs: a token count costs the MACs of the next multiple of this (or all tokens), and the freeze keeps the patches up to it (1: every token counts, as the paper)
     c.budget_metric = "macs"  # macs: R counts MACs; latency: R is time, from a table measured on the training device (or --latency_cache)
     c.latency_cache = ""  # latency table file (.json) or directory ("": ~/.cache/uvc/latency), measured once if absent
     c.latency_batch = 64  # batch size the latency table is measured at

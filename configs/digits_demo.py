@@ -36,6 +36,7 @@ def get_config(stage: str = "joint"):
     c.eval_every = 0  # evaluate at epoch ends only
     c.log_interval = 10
     c.round_to = 1  # any width: heads of 16 dims would only have widths 8 and 16 at round_to 8
+    c.token_step = 1  # every token counts: 17 tokens would only have counts 8, 16 and 17 at steps of 8
     c.output_dir = "runs/digits"
     if stage == "dense":
         c.pretrained = False

@@ -33,8 +33,8 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C
 RESUME_KEYS = ("model_type", "enable_deit", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size",
                "in_chans", "num_classes", "model_kwargs", "input_size", "dataset", "train_batch_size",
                "gradient_accumulation_steps", "epochs", "max_steps_per_epoch", "enable_warmup", "warmup_epochs",
-               "budget", "budget_metric", "target_ramp", "gating_interval", "round_to", "search_algorithm",
-               "reference_rules")
+               "budget", "budget_metric", "target_ramp", "gating_interval", "round_to", "token_step",
+               "search_algorithm", "reference_rules")
 
 
 class StopSignal:

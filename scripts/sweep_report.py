@@ -155,8 +155,10 @@ def landing_text(rows: List[dict]) -> str:
         aligned = [e for e in ends if e.get("patches_restored")]
         if aligned:  # uvc.deploy.patch_align
             restored = ", ".join(str(e["patches_restored"]) for e in aligned)
+            where = ("the latency table times fastest" if match == "latency"
+                     else "their MACs were counted at (steps of --round_to)")
             out.append(f"In {len(aligned)} of them the freeze put back patches ({restored}) up to the token count "
-                       f"the latency table times fastest.")
+                       f"{where}.")
     return " ".join(out)
 
 

@@ -137,6 +137,18 @@ def test_round_to_flag():
         parse_config("post", ["--model_type", TINY_MODEL, "--round_to", "4"])
 
 
+def test_token_step_flag():
+    """--token_step: 8 by default, 1 in the digits configs (17 tokens), 8 in the MNIST ones; checked, stage 1 only."""
+    assert parse_config("joint", ["--model_type", TINY_MODEL]).token_step == 8
+    assert parse_config("joint", ["--config", "configs/digits_demo.py:joint"]).token_step == 1
+    assert parse_config("joint", ["--config", "configs/mnist_demo.py:joint"]).token_step == 8
+    assert parse_config("joint", ["--model_type", TINY_MODEL, "--token_step", "1"]).token_step == 1
+    with pytest.raises(ConfigError, match="--token_step must be at least 1"):
+        parse_config("joint", ["--model_type", TINY_MODEL, "--token_step", "0"])
+    with pytest.raises(ConfigError, match="stage-1"):
+        parse_config("post", ["--model_type", TINY_MODEL, "--token_step", "4"])
+
+
 def test_rounding_up_adds_the_best_scoring_of_the_removed_groups():
     """A width rounded up keeps every group it had and adds the best-scoring of the others."""
     spec = awkward_spec()

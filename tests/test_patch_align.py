@@ -134,10 +134,10 @@ def test_under_macs_in_token_steps_the_freeze_keeps_the_count_priced(tiny):
 
 
 def test_the_macs_freeze_in_token_steps_exports_the_macs_it_searched(tiny):
-    """--budget_metric macs --round_to 8: the search's cost prices tokens in steps of 8 and the freeze puts back
+    """--budget_metric macs --token_step 8: the search's cost prices tokens in steps of 8 and the freeze puts back
     patches to the count priced, so the model exported has the MACs ratio the search ended with."""
     vit, dims = tiny
-    config = demo_search_config(model_type=TINY_MODEL, budget_metric="macs", round_to=8)
+    config = demo_search_config(model_type=TINY_MODEL, budget_metric="macs", token_step=8)
     search = UVCSearch(vit, config, torch.device("cpu"), search_steps=100)
     assert search.budget.cost.token_step == 8
     search.set_epoch(0)
@@ -147,5 +147,5 @@ def test_the_macs_freeze_in_token_steps_exports_the_macs_it_searched(tiny):
         search.arch.patch_logits.copy_(dropped_after(11))
     searched = search.budget.hard_ratio(search.arch, search.pd.update_masks(model.vit))
     spec, fit = search.freeze(model, TINY_MODEL)
-    assert fit["patches_searched"] == 11 and fit["patches_restored_to_align"] == 4
+    assert fit["patches_searched"] == 11 and fit["patches_restored_to_align"] == 4 and fit["token_step"] == 8
     assert fit["macs_ratio"] == pytest.approx(searched, rel=1e-9)

@@ -327,6 +327,9 @@ def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match
     rows[0]["search_end"].update(patches_searched=49, patches_restored=0)
     assert ("(latency), -0.063 to +0.020 timed whole. In 1 of them the freeze put back patches (7) up to the token "
             "count the latency table times fastest. UVC's 1 search") in landing_text(rows)
+    rows[2]["search_end"].update(patches_searched=45, patches_restored=2)
+    assert landing_text(rows).endswith("(macs). In 1 of them the freeze put back patches (2) up to the token count "
+                                       "their MACs were counted at (steps of --round_to).")
 
 
 def test_the_committed_digits_sweep_is_over_three_seeds():

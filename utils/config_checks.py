@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 # parsed and silently ignored, so they are refused instead.
 STAGE1_ONLY = ("budget", "search_algorithm", "reference_rules", "target_ramp", "min_blocks", "patch_probe", "skip_probe", "trial_margin",
                "search_masking",
-               "greedy_fit", "round_to",
+               "greedy_fit", "round_to", "token_step",
                "budget_metric", "latency_cache", "latency_batch", "latency_check", "flops_with_mhsa", "enable_pruning",
                "enable_block_gating", "enable_patch_gating",
                "slr", "rlr", "soptim", "roptim", "ylr", "plr", "dual_init", "zlr", "zlr_schedule_list", "z_grad_clip",
@@ -154,6 +154,9 @@ def _check_search(config) -> None:
                           f"over which the target falls to the budget, e.g. 0.5")
     if int(config.min_blocks) < 0:
         raise ConfigError(f"--min_blocks must be 0 (half the depth) or more, got {config.min_blocks}")
+    if int(config.token_step) < 1:
+        raise ConfigError(f"--token_step must be at least 1 (1: every token counts, as the paper; 8: counts priced "
+                          f"at multiples of 8), got {config.token_step}")
     if int(config.round_to) < 1:
         raise ConfigError(f"--round_to must be at least 1 (1: any width, as the paper; 8: multiples of 8), "
                           f"got {config.round_to}")

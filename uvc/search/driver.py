@@ -37,8 +37,8 @@ def budget_cost(vit, config, device):
     """(cost model, latency table or None) of `--budget_metric`: MACs, or the latency of the model's
     parts measured on `device` once (rank 0; every rank uses its table) and cached (uvc.cost.latency_table)."""
     dims = ViTDims.of(vit)
-    if config.budget_metric == "macs":  # token counts priced in steps of --round_to, as the widths are kept
-        return MacsCost(dims, bool(config.flops_with_mhsa), token_step=int(config.round_to)), None
+    if config.budget_metric == "macs":
+        return MacsCost(dims, bool(config.flops_with_mhsa), token_step=int(config.token_step)), None
     table = path = None
     if is_main_process():
         table, path = load_or_measure(vit, str(config.model_type), device, str(config.latency_cache),
@@ -183,14 +183,16 @@ class UVCSearch:
         return spec_from_search(model.vit, model_type, masks, keep, patches)
 
     def frozen_spec(self, model: MaskedViT, model_type: str) -> Tuple[dict, dict]:
-        """The argmax architecture with its patches aligned to the fastest token count at or above it
-        (uvc.deploy.patch_align: under a uvc-latency-v4 table), and what the alignment did, for the record."""
+        """The argmax architecture with its patches aligned to the token count it was priced at (uvc.deploy.
+        patch_align: the fastest at or above it under a uvc-latency-v4 table, the next multiple of --token_step
+        under MACs), and what the alignment did, for the record."""
         spec = self.spec(model, model_type)
         if not self.space.patch_gating:
             return spec, {}
         searched = len(spec["patches_kept"])
         spec, restored = align_patches(self.budget.cost, spec, self.arch.patch_logits)
-        return spec, {"patches_searched": searched, "patches_restored_to_align": restored}
+        step = {"token_step": self.budget.cost.token_step} if self.metric == "macs" else {}
+        return spec, {"patches_searched": searched, "patches_restored_to_align": restored, **step}
 
     def freeze(self, model: MaskedViT, model_type: str):
         """The final architecture: as the search ended (the reference's rule; freeze_as_searched), or with

@@ -20,9 +20,10 @@ alone (scripts/deviations.py, the ledger of issue 25):
                      still tries each proposed drop alone)
 
 What is not here has a flag of its own: y, p from the reference's value (--dual_init 0.001), no patch
-trial (--patch_probe 0), no skip trial (--skip_probe 0), any width (--round_to 1). Three former departures measured no better than the
-reference's rule and are gone (log/deviations.md): the cap of z's integral, the scaled prox, and the
-freeze's greedy fit (now opt-in, `--greedy_fit`).
+trial (--patch_probe 0), no skip trial (--skip_probe 0), any width (--round_to 1), every token
+counted (--token_step 1). Three former departures measured no better than the reference's rule and
+are gone (log/deviations.md): the cap of z's integral, the scaled prox, and the freeze's greedy fit
+(now opt-in, `--greedy_fit`).
 """
 from dataclasses import dataclass, fields
 
