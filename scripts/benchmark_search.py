@@ -119,7 +119,7 @@ def summarise(name: str, budget: float, length: int, out: str, seed: int) -> Dic
     reached = next((r["search_progress"] for r in epochs if r["hard_macs_ratio"] <= budget + 0.02), None)
     last = epochs[-1]
     return {"budget": budget, "model": name, "config": MODELS[name]["config"], "length": f"{length}x",
-            "seed": seed, "round_to": final["round_to"], "search_steps": steps,
+            "seed": seed, "round_to": final["round_to"], "token_step": final.get("token_step"), "search_steps": steps,
             "search_algorithm": final.get("search_algorithm", "uvc"),
             "greedy_would_change_frac": final.get("greedy_would_change_frac"),
             "searched_ratio": final["searched_macs_ratio"],

@@ -21,7 +21,7 @@ def _fake_run(path, hard, budget=0.5, warn=False):
         recs.append({"warning": "WARNING: stage 1 ended at top-1 9.00, under half the teacher's"})
     recs.append({"stage1_file": "x.pth", "searched_macs_ratio": hard[-1], "macs_ratio": budget - 0.002,
                  "greedy_changed_frac": 0.001, "teacher_top1": 98.0, "final_top1": 95.0, "search_steps": 400,
-                 "round_to": 8, "flip_trials": 5, "flips_rejected": 4, "skip_trials": 3, "skips_rejected": 2})
+                 "round_to": 8, "token_step": 8, "flip_trials": 5, "flips_rejected": 4, "skip_trials": 3, "skips_rejected": 2})
     with open(os.path.join(path, "log.jsonl"), "w") as f:
         f.write("\n".join(json.dumps(r) for r in recs) + "\n")
 
@@ -32,6 +32,7 @@ def test_a_cell_reports_the_issue_keys_and_its_window(tmp_path):
     cell["masking"] = "hard"
     assert all(k in cell for k in KEYS)
     assert cell["reached_budget_at"] == 0.8 and cell["search_steps"] == 400 and cell["round_to"] == 8
+    assert cell["token_step"] == 8  # the MACs search's token step, from its stage-1 record
     assert bs.ok(cell) and "| digits | 0.5 | 1x | hard |" in bs.table([cell])
     assert (cell["skip_trials"], cell["skips_rejected"]) == (3, 2)
     assert "patch drops tried 5, refused 4; block skips tried 3, refused 2" in bs.allocation([cell])
