@@ -29,7 +29,7 @@ from uvc.search.masks import Scores
 class MacsCost:
     """Multiply-accumulates (uvc.cost.flops); `with_attn` False leaves out the N^2 terms.
 
-    `token_step` S > 1 (the search's --round_to): a token count N is priced at the count its kernels
+    `token_step` S > 1 (--token_step): a token count N is priced at the count its kernels
     run, the next multiple of S or the full count N0, since kernels tile the token dimension (on the
     CPU measured, 41-47 tokens run slower than 48: log/token_alignment.md). As the aligned widths do
     (uvc.search.structure), a tensor count takes that value with its own gradient (straight through),
