@@ -161,6 +161,18 @@ def test_the_sweep_under_way_is_from_the_committed_teacher_and_results_md_reads_
             f"{l05(tp, 'speedup_b64'):.2f}x: Torch-Pruning is {l05(tp) - l05('UVC'):.2f} ahead of UVC, within the 0.1") in text
     assert 0 < l05(tp) - l05("UVC") <= 0.1 and l05(um) < l05("UVC")
     unmatched = [s for s in (730, 731, 732) if not at[tp, s]["matched"]]
+    l04 = lambda m, k="top1_last": cell(m, "latency", 0.4, k)  # noqa: E731  (not tuned on)
+    at4 = {(r["method"], r["seed"]): r for r in nxt["rows"] if (r["match"], r["budget"]) == ("latency", 0.4)}
+    assert all(l04("UVC") > l04(p) for p in (um, tp, "greedy fit"))
+    assert (f"UVC keeps {l04('UVC'):.2f} top-1 at the last epoch at {l04('UVC', 'speedup_b64'):.2f}x, and uniform "
+            f"magnitude, matched to its time, {l04(um):.2f} at {l04(um, 'speedup_b64'):.2f}x") in text
+    tries = lambda m, k: [at4[m, s][k] for s in (730, 731, 732)]  # noqa: E731
+    assert not any(tries(tp, "matched") + tries("greedy fit", "matched")) and all(tries(um, "matched"))
+    span = lambda v: f"{min(v):.3f}-{max(v):.3f}"  # noqa: E731
+    uvc = tries(tp, "uvc_latency_ratio") + tries("greedy fit", "uvc_latency_ratio")
+    assert (f"their closest tries timed {span(tries(tp, 'latency_ratio'))} and {span(tries('greedy fit', 'latency_ratio'))} "
+            f"of the dense time against UVC's {span(uvc)}) and keep {l04(tp):.2f} at {l04(tp, 'speedup_b64'):.2f}x and "
+            f"{l04('greedy fit'):.2f} at {l04('greedy fit', 'speedup_b64'):.2f}x") in text
     assert unmatched == [730] and (f"in one seed (730) its closest try timed {at[tp, 730]['latency_ratio']:.3f} of the "
                                    f"dense time against UVC's {at[tp, 730]['uvc_latency_ratio']:.3f}") in text
     abl = json.loads(open(os.path.join(root, "log", "mnist_sweep_next", "mnist_ablations_latency.json")).read())
