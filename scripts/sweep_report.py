@@ -156,7 +156,7 @@ def landing_text(rows: List[dict]) -> str:
         if aligned:  # uvc.deploy.patch_align
             restored = ", ".join(str(e["patches_restored"]) for e in aligned)
             where = ("the latency table times fastest" if match == "latency"
-                     else "their MACs were counted at (steps of --round_to)")
+                     else "their MACs were counted at (steps of --token_step)")
             out.append(f"In {len(aligned)} of them the freeze put back patches ({restored}) up to the token count "
                        f"{where}.")
     return " ".join(out)

@@ -329,7 +329,7 @@ def test_search_end_reads_where_a_search_ended_and_the_sweep_states_it_per_match
             "count the latency table times fastest. UVC's 1 search") in landing_text(rows)
     rows[2]["search_end"].update(patches_searched=45, patches_restored=2)
     assert landing_text(rows).endswith("(macs). In 1 of them the freeze put back patches (2) up to the token count "
-                                       "their MACs were counted at (steps of --round_to).")
+                                       "their MACs were counted at (steps of --token_step).")
 
 
 def test_the_committed_digits_sweep_is_over_three_seeds():
