@@ -7,7 +7,9 @@ or above it (uvc.cost.latency), so a patch drop inside a plateau of T* neither s
 The freeze then prices the model at each count from the searched N up to N0 as timed (no T*),
 and keeps the most patches among the counts within TOLERANCE of the fastest: the dropped patches
 the search was least sure of (highest patch logits) are put back. The model runs no slower, with
-more patches. Under MACs, or an older table, every token costs and nothing is put back.
+more patches. Under MACs with --token_step S > 1 a count is priced at the next multiple of S
+(uvc.cost.cost.MacsCost), and the same rule puts back patches up to it; at --token_step 1, or with an
+older table, every token costs and nothing is put back.
 """
 from typing import Tuple
 
